@@ -1,0 +1,15 @@
+"""Kiln: an open ONNX inference optimizer and runtime."""
+from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphError, InputError, KernelError,
+                     KilnError, ModelFormatError, ShapeError, UnsupportedOpError)
+from .frontend.onnx import parse
+from .ir import DType, Graph, Node, OptionalType, SequenceType, TensorType, Value
+from .runtime.interpreter import interpret
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "parse", "interpret",
+    "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
+    "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError",
+    "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError",
+]

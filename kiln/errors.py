@@ -1,0 +1,46 @@
+"""Every error Kiln raises on purpose is a KilnError; the subclass says which kind of problem it is."""
+
+
+class KilnError(Exception):
+    """Base class of all errors Kiln raises for bad input or unsupported models."""
+
+
+class ModelFormatError(KilnError):
+    """The model file or bytes are not a valid ONNX model (truncated, corrupt, missing external data)."""
+
+
+class GraphError(KilnError):
+    """The graph is structurally invalid: cycles, dangling or duplicate value names, bad subgraphs."""
+
+
+class UnsupportedOpError(KilnError):
+    """One or more nodes use operators Kiln cannot run. ``unsupported`` lists (node name, domain, op type, reason)."""
+
+    def __init__(self, unsupported: list[tuple[str, str, str, str]]):
+        self.unsupported = list(unsupported)
+        lines = [f"  - node {name!r}: {(dom + '::') if dom else ''}{op} ({why})" for name, dom, op, why in self.unsupported]
+        super().__init__(f"{len(self.unsupported)} node(s) use unsupported operators:\n" + "\n".join(lines))
+
+
+class InputError(KilnError):
+    """Run-time inputs do not match the graph: unknown or missing names, wrong dtype or shape."""
+
+
+class ShapeError(KilnError):
+    """Shapes are inconsistent, or an input shape lies outside every optimization profile."""
+
+
+class KernelError(KilnError):
+    """A kernel failed while executing a node; the message names the node and op."""
+
+
+class EngineFormatError(KilnError):
+    """An engine file is truncated, tampered with, foreign, or from a newer format version."""
+
+
+class DeviceMismatchError(KilnError):
+    """An engine was built for a different device than the one it is loaded or run on."""
+
+
+class BuildError(KilnError):
+    """The builder could not produce an engine (the message names the pass or layer)."""

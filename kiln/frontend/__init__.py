@@ -1,0 +1,4 @@
+"""Model importers."""
+from .onnx import parse
+
+__all__ = ["parse"]

@@ -1,0 +1,23 @@
+"""The op library: one module per op family, each exposing an OpSet named ``ops``.
+
+The default registry is built from this explicit list; adding a family means adding it here.
+"""
+from __future__ import annotations
+
+import functools
+
+from . import (activation, attention, cast, control, conv, detection, elementwise, index, linalg, loss, norm,
+               pool, quant, reduce, resample, rnn, sequence, shape, signal)
+from .not_supported import NOT_SUPPORTED
+from .registry import InferContext, KernelContext, OpDef, OpSet, Registry
+
+FAMILIES = (elementwise, activation, cast, reduce, norm, loss, linalg, conv, pool, quant, shape, index, resample,
+            attention, detection, control, sequence, rnn, signal)
+
+
+@functools.cache
+def default_registry() -> Registry:
+    return Registry((m.ops for m in FAMILIES), NOT_SUPPORTED)
+
+
+__all__ = ["OpDef", "OpSet", "Registry", "KernelContext", "InferContext", "default_registry", "FAMILIES"]

@@ -1,0 +1,4 @@
+"""Executing graphs."""
+from .interpreter import Interpreter, interpret
+
+__all__ = ["Interpreter", "interpret"]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with Kiln and its test dependencies. torch is pinned (constraints.txt) so that pip
+# takes the local CPU build and never resolves a newer CUDA one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/pip install -q "$(grep '^torch==' constraints.txt)"
+fi
+.venv/bin/pip install -q -c constraints.txt -e ".[test]"
