@@ -4,11 +4,13 @@ from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphEr
 from .frontend.onnx import parse
 from .ir import DType, Graph, Node, OptionalType, SequenceType, TensorType, Value
 from .runtime.interpreter import interpret
+from .build import BuilderConfig, Profile, build
+from .engine import Engine, ExecutionContext
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "parse", "interpret",
+    "__version__", "parse", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError",
     "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError",

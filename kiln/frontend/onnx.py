@@ -123,7 +123,7 @@ def value_type(tp: onnx.TypeProto) -> ValueType:
         dtype = DType(tt.elem_type) if tt.elem_type in DType._value2member_map_ and tt.elem_type else None
         shape = None
         if tt.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+            shape = tuple(_dim(d) for d in tt.shape.dim)
         return TensorType(dtype, shape)
     if kind == "sequence_type":
         return SequenceType(value_type(tp.sequence_type.elem_type) if tp.sequence_type.HasField("elem_type") else None)
@@ -131,8 +131,15 @@ def value_type(tp: onnx.TypeProto) -> ValueType:
         return OptionalType(value_type(tp.optional_type.elem_type) if tp.optional_type.HasField("elem_type") else None)
     if kind == "sparse_tensor_type":
         st = tp.sparse_tensor_type
-        return TensorType(DType(st.elem_type) if st.elem_type else None, None)
+        return TensorType(DType(st.elem_type) if st.elem_type in DType._value2member_map_ and st.elem_type else None,
+                          None)
     return TensorType()
+
+
+def _dim(d) -> "int | str | None":
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value >= 0 else None  # old exporters write -1 for "unknown"
+    return d.dim_param or None
 
 
 class _Unsupported(Exception):
@@ -155,6 +162,8 @@ class _Importer:
         self.expanded: list[str] = []
         self._uid = itertools.count()
         self._reserved: set[int] = set()  # ids of call outputs awaiting their definition in a function body
+        self._inlining: list[tuple[str, str]] = []  # (domain, op) of the function calls being expanded
+        self._prefixes: set[str] = set()  # name prefixes given to inlined bodies, kept unique
 
     def run(self) -> Graph:
         g = self.proto.graph
@@ -183,7 +192,13 @@ class _Importer:
             scope[init.name] = graph.add_constant(init.name, tensor, TensorType(dtype, tuple(tensor.shape)))
         for sp in g.sparse_initializer:
             name = sp.values.name
-            tensor, dtype = numpy_to_torch(_sparse_to_dense(sp))
+            if name in scope:
+                raise GraphError(f"graph {graph.name!r}: initializer name {name!r} appears twice")
+            try:
+                tensor, dtype = _sparse_tensor(sp, name)
+            except _Unsupported as e:
+                self.unsupported.append((name, "", "initializer", str(e)))
+                continue
             scope[name] = graph.add_constant(name, tensor, TensorType(DType(sp.values.data_type), tuple(tensor.shape)))
         for inp in g.input:
             if inp.name in scope:  # old exporters list weights as inputs too: treat them as constants
@@ -280,7 +295,7 @@ class _Importer:
             if a.name == "value":
                 tensor, dtype = tensor_from_proto(a.t, label)
             elif a.name == "sparse_value":
-                tensor, dtype = numpy_to_torch(_sparse_to_dense(a.sparse_tensor))
+                tensor, dtype = _sparse_tensor(a.sparse_tensor, label)
             elif a.name == "value_float":
                 tensor, dtype = torch.tensor(a.f, dtype=torch.float32), DType.FLOAT
             elif a.name == "value_floats":
@@ -321,7 +336,15 @@ class _Importer:
             rename[formal] = actual
         for formal, actual in zip(fn.output, n.output):
             rename[formal] = actual
+        key = (n.domain, n.op_type)
+        if key in self._inlining:
+            chain = " -> ".join(op for _, op in self._inlining[self._inlining.index(key):] + [key])
+            raise GraphError(f"node {label!r}: function {n.op_type!r} calls itself ({chain}); recursive functions "
+                             f"cannot be expanded")
         prefix = f"{label}/"
+        while prefix in self._prefixes:  # two calls from nodes of the same name
+            prefix = f"{label}#{next(self._uid)}/"
+        self._prefixes.add(prefix)
         body = []
         for inner in fn.node:
             c = onnx.NodeProto()
@@ -349,7 +372,11 @@ class _Importer:
             body.append(c)
         # The call's outputs were pre-declared; the body's nodes take them over.
         self._reserved.update(v.id for v in outs if v is not None)
-        self._add_nodes(graph, body, scope, outer, infos)
+        self._inlining.append(key)
+        try:
+            self._add_nodes(graph, body, scope, outer, infos)
+        finally:
+            self._inlining.pop()
         for v in outs:
             if v is not None and v.id in self._reserved:
                 raise GraphError(f"function {fn.name!r} called by node {label!r} does not define output {v.name!r}")
@@ -366,7 +393,7 @@ class _Importer:
         if a.type == T.TENSOR:
             return tensor_from_proto(a.t, label)[0]
         if a.type == T.SPARSE_TENSOR:
-            return numpy_to_torch(_sparse_to_dense(a.sparse_tensor))[0]
+            return _sparse_tensor(a.sparse_tensor, label)[0]
         if a.type == T.GRAPH:
             return self._subgraph(a.g, graph, scope, f"{label}/{a.name}")
         if a.type == T.FLOATS:
@@ -389,6 +416,16 @@ class _Importer:
         sub = Graph(g.name or name, parent=parent)
         self._fill(sub, g, outer=scope)
         return sub
+
+
+def _sparse_tensor(sp: onnx.SparseTensorProto, what: str) -> tuple[torch.Tensor, DType]:
+    if sp.values.data_type == onnx.TensorProto.STRING:
+        raise _Unsupported("string tensors are not supported")
+    try:
+        return numpy_to_torch(_sparse_to_dense(sp))
+    except Exception as e:  # noqa: BLE001 - bad indices, dims or element types surface as assorted errors
+        raise ModelFormatError(f"sparse tensor {sp.values.name or what!r} cannot be decoded: "
+                               f"{type(e).__name__}: {e}") from e
 
 
 def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:

@@ -30,6 +30,11 @@ def _ml_dtype(dtype: DType):
     }[dtype]
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping the shape (np.ascontiguousarray turns a 0-d array into shape (1,))."""
+    return np.ascontiguousarray(array).reshape(array.shape)
+
+
 def numpy_to_torch(array: np.ndarray) -> tuple[torch.Tensor, DType]:
     """A torch tensor holding ``array`` in Kiln's storage for its element type, and that type."""
     array = np.asarray(array)
@@ -38,16 +43,16 @@ def numpy_to_torch(array: np.ndarray) -> tuple[torch.Tensor, DType]:
         raise TypeError("string tensors are not supported")
     if dtype in _BITCAST:
         carrier, tdt = _BITCAST[dtype]
-        return torch.from_numpy(np.ascontiguousarray(array).view(carrier).copy()).view(tdt), dtype
+        return torch.from_numpy(_contiguous(array).view(carrier).copy()).view(tdt), dtype
     if dtype is DType.FLOAT8E8M0:
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.uint8).copy()).view(dtype.torch), dtype
+        return torch.from_numpy(_contiguous(array).view(np.uint8).copy()).view(dtype.torch), dtype
     if dtype.is_subbyte:
         wide = np.float32 if dtype is DType.FLOAT4E2M1 else (np.int8 if dtype in (DType.INT4, DType.INT2) else np.uint8)
         return torch.from_numpy(array.astype(wide)), dtype
     if array.dtype in _UNSIGNED_VIA:
         signed = array.view(np.dtype(array.dtype.str.replace("u", "i")))
-        return torch.from_numpy(np.ascontiguousarray(signed).copy()).view(_UNSIGNED_VIA[array.dtype]), dtype
-    return torch.from_numpy(np.ascontiguousarray(array).copy()), dtype
+        return torch.from_numpy(_contiguous(signed).copy()).view(_UNSIGNED_VIA[array.dtype]), dtype
+    return torch.from_numpy(_contiguous(array).copy()), dtype
 
 
 def torch_to_numpy(tensor: torch.Tensor, dtype: DType | None = None) -> np.ndarray:

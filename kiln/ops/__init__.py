@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 
-from . import (activation, attention, cast, control, conv, detection, elementwise, index, linalg, loss, norm,
-               pool, quant, reduce, resample, rnn, sequence, shape, signal)
+from . import (activation, attention, cast, control, conv, detection, elementwise, fused, index, linalg, loss,
+               norm, pool, quant, reduce, resample, rnn, sequence, shape, signal)
 from .not_supported import NOT_SUPPORTED
 from .registry import InferContext, KernelContext, OpDef, OpSet, Registry
 
 FAMILIES = (elementwise, activation, cast, reduce, norm, loss, linalg, conv, pool, quant, shape, index, resample,
-            attention, detection, control, sequence, rnn, signal)
+            attention, detection, control, sequence, rnn, signal, fused)
 
 
 @functools.cache

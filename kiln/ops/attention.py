@@ -134,8 +134,7 @@ def attention(ctx: KernelContext, inputs: list, attrs: dict):
         offset = 0
     # With no cache and nothing else masking, SDPA's own (top-left) causal mask is the same thing.
     plain_causal = is_causal and mask is None and left < 0 and right < 0 and past_k is None and nonpad is None
-    keep = None if plain_causal else _structural_keep(q_len, kv_len, offset, is_causal, left, right, nonpad,
-                                                      q.device)
+    keep = _structural_keep(q_len, kv_len, offset, is_causal, left, right, nonpad, q.device)
     if mask is not None:
         mask = _pad_mask(mask, kv_len)
         if mask.dtype != torch.bool:
@@ -143,14 +142,25 @@ def attention(ctx: KernelContext, inputs: list, attrs: dict):
     keep, bias = _mask_terms(mask, keep)
     dead = _dead_rows(keep, bias)
 
-    sm_dtype = DType(int(sm_precision)).torch if sm_precision is not None else q.dtype
-    fused_ok = (softcap <= 0 and not ctx.wants(3)
-                and (sm_dtype == q.dtype or (sm_dtype == torch.float32 and q.dtype in (torch.float16, torch.bfloat16))))
-    if fused_ok:
-        y = _fused(q, k, v, keep, bias, dead, plain_causal, scale)
-        qk_out = None
+    out_dtype = q.dtype
+    half = out_dtype in (torch.float16, torch.bfloat16)
+    sm_dtype = DType(int(sm_precision)).torch if sm_precision is not None else None
+    # The fused kernel hides the scores and runs the softmax at the input's precision (float32 for half types).
+    native_softmax = sm_dtype is None or sm_dtype == out_dtype or (half and sm_dtype == torch.float32)
+    fused_ok = softcap <= 0 and not ctx.wants(3) and native_softmax
+    if half and (not fused_ok or q.device.type == "cpu"):
+        # Half types are computed in float32 and rounded once at the end: torch's CPU attention and
+        # a step-by-step half graph both round intermediate scores, drifting by several ulps.
+        q, k, v = q.float(), k.float(), v.float()
+        bias = bias.float() if bias is not None else None
+    if fused_ok and plain_causal:
+        y, qk_out = _fused(q, k, v, None, None, None, True, scale), None
+    elif fused_ok:
+        y, qk_out = _fused(q, k, v, keep, bias, dead, False, scale), None
     else:
-        y, qk_out = _explicit(q, k, v, keep, bias, dead, scale, softcap, mode, sm_dtype)
+        y, qk_out = _explicit(q, k, v, keep, bias, dead, scale, softcap, mode, sm_dtype or q.dtype)
+        qk_out = qk_out.to(out_dtype)
+    y = y.to(out_dtype)
 
     if three_d:
         y = y.transpose(1, 2).reshape(b, q_len, -1)
@@ -188,7 +198,7 @@ def _explicit(q, k, v, keep, bias, dead, scale: float, softcap: float, mode: int
     probs = torch.softmax(scores.to(sm_dtype), dim=-1)
     if dead is not None:
         probs = probs.masked_fill(dead, 0.0)
-    probs = probs.to(q.dtype)
     if mode == 3:
         qk_out = probs
+    probs = probs.to(q.dtype)
     return torch.matmul(probs, v), qk_out

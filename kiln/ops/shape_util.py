@@ -32,8 +32,8 @@ def unbits(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def values(x: torch.Tensor) -> torch.Tensor:
     """``x`` in a type torch can do arithmetic and comparisons on, with the same values."""
-    if x.dtype in (torch.uint16, torch.uint32):
-        return x.to(torch.int64)
+    if x.dtype in (torch.uint16, torch.uint32, torch.bool):
+        return x.to(torch.int64)  # bool: sum/max act as "or", prod/min as "and" once cast back
     if x.dtype == torch.uint64:
         return x.view(torch.int64)  # wraps values >= 2**63; add and mul stay exact modulo 2**64
     if x.dtype.is_floating_point and x.dtype.itemsize == 1:

@@ -38,6 +38,9 @@ class Interpreter:
         if inputs is None:
             inputs = {}
         if not isinstance(inputs, Mapping):
+            if not isinstance(inputs, Sequence) or isinstance(inputs, (str, bytes)):
+                raise InputError(f"inputs must be a dict of name -> array, or a list in graph-input order "
+                                 f"({', '.join(v.name for v in g.inputs)}); got {type(inputs).__name__}")
             inputs = list(inputs)
             if len(inputs) != len(g.inputs):
                 raise InputError(f"expected {len(g.inputs)} inputs ({', '.join(v.name for v in g.inputs)}), "

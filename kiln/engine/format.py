@@ -1,0 +1,99 @@
+"""The engine file: one file, plain data.
+
+Layout::
+
+    b"KILNENG\\0"                 8 bytes, magic
+    format version               u32 little-endian
+    header length                u64 little-endian
+    header                       JSON (versions, device, build config, section sizes, report)
+    plan                         JSON (the optimized graph, see graph_json.py)
+    weights                      safetensors
+    sha256                       32 bytes over everything before it
+
+Loading parses JSON and safetensors only: no pickle, no eval, no code taken from the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import Any
+
+import torch
+
+from ..errors import EngineFormatError
+
+MAGIC = b"KILNENG\0"
+FORMAT_VERSION = 1
+_DIGEST = 32
+
+# safetensors has no code for these dtypes: stored as raw bytes, dtype recorded in the header.
+_AS_BYTES = {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.uint16, torch.uint32, torch.uint64}
+if hasattr(torch, "float8_e8m0fnu"):
+    _AS_BYTES.add(torch.float8_e8m0fnu)
+_DTYPE_NAMES = {str(d).replace("torch.", ""): d for d in _AS_BYTES}
+
+
+def pack(header: dict, plan: dict, weights: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+    stored, raw_dtypes = {}, {}
+    for k, t in weights.items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype in _AS_BYTES:
+            raw_dtypes[k] = [str(t.dtype).replace("torch.", ""), list(t.shape)]
+            t = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        stored[k] = t
+    weights_bytes = save(stored) if stored else b""
+    plan_bytes = json.dumps(plan, separators=(",", ":")).encode()
+    header = dict(header, plan_bytes=len(plan_bytes), weights_bytes=len(weights_bytes), raw_dtypes=raw_dtypes)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    body = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header_bytes)) + header_bytes + plan_bytes + weights_bytes
+    return body + hashlib.sha256(body).digest()
+
+
+def unpack(data: bytes, where: str = "engine") -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    if len(data) < len(MAGIC) + 12 + _DIGEST:
+        if not data.startswith(MAGIC[: len(data)]) or not data:
+            raise EngineFormatError(f"{where} is not a Kiln engine file (too short, no KILNENG magic)")
+        raise EngineFormatError(f"{where} is truncated ({len(data)} bytes)")
+    if data[:8] != MAGIC:
+        raise EngineFormatError(f"{where} is not a Kiln engine file (no KILNENG magic; "
+                                f"starts with {data[:8]!r}). Build one with kiln.build or `kiln build`.")
+    version, hlen = struct.unpack("<IQ", data[8:20])
+    if version > FORMAT_VERSION:
+        raise EngineFormatError(f"{where} uses engine format version {version}, newer than this Kiln supports "
+                                f"({FORMAT_VERSION}); upgrade Kiln or rebuild the engine")
+    if version < 1:
+        raise EngineFormatError(f"{where} has an invalid format version {version}")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if 20 + hlen > len(body):
+        raise EngineFormatError(f"{where} is truncated (header claims {hlen} bytes)")
+    if hashlib.sha256(body).digest() != digest:
+        raise EngineFormatError(f"{where} is corrupt or was modified: checksum mismatch (truncated or tampered file)")
+    try:
+        header = json.loads(body[20:20 + hlen])
+        p0 = 20 + hlen
+        p1 = p0 + int(header["plan_bytes"])
+        p2 = p1 + int(header["weights_bytes"])
+        if p2 != len(body):
+            raise EngineFormatError(f"{where}: section sizes do not add up to the file size")
+        plan = json.loads(body[p0:p1])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise EngineFormatError(f"{where} has a malformed header or plan: {e}") from None
+    weights = _load_weights(body[p1:p2], header.get("raw_dtypes", {}), where)
+    return header, plan, weights
+
+
+def _load_weights(blob: bytes, raw_dtypes: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+    if not blob:
+        return {}
+    from safetensors.torch import load
+    try:
+        tensors = load(blob)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise EngineFormatError(f"{where}: weights section is not valid safetensors: {e}") from None
+    for k, (dtype_name, shape) in raw_dtypes.items():
+        if k not in tensors or dtype_name not in _DTYPE_NAMES:
+            raise EngineFormatError(f"{where}: weight {k!r} has an unknown stored dtype {dtype_name!r}")
+        tensors[k] = tensors[k].view(_DTYPE_NAMES[dtype_name]).reshape(shape)
+    return tensors

@@ -1,0 +1,306 @@
+"""Engine (weights held once, plan, report) and ExecutionContext (per-context stream, CUDA graphs).
+
+An ExecutionContext is meant for one thread at a time (it holds a lock); use one context per thread to
+run an engine concurrently.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..build.config import BuilderConfig, Profile
+from ..errors import DeviceMismatchError, EngineFormatError, InputError, ShapeError
+from ..ir.convert import numpy_to_torch, torch_to_numpy
+from ..ir.dtype import DType
+from ..ir.graph import Graph
+from ..ir.types import TensorType
+from ..ops import Registry, default_registry
+from . import device_info
+from .program import Program
+
+log = logging.getLogger("kiln.runtime")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: DType | None
+    shape: tuple  # ints, symbols (str) or None
+
+
+class Engine:
+    """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
+
+    def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None):
+        self.graph = graph
+        self.header = header
+        self.report = report
+        self.config = BuilderConfig.from_json(header["config"])
+        self.device = torch.device(self.config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        self.registry = registry or default_registry()
+        self.output_names: list[str] = list(header["output_names"])
+        self.inputs = [TensorInfo(v.name, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
+                       for v in graph.inputs]
+        self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
+                        for n, v in zip(self.output_names, graph.outputs)]
+        self.profiles: tuple[Profile, ...] = self.config.profiles
+        self._constants = _bind_constants(graph, self.device)
+        self.program = Program(graph, self.device, self.registry, self._constants)
+
+    # -- io description --------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.graph.nodes)
+
+    def create_execution_context(self) -> "ExecutionContext":
+        return ExecutionContext(self)
+
+    # -- persistence -----------------------------------------------------------------------
+    def serialize(self) -> bytes:
+        from .format import pack
+        from .graph_json import encode_graph
+        plan, weights = encode_graph(self.graph)
+        header = dict(self.header)
+        if self.report is not None:
+            header["report"] = self.report.to_json()
+        return pack(header, plan, weights)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.serialize())
+
+    @staticmethod
+    def deserialize(data: bytes, where: str = "engine bytes") -> "Engine":
+        from ..build.report import BuildReport
+        from .format import unpack
+        from .graph_json import decode_graph
+        header, plan, weights = unpack(bytes(data), where)
+        for key in ("config", "output_names", "device", "versions"):
+            if key not in header:
+                raise EngineFormatError(f"{where}: header lacks {key!r}")
+        device_info.check_compatible(header["device"], header["versions"], where)
+        graph = decode_graph(plan, weights)
+        report = BuildReport.from_json(header["report"]) if "report" in header else None
+        return Engine(graph, header, report)
+
+    @staticmethod
+    def load(path: str | Path) -> "Engine":
+        p = Path(path)
+        if not p.is_file():
+            raise EngineFormatError(f"engine file {str(p)!r} does not exist")
+        return Engine.deserialize(p.read_bytes(), f"engine file {str(p)!r}")
+
+    def __repr__(self) -> str:
+        return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"
+
+
+def _bind_constants(graph: Graph, device: torch.device) -> dict[int, torch.Tensor]:
+    """Every constant moved to the device once; NHWC convolution weights stored channels-last."""
+    nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
+            if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
+    out = {}
+    for g in graph.walk_graphs():
+        for v in g.constants.values():
+            t = v.const.to(device)
+            if v.id in nhwc and t.dim() == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+            out[v.id] = t
+    return out
+
+
+class InferHandle:
+    """The pending result of ``infer_async``; ``wait()`` returns the outputs."""
+
+    def __init__(self, event, result: dict[str, Any], finish):
+        self._event, self._result, self._finish = event, result, finish
+
+    def done(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def wait(self) -> dict[str, Any]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._finish(self._result)
+
+
+@dataclass
+class _Captured:
+    graph: Any
+    static_inputs: dict[str, torch.Tensor]
+    static_outputs: list[torch.Tensor]
+
+
+class ExecutionContext:
+    """Runs an engine. Own CUDA stream and CUDA graphs (one per input shape) on the GPU."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.device = engine.device
+        self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        self.use_cuda_graphs = self.device.type == "cuda" and engine.config.cuda_graphs
+        self._graphs: dict[tuple, _Captured | None] = {}
+        self._lock = threading.Lock()
+        self.notes: list[str] = []
+        self.profile_index = 0
+        self._input_shapes: dict[str, tuple] = {}
+
+    # -- TensorRT-style shape setting (optional) ------------------------------------------
+    def set_input_shape(self, name: str, shape) -> None:
+        if name not in {i.name for i in self.engine.inputs}:
+            raise InputError(f"unknown input {name!r}; inputs are {[i.name for i in self.engine.inputs]}")
+        self._input_shapes[name] = tuple(int(d) for d in shape)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _prepare(self, inputs: Mapping[str, Any] | list) -> tuple[dict[str, torch.Tensor], bool]:
+        eng = self.engine
+        if not isinstance(inputs, Mapping):
+            inputs = list(inputs)
+            if len(inputs) != len(eng.inputs):
+                raise InputError(f"expected {len(eng.inputs)} inputs ({', '.join(i.name for i in eng.inputs)}), "
+                                 f"got {len(inputs)}")
+            inputs = {i.name: x for i, x in zip(eng.inputs, inputs)}
+        names = {i.name for i in eng.inputs}
+        unknown = [k for k in inputs if k not in names]
+        if unknown:
+            raise InputError(f"unknown input name(s) {', '.join(map(repr, unknown))}; the engine's inputs are: "
+                             f"{', '.join(repr(n) for n in names)}")
+        as_numpy = all(isinstance(x, (np.ndarray, np.generic)) for x in inputs.values())
+        out = {}
+        for info in eng.inputs:
+            if info.name not in inputs:
+                raise InputError(f"missing input {info.name!r} (dtype {info.dtype.name.lower() if info.dtype else '?'}"
+                                 f", shape {list(info.shape)})")
+            x = inputs[info.name]
+            if isinstance(x, (np.ndarray, np.generic)):
+                try:
+                    t, dtype = numpy_to_torch(np.asarray(x))
+                except TypeError as e:
+                    raise InputError(f"input {info.name!r}: {e}") from None
+            elif isinstance(x, torch.Tensor):
+                t = x
+                try:
+                    dtype = DType.from_torch(x.dtype)
+                except TypeError as e:
+                    raise InputError(f"input {info.name!r}: {e}") from None
+            else:
+                raise InputError(f"input {info.name!r}: expected a numpy array or torch tensor, got {type(x).__name__}")
+            if info.dtype is not None and dtype is not info.dtype and not (info.dtype.is_subbyte and
+                                                                            info.dtype.torch == t.dtype):
+                raise InputError(f"input {info.name!r} must have dtype {info.dtype.name.lower()}, "
+                                 f"got {dtype.name.lower()}")
+            self._check_shape(info, tuple(t.shape))
+            out[info.name] = t
+        self._select_profile({k: tuple(v.shape) for k, v in out.items()})
+        return out, as_numpy
+
+    def _check_shape(self, info: TensorInfo, shape: tuple) -> None:
+        if info.shape and len(info.shape) != len(shape):
+            raise ShapeError(f"input {info.name!r} must have rank {len(info.shape)} (shape {list(info.shape)}), "
+                             f"got shape {list(shape)}")
+        for i, (want, got) in enumerate(zip(info.shape, shape)):
+            if isinstance(want, int) and want != got:
+                raise ShapeError(f"input {info.name!r}: dimension {i} is fixed at {want} in this engine, "
+                                 f"got shape {list(shape)}")
+
+    def _select_profile(self, shapes: dict[str, tuple]) -> None:
+        profiles = self.engine.profiles
+        if not profiles:
+            return
+        if profiles[self.profile_index].contains(shapes):
+            return
+        for i, p in enumerate(profiles):
+            if p.contains(shapes):
+                self.profile_index = i
+                return
+        reasons = "; ".join(f"profile {i}: {p.mismatch(shapes)}" for i, p in enumerate(profiles))
+        raise ShapeError(f"input shapes fit no optimization profile of this engine ({reasons}). "
+                         f"Rebuild with a profile that covers them.")
+
+    # -- running -----------------------------------------------------------------------------
+    def _eager(self, feed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        env = {v.id: feed[v.name] for v in self.engine.graph.inputs}
+        with torch.inference_mode():
+            return self.engine.program.run(env)
+
+    def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:
+        feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
+        if not self.use_cuda_graphs:
+            return self._eager(feed)
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
+        cap = self._graphs.get(key, False)
+        if cap is False:
+            cap = self._graphs[key] = self._capture(feed)
+        if cap is None:
+            return self._eager(feed)
+        for k, v in feed.items():
+            cap.static_inputs[k].copy_(v, non_blocking=True)
+        cap.graph.replay()
+        return cap.static_outputs
+
+    def _capture(self, feed: dict[str, torch.Tensor]) -> _Captured | None:
+        static = {k: v.clone() for k, v in feed.items()}
+        try:
+            self._eager(static)  # warm-up: lazy inits, cuBLAS handles, autotuners
+            self.stream.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=self.stream):
+                outs = self._eager(static)
+            if not all(isinstance(o, torch.Tensor) for o in outs):
+                raise RuntimeError("an output is not a tensor")
+            return _Captured(g, static, outs)
+        except Exception as e:  # noqa: BLE001 - capture is an optimization: fall back to eager and say so
+            msg = (f"CUDA graph capture failed for input shapes {[tuple(v.shape) for v in feed.values()]}: "
+                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; running eagerly")
+            self.notes.append(msg)
+            log.warning(msg)
+            torch.cuda.synchronize(self.device)
+            return None
+
+    def _finish(self, outs: list[Any], as_numpy: bool, out_buffers: Mapping[str, Any] | None) -> dict[str, Any]:
+        result = {}
+        for info, x in zip(self.engine.outputs, outs):
+            if out_buffers is not None and info.name in out_buffers:
+                buf = out_buffers[info.name]
+                if isinstance(buf, np.ndarray):
+                    buf[...] = torch_to_numpy(x, info.dtype)
+                else:
+                    if tuple(buf.shape) != tuple(x.shape):
+                        raise ShapeError(f"output buffer for {info.name!r} has shape {list(buf.shape)}, "
+                                         f"the output has shape {list(x.shape)}")
+                    buf.copy_(x)
+                result[info.name] = buf
+            elif as_numpy and isinstance(x, torch.Tensor):
+                result[info.name] = torch_to_numpy(x, info.dtype)
+            elif isinstance(x, torch.Tensor) and self.use_cuda_graphs:
+                result[info.name] = x.clone()  # static graph outputs are overwritten by the next replay
+            else:
+                result[info.name] = x
+        return result
+
+    def infer(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run synchronously. numpy in -> numpy out; torch in -> torch out on the engine's device."""
+        return self.infer_async(inputs, outputs).wait()
+
+    def infer_async(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None) -> InferHandle:
+        """Enqueue on this context's stream and return at once (on CPU the work is done on return)."""
+        feed, as_numpy = self._prepare(inputs)
+        with self._lock:
+            if self.stream is None:
+                outs = self._run_on_device(feed)
+                return InferHandle(None, outs, lambda o: self._finish(o, as_numpy, outputs))
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                outs = self._run_on_device(feed)
+                result = self._finish(outs, False, None) if not as_numpy and outputs is None else outs
+                event = torch.cuda.Event()
+                event.record(self.stream)
+        if not as_numpy and outputs is None:
+            return InferHandle(event, result, lambda r: r)
+        return InferHandle(event, result, lambda o: self._finish(o, as_numpy, outputs))

@@ -1,0 +1,144 @@
+"""Kiln's own fused layers (domain ``kiln``), produced by the builder's fusion passes.
+
+Every fused layer is described by plain attributes (an engine stores the description, never code):
+- ``kiln::Conv(X, W, B?, extra...)``: ONNX Conv attributes plus ``epilogue``.
+- ``kiln::Linear(X, W[N,K], B?, extra...)``: X @ W^T + B, then ``epilogue`` (MatMul/Gemm with constant weights).
+- ``kiln::Attention(Q, Kt, V, mask?)``: softmax(Q @ Kt * scale + mask) @ V, through scaled_dot_product_attention.
+- ``kiln::Elementwise(inputs...)``: a chain of elementwise ONNX ops, ``program`` lists them in order.
+
+An epilogue is a list of steps applied in order to the layer's own (fresh) output, in place:
+``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"gelu_tanh"``, ``"silu"``, ``"leaky_relu:A"``,
+``"elu:A"``, ``"clip:LO:HI"``, ``"hardsigmoid:A:B"``, ``"hardswish"``, ``"softplus"``, ``"add:I"`` (add input I,
+a residual), ``"mul:I"``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .registry import KernelContext, OpSet
+
+ops = OpSet("fused")
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "leaky_relu", "elu", "clip", "hardsigmoid",
+               "hardswish", "softplus")
+
+
+def apply_epilogue(y: torch.Tensor, epilogue: list[str], inputs: list) -> torch.Tensor:
+    for step in epilogue:
+        name, *p = step.split(":")
+        if name == "relu":
+            y = y.relu_()
+        elif name == "add":
+            y = y.add_(inputs[int(p[0])])
+        elif name == "mul":
+            y = y.mul_(inputs[int(p[0])])
+        elif name == "sigmoid":
+            y = y.sigmoid_()
+        elif name == "tanh":
+            y = y.tanh_()
+        elif name == "gelu":
+            y = F.gelu(y)
+        elif name == "gelu_tanh":
+            y = F.gelu(y, approximate="tanh")
+        elif name == "silu":
+            y = F.silu(y, inplace=True)
+        elif name == "leaky_relu":
+            y = F.leaky_relu_(y, float(p[0]))
+        elif name == "elu":
+            y = F.elu_(y, float(p[0]))
+        elif name == "clip":
+            lo = None if p[0] == "" else float(p[0])
+            hi = None if p[1] == "" else float(p[1])
+            y = y.clamp_(lo, hi)
+        elif name == "hardsigmoid":
+            a, b = float(p[0]), float(p[1])
+            y = y.mul_(a).add_(b).clamp_(0, 1)
+        elif name == "hardswish":
+            y = F.hardswish(y, inplace=True)
+        elif name == "softplus":
+            y = F.softplus(y)
+        else:
+            raise ValueError(f"unknown epilogue step {step!r}")
+    return y
+
+
+def _conv_pads(attrs: dict, spatial: int) -> tuple[list[int] | None, list[int]]:
+    pads = list(attrs.get("pads", [0] * (2 * spatial)))
+    begin, end = pads[:spatial], pads[spatial:]
+    if begin == end:
+        return None, begin
+    # torch pads symmetric only: pad the input explicitly (F.pad takes last dim first).
+    explicit = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        explicit += [b, e]
+    return explicit, [0] * spatial
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@ops.op("Conv", domain="kiln")
+def fused_conv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """Convolution with explicit pads (resolved at build), bias and epilogue."""
+    x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+    spatial = w.dim() - 2
+    explicit, pads = _conv_pads(attrs, spatial)
+    if explicit is not None:
+        x = F.pad(x, explicit)
+    if attrs.get("channels_last", 0) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = _CONV[spatial](x, w, b, stride=attrs.get("strides", [1] * spatial), padding=pads,
+                       dilation=attrs.get("dilations", [1] * spatial), groups=attrs.get("group", 1))
+    return apply_epilogue(y, attrs.get("epilogue", []), inputs)
+
+
+@ops.op("Linear", domain="kiln")
+def fused_linear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """x @ W^T + b with W stored [N, K] (what cuBLAS/oneDNN want), then the epilogue."""
+    x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+    y = F.linear(x, w, b)
+    return apply_epilogue(y, attrs.get("epilogue", []), inputs)
+
+
+@ops.op("Attention", domain="kiln")
+def fused_attention(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """softmax(Q @ Kt * scale + mask) @ V; Kt is K already transposed (as exporters produce it)."""
+    q, kt, v = inputs[0], inputs[1], inputs[2]
+    mask = inputs[3] if len(inputs) > 3 else None
+    k = kt.transpose(-1, -2)
+    if mask is not None and mask.dtype != q.dtype and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=float(attrs["scale"]))
+
+
+@ops.op("Elementwise", domain="kiln")
+def fused_elementwise(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """Runs ``program``: lines "Op(a,b)" whose operands are region inputs (iN) or earlier results (tN).
+
+    The ops' own kernels compute each step, so the region means exactly what the ONNX nodes meant.
+    """
+    from . import default_registry
+    reg = default_registry()
+    temps: list = []
+    sub_attrs = attrs.get("attrs", [])
+    for i, line in enumerate(attrs["program"]):
+        op, _, rest = line.partition("(")
+        args = [inputs[int(a[1:])] if a[0] == "i" else temps[int(a[1:])] for a in rest.rstrip(")").split(",") if a]
+        a = _decode_sub_attrs(sub_attrs[i]) if i < len(sub_attrs) else {}
+        out = reg.get("", op).kernel(ctx, args, a)
+        temps.append(out if isinstance(out, torch.Tensor) else out[0])
+    return temps[-1]
+
+
+def _decode_sub_attrs(items: list[str]) -> dict:
+    """Sub-node attributes are stored as "name=kind:value" strings (kind i, f or s)."""
+    out = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        kind, _, val = rest.partition(":")
+        out[name] = int(val) if kind == "i" else float(val) if kind == "f" else val
+    return out
+

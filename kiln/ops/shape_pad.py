@@ -1,0 +1,111 @@
+"""Pad and CenterCropPad (part of the 'shape' family's OpSet)."""
+from __future__ import annotations
+
+import torch
+
+from .registry import OpSet
+from .shape_util import axis, bits, ints, unbits
+
+ops = OpSet("shape")
+
+
+def _source_index(n_out: int, begin: int, dim: int, mode: str, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For each output position along one axis, the input position it reads, and (constant mode) which
+    positions are padding."""
+    src = torch.arange(n_out, device=device) - begin
+    if mode == "constant":
+        inside = (src >= 0) & (src < dim)
+        return src.clamp(0, max(dim - 1, 0)), ~inside
+    if dim == 0:
+        raise ValueError(f"Pad: mode {mode!r} cannot pad an empty dim")
+    if mode == "edge":
+        return src.clamp(0, dim - 1), None
+    if mode == "wrap":
+        return src.remainder(dim), None
+    if mode == "reflect":
+        if dim == 1:
+            return torch.zeros_like(src), None
+        period = 2 * (dim - 1)
+        src = src.remainder(period)
+        return torch.where(src >= dim, period - src, src), None
+    raise ValueError(f"Pad: unknown mode {mode!r}")
+
+
+def pad_tensor(x: torch.Tensor, begins: list[int], ends: list[int], mode: str = "constant",
+               value: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad (positive) or crop (negative) every axis of ``x`` by ``begins``/``ends``.
+
+    Works for any rank, dtype and mode by gathering along one axis at a time; ``value`` is a 0-d
+    tensor of x's dtype for constant mode (zero if None).
+    """
+    dtype = x.dtype
+    y = bits(x)
+    fill = None
+    if mode == "constant":
+        fill = bits(value.reshape(()).to(x.device)) if value is not None else torch.zeros((), dtype=y.dtype,
+                                                                                            device=x.device)
+    for a, (b, e) in enumerate(zip(begins, ends)):
+        if b == 0 and e == 0:
+            continue
+        dim = y.shape[a]
+        # Crop first, so that padding only ever sees the kept part.
+        lo, hi = max(-b, 0), dim - max(-e, 0)
+        if lo or hi != dim:
+            y = y.narrow(a, lo, max(hi - lo, 0))
+            dim = y.shape[a]
+        b, e = max(b, 0), max(e, 0)
+        if b == 0 and e == 0:
+            continue
+        src, pad_mask = _source_index(dim + b + e, b, dim, mode, x.device)
+        if dim == 0:  # nothing to gather from: the result is all padding
+            shape = list(y.shape)
+            shape[a] = b + e
+            y = fill.expand(shape).clone()
+            continue
+        y = y.index_select(a, src)
+        if pad_mask is not None:
+            view = [1] * y.dim()
+            view[a] = -1
+            y = torch.where(pad_mask.view(view), fill, y)
+    return unbits(y, dtype)
+
+
+@ops.op("Pad")
+def pad(ctx, inputs, attrs):
+    """Pads as ``[begin_0, .., begin_n, end_0, .., end_n]``: the ``paddings`` (opset 1) or ``pads`` (2-10)
+    attribute with a ``value`` attribute, or inputs 2 and 3 (11+) with ``axes`` as input 4 (18+).
+    Negative pads crop. Modes: constant, reflect, edge, wrap (19+)."""
+    x = inputs[0]
+    mode = attrs.get("mode", "constant")
+    value = None
+    if ctx.opset < 11:
+        pads = list(attrs.get("pads", attrs.get("paddings", [])))
+        value = torch.tensor(attrs.get("value", 0.0), device=x.device).to(x.dtype)
+    else:
+        pads = ints(inputs[1])
+        if len(inputs) > 2 and inputs[2] is not None and inputs[2].numel():
+            value = inputs[2].reshape(-1)[0].to(x.dtype)
+    axes = list(range(x.dim()))
+    if len(inputs) > 3 and inputs[3] is not None:
+        axes = [axis(a, x.dim()) for a in ints(inputs[3])]
+    if len(pads) != 2 * len(axes):
+        raise ValueError(f"Pad: {len(pads)} pads for {len(axes)} axes")
+    begins, ends = [0] * x.dim(), [0] * x.dim()
+    for i, a in enumerate(axes):
+        begins[a], ends[a] = pads[i], pads[i + len(axes)]
+    return pad_tensor(x, begins, ends, mode, value)
+
+
+@ops.op("CenterCropPad")
+def center_crop_pad(ctx, inputs, attrs):
+    """Crops or zero-pads each listed axis to the requested size, keeping the center; an odd
+    difference puts the extra element at the end."""
+    x = inputs[0]
+    sizes = ints(inputs[1])
+    axes = [axis(a, x.dim()) for a in attrs.get("axes", range(x.dim()))]
+    begins, ends = [0] * x.dim(), [0] * x.dim()
+    for a, size in zip(axes, sizes):
+        diff = size - x.shape[a]
+        begins[a] = diff // 2 if diff >= 0 else -((-diff) // 2)
+        ends[a] = diff - begins[a]
+    return pad_tensor(x, begins, ends)

@@ -1,0 +1,59 @@
+"""What a pass sees besides the graph: the config, the op registry, type facts, and the report it writes to."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..build.config import BuilderConfig
+from ..ir.graph import Graph, Node
+from ..ops import Registry, default_registry
+from .propagate import Facts, propagate
+
+
+@dataclass
+class Rejection:
+    """A fusion rule that matched (part of) a pattern but did not rewrite it, and why."""
+
+    rule: str
+    nodes: list[str]
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "nodes": self.nodes, "reason": self.reason}
+
+
+@dataclass
+class PassContext:
+    graph: Graph
+    config: BuilderConfig = field(default_factory=BuilderConfig)
+    registry: Registry = field(default_factory=default_registry)
+    input_shapes: dict[str, tuple] | None = None  # static dims known at build (from profiles or the model)
+    rejections: list[Rejection] = field(default_factory=list)
+    applied: dict[str, int] = field(default_factory=dict)  # rule name -> rewrites done
+    notes: list[str] = field(default_factory=list)  # fallbacks and other things the report must show
+    _facts: Facts | None = None
+
+    @property
+    def facts(self) -> Facts:
+        """Types of all values; recomputed after any pass that changed the graph."""
+        if self._facts is None:
+            self._facts = propagate(self.graph, self.input_shapes, self.registry)
+        return self._facts
+
+    def invalidate(self) -> None:
+        self._facts = None
+
+    def reject(self, rule: str, nodes: list[Node], reason: str) -> None:
+        key = (rule, tuple(n.label for n in nodes))
+        if any((r.rule, tuple(r.nodes)) == key for r in self.rejections):
+            return
+        self.rejections.append(Rejection(rule, [n.label for n in nodes], reason))
+
+    def count(self, rule: str, n: int = 1) -> None:
+        self.applied[rule] = self.applied.get(rule, 0) + n
+
+    def shape(self, v) -> Any:
+        return self.facts.shape(v)
+
+    def dtype(self, v):
+        return getattr(self.facts.type_of(v), "dtype", None)

@@ -1,0 +1,111 @@
+"""The default optimization pipeline: a list of named passes, read top to bottom.
+
+A pass is ``fn(graph, ctx) -> changed``. A ``FixedPoint`` group repeats its passes until none changes the
+graph. Each pass is timed; a failure names the pass and the passes that ran before it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import BuildError, KilnError
+from ..ir.graph import Graph
+from .common_subexpr import eliminate_common_subexpressions
+from .context import PassContext
+from .dead_code import eliminate_dead_code
+from .fold_constants import fold_constants
+from .fuse_batchnorm import fold_batchnorm
+from .fuse_elementwise import fuse_elementwise
+from .fuse_epilogue import fuse_epilogues
+from .fuse_horizontal import fuse_horizontal
+from .layout import choose_layout
+from .noops import remove_noops
+from .recognize import recognize_attention, recognize_gelu, recognize_layer_norm, recognize_rms_norm, recognize_silu
+
+log = logging.getLogger("kiln.build")
+
+PassFn = Callable[[Graph, PassContext], bool]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: PassFn
+    min_level: int = 1  # runs when BuilderConfig.optimization_level >= min_level
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    name: str
+    passes: tuple[Pass, ...]
+    max_rounds: int = 8
+    min_level: int = 1
+
+
+SIMPLIFY = FixedPoint("simplify", (
+    Pass("fold_constants", fold_constants),
+    Pass("remove_noops", remove_noops),
+    Pass("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    Pass("eliminate_dead_code", eliminate_dead_code),
+))
+
+DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
+    Pass("eliminate_dead_code", eliminate_dead_code, min_level=0),
+    SIMPLIFY,
+    # Exporters' decomposed forms back into single layers.
+    Pass("recognize_gelu", recognize_gelu),
+    Pass("recognize_silu", recognize_silu),
+    Pass("recognize_layer_norm", recognize_layer_norm),
+    Pass("recognize_rms_norm", recognize_rms_norm),
+    Pass("recognize_attention", recognize_attention),
+    SIMPLIFY,
+    # Vertical fusion: BatchNorm into weights, then bias/activation/residual into the producing layer.
+    Pass("fold_batchnorm", fold_batchnorm),
+    Pass("fuse_epilogues", fuse_epilogues),
+    # Horizontal fusion: siblings reading the same input become one wider layer.
+    Pass("fuse_horizontal", fuse_horizontal, min_level=2),
+    Pass("fuse_elementwise", fuse_elementwise),
+    Pass("eliminate_dead_code", eliminate_dead_code),
+    Pass("choose_layout", choose_layout),
+)
+
+
+def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE) -> list[tuple[str, float]]:
+    """Run ``pipeline`` on ``graph`` in place; return (pass name, seconds) for each pass run."""
+    timings: list[tuple[str, float]] = []
+    done: list[str] = []
+    level = ctx.config.optimization_level
+
+    def run_one(p: Pass) -> bool:
+        t0 = time.perf_counter()
+        try:
+            changed = p.fn(graph, ctx)
+        except KilnError as e:
+            raise BuildError(f"pass {p.name!r} failed: {e} (passes before it: {', '.join(done) or 'none'})") from e
+        except Exception as e:  # noqa: BLE001 - a pass bug must name the pass
+            raise BuildError(f"pass {p.name!r} failed: {type(e).__name__}: {e} "
+                             f"(passes before it: {', '.join(done) or 'none'})") from e
+        timings.append((p.name, time.perf_counter() - t0))
+        done.append(p.name)
+        if changed:
+            ctx.invalidate()
+            if ctx.config.verbosity >= 2:
+                try:
+                    graph.verify()
+                except KilnError as e:
+                    raise BuildError(f"pass {p.name!r} left an invalid graph: {e}") from e
+                log.debug("after %s:\n%s", p.name, graph)
+        return bool(changed)
+
+    for step in pipeline:
+        if step.min_level > level:
+            continue
+        if isinstance(step, FixedPoint):
+            for _ in range(step.max_rounds):
+                if not any([run_one(p) for p in step.passes if p.min_level <= level]):
+                    break
+        else:
+            run_one(step)
+    return timings

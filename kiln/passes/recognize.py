@@ -1,0 +1,431 @@
+"""Exporters' decomposed forms recognized as single layers.
+
+    0.5 * x * (1 + erf(x / sqrt2))                         -> Gelu(x)
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  -> Gelu(x, approximate="tanh")
+    x * sigmoid(x)                                          -> Swish(x)            (SiLU)
+    (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
+    x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
+    softmax(Q @ Kt * s + mask) @ V                          -> kiln::Attention(Q, Kt, V, mask)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ir.graph import Graph, Node, Value
+from .context import PassContext
+from .rewrite import const, merge_covers, new_constant, only_use, scalar
+
+
+def _prod(v: Value | None, *ops: str) -> Node | None:
+    p = v.producer if v is not None else None
+    return p if p is not None and p.domain == "" and p.op_type in ops and p.graph is not None else None
+
+
+def _other(node: Node, v: Value) -> Value | None:
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    return b if a is v else a if b is v else None
+
+
+def _close(x: float | None, want: float, tol: float = 1e-3) -> bool:
+    return x is not None and abs(x - want) <= tol * max(1.0, abs(want))
+
+
+def _single_consumer(v: Value, *ops: str) -> Node | None:
+    n = only_use(v)
+    return n if n is not None and n.domain == "" and n.op_type in ops else None
+
+
+def _replace(graph: Graph, ctx: PassContext, rule: str, old: list[Node], op: str, inputs: list, attrs: dict,
+             out: Value, domain: str = "") -> None:
+    """Put one node computing ``out`` in place of ``old`` (the last of which produced ``out``)."""
+    last = out.producer
+    new = Node(op, inputs, [], attrs, name=f"{last.label}.{op.lower()}", domain=domain)
+    merge_covers(new, old)
+    for n in old:
+        n.detach()
+    for n in old:
+        if n is not last:
+            graph.nodes.remove(n)
+            n.graph = None
+    at = graph.nodes.index(last)
+    graph.nodes[at] = new
+    last.graph = None
+    new.graph = graph
+    out.producer, out.index = new, 0
+    new.outputs = [out]
+    ctx.count(rule)
+
+
+def _internal_only(nodes: list[Node], out: Value) -> bool:
+    """True when no value made inside the pattern (other than ``out``) is read outside it."""
+    inside = set(map(id, nodes))
+    for n in nodes:
+        for o in n.outputs:
+            if o is None or o is out:
+                continue
+            if any(id(u) not in inside for u, _ in o.uses):
+                return False
+            g = n.graph
+            if g is not None and any(x is o for x in g.outputs):
+                return False
+    return True
+
+
+# --- GELU ---------------------------------------------------------------------------------------
+def _gelu_tail(graph: Graph, inner: Node, x: Value):
+    """From the node producing erf(..)/tanh(..): (1 + t) * x * 0.5 in any association; returns (nodes, out)."""
+    add = _single_consumer(inner.outputs[0], "Add")
+    if add is None or not _close(scalar(_other(add, inner.outputs[0])), 1.0):
+        return None
+    m1 = _single_consumer(add.outputs[0], "Mul")
+    if m1 is None:
+        return None
+    o = _other(m1, add.outputs[0])
+    if o is x:  # x * (1 + t) then * 0.5
+        m2 = _single_consumer(m1.outputs[0], "Mul")
+        if m2 is not None and _close(scalar(_other(m2, m1.outputs[0])), 0.5):
+            return [add, m1, m2], m2.outputs[0]
+        return None
+    half = _prod(o, "Mul")  # (x * 0.5) * (1 + t)
+    if half is not None and x in half.inputs and _close(scalar(_other(half, x)), 0.5) and only_use(o) is m1:
+        return [half, add, m1], m1.outputs[0]
+    if _close(scalar(o), 0.5):  # 0.5 * (1 + t) then * x
+        m2 = _single_consumer(m1.outputs[0], "Mul")
+        if m2 is not None and _other(m2, m1.outputs[0]) is x:
+            return [add, m1, m2], m2.outputs[0]
+    return None
+
+
+def recognize_gelu(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.domain != "" or node.op_type not in ("Erf", "Tanh"):
+            continue
+        pre = node.inputs[0].producer if node.inputs[0] is not None else None
+        if pre is None or pre.domain != "" or pre.graph is not graph:
+            continue
+        approx = "none"
+        head: list[Node]
+        if node.op_type == "Erf":
+            if pre.op_type == "Div" and _close(scalar(pre.inputs[1]), math.sqrt(2)):
+                x = pre.inputs[0]
+            elif pre.op_type == "Mul" and _close(scalar(pre.inputs[1]), 1 / math.sqrt(2)):
+                x = pre.inputs[0]
+            elif pre.op_type == "Mul" and _close(scalar(pre.inputs[0]), 1 / math.sqrt(2)):
+                x = pre.inputs[1]
+            else:
+                continue
+            head = [pre]
+        else:
+            found = _tanh_head(pre)
+            if found is None:
+                continue
+            x, head = found
+            approx = "tanh"
+        tail = _gelu_tail(graph, node, x)
+        if tail is None:
+            ctx.reject("recognize_gelu", [node], f"{node.op_type} looks like GELU's core but the surrounding "
+                       "(1 + t) * x * 0.5 pattern does not match")
+            continue
+        nodes, out = tail
+        allnodes = head + [node] + nodes
+        if not _internal_only(allnodes, out):
+            ctx.reject("recognize_gelu", allnodes, "an intermediate value of the GELU pattern is used elsewhere")
+            continue
+        _replace(graph, ctx, "recognize_gelu", allnodes, "Gelu", [x], {"approximate": approx}, out)
+        changed = True
+    return changed
+
+
+def _tanh_head(pre: Node):
+    """sqrt(2/pi) * (x + 0.044715 * x^3): returns (x, nodes)."""
+    if pre.op_type != "Mul":
+        return None
+    k = math.sqrt(2 / math.pi)
+    for i in (0, 1):
+        if _close(scalar(pre.inputs[i]), k):
+            inner = _prod(pre.inputs[1 - i], "Add")
+            break
+    else:
+        return None
+    if inner is None:
+        return None
+    for x, cube_side in ((inner.inputs[0], inner.inputs[1]), (inner.inputs[1], inner.inputs[0])):
+        m = _prod(cube_side, "Mul")
+        if m is None:
+            continue
+        for j in (0, 1):
+            if _close(scalar(m.inputs[j]), 0.044715):
+                cube = _prod(m.inputs[1 - j], "Pow", "Mul")
+                if cube is None:
+                    continue
+                if cube.op_type == "Pow" and cube.inputs[0] is x and _close(scalar(cube.inputs[1]), 3.0):
+                    return x, [cube, m, inner, pre]
+                if cube.op_type == "Mul":  # x * x * x
+                    sq = _prod(cube.inputs[0], "Mul")
+                    if sq is not None and cube.inputs[1] is x and sq.inputs[0] is x and sq.inputs[1] is x:
+                        return x, [sq, cube, m, inner, pre]
+    return None
+
+
+# --- SiLU ---------------------------------------------------------------------------------------
+def recognize_silu(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for sig in list(graph.nodes):
+        if sig.graph is not graph or sig.domain != "" or sig.op_type != "Sigmoid":
+            continue
+        x = sig.inputs[0]
+        mul = _single_consumer(sig.outputs[0], "Mul")
+        if mul is None or _other(mul, sig.outputs[0]) is not x:
+            continue
+        _replace(graph, ctx, "recognize_silu", [sig, mul], "Swish", [x], {"alpha": 1.0}, mul.outputs[0])
+        changed = True
+    return changed
+
+
+# --- LayerNorm / RMSNorm ----------------------------------------------------------------------------
+def _reduce_axes(node: Node) -> list[int] | None:
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        c = const(node.inputs[1])
+        return None if c is None else [int(a) for a in c.reshape(-1).tolist()]
+    return node.attrs.get("axes")
+
+
+def _trailing_axes(axes: list[int] | None, rank: int | None) -> int | None:
+    """-k when ``axes`` are exactly the last k axes, else None."""
+    if axes is None or rank is None:
+        return None
+    norm = sorted(a % rank for a in axes)
+    k = len(norm)
+    return -k if norm == list(range(rank - k, rank)) else None
+
+
+def _affine(graph: Graph, v: Value):
+    """Optional `* gamma` then `+ beta` (constants) after ``v``: returns (nodes, gamma, beta, out)."""
+    nodes, gamma, beta, out = [], None, None, v
+    m = _single_consumer(out, "Mul")
+    if m is not None and const(_other(m, out)) is not None:
+        gamma = _other(m, out)
+        nodes.append(m)
+        out = m.outputs[0]
+    a = _single_consumer(out, "Add")
+    if a is not None and const(_other(a, out)) is not None:
+        beta = _other(a, out)
+        nodes.append(a)
+        out = a.outputs[0]
+    return nodes, gamma, beta, out
+
+
+def _norm_denominator(v: Value):
+    """sqrt(mean(d^2) + eps) where v is that value: returns (nodes, square_input, eps, reduce node)."""
+    sqrt = _prod(v, "Sqrt")
+    if sqrt is None:
+        return None
+    add = _prod(sqrt.inputs[0], "Add")
+    if add is None:
+        return None
+    for i in (0, 1):
+        eps = scalar(add.inputs[i])
+        red = _prod(add.inputs[1 - i], "ReduceMean")
+        if eps is not None and red is not None:
+            break
+    else:
+        return None
+    sq = _prod(red.inputs[0], "Pow", "Mul")
+    if sq is None:
+        return None
+    if sq.op_type == "Pow" and _close(scalar(sq.inputs[1]), 2.0):
+        base = sq.inputs[0]
+    elif sq.op_type == "Mul" and sq.inputs[0] is sq.inputs[1]:
+        base = sq.inputs[0]
+    else:
+        return None
+    return [sq, red, add, sqrt], base, eps, red
+
+
+def _gamma_beta(graph: Graph, ctx: PassContext, x: Value, k: int, gamma, beta, label: str):
+    shape = ctx.shape(x)
+    norm_shape = shape[k:] if shape is not None else None
+    dtype = ctx.dtype(x)
+    if gamma is None or beta is None:
+        if norm_shape is None or not all(isinstance(d, int) for d in norm_shape) or dtype is None:
+            return None
+    g = const(gamma) if gamma is not None else torch.ones(norm_shape, dtype=dtype.torch)
+    b = const(beta) if beta is not None else torch.zeros(norm_shape, dtype=dtype.torch)
+    if norm_shape is not None and all(isinstance(d, int) for d in norm_shape):
+        try:
+            g = torch.broadcast_to(g, norm_shape).contiguous()
+            b = torch.broadcast_to(b, norm_shape).contiguous()
+        except RuntimeError:
+            return None
+    return new_constant(graph, f"{label}.gamma", g), new_constant(graph, f"{label}.beta", b)
+
+
+def recognize_layer_norm(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for mean in list(graph.nodes):
+        if mean.graph is not graph or mean.domain != "" or mean.op_type != "ReduceMean":
+            continue
+        x = mean.inputs[0]
+        if not mean.attrs.get("keepdims", 1):
+            continue
+        k = _trailing_axes(_reduce_axes(mean), len(ctx.shape(x)) if ctx.shape(x) is not None else None)
+        if k is None:
+            continue
+        sub = next((u for u, _ in mean.outputs[0].uses if u.op_type == "Sub" and u.inputs[0] is x
+                    and u.inputs[1] is mean.outputs[0]), None)
+        if sub is None:
+            continue
+        d = sub.outputs[0]
+        div = next((u for u, _ in d.uses if u.op_type == "Div" and u.inputs[0] is d), None)
+        if div is None:
+            continue
+        den = _norm_denominator(div.inputs[1])
+        if den is None or den[1] is not d:
+            ctx.reject("recognize_layer_norm", [mean, sub, div], "mean/subtract/divide found, but the divisor is not "
+                       "sqrt(mean(d^2) + eps) of the same difference")
+            continue
+        den_nodes, _, eps, red2 = den
+        if _trailing_axes(_reduce_axes(red2), len(ctx.shape(x))) != k or not red2.attrs.get("keepdims", 1):
+            continue
+        aff_nodes, gamma, beta, out = _affine(graph, div.outputs[0])
+        nodes = [mean, sub] + den_nodes + [div] + aff_nodes
+        if not _internal_only(nodes, out):
+            ctx.reject("recognize_layer_norm", nodes, "an intermediate value of the LayerNorm pattern is used elsewhere")
+            continue
+        gb = _gamma_beta(graph, ctx, x, k, gamma, beta, mean.label)
+        if gb is None:
+            ctx.reject("recognize_layer_norm", nodes, "normalized dims are not static and gamma/beta are missing")
+            continue
+        _replace(graph, ctx, "recognize_layer_norm", nodes, "LayerNormalization", [x, *gb],
+                 {"axis": k, "epsilon": float(eps)}, out)
+        changed = True
+    return changed
+
+
+def recognize_rms_norm(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for sqrt in list(graph.nodes):
+        if sqrt.graph is not graph or sqrt.domain != "" or sqrt.op_type != "Sqrt":
+            continue
+        den = _norm_denominator(sqrt.outputs[0])
+        if den is None:
+            continue
+        den_nodes, x, eps, red = den
+        if x.producer is not None and x.producer.op_type == "Sub":
+            continue  # that is a LayerNorm
+        rank = len(ctx.shape(x)) if ctx.shape(x) is not None else None
+        k = _trailing_axes(_reduce_axes(red), rank)
+        if k is None or not red.attrs.get("keepdims", 1):
+            continue
+        # x / sqrt(..)  or  x * (1 / sqrt(..))
+        use = only_use(sqrt.outputs[0])
+        if use is None:
+            continue
+        if use.op_type == "Div" and use.inputs[0] is x and use.inputs[1] is sqrt.outputs[0]:
+            scale_nodes, normed = [use], use.outputs[0]
+        elif use.op_type == "Reciprocal":
+            mul = _single_consumer(use.outputs[0], "Mul")
+            if mul is None or _other(mul, use.outputs[0]) is not x:
+                continue
+            scale_nodes, normed = [use, mul], mul.outputs[0]
+        else:
+            continue
+        aff_nodes, gamma, beta, out = _affine(graph, normed)
+        if beta is not None:  # RMSNorm has no shift: leave the Add outside
+            aff_nodes, out = aff_nodes[:-1], aff_nodes[-2].outputs[0] if len(aff_nodes) > 1 else normed
+        nodes = den_nodes + scale_nodes + aff_nodes
+        if not _internal_only(nodes, out):
+            ctx.reject("recognize_rms_norm", nodes, "an intermediate value of the RMSNorm pattern is used elsewhere")
+            continue
+        gb = _gamma_beta(graph, ctx, x, k, gamma, None, sqrt.label)
+        if gb is None:
+            continue
+        _replace(graph, ctx, "recognize_rms_norm", nodes, "RMSNormalization", [x, gb[0]],
+                 {"axis": k, "epsilon": float(eps)}, out)
+        changed = True
+    return changed
+
+
+# --- Attention ------------------------------------------------------------------------------------
+def _strip_scale(v: Value, nodes: list[Node]) -> tuple[Value, float]:
+    """Peel Mul/Div by constant scalars off ``v`` (each single-use); return the base value and the scale."""
+    scale = 1.0
+    while True:
+        p = _prod(v, "Mul", "Div")
+        if p is None or len(p.outputs[0].uses) != 1:
+            return v, scale
+        if p.op_type == "Div" and scalar(p.inputs[1]) is not None:
+            scale /= scalar(p.inputs[1])
+            v = p.inputs[0]
+        elif p.op_type == "Mul" and scalar(p.inputs[1]) is not None:
+            scale *= scalar(p.inputs[1])
+            v = p.inputs[0]
+        elif p.op_type == "Mul" and scalar(p.inputs[0]) is not None:
+            scale *= scalar(p.inputs[0])
+            v = p.inputs[1]
+        else:
+            return v, scale
+        nodes.append(p)
+
+
+def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    opset = graph.opsets.get("", 21)
+    for sm in list(graph.nodes):
+        if sm.graph is not graph or sm.domain != "" or sm.op_type != "Softmax":
+            continue
+        rank = len(ctx.shape(sm.inputs[0])) if ctx.shape(sm.inputs[0]) is not None else None
+        axis = sm.attrs.get("axis", -1 if opset >= 13 else 1)
+        if rank is None or axis % rank != rank - 1:
+            continue
+        av = _single_consumer(sm.outputs[0], "MatMul")
+        if av is None or av.inputs[0] is not sm.outputs[0]:
+            continue
+        nodes: list[Node] = []
+        scores = sm.inputs[0]
+        mask = None
+        add = _prod(scores, "Add")
+        if add is not None and len(add.outputs[0].uses) == 1:
+            for i in (0, 1):
+                base = add.inputs[i]
+                if _prod(_strip_scale(base, [])[0], "MatMul") is not None:
+                    mask = add.inputs[1 - i]
+                    scores = base
+                    nodes.append(add)
+                    break
+        scores, s_out = _strip_scale(scores, nodes)
+        qk = _prod(scores, "MatMul")
+        if qk is None or len(qk.outputs[0].uses) != 1:
+            continue
+        nodes.append(qk)
+        q, s_q = _strip_scale(qk.inputs[0], nodes)
+        kt, s_k = _strip_scale(qk.inputs[1], nodes)
+        scale = s_out * s_q * s_k
+        q_shape, kt_shape, v_shape = ctx.shape(q), ctx.shape(kt), ctx.shape(av.inputs[1])
+        if q_shape is None or kt_shape is None or v_shape is None or len(q_shape) < 3 \
+                or len(q_shape) != len(kt_shape) or len(v_shape) != len(q_shape):
+            ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must have the same rank >= 3")
+            continue
+        dt = ctx.dtype(q)
+        if dt is None or not dt.is_float or ctx.dtype(kt) != dt or ctx.dtype(av.inputs[1]) != dt:
+            ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must share one float dtype")
+            continue
+        if mask is not None and ctx.dtype(mask) is not None and not ctx.dtype(mask).is_float:
+            ctx.reject("recognize_attention", [qk, sm, av], "the mask is not additive (float)")
+            continue
+        all_nodes = nodes + [sm, av]
+        out = av.outputs[0]
+        if not _internal_only(all_nodes, out):
+            ctx.reject("recognize_attention", all_nodes, "an intermediate of the attention pattern (e.g. the "
+                       "probabilities) is used elsewhere")
+            continue
+        ins = [q, kt, av.inputs[1]] + ([mask] if mask is not None else [])
+        _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, {"scale": float(scale)}, out,
+                 domain="kiln")
+        changed = True
+    return changed

@@ -1,0 +1,82 @@
+"""Small graph-editing helpers shared by the passes."""
+from __future__ import annotations
+
+import torch
+
+from ..ir.graph import Graph, Node, Value
+from ..ir.types import TensorType
+
+
+def only_use(v: Value) -> Node | None:
+    """The single consumer of ``v`` if it has exactly one use and is not a graph output."""
+    if len(v.uses) != 1 or is_output(v):
+        return None
+    return v.uses[0][0]
+
+
+def is_output(v: Value) -> bool:
+    g = v.producer.graph if v.producer is not None else None
+    return g is not None and any(o is v for o in g.outputs)
+
+
+def const(v: Value | None) -> torch.Tensor | None:
+    return None if v is None else v.const
+
+
+def scalar(v: Value | None) -> float | None:
+    """The value of a one-element constant, else None."""
+    c = const(v)
+    if c is None or c.numel() != 1:
+        return None
+    return float(c.reshape(()).to(torch.float64))
+
+
+def new_constant(graph: Graph, hint: str, tensor: torch.Tensor) -> Value:
+    name, i = hint, 0
+    while name in graph.constants:
+        i += 1
+        name = f"{hint}_{i}"
+    return graph.add_constant(name, tensor)
+
+
+def replace_with(graph: Graph, old_nodes: list[Node], new: Node, anchor: Node | None = None) -> Node:
+    """Insert ``new`` where ``anchor`` (default: the last old node) stood; drop the old nodes.
+
+    ``new`` must already produce the values that consumers of the pattern read: callers build it with the
+    pattern's final output Values, after detaching the old producer of those values.
+    """
+    anchor = anchor or old_nodes[-1]
+    graph.insert_before(anchor, new)
+    for n in reversed(old_nodes):
+        n.detach()
+        graph.nodes.remove(n)
+        n.graph = None
+    return new
+
+
+def take_outputs(node: Node) -> list[Value | None]:
+    """Detach ``node``'s output Values so a replacement node can produce them."""
+    outs = list(node.outputs)
+    for v in outs:
+        if v is not None and v.producer is node:
+            v.producer = None
+    node.outputs = [None] * len(outs)
+    return outs
+
+
+def covered(node: Node) -> list[str]:
+    """Names of the ONNX nodes an engine layer stands for."""
+    return list(node.meta.get("covers", [node.label]))
+
+
+def merge_covers(new: Node, old: list[Node]) -> None:
+    names: list[str] = []
+    for n in old:
+        for c in covered(n):
+            if c not in names:
+                names.append(c)
+    new.meta["covers"] = names
+
+
+def tensor_type(v: Value) -> TensorType:
+    return v.type if isinstance(v.type, TensorType) else TensorType()

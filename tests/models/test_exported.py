@@ -1,0 +1,137 @@
+"""Models exported in the test with torch.onnx.export (TorchScript and dynamo exporters), run by Kiln
+and compared with PyTorch's own output on random input.
+
+Each (model, exporter) export happens once per session (module-scoped fixture) into a temporary
+folder; nothing is downloaded (transformers models are built from tiny configs with random weights).
+An exporter failing for reasons outside Kiln skips that combination with the exporter's message.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kiln
+
+RTOL, ATOL = 1e-4, 1e-4
+OPSET = 18
+
+
+# -- the models ----------------------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.blocks(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running stats, so folding mistakes show
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+class HFWrapper(nn.Module):
+    """A transformers model returning a plain tuple of its main outputs."""
+
+    def __init__(self, model, keys):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *args):
+        out = self.model(*args, return_dict=True)
+        return tuple(out[k] for k in self.keys)
+
+
+def make_cnn():
+    model = _randomize_bn(SmallCNN())
+    sample = lambda b, s, g: (torch.randn(b, 3, s, s, generator=g),)  # noqa: E731
+    return model, sample, ["x"], ["logits"], {"x": {0: "batch", 2: "h", 3: "w"}}, [(2, 32), (3, 24)]
+
+
+def make_bert():
+    from transformers import BertConfig, BertModel
+    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=64, attn_implementation="eager")
+    model = HFWrapper(BertModel(cfg), ["last_hidden_state", "pooler_output"])
+
+    def sample(b, s, g):
+        ids = torch.randint(0, 100, (b, s), generator=g)
+        mask = torch.ones(b, s, dtype=torch.int64)
+        mask[0, s // 2:] = 0  # padding in one row exercises the attention mask
+        return ids, mask
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    return model, sample, ["input_ids", "attention_mask"], ["last_hidden_state", "pooler_output"], axes, \
+        [(2, 16), (1, 9)]
+
+
+def make_gpt2():
+    from transformers import GPT2Config, GPT2Model
+    cfg = GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False,
+                     attn_implementation="eager")
+    model = HFWrapper(GPT2Model(cfg), ["last_hidden_state"])
+    sample = lambda b, s, g: (torch.randint(0, 100, (b, s), generator=g),)  # noqa: E731
+    return model, sample, ["input_ids"], ["last_hidden_state"], {"input_ids": {0: "batch", 1: "seq"}}, \
+        [(2, 16), (1, 7)]
+
+
+MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2}
+EXPORTERS = {"torchscript": False, "dynamo": True}
+
+
+# -- export once per (model, exporter) ------------------------------------------------------------
+@pytest.fixture(scope="module", params=[(m, e) for m in MODELS for e in EXPORTERS], ids=lambda p: f"{p[0]}-{p[1]}")
+def exported(request, tmp_path_factory):
+    name, exporter = request.param
+    torch.manual_seed(0)
+    model, sample, in_names, out_names, axes, shapes = MODELS[name]()
+    model.eval()
+    path = tmp_path_factory.mktemp(f"{name}-{exporter}") / "model.onnx"
+    args = sample(*shapes[0], torch.Generator().manual_seed(0))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, str(path), input_names=in_names, output_names=out_names,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=EXPORTERS[exporter],
+                              **({"external_data": False} if EXPORTERS[exporter] else {}))
+    except Exception as e:  # noqa: BLE001 - an exporter failure is PyTorch's, not Kiln's
+        pytest.skip(f"torch.onnx.export ({exporter}) cannot export {name}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:300] if str(e) else ''}")
+    return name, model, sample, in_names, out_names, shapes, path
+
+
+def test_exported_model(exported):
+    name, model, sample, in_names, out_names, shapes, path = exported
+    graph = kiln.parse(path)
+    assert [v.name for v in graph.inputs] == in_names
+    for i, (batch, size) in enumerate(shapes):  # the export shape, then another one through the dynamic axes
+        args = sample(batch, size, torch.Generator().manual_seed(10 + i))
+        with torch.no_grad():
+            want = model(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        got = kiln.interpret(graph, {n: a.numpy() for n, a in zip(in_names, args)})
+        for o, w in zip(out_names, want):
+            np.testing.assert_allclose(got[o], w.numpy(), rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} output {o} at batch={batch}, size={size}")
