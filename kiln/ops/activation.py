@@ -94,7 +94,12 @@ def gelu(ctx, inputs, attrs):
     approximate = attrs.get("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return F.gelu(inputs[0], approximate=approximate)
+    x = inputs[0]
+    y = F.gelu(x, approximate=approximate)
+    if approximate == "none" and x.device.type == "cpu":
+        # torch's vectorized CPU kernel (float32, bfloat16) turns +inf into NaN.
+        y = torch.where(torch.isposinf(x), x, y)
+    return y
 
 
 def _swish(x: torch.Tensor, alpha: float) -> torch.Tensor:

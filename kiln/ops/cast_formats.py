@@ -24,7 +24,6 @@ class FloatFormat:
 
 
 FORMATS = {
-    DType.FLOAT: FloatFormat(23, -126, 3.4028234663852886e38, True),
     DType.FLOAT16: FloatFormat(10, -14, 65504.0, True),
     DType.BFLOAT16: FloatFormat(7, -126, 3.3895313892515355e38, True),
     DType.FLOAT8E4M3FN: FloatFormat(3, -6, 448.0, False),
@@ -108,7 +107,7 @@ def wrap_subbyte(v: torch.Tensor, dst: DType) -> torch.Tensor:
 
 
 def _as_computable(x: torch.Tensor) -> torch.Tensor:
-    """Widen storage types torch can hardly compute with (float8, e8m0, unsigned) to ones it can."""
+    """Widen float8 / e8m0 storage, which torch can hardly compute with, to float32 (exactly)."""
     if x.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz) or \
             x.dtype == DType.FLOAT8E8M0.torch:
         return x.to(torch.float32)

@@ -103,6 +103,8 @@ def sign(ctx, inputs, attrs):
     x = inputs[0]
     if is_unsigned(x.dtype):
         return (widen(x) != 0).to(x.dtype)
+    if x.dtype.is_floating_point:
+        return torch.where(torch.isnan(x), x, torch.sign(x))  # torch.sign gives 0 for NaN
     return torch.sign(x)
 
 

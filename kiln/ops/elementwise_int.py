@@ -34,7 +34,7 @@ def as_signed_bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Back from ``widen``'s type to ``dtype``, wrapping like a C cast."""
+    """Back to ``dtype`` from ``widen``'s or ``as_signed_bits``' type, wrapping like a C cast."""
     if t.dtype == dtype:
         return t
     if _SIGNED_OF.get(dtype) == t.dtype:

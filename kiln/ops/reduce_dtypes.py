@@ -12,10 +12,6 @@ _WIDE_UNSIGNED = (torch.uint16, torch.uint32)
 _SIGN_BIT = -(2 ** 63)
 
 
-def is_wide_unsigned(dtype: torch.dtype) -> bool:
-    return dtype in _WIDE_UNSIGNED or dtype == torch.uint64
-
-
 def to_ordered(x: torch.Tensor) -> torch.Tensor:
     """A tensor torch can compare, sort and select on, with the same order as ``x``."""
     if x.dtype in _WIDE_UNSIGNED:

@@ -197,7 +197,8 @@ def slice_(ctx, inputs, attrs):
 @ops.op("Identity")
 def identity(ctx, inputs, attrs):
     """Passes tensors, sequences and optionals through unchanged."""
-    return inputs[0]
+    x = inputs[0]
+    return list(x) if isinstance(x, list) else x  # a sequence is a new value, not an alias of the input's list
 
 
 @ops.op("Dropout")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .registry import OpSet
 from .shape_util import axis, bits, ints, unbits
@@ -40,6 +41,13 @@ def pad_tensor(x: torch.Tensor, begins: list[int], ends: list[int], mode: str = 
     """
     dtype = x.dtype
     y = bits(x)
+    if mode == "constant" and not x.is_complex():
+        # Fast path: torch's constant pad (negative pads crop) takes the fill as a double, so it is used
+        # only where that is exact. A meta fill (shape inference) cannot change the shape.
+        fill = 0 if value is None or value.is_meta else bits(value.reshape(())).item()
+        if float(fill) == fill:
+            flat = [p for b, e in zip(reversed(begins), reversed(ends)) for p in (b, e)]
+            return unbits(F.pad(y, flat, value=fill), dtype)
     fill = None
     if mode == "constant":
         fill = bits(value.reshape(()).to(x.device)) if value is not None else torch.zeros((), dtype=y.dtype,

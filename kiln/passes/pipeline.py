@@ -72,8 +72,13 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
 )
 
 
-def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE) -> list[tuple[str, float]]:
-    """Run ``pipeline`` on ``graph`` in place; return (pass name, seconds) for each pass run."""
+def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE,
+                 progress: Callable | None = None) -> list[tuple[str, float]]:
+    """Run ``pipeline`` on ``graph`` in place; return (pass name, seconds) for each pass run.
+
+    ``progress(stage, done, total, message)``, if given, is called as each top-level step finishes
+    (stage "passes"; a FixedPoint group counts as one step, since its rounds are not known ahead).
+    """
     timings: list[tuple[str, float]] = []
     done: list[str] = []
     level = ctx.config.optimization_level
@@ -99,13 +104,16 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE) -> l
                 log.debug("after %s:\n%s", p.name, graph)
         return bool(changed)
 
-    for step in pipeline:
-        if step.min_level > level:
-            continue
+    steps = [s for s in pipeline if s.min_level <= level]
+    if progress is not None:
+        progress("passes", 0, len(steps), steps[0].name if steps else "")
+    for i, step in enumerate(steps):
         if isinstance(step, FixedPoint):
             for _ in range(step.max_rounds):
                 if not any([run_one(p) for p in step.passes if p.min_level <= level]):
                     break
         else:
             run_one(step)
+        if progress is not None:
+            progress("passes", i + 1, len(steps), step.name)
     return timings

@@ -86,12 +86,26 @@ def _alarm(signum, frame):
     raise _Timeout(f"case took longer than {CASE_TIMEOUT_S}s")
 
 
+def _normalize(item):
+    """Cases built in memory hold protos for some tensors, sequences and optionals: make them numpy/lists."""
+    import onnx
+    from onnx import numpy_helper
+    if isinstance(item, onnx.TensorProto):
+        return numpy_helper.to_array(item)
+    if isinstance(item, onnx.SequenceProto):
+        return [_normalize(x) for x in numpy_helper.to_list(item)]
+    if isinstance(item, onnx.OptionalProto):
+        return _normalize(numpy_helper.to_optional(item))
+    return item
+
+
 def run_case(case, device: str = "cpu") -> None:
     """Run one node case; raise on any mismatch or error."""
     graph = kiln.parse(case.model)
     names = [i.name for i in case.model.graph.input if i.name not in {t.name for t in case.model.graph.initializer}]
     out_names = [o.name for o in case.model.graph.output]
     for inputs, outputs in case.data_sets:
+        inputs, outputs = [_normalize(x) for x in inputs], [_normalize(x) for x in outputs]
         feed = {n: x for n, x in zip(names, inputs)}
         got = kiln.interpret(graph, feed, device=device)
         if device != "cpu":

@@ -53,16 +53,52 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-class HFWrapper(nn.Module):
-    """A transformers model returning a plain tuple of its main outputs."""
+class Bert(nn.Module):
+    """transformers' BertModel returning a plain tuple (explicit arguments, as torch.export wants them)."""
 
-    def __init__(self, model, keys):
+    def __init__(self, model):
         super().__init__()
-        self.model, self.keys = model, keys
+        self.model = model
 
-    def forward(self, *args):
-        out = self.model(*args, return_dict=True)
-        return tuple(out[k] for k in self.keys)
+    def forward(self, input_ids, attention_mask):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class GPT2(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
+
+
+class CausalDecoder(nn.Module):
+    """A GPT-2-style decoder of our own: token + position embeddings, pre-LN blocks with an explicit causal mask."""
+
+    def __init__(self, vocab=100, dim=64, heads=4, layers=2, max_len=64):
+        super().__init__()
+        self.heads = heads
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "ln1": nn.LayerNorm(dim), "qkv": nn.Linear(dim, 3 * dim), "proj": nn.Linear(dim, dim),
+            "ln2": nn.LayerNorm(dim), "fc": nn.Linear(dim, 4 * dim), "out": nn.Linear(4 * dim, dim),
+        }) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def forward(self, input_ids):
+        b, s = input_ids.shape
+        x = self.tok(input_ids) + self.pos(torch.arange(s, device=input_ids.device))
+        causal = torch.triu(torch.ones(s, s, dtype=torch.bool, device=x.device), diagonal=1)
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](x)).split(x.shape[-1], dim=-1)
+            q, k, v = (t.reshape(b, s, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5)
+            att = att.masked_fill(causal, float("-inf")).softmax(-1)
+            x = x + blk["proj"]((att @ v).transpose(1, 2).reshape(b, s, -1))
+            x = x + blk["out"](nn.functional.gelu(blk["fc"](blk["ln2"](x))))
+        return self.ln_f(x)
 
 
 def make_cnn():
@@ -75,7 +111,7 @@ def make_bert():
     from transformers import BertConfig, BertModel
     cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=128, max_position_embeddings=64, attn_implementation="eager")
-    model = HFWrapper(BertModel(cfg), ["last_hidden_state", "pooler_output"])
+    model = Bert(BertModel(cfg))
 
     def sample(b, s, g):
         ids = torch.randint(0, 100, (b, s), generator=g)
@@ -91,13 +127,20 @@ def make_gpt2():
     from transformers import GPT2Config, GPT2Model
     cfg = GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False,
                      attn_implementation="eager")
-    model = HFWrapper(GPT2Model(cfg), ["last_hidden_state"])
-    sample = lambda b, s, g: (torch.randint(0, 100, (b, s), generator=g),)  # noqa: E731
-    return model, sample, ["input_ids"], ["last_hidden_state"], {"input_ids": {0: "batch", 1: "seq"}}, \
-        [(2, 16), (1, 7)]
+    return GPT2(GPT2Model(cfg)), _ids_sample, ["input_ids"], ["last_hidden_state"], \
+        {"input_ids": {0: "batch", 1: "seq"}}, [(2, 16), (1, 7)]
 
 
-MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2}
+def make_decoder():
+    return CausalDecoder(), _ids_sample, ["input_ids"], ["hidden"], {"input_ids": {0: "batch", 1: "seq"}}, \
+        [(2, 16), (3, 5)]
+
+
+def _ids_sample(b, s, g):
+    return (torch.randint(0, 100, (b, s), generator=g),)
+
+
+MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2, "decoder": make_decoder}
 EXPORTERS = {"torchscript": False, "dynamo": True}
 
 
@@ -110,12 +153,15 @@ def exported(request, tmp_path_factory):
     model.eval()
     path = tmp_path_factory.mktemp(f"{name}-{exporter}") / "model.onnx"
     args = sample(*shapes[0], torch.Generator().manual_seed(0))
+    if EXPORTERS[exporter]:  # the dynamo exporter takes torch.export's dynamic_shapes, keyed by argument name
+        dyn = {"dynamic_shapes": {n: {a: torch.export.Dim.DYNAMIC for a in axes[n]} for n in in_names}}
+    else:
+        dyn = {"dynamic_axes": axes}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, str(path), input_names=in_names, output_names=out_names,
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=EXPORTERS[exporter],
-                              **({"external_data": False} if EXPORTERS[exporter] else {}))
+                              opset_version=OPSET, dynamo=EXPORTERS[exporter], **dyn)
     except Exception as e:  # noqa: BLE001 - an exporter failure is PyTorch's, not Kiln's
         pytest.skip(f"torch.onnx.export ({exporter}) cannot export {name}: {type(e).__name__}: "
                     f"{str(e).splitlines()[0][:300] if str(e) else ''}")

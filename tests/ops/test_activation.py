@@ -69,3 +69,11 @@ def test_prelu_opset6_per_channel_slope():
 def test_swiglu(dtype, alpha):
     a, b = rand((2, 3, 8), dtype, -5, 5), rand((2, 3, 8), dtype, -5, 5, seed=1)
     check_op("SwiGLU", {"a": a, "b": b}, {} if alpha is None else {"alpha": alpha}, opset=28, **tol(dtype))
+
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e30, -1e30], np.float32)
+
+
+@pytest.mark.parametrize("op,attrs,opset", ROWS, ids=[f"{r[0]}-{i}" for i, r in enumerate(ROWS)])
+def test_activation_special_values(op, attrs, opset):
+    check_op(op, {"x": SPECIALS}, attrs, opset=opset)

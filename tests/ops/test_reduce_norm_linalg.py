@@ -21,7 +21,7 @@ def rand(shape, dtype="float32", lo=-3.0, hi=3.0, seed=0) -> np.ndarray:
         return rng.random(shape) < 0.5
     if dtype == "uint64_big":
         return rng.integers(0, 2 ** 64 - 1, size=shape, dtype=np.uint64, endpoint=True)
-    if np.dtype(dtype).kind in "iu" if dtype != "bfloat16" else False:
+    if dtype.startswith(("int", "uint")):
         info = np.iinfo(dtype)
         return rng.integers(max(int(lo), info.min), min(int(hi), info.max), size=shape, endpoint=True, dtype=dtype)
     x = rng.uniform(lo, hi, size=shape)

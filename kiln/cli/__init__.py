@@ -1,0 +1,1 @@
+"""The `kiln` command line: one module per subcommand, dispatched from main.py."""

@@ -1,0 +1,48 @@
+"""`kiln build model.onnx -o model.engine`: build and save an engine, with progress and the report summary."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from .buildflags import add_build_flags, config_from_args
+from .errors import CLIError
+from .loading import check_readable, is_engine
+from .progress import Progress
+
+
+def add_parser(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("build", parents=[common], help="build an engine from an ONNX model",
+                       description="Build an optimized engine from an ONNX model and save it to one file.",
+                       epilog="Several optimization profiles: repeat the --min-shapes/--opt-shapes/--max-shapes "
+                              "triple; e.g. --min-shapes x:1x3x224x224 --opt-shapes x:8x3x224x224 --max-shapes "
+                              "x:16x3x224x224 --min-shapes x:32x3x224x224 --opt-shapes x:32x3x224x224 --max-shapes "
+                              "x:64x3x224x224 builds two profiles.")
+    p.add_argument("model", help="the ONNX model file")
+    p.add_argument("-o", "--output", required=True, metavar="ENGINE", help="where to write the engine file")
+    add_build_flags(p)
+    p.add_argument("--progress", choices=("auto", "live", "plain", "off"), default="auto",
+                   help="progress display on stderr: live (a redrawn line), plain (one line per step, for "
+                        "logs) or off; auto picks live on a terminal and plain in a pipe or CI")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table after the summary")
+    return p
+
+
+def run(args) -> int:
+    from .. import build
+    check_readable(args.model, "model file")
+    if is_engine(args.model):
+        raise CLIError(f"{args.model!r} is already a Kiln engine; `kiln build` takes an ONNX model")
+    config = config_from_args(args)
+    progress = Progress(args.progress)
+    t0 = time.perf_counter()
+    try:
+        engine = build(args.model, config, progress=progress)
+    finally:
+        progress.finish()
+    engine.save(args.output)
+    print(f"built {args.output} for {engine.device} in {time.perf_counter() - t0:.2f}s")
+    if engine.report is not None:
+        print(engine.report.summary())
+        if args.layers:
+            print(engine.report.layer_table())
+    return 0

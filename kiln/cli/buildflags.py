@@ -1,0 +1,87 @@
+"""The BuilderConfig flags shared by `kiln build`, `bench`, `run`, `inspect` and `compare` (the last four
+build in memory when given an ONNX file), and turning them into a BuilderConfig."""
+from __future__ import annotations
+
+import argparse
+
+from .errors import CLIError
+from .shapes import Shapes, parse_shapes
+
+
+def add_build_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("build options (used when the model is an ONNX file)")
+    g.add_argument("--device", default="auto",
+                   help="device to build for: cpu, cuda or cuda:N; 'auto' (default) picks cuda when available")
+    g.add_argument("--fp16", action="store_true", help="allow float16 kernels in addition to float32")
+    g.add_argument("--bf16", action="store_true", help="allow bfloat16 kernels in addition to float32")
+    g.add_argument("--no-tf32", action="store_true", help="forbid TF32 in float32 matmuls/convolutions (CUDA)")
+    g.add_argument("--shapes", metavar="SPEC",
+                   help="fixed input shapes, e.g. x:1x3x224x224,mask:1x128 (a profile with min=opt=max)")
+    g.add_argument("--min-shapes", metavar="SPEC", action="append", default=[],
+                   help="smallest shapes of an optimization profile; repeat --min/--opt/--max-shapes to add "
+                        "more profiles (the i-th of each flag form profile i)")
+    g.add_argument("--opt-shapes", metavar="SPEC", action="append", default=[],
+                   help="shapes to optimize for in a profile; alone, it stands for min=opt=max")
+    g.add_argument("--max-shapes", metavar="SPEC", action="append", default=[],
+                   help="largest shapes of an optimization profile")
+    g.add_argument("--workspace", metavar="MIB", type=float,
+                   help="limit on activation memory + scratch, in MiB (default: no limit)")
+    g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+                   help="0: no graph optimization ... 5: widest search (default 3)")
+    g.add_argument("--timing-cache", metavar="FILE", help="read/write tactic timings from/to FILE")
+    g.add_argument("--no-cuda-graphs", action="store_true",
+                   help="build an engine whose contexts run eagerly instead of replaying CUDA graphs")
+    g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="run convolutions in NHWC layout (auto: on for CUDA)")
+    g.add_argument("--strict-types", action="store_true", help="keep the model's own types (no reduced precision)")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise CLIError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def profiles_from_args(args) -> tuple:
+    from ..build.config import Profile
+    profiles = []
+    if args.shapes:
+        profiles.append(Profile.fixed(parse_shapes(args.shapes, "--shapes")))
+    mins, opts, maxs = args.min_shapes, args.opt_shapes, args.max_shapes
+    if mins or maxs:
+        if not (len(mins) == len(opts) == len(maxs)):
+            raise CLIError(f"each optimization profile needs --min-shapes, --opt-shapes and --max-shapes (got "
+                           f"{len(mins)}, {len(opts)} and {len(maxs)}); or give --opt-shapes alone for fixed shapes")
+        for i, (lo, opt, hi) in enumerate(zip(mins, opts, maxs)):
+            profiles.append(Profile(_spec(lo, "--min-shapes"), _spec(opt, "--opt-shapes"), _spec(hi, "--max-shapes")))
+    else:
+        profiles += [Profile.fixed(parse_shapes(o, "--opt-shapes")) for o in opts]
+    for i, p in enumerate(profiles):
+        if not (set(p.min) == set(p.opt) == set(p.max)):
+            raise CLIError(f"profile {i}: --min-shapes, --opt-shapes and --max-shapes must name the same inputs "
+                           f"(got {sorted(p.min)}, {sorted(p.opt)}, {sorted(p.max)})")
+    return tuple(profiles)
+
+
+def _spec(s: str, flag: str) -> Shapes:
+    return parse_shapes(s, flag)
+
+
+def config_from_args(args, **extra):
+    """A BuilderConfig from the parsed build flags; ``extra`` overrides fields (e.g. verbosity)."""
+    from ..build.config import BuilderConfig
+    from ..errors import ShapeError
+    profiles = profiles_from_args(args)
+    try:
+        return BuilderConfig(
+            device=resolve_device(args.device), fp16=args.fp16, bf16=args.bf16, tf32=not args.no_tf32,
+            workspace_bytes=None if args.workspace is None else int(args.workspace * (1 << 20)),
+            profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,
+            cuda_graphs=not args.no_cuda_graphs,
+            channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+            strict_types=args.strict_types, verbosity=min(getattr(args, "verbose", 0), 2), **extra)
+    except ValueError as e:
+        raise ShapeError(str(e)) from None

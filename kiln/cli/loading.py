@@ -1,0 +1,52 @@
+"""Opening what the user named: an engine file, or an ONNX file built in memory with the build flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import CLIError
+
+ENGINE_MAGIC = b"KILNENG\0"
+
+
+def check_readable(path: str, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{what} {path!r} does not exist")
+    if p.is_dir():
+        raise CLIError(f"{what} {path!r} is a directory, not a file")
+    try:
+        with p.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise CLIError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    return p
+
+
+def is_engine(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == ENGINE_MAGIC
+
+
+def open_engine(path: str, args=None, progress=None, quiet: bool = False):
+    """An Engine from an engine file, or built from an ONNX file with ``args``' build flags."""
+    from ..engine.runtime import Engine
+    check_readable(path, "model or engine file")
+    if is_engine(path):
+        return Engine.load(path)
+    from .buildflags import config_from_args
+    from .. import build
+    config = config_from_args(args)
+    return build(path, config, progress=progress)
+
+
+def open_onnx(path: str):
+    """The ModelProto of an ONNX file (for onnxruntime / onnx.reference / the per-layer comparison)."""
+    check_readable(path, "ONNX file")
+    if is_engine(path):
+        raise CLIError(f"{path!r} is a Kiln engine file; this needs the ONNX model it was built from")
+    import onnx
+    from ..errors import ModelFormatError
+    try:
+        return onnx.load(path)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several error types for a bad file
+        raise ModelFormatError(f"{path!r} is not a valid ONNX model: {type(e).__name__}: {e}") from None

@@ -1,0 +1,79 @@
+"""`kiln`: the argparse dispatcher. Each subcommand lives in its own module with
+``add_parser(subparsers, common)`` and ``run(args) -> exit code``.
+
+Errors Kiln raises on purpose (KilnError, and the CLI's own CLIError) print as one
+``kiln: error: ...`` line with exit code 1; the traceback only with --verbose. Usage errors exit 2 (argparse).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+# The parser table: subcommand -> module in kiln.cli (the only module-level state).
+SUBCOMMANDS = {
+    "build": "build",
+    "bench": "bench",
+    "run": "run",
+    "inspect": "inspect",
+    "compare": "compare",
+    "exec": "exec",
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: -v info logs and tracebacks on error, -vv the graph after each pass")
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Kiln: build, run, benchmark and inspect optimized ONNX engines.",
+        epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error (or a failed "
+               "comparison), 2 bad usage.")
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in SUBCOMMANDS.items():
+        importlib.import_module(f".{module}", __package__).add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["exec"]:
+        # trtexec's flags do not fit argparse's conventions (camelCase, --flag=value only); exec parses its own.
+        from .exec import main as exec_main
+        return _guard(lambda: exec_main(argv[1:]), verbose="--verbose" in argv or "-v" in argv)
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[kiln] %(message)s")
+    module = importlib.import_module(f".{SUBCOMMANDS[args.command]}", __package__)
+    return _guard(lambda: module.run(args), verbose=args.verbose > 0)
+
+
+def _guard(fn, verbose: bool) -> int:
+    from ..errors import KilnError
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+    except KilnError as e:
+        return _fail(str(e), verbose)
+    except OSError as e:  # a file we could not read or write
+        where = f" {e.filename!r}" if e.filename else ""
+        return _fail(f"{e.strerror or e}{where}", verbose)
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, but say how to get the details
+        return _fail(f"internal error: {type(e).__name__}: {e}"
+                     + ("" if verbose else " (run with --verbose for the traceback)"), verbose)
+
+
+def _fail(msg: str, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"kiln: error: {msg}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

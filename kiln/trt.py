@@ -1,0 +1,507 @@
+"""TensorRT 10's Python API names over Kiln, so TensorRT code ports by changing one import::
+
+    import kiln.trt as trt   # instead of: import tensorrt as trt
+
+Covered: Logger, Builder, INetworkDefinition (as parsed), OnnxParser, IBuilderConfig, IOptimizationProfile,
+Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype. Buffers are passed as raw addresses,
+as in TensorRT: device pointers (``tensor.data_ptr()``, cuda-python/pycuda allocations) on the GPU, host
+pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when there is one, else the CPU.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import math
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from . import errors
+from .build.builder import build as _build
+from .build.config import BuilderConfig, Profile
+from .engine.runtime import Engine
+from .ir.dtype import DType
+
+__all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
+           "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
+           "TensorIOMode", "DataType", "IHostMemory", "Dims", "volume", "nptype", "float32", "float16", "bfloat16",
+           "int8", "int32", "int64", "bool", "uint8", "fp8"]
+
+
+# --- logging ------------------------------------------------------------------------------------
+class ILogger:
+    class Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    INTERNAL_ERROR = Severity.INTERNAL_ERROR
+    ERROR = Severity.ERROR
+    WARNING = Severity.WARNING
+    INFO = Severity.INFO
+    VERBOSE = Severity.VERBOSE
+
+    def log(self, severity, msg: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Logger(ILogger):
+    def __init__(self, min_severity=ILogger.Severity.WARNING):
+        self.min_severity = ILogger.Severity(min_severity)
+
+    def log(self, severity, msg: str) -> None:
+        if ILogger.Severity(severity) <= self.min_severity:
+            print(f"[kiln.trt] [{ILogger.Severity(severity).name[0]}] {msg}")
+
+
+# --- data types -----------------------------------------------------------------------------------
+class DataType(enum.IntEnum):
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+    FP8 = 6
+    BF16 = 7
+    INT64 = 8
+    INT4 = 9
+
+
+float32, float16, int8, int32 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32
+bool, uint8, fp8, bfloat16, int64 = DataType.BOOL, DataType.UINT8, DataType.FP8, DataType.BF16, DataType.INT64  # noqa: A001
+
+_TO_TRT = {DType.FLOAT: DataType.FLOAT, DType.FLOAT16: DataType.HALF, DType.INT8: DataType.INT8,
+           DType.INT32: DataType.INT32, DType.BOOL: DataType.BOOL, DType.UINT8: DataType.UINT8,
+           DType.FLOAT8E4M3FN: DataType.FP8, DType.BFLOAT16: DataType.BF16, DType.INT64: DataType.INT64,
+           DType.INT4: DataType.INT4}
+_TO_KILN = {v: k for k, v in _TO_TRT.items()}
+_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
+       DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
+
+
+def nptype(dtype: DataType):
+    """The numpy type of a TensorRT DataType."""
+    if dtype not in _NP:
+        raise TypeError(f"{DataType(dtype).name} has no numpy type")
+    return _NP[dtype]
+
+
+def volume(shape: Iterable[int]) -> int:
+    return math.prod(shape)
+
+
+class Dims(tuple):
+    """A shape; -1 marks a dimension fixed only at run time."""
+
+    @property
+    def nbDims(self) -> int:  # noqa: N802 - TensorRT's name
+        return len(self)
+
+
+class TensorIOMode(enum.IntEnum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class IHostMemory(bytes):
+    """Serialized engine bytes (supports the buffer protocol, like TensorRT's IHostMemory)."""
+
+    @property
+    def nbytes(self) -> int:
+        return len(self)
+
+    @property
+    def dtype(self) -> DataType:
+        return DataType.UINT8
+
+
+# --- network and parser --------------------------------------------------------------------------------
+class NetworkDefinitionCreationFlag(enum.IntEnum):
+    EXPLICIT_BATCH = 0  # always on in Kiln: shapes are explicit
+    STRONGLY_TYPED = 1
+
+
+class _Tensor:
+    def __init__(self, value):
+        self.name = value.name
+        self.shape = Dims(-1 if not isinstance(d, int) else d for d in (value.shape or ()))
+        self.dtype = _TO_TRT.get(value.dtype, DataType.FLOAT)
+
+
+class INetworkDefinition:
+    def __init__(self, flags: int = 0):
+        self.flags = flags
+        self.graph = None
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.graph.inputs) if self.graph else 0
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.graph.outputs) if self.graph else 0
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.graph.nodes) if self.graph else 0
+
+    def get_input(self, i: int) -> _Tensor:
+        return _Tensor(self.graph.inputs[i])
+
+    def get_output(self, i: int) -> _Tensor:
+        return _Tensor(self.graph.outputs[i])
+
+
+class ParserError:
+    def __init__(self, message: str, node: int = -1, code: int = 1):
+        self._message, self._node, self._code = message, node, code
+
+    def desc(self) -> str:
+        return self._message
+
+    def node(self) -> int:
+        return self._node
+
+    def code(self) -> int:
+        return self._code
+
+    def __str__(self) -> str:
+        return self._message
+
+
+class OnnxParser:
+    def __init__(self, network: INetworkDefinition, logger: ILogger):
+        self.network, self.logger = network, logger
+        self._errors: list[ParserError] = []
+
+    def parse(self, model: bytes, path: str | None = None) -> bool:
+        from .frontend.onnx import parse
+        self._errors.clear()
+        try:
+            self.network.graph = parse(bytes(model), base_dir=path)
+        except errors.UnsupportedOpError as e:
+            self._errors += [ParserError(f"node {n!r}: unsupported op {op} ({why})") for n, _, op, why in e.unsupported]
+        except errors.KilnError as e:
+            self._errors.append(ParserError(str(e)))
+        for err in self._errors:
+            self.logger.log(ILogger.ERROR, err.desc())
+        return not self._errors
+
+    def parse_from_file(self, path: str) -> bool:
+        import os
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            self._errors = [ParserError(f"cannot read {path!r}: {e}")]
+            self.logger.log(ILogger.ERROR, self._errors[0].desc())
+            return False
+        return self.parse(data, os.path.dirname(os.path.abspath(path)))
+
+    @property
+    def num_errors(self) -> int:
+        return len(self._errors)
+
+    def get_error(self, index: int) -> ParserError:
+        return self._errors[index]
+
+    def clear_errors(self) -> None:
+        self._errors.clear()
+
+
+# --- builder ---------------------------------------------------------------------------------------------
+class BuilderFlag(enum.IntEnum):
+    FP16 = 0
+    INT8 = 1
+    DEBUG = 2
+    GPU_FALLBACK = 3
+    REFIT = 5
+    TF32 = 7
+    STRICT_TYPES = 11
+    FP8 = 12
+    BF16 = 17
+    STRONGLY_TYPED = 30
+
+
+class MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+    DLA_MANAGED_SRAM = 1
+    DLA_LOCAL_DRAM = 2
+    DLA_GLOBAL_DRAM = 3
+    TACTIC_DRAM = 4
+
+
+class IOptimizationProfile:
+    def __init__(self):
+        self._shapes: dict[str, tuple] = {}
+
+    def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
+        self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+    def get_shape(self, input: str):  # noqa: A002
+        return [Dims(s) for s in self._shapes[input]]
+
+    def _profile(self) -> Profile:
+        return Profile.of(**self._shapes)
+
+
+class IBuilderConfig:
+    def __init__(self):
+        self._flags = {BuilderFlag.TF32}
+        self._pools: dict[MemoryPoolType, int] = {}
+        self._profiles: list[IOptimizationProfile] = []
+        self.builder_optimization_level = 3
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def set_flag(self, flag: BuilderFlag) -> None:
+        self._flags.add(BuilderFlag(flag))
+
+    def clear_flag(self, flag: BuilderFlag) -> None:
+        self._flags.discard(BuilderFlag(flag))
+
+    def get_flag(self, flag: BuilderFlag) -> bool:
+        return BuilderFlag(flag) in self._flags
+
+    def set_memory_pool_limit(self, pool: MemoryPoolType, size: int) -> None:
+        self._pools[MemoryPoolType(pool)] = int(size)
+
+    def get_memory_pool_limit(self, pool: MemoryPoolType) -> int:
+        return self._pools.get(MemoryPoolType(pool), 1 << 62)
+
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self._profiles)
+
+    def _kiln(self) -> BuilderConfig:
+        unsupported = {BuilderFlag.INT8, BuilderFlag.FP8} & self._flags
+        if unsupported:
+            raise errors.BuildError(f"builder flag(s) {', '.join(f.name for f in unsupported)} are not supported "
+                                    f"by this Kiln yet")
+        return BuilderConfig(device=self.device, fp16=BuilderFlag.FP16 in self._flags,
+                             bf16=BuilderFlag.BF16 in self._flags, tf32=BuilderFlag.TF32 in self._flags,
+                             workspace_bytes=self._pools.get(MemoryPoolType.WORKSPACE),
+                             profiles=tuple(p._profile() for p in self._profiles),
+                             optimization_level=min(5, max(0, int(self.builder_optimization_level))),
+                             strict_types=BuilderFlag.STRONGLY_TYPED in self._flags)
+
+
+class Builder:
+    def __init__(self, logger: ILogger):
+        self.logger = logger
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig()
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    @property
+    def platform_has_fast_fp16(self) -> bool:
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (5, 3)
+
+    @property
+    def platform_has_fast_int8(self) -> bool:
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (6, 1)
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
+        """The engine as bytes, or None (with the error logged) if the build failed, as TensorRT does."""
+        if network.graph is None:
+            self.logger.log(ILogger.ERROR, "network is empty: parse a model into it first")
+            return None
+        try:
+            engine = _build(network.graph, config._kiln())
+        except errors.KilnError as e:
+            self.logger.log(ILogger.ERROR, str(e))
+            return None
+        return IHostMemory(engine.serialize())
+
+    def build_engine_with_config(self, network: INetworkDefinition, config: IBuilderConfig) -> "ICudaEngine | None":
+        data = self.build_serialized_network(network, config)
+        return None if data is None else Runtime(self.logger).deserialize_cuda_engine(data)
+
+
+# --- runtime ---------------------------------------------------------------------------------------------------
+class Runtime:
+    def __init__(self, logger: ILogger):
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, data) -> "ICudaEngine | None":
+        """An ICudaEngine, or None (with the reason logged) for a bad or foreign engine, as TensorRT does."""
+        try:
+            return ICudaEngine(Engine.deserialize(bytes(data)))
+        except errors.KilnError as e:
+            self.logger.log(ILogger.ERROR, str(e))
+            return None
+
+
+class ICudaEngine:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._io = [(i.name, TensorIOMode.INPUT, i) for i in engine.inputs] + \
+                   [(o.name, TensorIOMode.OUTPUT, o) for o in engine.outputs]
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._io)
+
+    @property
+    def num_layers(self) -> int:
+        return self.engine.num_layers
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return max(1, len(self.engine.profiles))
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._io[index][0]
+
+    def _info(self, name: str):
+        for n, mode, info in self._io:
+            if n == name:
+                return mode, info
+        raise errors.InputError(f"no I/O tensor named {name!r}")
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self._info(name)[0]
+
+    def get_tensor_shape(self, name: str) -> Dims:
+        return Dims(d if isinstance(d, int) else -1 for d in self._info(name)[1].shape)
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return _TO_TRT.get(self._info(name)[1].dtype, DataType.FLOAT)
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int):
+        p = self.engine.profiles[profile_index]
+        return [Dims(p.min[name]), Dims(p.opt[name]), Dims(p.max[name])]
+
+    def serialize(self) -> IHostMemory:
+        return IHostMemory(self.engine.serialize())
+
+    def create_execution_context(self) -> "IExecutionContext":
+        return IExecutionContext(self)
+
+
+def _wrap_address(ptr: int, shape: tuple, dtype: DType, device: torch.device) -> torch.Tensor:
+    """A tensor viewing ``ptr``'s memory (no copy)."""
+    tdt = dtype.torch
+    nbytes = math.prod(shape) * tdt.itemsize
+    if device.type == "cuda":
+        typestr = np.dtype(torch.empty(0, dtype=tdt).numpy().dtype).str if tdt != torch.bfloat16 else "<V2"
+        holder = type("_CudaBuffer", (), {})()
+        holder.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (int(ptr), False),
+                                           "version": 3, "strides": None}
+        return torch.as_tensor(holder, device=device)
+    buf = (ctypes.c_char * max(nbytes, 1)).from_address(int(ptr))
+    return torch.frombuffer(buf, dtype=tdt, count=math.prod(shape)).reshape(shape)
+
+
+class IExecutionContext:
+    def __init__(self, engine: ICudaEngine):
+        self.engine = engine
+        self._ctx = engine.engine.create_execution_context()
+        self._shapes: dict[str, tuple] = {}
+        self._addresses: dict[str, int] = {}
+        self._out_shape_cache: dict[tuple, dict[str, tuple]] = {}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        self._ctx.set_input_shape(name, shape)
+        self._shapes[name] = tuple(int(d) for d in shape)
+        return True
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int = 0) -> bool:
+        self._ctx.profile_index = profile_index
+        return True
+
+    @property
+    def all_input_dimensions_specified(self) -> bool:
+        return all(i.name in self._shapes or all(isinstance(d, int) for d in i.shape)
+                   for i in self.engine.engine.inputs)
+
+    def _input_shapes(self) -> dict[str, tuple]:
+        out = {}
+        for i in self.engine.engine.inputs:
+            if i.name in self._shapes:
+                out[i.name] = self._shapes[i.name]
+            elif all(isinstance(d, int) for d in i.shape):
+                out[i.name] = tuple(i.shape)
+            else:
+                raise errors.ShapeError(f"input {i.name!r} has dynamic dims {list(i.shape)}: call set_input_shape first")
+        return out
+
+    def get_tensor_shape(self, name: str) -> Dims:
+        mode, info = self.engine._info(name)
+        if mode == TensorIOMode.INPUT:
+            return Dims(self._input_shapes()[name]) if name in self._shapes or all(
+                isinstance(d, int) for d in info.shape) else Dims(-1 if not isinstance(d, int) else d for d in info.shape)
+        return Dims(self._output_shapes()[name])
+
+    def _output_shapes(self) -> dict[str, tuple]:
+        shapes = self._input_shapes()
+        key = tuple(sorted(shapes.items()))
+        if key not in self._out_shape_cache:
+            from .passes.propagate import propagate
+            eng = self.engine.engine
+            facts = propagate(eng.graph, shapes, eng.registry)
+            out = {}
+            for name, v in zip(eng.output_names, eng.graph.outputs):
+                s = facts.shape(v)
+                out[name] = tuple(s) if s is not None and all(isinstance(d, int) for d in s) else None
+            self._out_shape_cache[key] = out
+        return self._out_shape_cache[key]
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self.engine._info(name)
+        self._addresses[name] = int(memory)
+        return True
+
+    def get_tensor_address(self, name: str) -> int:
+        return self._addresses.get(name, 0)
+
+    def _run(self) -> None:
+        eng = self.engine.engine
+        shapes = self._input_shapes()
+        missing = [i.name for i in eng.inputs if i.name not in self._addresses] + \
+                  [o.name for o in eng.outputs if o.name not in self._addresses]
+        if missing:
+            raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address first")
+        feed = {i.name: _wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
+                for i in eng.inputs}
+        out_shapes = self._output_shapes()
+        buffers = {}
+        for o in eng.outputs:
+            if out_shapes[o.name] is None:
+                raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape; use kiln's own API")
+            buffers[o.name] = _wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
+        self._ctx.infer(feed, outputs=buffers)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        """Enqueue on the caller's CUDA stream (by handle); on the CPU the work is done on return."""
+        if self.engine.engine.device.type == "cuda":
+            stream = torch.cuda.ExternalStream(int(stream_handle)) if stream_handle else torch.cuda.current_stream()
+            with torch.cuda.stream(stream):
+                self._run()
+        else:
+            self._run()
+        return True
+
+    def execute_v2(self, bindings: list[int]) -> bool:
+        """Run synchronously with addresses given in I/O tensor order."""
+        for i, ptr in enumerate(bindings):
+            self.set_tensor_address(self.engine.get_tensor_name(i), ptr)
+        self._run()
+        if self.engine.engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        return True
+
