@@ -64,6 +64,15 @@ def test_corrupt_bytes(tmp_path, blob):
     _raises(kiln.ModelFormatError, lambda: kiln.parse(blob), "model bytes")
 
 
+@pytest.mark.parametrize("field", [b"\x1a\x02tr", b"\x22\x09Transpose", b"\x0a\x04perm"],
+                         ids=["node name", "op type", "attribute name"])
+def test_invalid_utf8_in_a_string_field(field):  # protobuf hands such fields back as bytes, not str
+    data = transpose_model().SerializeToString()
+    assert data.count(field) == 1
+    bad = data.replace(field, field[:2] + b"\xbd" * (len(field) - 2))
+    _raises(kiln.ModelFormatError, lambda: kiln.parse(bad), "not valid UTF-8", "model.graph.node[0]")
+
+
 def test_bytes_without_graph():
     blob = onnx.ModelProto(ir_version=8).SerializeToString()
     _raises(kiln.ModelFormatError, lambda: kiln.parse(blob), "no graph")

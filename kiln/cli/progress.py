@@ -65,7 +65,7 @@ class Progress:
         # Every step of short stages; long ones (a tuner's thousands) at most every 2 s, plus start and end.
         if total > 30 and 0 < done < total and now - self.last_plain < 2.0:
             return
-        if done == 0 and total > 1 and not message:
+        if done == 0:  # a stage starting: its first finished step says more
             return
         self.last_plain = now
         self.stream.write(f"[kiln] {stage} {done}/{total}"

@@ -33,7 +33,7 @@ _ONNX_DOMAINS = ("", "ai.onnx")
 def load_model(model: "str | os.PathLike | bytes | onnx.ModelProto", base_dir: str | None = None) -> onnx.ModelProto:
     """Read a ModelProto with its external data, turning every decode/IO problem into ModelFormatError."""
     if isinstance(model, onnx.ModelProto):
-        proto = model
+        proto, where = model, "the ModelProto"
     else:
         if isinstance(model, (str, os.PathLike)):
             path = Path(model)
@@ -59,8 +59,32 @@ def load_model(model: "str | os.PathLike | bytes | onnx.ModelProto", base_dir: s
             raise ModelFormatError(f"{where} is not a valid ONNX model (truncated or corrupt protobuf): {e}") from e
         if not proto.HasField("graph"):
             raise ModelFormatError(f"{where} holds no graph: not an ONNX model, or truncated")
+    bad = _bad_string_field(proto)
+    if bad:
+        raise ModelFormatError(f"{where} is corrupt: string field {bad} is not valid UTF-8")
     _load_external(proto, base_dir)
     return proto
+
+
+def _bad_string_field(msg, path: str = "model") -> str | None:
+    """The path of the first string field protobuf could not decode (it hands those back as bytes), if any."""
+    from google.protobuf.descriptor import FieldDescriptor
+    try:
+        fields = msg.ListFields()
+    except UnicodeDecodeError:
+        return path
+    for fd, val in fields:
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == FieldDescriptor.LABEL_REPEATED
+        items = val if repeated else [val]
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            if not all(isinstance(x, str) for x in items):
+                return f"{path}.{fd.name}"
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            for i, x in enumerate(items):
+                bad = _bad_string_field(x, f"{path}.{fd.name}" + (f"[{i}]" if repeated else ""))
+                if bad:
+                    return bad
+    return None
 
 
 def _load_external(proto: onnx.ModelProto, base_dir: str | None) -> None:

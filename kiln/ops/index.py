@@ -70,7 +70,7 @@ def gather_nd(ctx, inputs, attrs):
     lin = _linear_index(idx.reshape(batch, picks, k), data.shape[b:b + k])
     rows = torch.arange(batch, device=data.device).unsqueeze(1)
     y = flat[rows, lin]
-    return unbits(y.reshape(*idx.shape[:-1], *rest), data.dtype)
+    return unbits(y.reshape(tuple(idx.shape[:-1]) + tuple(rest)), data.dtype)
 
 
 @ops.op("ScatterElements", "Scatter")

@@ -26,6 +26,16 @@ def _per_channel(p: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor
     return p.to(dtype).reshape(*p.shape, *([1] * (rank - 1 - p.dim())))
 
 
+def _var_mean(xs: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Population variance and mean over ``dims`` (kept), in two passes as the ONNX functions do.
+
+    (torch.var_mean warns on empty tensors.) dims=[] means all dims, as with ONNX's ReduceMean.
+    """
+    mean = xs.mean(dim=dims, keepdim=True)
+    d = xs - mean
+    return (d * d).mean(dim=dims, keepdim=True), mean
+
+
 # ---------------------------------------------------------------------------------------------
 # BatchNormalization
 
@@ -50,9 +60,10 @@ def batch_normalization(ctx, inputs, attrs):
         return y.to(x.dtype)
     # spatial=0 (opset<9) keeps one statistic per (channel, position): reduce over the batch only
     dims = [d for d in range(rank) if d != 1] if attrs.get("spatial", 1) else [0]
-    batch_var, batch_mean = torch.var_mean(xs, dim=dims, correction=0)
-    inv = torch.rsqrt(_per_channel(batch_var, rank, work) + eps) * _per_channel(scale, rank, work)
-    y = ((xs - _per_channel(batch_mean, rank, work)) * inv + _per_channel(bias, rank, work)).to(x.dtype)
+    batch_var, batch_mean = _var_mean(xs, dims)
+    y = (xs - batch_mean) * torch.rsqrt(batch_var + eps) * _per_channel(scale, rank, work)
+    y = (y + _per_channel(bias, rank, work)).to(x.dtype)
+    batch_var, batch_mean = batch_var.reshape(var.shape), batch_mean.reshape(mean.shape)
     run_mean = (mean.to(work) * momentum + batch_mean * (1 - momentum)).to(mean.dtype)
     run_var = (var.to(work) * momentum + batch_var * (1 - momentum)).to(var.dtype)
     if ctx.opset >= 14:
@@ -70,7 +81,10 @@ def instance_normalization(ctx, inputs, attrs):
     x, scale, bias = inputs
     work = stat_dtype(x.dtype)
     xs = x.to(work)
-    var, mean = torch.var_mean(xs, dim=list(range(2, x.dim())), correction=0, keepdim=True)
+    if x.dim() > 2:
+        var, mean = _var_mean(xs, list(range(2, x.dim())))
+    else:  # no spatial dims: each value is its own mean
+        var, mean = torch.zeros_like(xs), xs
     y = (xs - mean) * torch.rsqrt(var + attrs.get("epsilon", 1e-5))
     y = y * _per_channel(scale, x.dim(), work) + _per_channel(bias, x.dim(), work)
     return y.to(x.dtype)
@@ -90,8 +104,8 @@ def group_normalization(ctx, inputs, attrs):
     n, c = x.shape[0], x.shape[1]
     if c % groups:
         raise ValueError(f"GroupNormalization: {c} channels do not split into {groups} groups")
-    xs = x.to(_stash_dtype(x, attrs)).reshape(n, groups, -1)
-    var, mean = torch.var_mean(xs, dim=-1, correction=0, keepdim=True)
+    xs = x.to(_stash_dtype(x, attrs)).reshape(n, groups, (c // groups) * math.prod(x.shape[2:]))
+    var, mean = _var_mean(xs, [-1])
     normalized = ((xs - mean) * torch.rsqrt(var + attrs.get("epsilon", 1e-5))).reshape(x.shape).to(x.dtype)
     if scale.numel() != c:
         # opset 18 gave one scale/bias per group: spread each over the group's channels
@@ -117,7 +131,7 @@ def layer_normalization(ctx, inputs, attrs):
         # torch's fused kernel computes its statistics in at least float32, as stash_type asks
         return F.layer_norm(x, norm_shape, scale, bias, eps)
     xs = x.to(_stash_dtype(x, attrs))
-    var, mean = torch.var_mean(xs, dim=list(range(axis, x.dim())), correction=0, keepdim=True)
+    var, mean = _var_mean(xs, list(range(axis, x.dim())))
     inv_std = torch.rsqrt(var + eps)
     y = ((xs - mean) * inv_std).to(x.dtype) * scale
     if bias is not None:
@@ -159,7 +173,7 @@ def mean_variance_normalization(ctx, inputs, attrs):
     x = inputs[0]
     axes = [a % x.dim() for a in attrs.get("axes", [0, 2, 3])]
     xs = x.to(stat_dtype(x.dtype))
-    var, mean = torch.var_mean(xs, dim=axes, correction=0, keepdim=True)
+    var, mean = _var_mean(xs, axes)
     return ((xs - mean) / (torch.sqrt(var) + 1e-9)).to(x.dtype)
 
 

@@ -22,6 +22,7 @@ from .fuse_epilogue import fuse_epilogues
 from .fuse_horizontal import fuse_horizontal
 from .layout import choose_layout
 from .noops import remove_noops
+from .precision import lower_precision
 from .recognize import recognize_attention, recognize_gelu, recognize_layer_norm, recognize_rms_norm, recognize_silu
 
 log = logging.getLogger("kiln.build")
@@ -68,6 +69,8 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("fuse_horizontal", fuse_horizontal, min_level=2),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("eliminate_dead_code", eliminate_dead_code),
+    # Reduced precision after fusion, so folded weights are computed in float64/32 and stored once in T.
+    Pass("lower_precision", lower_precision, min_level=0),
     Pass("choose_layout", choose_layout),
 )
 
@@ -106,7 +109,7 @@ def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE,
 
     steps = [s for s in pipeline if s.min_level <= level]
     if progress is not None:
-        progress("passes", 0, len(steps), steps[0].name if steps else "")
+        progress("passes", 0, len(steps), "")
     for i, step in enumerate(steps):
         if isinstance(step, FixedPoint):
             for _ in range(step.max_rounds):

@@ -254,7 +254,7 @@ def test_batch_norm_not_spatial():
 
 # -- Instance / Layer / Group / RMS normalization -----------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_instance_norm(shape, dtype):
     x = rand(shape, dtype, seed=12)
@@ -301,6 +301,18 @@ def test_rms_norm(axis, dtype):
     x = rand((2, 3, 4), dtype, seed=22)
     s = rand(x.shape[axis % 3:], dtype, seed=23)
     check_op("RMSNormalization", {"x": x, "s": s}, {"axis": axis, "epsilon": 1e-3}, opset=23, **tol(x))
+
+
+def test_norms_of_an_empty_batch():
+    # onnx.reference cannot reshape these; the result is simply empty
+    x, ones = np.zeros((0, 4, 3), np.float32), np.ones(4, np.float32)
+    cases = [("GroupNormalization", {"x": x, "s": ones, "b": ones}, {"num_groups": 2}, 21),
+             ("LayerNormalization", {"x": x, "s": np.ones(3, np.float32)}, {}, 17),
+             ("InstanceNormalization", {"x": x, "s": ones, "b": ones}, {}, 6),
+             ("BatchNormalization", {"x": x, "s": ones, "b": ones, "m": ones, "v": ones}, {}, 15),
+             ("RMSNormalization", {"x": x, "s": np.ones(3, np.float32)}, {}, 23)]
+    for op, inputs, attrs, opset in cases:
+        check_expected(op, inputs, attrs, opset, x)
 
 
 # -- Lp / MVN / LRN -----------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ ROWS = [
                      .repeat(3, 1)}, {"batch_dims": 2}, id="GatherND-b2"),
     row("GatherND", {"x": rnd((2, 3)), "i": np.array([[[1, 2]], [[0, 0]]])}, id="GatherND-full"),
     # -- Scatter family ------------------------------------------------------------------------------
-    *[row("ScatterElements", {"x": rnd((3, 4), d), "i": np.array([[1, 0, -1], [1, 1, 2]], np.int64),
+    # Duplicate indices only with a reduction: without one their order is undefined (and differs on GPUs).
+    *[row("ScatterElements", {"x": rnd((3, 4), d), "i": np.array([[1, 0, -1], [1, 3 if r == "none" else 1, 2]]),
                               "u": rnd((2, 3), d, seed=1)}, {"axis": 1, "reduction": r},
           opset=18, id=f"ScatterElements-{r}-{d}", rtol=1e-2)
       for r in ("none", "add", "mul", "max", "min") for d in ("float32", "int32", "uint16", "float16")],
@@ -240,6 +241,11 @@ SPEC_ROWS = [
     pytest.param(lambda: run_kiln("Unique", {"x": np.array([[3, 1, 3], [0, 2, 1]], np.int32)}, {"sorted": 0}, n=4),
                  lambda: [np.array([3, 1, 0, 2], np.int32), i64(0, 1, 3, 4), i64(0, 1, 0, 2, 3, 1), i64(2, 2, 1, 1)],
                  id="Unique-unsorted-2d"),
+    # Backward slices clamp start to [0, dim-1] and end to [-1, dim-1] after adding dim (numpy's slicing,
+    # which the reference uses, gives an empty result for a start before the first element).
+    pytest.param(lambda: run_kiln("Slice", {"x": np.arange(4, dtype=np.float32), "s": i64(-6), "e": i64(-7),
+                                            "a": i64(0), "st": i64(-2)}, opset=13)[0],
+                 lambda: np.array([0], np.float32), id="Slice-backward-clamp"),
     # max_output_boxes_per_class defaults to 0: nothing is selected.
     pytest.param(lambda: run_kiln("NonMaxSuppression", {"b": BOXES, "s": SCORES})[0],
                  lambda: np.zeros((0, 3), np.int64), id="NMS-no-limit"),
@@ -260,6 +266,56 @@ def test_spec(got, expected):
     for g, e in zip(g, e) if isinstance(e, list) else [(g, e)]:
         assert g.dtype == e.dtype and g.shape == e.shape, (g.dtype, g.shape, e.dtype, e.shape)
         np.testing.assert_array_equal(g, e)
+
+
+def test_random_slices():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        shape = tuple(int(d) for d in rng.integers(0, 5, rng.integers(1, 4)))
+        k = int(rng.integers(1, len(shape) + 1))
+        axes = rng.permutation(len(shape))[:k] - (len(shape) if rng.random() < .5 else 0)
+        starts, ends = rng.integers(-7, 7, k), rng.integers(-7, 7, k)
+        steps = rng.choice([-3, -2, -1, 1, 2, 3], k)
+        # Skip backward slices starting before the first element: the reference's numpy slicing differs there.
+        starts = np.where((steps < 0) & (starts + np.array(shape)[axes] < 0), -1, starts)
+        check_op("Slice", {"x": rnd(shape), "s": starts.astype(np.int64), "e": ends.astype(np.int64),
+                           "a": axes.astype(np.int64), "st": steps.astype(np.int64)}, opset=13)
+
+
+def test_random_pads():
+    rng = np.random.default_rng(2)
+    for mode in ("constant", "reflect", "edge", "wrap"):
+        for _ in range(8):
+            shape = tuple(int(d) for d in rng.integers(1, 5, rng.integers(1, 4)))
+            most = [d - 1 if mode == "reflect" else (d if mode == "wrap" else 4) for d in shape]
+            pads = np.array([rng.integers(0, m + 1) for m in most * 2], np.int64)
+            check_op("Pad", {"x": rnd(shape, "int32"), "p": pads}, {"mode": mode}, opset=19)
+
+
+def test_random_gather_nd():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        b = int(rng.integers(0, 3))
+        dshape = tuple(int(d) for d in rng.integers(1, 4, b + rng.integers(1, 4)))
+        k = int(rng.integers(1, len(dshape) - b + 1))
+        ishape = dshape[:b] + tuple(int(d) for d in rng.integers(1, 3, rng.integers(0, 2)))
+        idx = np.stack([rng.integers(-dshape[b + j], dshape[b + j], ishape) for j in range(k)], -1)
+        check_op("GatherND", {"x": rnd(dshape), "i": idx.astype(np.int64)}, {"batch_dims": b})
+
+
+def test_random_nms():
+    """Random boxes in both formats, with tied scores (ties keep the lower box index first)."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n, c, b = int(rng.integers(1, 30)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        corner = rng.uniform(0, 10, (b, n, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(0.5, 4, (b, n, 2))], -1).astype(np.float32)
+        scores = rng.random((b, c, n)).astype(np.float32)
+        scores[..., ::3] = 0.5
+        check_op("NonMaxSuppression", {"b": boxes, "s": scores, "m": i64(int(rng.integers(1, 10))),
+                                       "t": np.array([rng.uniform(0, .7)], np.float32),
+                                       "st": np.array([rng.uniform(0, .5)], np.float32)},
+                 {"center_point_box": int(rng.integers(0, 2))})
 
 
 def test_nms_many_boxes():

@@ -1,0 +1,182 @@
+"""`kiln compare model.onnx [model.engine]`: Kiln's outputs against onnxruntime (or onnx.reference) on the
+same inputs; --per-layer finds the first layer whose intermediate result diverges."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from .buildflags import add_build_flags
+from .errors import CLIError
+from .shapes import parse_name_files, parse_shapes
+
+
+def add_parser(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", parents=[common], help="check Kiln's outputs against onnxruntime",
+                       description="Run the ONNX model with onnxruntime (fallback: onnx.reference) and with Kiln "
+                                   "(the engine given, or one built in memory) on the same inputs, and report per "
+                                   "output the max absolute and relative error, mean error, cosine similarity and "
+                                   "error percentiles. Exits 1 when an output is outside --atol/--rtol.")
+    p.add_argument("model", help="the ONNX model (the reference runs it)")
+    p.add_argument("engine", nargs="?", help="a Kiln engine built from it (default: build one in memory)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="relative tolerance (default 1e-3); an element passes when |kiln - ref| <= atol + rtol*|ref|")
+    p.add_argument("--reference", choices=("auto", "onnxruntime", "onnx-reference"), default="auto",
+                   help="what to compare against (auto: onnxruntime if installed, else onnx.reference)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="compare every intermediate tensor (Kiln's interpreter on the unoptimized graph vs the "
+                        "reference with all values as outputs) and name the first layer that diverges")
+    p.add_argument("--input", metavar="NAME:FILE", action="append", default=[], help="an input from a .npy file")
+    p.add_argument("--inputs", metavar="FILE.npz", action="append", default=[], help="inputs from an .npz file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_build_flags(p)
+    return p
+
+
+def metrics(kiln_out, ref, atol: float, rtol: float) -> dict:
+    a = np.asarray(kiln_out)
+    b = np.asarray(ref)
+    if a.shape != b.shape:
+        return {"ok": False, "problem": f"shape {list(a.shape)} vs reference {list(b.shape)}"}
+    if a.dtype.kind in "OSU" or b.dtype.kind in "OSU":
+        same = bool(np.array_equal(a, b))
+        return {"ok": same, "problem": None if same else "values differ"}
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if x.size == 0:
+        return {"ok": True, "max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0, "cosine": 1.0, "mismatches": 0, "size": 0}
+    nan_mismatch = int(np.sum(np.isnan(x) != np.isnan(y)))
+    finite = ~(np.isnan(x) | np.isnan(y))
+    err = np.abs(x - y)
+    err = np.where(finite & (x == y), 0.0, err)  # inf == inf counts as equal
+    bad = (err > atol + rtol * np.abs(y)) & finite
+    rel = err / np.maximum(np.abs(y), 1e-12)
+    e = err[finite]
+    nx, ny = np.linalg.norm(x[finite]), np.linalg.norm(y[finite])
+    cos = float(np.dot(x[finite], y[finite]) / (nx * ny)) if nx > 0 and ny > 0 else float(nx == ny)
+    mism = int(bad.sum()) + nan_mismatch
+    return {"ok": mism == 0, "max_abs": float(e.max()) if e.size else 0.0,
+            "max_rel": float(rel[finite].max()) if e.size else 0.0, "mean_abs": float(e.mean()) if e.size else 0.0,
+            "cosine": cos, "p50": float(np.percentile(e, 50)) if e.size else 0.0,
+            "p90": float(np.percentile(e, 90)) if e.size else 0.0, "p99": float(np.percentile(e, 99)) if e.size else 0.0,
+            "mismatches": mism, "size": int(x.size)}
+
+
+def reference_runner(model, which: str):
+    """A function inputs -> {name: array} over the given ModelProto, and the name of what runs it."""
+    if which in ("auto", "onnxruntime"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            if which == "onnxruntime":
+                raise CLIError("--reference onnxruntime: onnxruntime is not installed (pip install onnxruntime)")
+        else:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            return (lambda feed: dict(zip(names, sess.run(names, feed)))), f"onnxruntime {ort.__version__}"
+    from onnx.reference import ReferenceEvaluator
+    ev = ReferenceEvaluator(model)
+    return (lambda feed: dict(zip(ev.output_names, ev.run(None, feed)))), "onnx.reference"
+
+
+def run(args) -> int:
+    import json
+    from .inputs import gather_inputs
+    from .loading import open_engine, open_onnx
+    model = open_onnx(args.model)
+    engine = open_engine(args.engine or args.model, args)
+    shapes = parse_shapes(args.shapes) if args.shapes else None
+    files = {k: v for spec in args.input for k, v in parse_name_files(spec, "--input").items()}
+    inputs = gather_inputs(engine.inputs, engine.profiles, shapes, files, args.inputs, args.seed)
+    ref_run, ref_name = reference_runner(model, args.reference)
+    ref = ref_run(inputs)
+    got = engine.create_execution_context().infer(inputs)
+    results = {name: metrics(got[name], ref[name], args.atol, args.rtol) for name in got if name in ref}
+    missing = [n for n in got if n not in ref]
+    doc = {"reference": ref_name, "atol": args.atol, "rtol": args.rtol, "outputs": results}
+    if missing:
+        doc["not_compared"] = missing
+    if args.per_layer:
+        doc["per_layer"] = per_layer(model, inputs, args)
+    ok = all(r["ok"] for r in results.values()) and (not args.per_layer or doc["per_layer"]["first_divergent"] is None)
+    doc["ok"] = ok
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(render(doc))
+    return 0 if ok else 1
+
+
+def per_layer(model, inputs: dict, args) -> dict:
+    """Every intermediate value: Kiln's interpreter on the parsed (unoptimized) graph vs the reference."""
+    import onnx
+    from .. import parse
+    from ..runtime.interpreter import Interpreter
+    graph = parse(model)
+    interp = Interpreter(graph, "cpu")
+    env, _ = interp._bind_inputs(inputs)
+    interp.run_graph(graph, env, free=False)  # free=False keeps every intermediate value in env
+    ours = {}
+    for n in graph.nodes:
+        for v in n.outputs:
+            if v is not None and v.id in env and hasattr(env[v.id], "numpy"):
+                ours[v.name] = env[v.id]
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    have = {o.name for o in full.graph.output}
+    order = [(n.name or f"{n.op_type}_{i}", n.op_type, list(n.output)) for i, n in enumerate(model.graph.node)]
+    for _, _, outs in order:
+        full.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs if o and o not in have)
+    ref_run, _ = reference_runner(full, args.reference)
+    ref = ref_run(inputs)
+    from ..ir.convert import torch_to_numpy
+    rows, first = [], None
+    for name, op, outs in order:
+        for o in outs:
+            if o in ours and o in ref and ref[o] is not None:
+                m = metrics(torch_to_numpy(ours[o].cpu()), ref[o], args.atol, args.rtol)
+                rows.append({"node": name, "op": op, "value": o, **m})
+                if not m["ok"] and first is None:
+                    first = {"node": name, "op": op, "value": o}
+    return {"compared": len(rows), "first_divergent": first, "values": rows}
+
+
+def render(doc: dict) -> str:
+    out = [f"reference: {doc['reference']}; tolerance: |kiln - ref| <= {doc['atol']:g} + {doc['rtol']:g} * |ref|"]
+    head = f"{'output':<20} {'max abs':>10} {'max rel':>10} {'mean abs':>10} {'cosine':>10} {'p50':>9} {'p90':>9} " \
+           f"{'p99':>9} {'mismatch':>12}  result"
+    out.append(head)
+    for name, r in doc["outputs"].items():
+        out.append(_row(name, r))
+    for n in doc.get("not_compared", []):
+        out.append(f"{n:<20} (not an output of the reference)")
+    if "per_layer" in doc:
+        pl = doc["per_layer"]
+        out.append("")
+        out.append(f"per layer: {pl['compared']} intermediate values compared")
+        if pl["first_divergent"] is None:
+            out.append("all intermediate values within tolerance")
+        else:
+            f = pl["first_divergent"]
+            out.append(f"first divergent layer: {f['node']} ({f['op']}), value {f['value']!r}")
+            out.append(head.replace("output  ", "value   "))
+            seen = False
+            for r in pl["values"]:
+                seen = seen or r["value"] == f["value"]
+                if seen:
+                    out.append(_row(r["value"], r))
+                    if len(out) > 40:
+                        break
+    out.append("PASS" if doc["ok"] else "FAIL: outside tolerance")
+    return "\n".join(out)
+
+
+def _row(name: str, r: dict) -> str:
+    if "max_abs" not in r:
+        return f"{name[:20]:<20} {r.get('problem') or 'equal'}  {'ok' if r['ok'] else 'FAIL'}"
+    return (f"{name[:20]:<20} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} {r['mean_abs']:>10.3g} {r['cosine']:>10.6f} "
+            f"{r.get('p50', 0):>9.2g} {r.get('p90', 0):>9.2g} {r.get('p99', 0):>9.2g} "
+            f"{r['mismatches']:>5}/{r['size']:<6}  {'ok' if r['ok'] else 'FAIL'}")

@@ -1,0 +1,334 @@
+"""`kiln exec`: trtexec's own flag spellings, so scripted trtexec workflows move over unchanged.
+
+``kiln exec --onnx=model.onnx --saveEngine=model.engine`` builds; ``kiln exec --loadEngine=model.engine
+--shapes=x:1x3x224x224`` benchmarks and prints trtexec's performance summary. Both ``--flag=value`` and
+``--flag value`` work. A trtexec flag Kiln does not implement is an error that names it, never ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from .errors import CLIError
+
+# trtexec flags Kiln knows but does not implement, with the reason shown to the user.
+UNSUPPORTED = {
+    "--uff": "UFF models are not supported (only ONNX)", "--model": "Caffe models are not supported (only ONNX)",
+    "--deploy": "Caffe models are not supported", "--output": "output selection applies to UFF/Caffe only",
+    "--uffInput": "UFF models are not supported", "--uffNHWC": "UFF models are not supported",
+    "--maxBatch": "implicit batch engines do not exist in Kiln (shapes are explicit; use --shapes)",
+    "--batch": "implicit batch engines do not exist in Kiln (use --shapes)",
+    "--explicitBatch": None,  # accepted: Kiln is always explicit-batch (handled below)
+    "--inputIOFormats": "I/O formats other than the model's own types are not supported yet",
+    "--outputIOFormats": "I/O formats other than the model's own types are not supported yet",
+    "--minShapesCalib": "INT8 calibration is not supported yet", "--optShapesCalib": "INT8 calibration is not supported yet",
+    "--maxShapesCalib": "INT8 calibration is not supported yet", "--refit": "refittable engines are not supported yet",
+    "--safe": "the safety runtime does not exist in Kiln", "--tacticSources": "tactic sources are not selectable yet",
+    "--noBuilderCache": "use --timingCacheFile or leave it out", "--nvtxMode": "NVTX annotation is not supported",
+    "--minTiming": "tactic timing iterations are not configurable yet", "--avgTiming": "tactic timing iterations are "
+                                                                                      "not configurable yet",
+    "--useDLACore": "DLA is not supported", "--allowGPUFallback": "DLA is not supported",
+    "--exposeDMA": "DMA serialization is not supported", "--plugins": "TensorRT plugins are not supported",
+    "--versionCompatible": "version-compatible engines are not supported",
+    "--stronglyTyped": "use `kiln build --strict-types`", "--profilingVerbosity": "Kiln always records layer detail",
+    "--sparsity": "structured sparsity is not supported yet", "--int4": "int4 is not supported yet",
+    "--useManagedMemory": "managed memory is not supported", "--useRuntime": "only the full runtime exists",
+    "--dumpRefit": "refit is not supported", "--timeDeserialize": "not supported yet",
+    "--timeRefit": "refit is not supported", "--getPlanVersionOnly": "not supported yet",
+    "--saveAllEngines": "not supported", "--persistentCacheRatio": "not supported",
+    "--precisionConstraints": "not supported yet", "--layerPrecisions": "not supported yet",
+    "--layerOutputTypes": "not supported yet", "--heuristic": "not supported", "--calibProfile": "INT8 calibration is "
+                                                                                                 "not supported yet",
+    "--profile": "selecting a profile by index is not supported; Kiln picks the profile that fits --shapes",
+}
+NOT_YET = ("--int8", "--fp8", "--calib")  # the precision work (quantization) has not landed
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln exec", allow_abbrev=False,
+                                description="trtexec-compatible front end: build an engine from --onnx (and "
+                                            "--saveEngine it) or --loadEngine one, then benchmark it and print "
+                                            "trtexec's performance summary.")
+    m = p.add_argument_group("model options")
+    m.add_argument("--onnx", metavar="FILE", help="ONNX model to build")
+    b = p.add_argument_group("build options")
+    b.add_argument("--saveEngine", metavar="FILE", help="save the built engine")
+    b.add_argument("--loadEngine", metavar="FILE", help="load an engine instead of building one")
+    b.add_argument("--fp16", action="store_true", help="enable fp16 in addition to fp32")
+    b.add_argument("--bf16", action="store_true", help="enable bf16 in addition to fp32")
+    b.add_argument("--int8", action="store_true", help="int8: not supported yet (an error)")
+    b.add_argument("--fp8", action="store_true", help="fp8: not supported yet (an error)")
+    b.add_argument("--best", action="store_true",
+                   help="enable every precision Kiln supports (today fp16; int8/fp8 are not supported yet)")
+    b.add_argument("--noTF32", action="store_true", help="disable tf32")
+    b.add_argument("--calib", metavar="FILE", help="int8 calibration cache: not supported yet (an error)")
+    b.add_argument("--minShapes", metavar="SPEC", action="append", default=[],
+                   help="profile min shapes, e.g. x:1x3x224x224; repeat the min/opt/max triple for more profiles")
+    b.add_argument("--optShapes", metavar="SPEC", action="append", default=[],
+                   help="profile opt shapes; alone it means min=opt=max")
+    b.add_argument("--maxShapes", metavar="SPEC", action="append", default=[], help="profile max shapes")
+    b.add_argument("--workspace", metavar="MIB", type=float, help="workspace (activation memory) limit in MiB")
+    b.add_argument("--memPoolSize", metavar="SPEC",
+                   help="workspace:N with N in MiB, or with a K/M/G suffix (other pools are not supported)")
+    b.add_argument("--builderOptimizationLevel", type=int, metavar="N", default=3,
+                   help="builder optimization level 0-5 (default 3)")
+    b.add_argument("--timingCacheFile", metavar="FILE", help="timing cache to read and update")
+    b.add_argument("--explicitBatch", action="store_true", help="accepted for compatibility: always explicit batch")
+    i = p.add_argument_group("inference options")
+    i.add_argument("--shapes", metavar="SPEC",
+                   help="input shapes to run with (and, when building without min/opt/max, the profile)")
+    i.add_argument("--loadInputs", metavar="SPEC", help="name:file[,name:file]; .npy files or raw binary (trtexec)")
+    i.add_argument("--iterations", type=int, default=10, metavar="N", help="run at least N inferences (default 10)")
+    i.add_argument("--warmUp", type=float, default=200, metavar="MS", help="warm up for MS milliseconds (default 200)")
+    i.add_argument("--duration", type=float, default=3, metavar="S", help="run for at least S seconds (default 3)")
+    i.add_argument("--sleepTime", type=float, default=0, metavar="MS", help="sleep MS ms between inferences")
+    i.add_argument("--streams", type=int, metavar="N", help="N execution contexts run at once (default 1)")
+    i.add_argument("--infStreams", type=int, metavar="N", help="same as --streams (newer trtexec spelling)")
+    i.add_argument("--threads", action="store_true",
+                   help="one thread per context; Kiln always drives each context from its own thread")
+    i.add_argument("--useCudaGraph", action="store_true", help="replay CUDA graphs (default: launch eagerly)")
+    i.add_argument("--noDataTransfers", action="store_true", help="no host<->device copies during inference")
+    i.add_argument("--useSpinWait", action="store_true", help="busy-wait for the GPU instead of blocking")
+    i.add_argument("--separateProfileRun", action="store_true",
+                   help="profile layers in a run separate from the benchmark (Kiln always does)")
+    i.add_argument("--skipInference", action="store_true", help="build (and save) only")
+    i.add_argument("--buildOnly", action="store_true", help="same as --skipInference")
+    r = p.add_argument_group("reporting options")
+    r.add_argument("--avgRuns", type=int, default=10, metavar="N",
+                   help="print averages over N consecutive inferences (default 10)")
+    r.add_argument("--percentile", metavar="P,..", default="90,95,99", help="percentiles to report (default 90,95,99)")
+    r.add_argument("--dumpOutput", action="store_true", help="print the outputs of the last inference")
+    r.add_argument("--dumpProfile", action="store_true", help="print the per-layer profile")
+    r.add_argument("--dumpLayerInfo", action="store_true", help="print the engine's layers")
+    r.add_argument("--exportTimes", metavar="FILE", help="write every inference's timings as JSON")
+    r.add_argument("--exportOutput", metavar="FILE", help="write the outputs as JSON")
+    r.add_argument("--exportProfile", metavar="FILE", help="write the per-layer profile as JSON")
+    r.add_argument("--exportLayerInfo", metavar="FILE", help="write the layer information as JSON")
+    s = p.add_argument_group("system options")
+    s.add_argument("--device", default=None, metavar="N",
+                   help="GPU index N (cuda:N); 'cpu' to run on the host (default: GPU 0 if available, else cpu)")
+    s.add_argument("--verbose", "-v", action="store_true", help="verbose logs, tracebacks on error")
+    return p
+
+
+def parse(argv: list[str]):
+    p = make_parser()
+    args, rest = p.parse_known_args(argv)
+    for tok in rest:
+        flag = tok.split("=", 1)[0]
+        if flag in UNSUPPORTED and UNSUPPORTED[flag]:
+            raise CLIError(f"trtexec flag {flag} is not supported by kiln exec: {UNSUPPORTED[flag]}")
+        if tok.startswith("-"):
+            raise CLIError(f"unknown trtexec flag {flag} (see kiln exec --help for the flags kiln exec takes)")
+        raise CLIError(f"unexpected argument {tok!r}: kiln exec takes only flags, e.g. --onnx=model.onnx")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    log = _Log()
+    log.line(f"&&&& RUNNING Kiln.exec # kiln exec {' '.join(shlex.quote(a) for a in argv)}", raw=True)
+    try:
+        code = _main(parse(argv), log)
+    except BaseException:
+        log.line("&&&& FAILED Kiln.exec", raw=True)
+        raise
+    log.line(f"&&&& {'PASSED' if code == 0 else 'FAILED'} Kiln.exec", raw=True)
+    return code
+
+
+def _main(args, log: "_Log") -> int:
+    from .inputs import gather_inputs
+    from .shapes import parse_name_files, parse_shapes
+    for flag in NOT_YET:
+        if getattr(args, flag[2:]):
+            raise CLIError(f"{flag} is not supported yet: reduced-precision quantization (int8/fp8 and calibration) "
+                           f"has not landed in Kiln; build without {flag}")
+    if bool(args.onnx) == bool(args.loadEngine):
+        raise CLIError("give exactly one of --onnx=FILE (build) or --loadEngine=FILE")
+    shapes = parse_shapes(args.shapes, "--shapes") if args.shapes else None
+    engine = _build(args, shapes, log) if args.onnx else _load(args, log)
+    if args.dumpLayerInfo or args.exportLayerInfo:
+        layers = [vars(l) for l in engine.report.layers] if engine.report else []
+        if args.dumpLayerInfo:
+            log.line("Layer information:")
+            for l in layers:
+                log.line(f"  {l['name']}: {l['op']} kernel={l['kernel']} precision={l['precision']} "
+                         f"covers=[{', '.join(l['covers'])}] outputs={l['output_shapes']}")
+        if args.exportLayerInfo:
+            _write_json(args.exportLayerInfo, {"Layers": layers, "Bindings": [i.name for i in engine.inputs] +
+                                               engine.output_names})
+    if args.skipInference or args.buildOnly:
+        log.line("Skipped inference phase since --skipInference or --buildOnly was given.")
+        return 0
+    files = parse_name_files(args.loadInputs, "--loadInputs") if args.loadInputs else {}
+    inputs = gather_inputs(engine.inputs, engine.profiles, shapes, files, [], 0)
+    log.line("Input shapes: " + ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items()))
+    summary = _bench(engine, inputs, args, log)
+    if args.dumpOutput or args.exportOutput:
+        outs = engine.create_execution_context().infer(inputs)
+        if args.dumpOutput:
+            from .run import print_arrays
+            log.line("Output tensors:")
+            print_arrays(outs)
+        if args.exportOutput:
+            import numpy as np
+            _write_json(args.exportOutput, [{"name": k, "dimensions": "x".join(map(str, np.shape(v))),
+                                             "values": np.asarray(v).astype(float).ravel().tolist()}
+                                            for k, v in outs.items()])
+    if args.dumpProfile or args.exportProfile:
+        _profile(engine, inputs, args, log)
+    return 0 if summary is not None else 1
+
+
+def _device(args) -> str:
+    import torch
+    d = args.device
+    if d is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if d == "cpu" or d.startswith("cuda"):
+        return d
+    if not d.isdigit():
+        raise CLIError(f"--device: expected a GPU index such as 0 (or cpu), got {d!r}")
+    return f"cuda:{d}"
+
+
+def _workspace_bytes(args) -> int | None:
+    if args.memPoolSize:
+        total = None
+        for item in args.memPoolSize.split(","):
+            pool, _, size = item.partition(":")
+            if pool.strip() != "workspace":
+                raise CLIError(f"--memPoolSize: pool {pool.strip()!r} is not supported (only workspace)")
+            total = _size(size.strip())
+        return total
+    return None if args.workspace is None else int(args.workspace * (1 << 20))
+
+
+def _size(s: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mult = units.get(s[-1:].upper(), None)
+    try:
+        return int(float(s[:-1] if mult else s) * (mult or 1 << 20))
+    except ValueError:
+        raise CLIError(f"--memPoolSize: bad size {s!r}; expected e.g. workspace:1024 (MiB) or workspace:1G") from None
+
+
+def _build(args, shapes, log):
+    from .. import build
+    from ..build.config import BuilderConfig, Profile
+    from ..errors import ShapeError
+    from .loading import check_readable, is_engine
+    from .progress import Progress
+    from .shapes import parse_shapes
+    check_readable(args.onnx, "ONNX file")
+    if is_engine(args.onnx):
+        raise CLIError(f"--onnx {args.onnx!r} is a Kiln engine file; use --loadEngine")
+    mins, opts, maxs = args.minShapes, args.optShapes, args.maxShapes
+    if mins or maxs:
+        if not (len(mins) == len(opts) == len(maxs)):
+            raise CLIError("--minShapes, --optShapes and --maxShapes must all be given, once per profile")
+        profiles = tuple(Profile(parse_shapes(a, "--minShapes"), parse_shapes(b, "--optShapes"),
+                                 parse_shapes(c, "--maxShapes")) for a, b, c in zip(mins, opts, maxs))
+    elif opts:
+        profiles = tuple(Profile.fixed(parse_shapes(o, "--optShapes")) for o in opts)
+    elif shapes:  # trtexec: with only --shapes, the profile is fixed at those shapes
+        profiles = (Profile.fixed(shapes),)
+    else:
+        profiles = ()
+    if args.best:
+        log.line("--best: enabling fp16 (int8 and fp8 are not supported yet)")
+    try:
+        config = BuilderConfig(device=_device(args), fp16=args.fp16 or args.best, bf16=args.bf16,
+                               tf32=not args.noTF32, workspace_bytes=_workspace_bytes(args), profiles=profiles,
+                               optimization_level=args.builderOptimizationLevel,
+                               timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0)
+    except ValueError as e:
+        raise ShapeError(str(e)) from None
+    log.line(f"Building an engine from {args.onnx} for {config.device}")
+    progress = Progress("auto")
+    try:
+        engine = build(args.onnx, config, progress=progress)
+    finally:
+        progress.finish()
+    for line in engine.report.summary().splitlines():
+        log.line(line)
+    if args.saveEngine:
+        engine.save(args.saveEngine)
+        log.line(f"Engine saved to {args.saveEngine}")
+    return engine
+
+
+def _load(args, log):
+    from ..engine.runtime import Engine
+    from .loading import check_readable
+    check_readable(args.loadEngine, "engine file")
+    engine = Engine.load(args.loadEngine)
+    log.line(f"Loaded engine {args.loadEngine} ({engine.num_layers} layers, {engine.device})")
+    if args.device is not None and str(engine.device).split(":")[0] != _device(args).split(":")[0]:
+        from ..errors import DeviceMismatchError
+        raise DeviceMismatchError(f"engine {args.loadEngine!r} was built for {engine.device}, but --device asks for "
+                                  f"{_device(args)}; rebuild it for that device")
+    return engine
+
+
+def _bench(engine, inputs, args, log):
+    from .measure import BenchSettings, measure
+    from .timing import export_times, group_averages
+    try:
+        pct = tuple(float(x) for x in args.percentile.split(",") if x.strip())
+    except ValueError:
+        raise CLIError(f"--percentile: expected numbers such as 90,95,99, got {args.percentile!r}") from None
+    streams = args.infStreams or args.streams or 1
+    s = BenchSettings(streams=streams, warmup_ms=args.warmUp, iterations=args.iterations, duration_s=args.duration,
+                      cuda_graphs=args.useCudaGraph, transfers=not args.noDataTransfers, spin_wait=args.useSpinWait,
+                      sleep_ms=args.sleepTime, percentiles=pct)
+    log.line(f"Running: {streams} context(s), warm-up {args.warmUp:g} ms, >= {args.iterations} iterations and "
+             f">= {args.duration:g} s; CUDA graphs {'on' if args.useCudaGraph else 'off'}; data transfers "
+             f"{'off' if args.noDataTransfers else 'on'}")
+    summary = measure(engine, inputs, s)
+    if args.avgRuns > 0:
+        for comp, lat, enq in group_averages(summary.records, args.avgRuns)[:20]:
+            log.line(f"Average on {args.avgRuns} runs - compute latency: {comp:.5g} ms - host latency: {lat:.5g} ms "
+                     f"(enqueue {enq:.5g} ms)")
+    for line in summary.lines():
+        log.line(line)
+    for w in summary.warnings():
+        log.line(f"* {w}", level="W")
+    if args.exportTimes:
+        export_times(summary, args.exportTimes)
+        log.line(f"Timings written to {args.exportTimes}")
+    return summary
+
+
+def _profile(engine, inputs, args, log) -> None:
+    from .layerprof import profile_layers, profile_table
+    runs = max(args.iterations, 1)
+    rows = profile_layers(engine, inputs, runs=runs)
+    if args.dumpProfile:
+        log.line(f"Per-layer profile (median of {runs} runs, layer by layer):")
+        for line in profile_table(rows).splitlines():
+            log.line(line)
+    if args.exportProfile:
+        _write_json(args.exportProfile, [{"count": runs}] + [
+            {"name": r["name"], "op": r["op"], "medianMs": r["ms"], "percentage": r["share"] * 100} for r in rows])
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+class _Log:
+    """trtexec's '[I] ...' line style on stdout; warnings as '[W]'."""
+
+    def line(self, text: str, level: str = "I", raw: bool = False) -> None:
+        print(text if raw else f"[{level}] {text}", file=sys.stdout, flush=True)
+
+
+def add_parser(sub, common) -> argparse.ArgumentParser:
+    # Listed in `kiln --help` only: main() hands `kiln exec ...` to main() above before argparse sees it,
+    # since trtexec's camelCase flags need their own parser.
+    return sub.add_parser("exec", help="trtexec-compatible flags (--onnx, --saveEngine, --loadEngine, --shapes, ...)",
+                          add_help=False)
