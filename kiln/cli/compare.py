@@ -72,11 +72,37 @@ def reference_runner(model, which: str):
             if which == "onnxruntime":
                 raise CLIError("--reference onnxruntime: onnxruntime is not installed (pip install onnxruntime)")
         else:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value
-            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            names = [o.name for o in sess.get_outputs()]
-            return (lambda feed: dict(zip(names, sess.run(names, feed)))), f"onnxruntime {ort.__version__}"
+            try:
+                return _ort_runner(ort, model)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own types; say why, then fall back
+                if which == "onnxruntime":
+                    raise CLIError(f"onnxruntime cannot run this model: {str(e).strip().splitlines()[-1]}") from None
+                why = str(e).strip().splitlines()[-1][:160]
+                runner, _ = _reference_evaluator(model)
+                return runner, f"onnx.reference (onnxruntime could not load the model: {why})"
+    return _reference_evaluator(model)
+
+
+def _ort_runner(ort, model):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value as written
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        if "IR version" not in str(e) or model.ir_version <= 10:
+            raise
+        # A newer onnx package stamps an IR version this onnxruntime does not know yet; the graph itself
+        # rarely needs it, so try once with IR 10 (ONNX 1.16, enough for opset 21).
+        older = type(model)()
+        older.CopyFrom(model)
+        older.ir_version = 10
+        sess = ort.InferenceSession(older.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return (lambda feed: dict(zip(names, sess.run(names, feed)))), f"onnxruntime {ort.__version__}"
+
+
+def _reference_evaluator(model):
     from onnx.reference import ReferenceEvaluator
     ev = ReferenceEvaluator(model)
     return (lambda feed: dict(zip(ev.output_names, ev.run(None, feed)))), "onnx.reference"

@@ -75,6 +75,8 @@ def _attr_value(v: Any, info: dict) -> Any:
     if isinstance(v, Graph):
         return _graph(v, info)
     if isinstance(v, (list, tuple)):
+        if not v:
+            return None  # ONNX cannot type an empty list; an absent attribute reads the same
         if all(isinstance(x, bool) for x in v):
             return [int(x) for x in v]
         if all(isinstance(x, (int, float, str)) for x in v) and v:

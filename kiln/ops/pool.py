@@ -16,6 +16,7 @@ from .registry import OpSet
 ops = OpSet("pool")
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -45,8 +46,15 @@ def average_pool(ctx, inputs, attrs):
     x = inputs[0]
     geo = PoolGeometry(attrs, x.shape[2:])
     acc = x.to(_accumulate_dtype(x))
-    total = geo.windows(acc, 0.0).sum(dim=geo.reduce_dims())
     counts = geo.counts(acc, bool(attrs.get("count_include_pad", 0)))
+    if geo.nd in _AVG_POOL and all(d == 1 for d in geo.dilations):
+        # torch's pool (over the explicitly padded input) averages over the full kernel; rescale to the count.
+        size = 1
+        for k in geo.kernel:
+            size *= k
+        mean = _AVG_POOL[geo.nd](torch_pad(acc, geo.begin, geo.end, 0.0), geo.kernel, geo.strides, 0)
+        return (mean * (size / counts)).to(x.dtype)
+    total = geo.windows(acc, 0.0).sum(dim=geo.reduce_dims())
     return (total / counts).to(x.dtype)
 
 

@@ -125,6 +125,9 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
                     return
                 args.append(torch.empty(t.shape, dtype=t.dtype.torch, device="meta"))
         results = _run(opdef, node, args, torch.device("meta"), opset)
+        if results is None:  # torch mixes CPU and meta tensors only when the CPU ones are 0-d: all on meta
+            all_meta = [a.to("meta") if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args]
+            results = _run(opdef, node, all_meta, torch.device("meta"), opset)
         if results is None:
             return
         for o, r in zip(node.outputs, results):

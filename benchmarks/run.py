@@ -1,0 +1,174 @@
+"""Kiln against its peers, in one run on one machine: prints a table of medians and ratios.
+
+    python benchmarks/run.py                                  # CPU: Kiln vs PyTorch eager vs onnxruntime
+    python benchmarks/run.py --device cuda --fp16             # GPU: Kiln vs eager vs torch.compile
+    python benchmarks/run.py --models resnet50 --batches 1,256 --json out.json
+
+Models come from benchmarks/models.py (random weights), exported with torch.onnx.export (TorchScript
+exporter). Latency: median over --iters runs after warm-up, CUDA events on the GPU. Kiln's engines are
+built for the exact benchmark shape (min = opt = max), as `trtexec --shapes` does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kiln  # noqa: E402
+import models  # noqa: E402
+
+
+def median_ms(fn, device: str, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(iters):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
+    device = args.device
+    model, sample, axes = models.MODELS[name]()
+    g = torch.Generator().manual_seed(0)
+    size = args.seq if name in ("bert_base", "gpt2_small") else 224
+    inputs = sample(batch, size, g)
+    path = workdir / f"{name}_b{batch}.onnx"
+    t0 = time.perf_counter()
+    models.export_onnx(model, inputs, path, axes)
+    export_s = time.perf_counter() - t0
+    names = list(axes)
+    dtype = torch.float16 if args.fp16 else torch.float32
+    dev_inputs = tuple(x.to(device) for x in inputs)
+    row: dict = {"model": name, "batch": batch, "device": device, "precision": "fp16" if args.fp16 else "fp32",
+                 "export_s": round(export_s, 2)}
+
+    # PyTorch eager (the reference output too).
+    ref_model = model.to(device)
+    if args.fp16:
+        ref_model = ref_model.half()
+    eager_inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in dev_inputs)
+    with torch.inference_mode():
+        ref = ref_model(*eager_inputs)
+        fp32_ref = model.float().to(device)(*dev_inputs) if args.fp16 else ref
+        if args.fp16:
+            model.half()
+        row["eager_ms"] = median_ms(lambda: ref_model(*eager_inputs), device, args.warmup, args.iters)
+
+    # Kiln.
+    shapes = {n: tuple(x.shape) for n, x in zip(names, inputs)}
+    config = kiln.BuilderConfig(device=device, fp16=args.fp16, profiles=(kiln.Profile.fixed(shapes),))
+    t0 = time.perf_counter()
+    engine = kiln.build(path, config)
+    row["kiln_build_s"] = round(time.perf_counter() - t0, 2)
+    row["kiln_layers"], row["onnx_nodes"] = len(engine.report.layers), engine.report.onnx_nodes
+    row["arena_mib"] = round(engine.report.memory.get("arena_bytes", 0) / 2 ** 20, 1)
+    row["lower_bound_mib"] = round(engine.report.memory.get("lower_bound_bytes", 0) / 2 ** 20, 1)
+    ctx = engine.create_execution_context()
+    feed = dict(zip(names, dev_inputs))
+    out = ctx.infer(feed)
+    got = next(iter(out.values()))
+    row["kiln_rel_err_vs_fp32"] = rel_err(got.float(), fp32_ref.float())
+    row["kiln_ms"] = median_ms(lambda: ctx.infer(feed), device, args.warmup, args.iters)
+
+    # torch.compile (GPU) / onnxruntime (CPU).
+    if device.startswith("cuda") and not args.no_compile:
+        torch._dynamo.reset()
+        compiled = torch.compile(ref_model, mode="reduce-overhead")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            compiled(*eager_inputs)
+            compiled(*eager_inputs)
+            torch.cuda.synchronize()
+            row["compile_s"] = round(time.perf_counter() - t0, 1)
+            row["compile_ms"] = median_ms(lambda: compiled(*eager_inputs), device, args.warmup, args.iters)
+    if device == "cpu":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        np_feed = {n: x.numpy() for n, x in zip(names, inputs)}
+        row["ort_ms"] = median_ms(lambda: sess.run(None, np_feed), device, args.warmup, args.iters)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = [("model", "model"), ("batch", "batch"), ("precision", "prec"), ("kiln_ms", "kiln ms"),
+            ("eager_ms", "eager ms"), ("compile_ms", "compile ms"), ("ort_ms", "ort ms")]
+    head = [c[1] for c in cols] + ["eager/kiln", "peer/kiln", "build s", "layers", "rel err"]
+    lines = [head]
+    for r in rows:
+        peer = r.get("compile_ms") or r.get("ort_ms")
+        line = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k, _ in cols]
+        line += [f"{r['eager_ms'] / r['kiln_ms']:.2f}x", f"{peer / r['kiln_ms']:.2f}x" if peer else "-",
+                 str(r["kiln_build_s"]), f"{r['onnx_nodes']}->{r['kiln_layers']}", f"{r['kiln_rel_err_vs_fp32']:.1e}"]
+        lines.append(line)
+    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    for l in lines:
+        print("  ".join(c.rjust(w) for c, w in zip(l, widths)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", default="resnet50,bert_base")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for every runtime (0: torch's default)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile on the GPU")
+    ap.add_argument("--json", help="write every row as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            for b in (int(x) for x in args.batches.split(",")):
+                try:
+                    row = bench_one(name, b, args, Path(tmp))
+                except Exception as e:  # noqa: BLE001 - one failing model should not hide the others' rows
+                    print(f"{name} batch {b}: FAILED: {type(e).__name__}: {e}", flush=True)
+                    continue
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | torch "
+          f"{torch.__version__} | threads {torch.get_num_threads()}")
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The whole build: parse, optimize, lower, plan memory, package as an Engine."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from ..errors import BuildError, ShapeError
+from ..ir.graph import Graph
+from ..ir.types import TensorType
+from ..ops import default_registry
+from ..passes.context import PassContext
+from ..passes.pipeline import run_pipeline
+from .config import BuilderConfig, Profile
+from .lower import describe_layers, plan_activation_memory
+from .report import BuildReport
+
+log = logging.getLogger("kiln.build")
+
+
+def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None,
+          **overrides) -> "Engine":
+    """Build an engine from a model path, bytes, onnx.ModelProto or kiln Graph.
+
+    ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
+    ``progress``, if given, is called as ``progress(stage, done, total, message)`` as the build advances
+    (stages: "parse", "passes", "layers", "memory"); it only observes, it cannot change the build.
+    """
+    report_progress = progress or (lambda *a: None)
+    from ..engine import device_info
+    from ..engine.runtime import Engine
+    config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
+    t0 = time.perf_counter()
+    registry = default_registry()
+    device = device_info.describe(config.device)
+    report_progress("parse", 0, 1, "reading the model")
+    graph = _as_graph(model)
+    report_progress("parse", 1, 1, "model read")
+    onnx_nodes = sum(1 for _ in graph.all_nodes())
+    output_names = [v.name for v in graph.outputs]
+    _check_profiles(graph, config)
+    static_shapes = _static_input_shapes(graph, config)
+    ctx = PassContext(graph, config, registry, static_shapes)
+    timings = run_pipeline(graph, ctx, progress=progress)
+    graph.toposort()
+    graph.verify()
+
+    opt_shapes = _profile_shapes(graph, config, "opt")
+    from ..passes.propagate import propagate
+    report_progress("layers", 0, 1, "describing layers")
+    facts_opt = propagate(graph, opt_shapes, registry)
+    report = BuildReport(onnx_nodes=onnx_nodes)
+    report.layers = describe_layers(graph, facts_opt, registry)
+    report.rejections = [r.to_json() for r in ctx.rejections]
+    report.fusions = dict(ctx.applied)
+    report.pass_seconds = [(n, round(s, 6)) for n, s in timings]
+    report.notes = list(ctx.notes)
+    report_progress("layers", 1, 1, f"{len(report.layers)} layers")
+    report_progress("memory", 0, 1, "planning activation memory")
+    plan, notes = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)
+    report.notes += notes
+    if plan is not None:
+        report.memory = plan.to_json()
+        if config.workspace_bytes is not None and plan.arena_bytes > config.workspace_bytes:
+            raise BuildError(f"activation memory at the largest profile shapes needs {plan.arena_bytes} bytes, over "
+                             f"the workspace limit of {config.workspace_bytes} bytes: raise the limit or lower the "
+                             f"profile's max shapes")
+    report_progress("memory", 1, 1, "memory planned")
+    _annotate_types(graph, facts_opt)
+    report.build_seconds = round(time.perf_counter() - t0, 4)
+    header = {
+        "config": config.to_json(), "output_names": output_names, "device": device,
+        "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "producer": graph.meta.get("producer", ""),
+    }
+    if config.verbosity >= 1:
+        log.info("build finished:\n%s", report.summary())
+    return Engine(graph, header, report, registry)
+
+
+def _as_graph(model: Any) -> Graph:
+    from ..frontend.onnx import parse
+    if isinstance(model, Graph):
+        # Build on a copy: the caller's graph stays as it was.
+        from ..engine.graph_json import decode_graph, encode_graph
+        plan, tensors = encode_graph(model)
+        g = decode_graph(plan, tensors)
+        g.meta = dict(model.meta)
+        return g
+    return parse(model)
+
+
+def _check_profiles(graph: Graph, config: BuilderConfig) -> None:
+    names = {v.name: v for v in graph.inputs}
+    for i, p in enumerate(config.profiles):
+        for n in p.names():
+            if n not in names:
+                raise ShapeError(f"profile {i} names input {n!r}, which the model does not have; inputs are "
+                                 f"{', '.join(repr(k) for k in names)}")
+            declared = getattr(names[n].type, "shape", None)
+            if declared is not None:
+                for which in ("min", "max"):
+                    s = getattr(p, which)[n]
+                    if len(s) != len(declared) or any(isinstance(d, int) and d != x for d, x in zip(declared, s)):
+                        raise ShapeError(f"profile {i} {which} shape {list(s)} for input {n!r} does not fit the "
+                                         f"model's declared shape {list(declared)}")
+
+
+def _static_input_shapes(graph: Graph, config: BuilderConfig) -> dict[str, tuple]:
+    """Input shapes with every dim that all profiles pin (min == max) made concrete; others stay symbolic."""
+    out = {}
+    for v in graph.inputs:
+        t = v.type
+        if not isinstance(t, TensorType) or t.shape is None:
+            continue
+        dims = list(t.shape)
+        for i, d in enumerate(dims):
+            vals = set()
+            for p in config.profiles:
+                if v.name in p.min:
+                    lo, hi = p.min[v.name][i], p.max[v.name][i]
+                    vals.add(lo if lo == hi else None)
+            if len(vals) == 1 and None not in vals:
+                dims[i] = vals.pop()
+            elif not isinstance(d, int) and d is None:
+                dims[i] = f"{v.name}_dim{i}"
+        out[v.name] = tuple(dims)
+    return out
+
+
+def _profile_shapes(graph: Graph, config: BuilderConfig, which: str) -> dict[str, tuple] | None:
+    if not config.profiles:
+        return None
+    if which == "max":  # the largest over all profiles, per dim
+        out: dict[str, list[int]] = {}
+        for p in config.profiles:
+            for n, s in p.max.items():
+                cur = out.setdefault(n, list(s))
+                out[n] = [max(a, b) for a, b in zip(cur, s)]
+        return {k: tuple(v) for k, v in out.items()}
+    return dict(getattr(config.profiles[0], which))
+
+
+def _annotate_types(graph: Graph, facts) -> None:
+    """Record the inferred dtypes on values whose declared type had none (shapes stay as declared)."""
+    for n in graph.nodes:
+        for o in n.outputs:
+            if o is None or not isinstance(o.type, TensorType) or o.type.dtype is not None:
+                continue
+            t = facts.types.get(o.id)
+            if isinstance(t, TensorType) and t.dtype is not None:
+                o.type = TensorType(t.dtype, o.type.shape)
+
+
+__all__ = ["build", "BuilderConfig", "Profile"]

@@ -1,0 +1,112 @@
+"""BuilderConfig: everything that decides what engine a build produces, in one frozen object."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """An optimization profile: for each dynamic input, the smallest, typical and largest shape."""
+
+    min: dict[str, Shape] = field(default_factory=dict)
+    opt: dict[str, Shape] = field(default_factory=dict)
+    max: dict[str, Shape] = field(default_factory=dict)
+
+    @staticmethod
+    def fixed(shapes: dict[str, Shape]) -> "Profile":
+        shapes = {k: tuple(v) for k, v in shapes.items()}
+        return Profile(dict(shapes), dict(shapes), dict(shapes))
+
+    @staticmethod
+    def of(**ranges: tuple[Shape, Shape, Shape]) -> "Profile":
+        """``Profile.of(x=((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)))``"""
+        return Profile({k: tuple(v[0]) for k, v in ranges.items()}, {k: tuple(v[1]) for k, v in ranges.items()},
+                       {k: tuple(v[2]) for k, v in ranges.items()})
+
+    def names(self) -> set[str]:
+        return set(self.min) | set(self.opt) | set(self.max)
+
+    def validate(self) -> None:
+        for name in self.names():
+            if not (name in self.min and name in self.opt and name in self.max):
+                raise ShapeError(f"profile for input {name!r} needs min, opt and max shapes")
+            lo, opt, hi = self.min[name], self.opt[name], self.max[name]
+            if not (len(lo) == len(opt) == len(hi)):
+                raise ShapeError(f"profile for input {name!r}: min {list(lo)}, opt {list(opt)} and max {list(hi)} "
+                                 f"have different ranks")
+            if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)) or any(d < 0 for d in lo):
+                raise ShapeError(f"profile for input {name!r}: needs 0 <= min <= opt <= max in every dimension, "
+                                 f"got min {list(lo)}, opt {list(opt)}, max {list(hi)}")
+
+    def contains(self, shapes: dict[str, Shape]) -> bool:
+        return self.mismatch(shapes) is None
+
+    def mismatch(self, shapes: dict[str, Shape]) -> str | None:
+        """Why ``shapes`` fall outside this profile, or None when they fit."""
+        for name, shape in shapes.items():
+            if name not in self.min:
+                continue
+            lo, hi = self.min[name], self.max[name]
+            if len(shape) != len(lo) or any(not (a <= d <= b) for a, d, b in zip(lo, shape, hi)):
+                return f"input {name!r} has shape {list(shape)}, outside min {list(lo)} .. max {list(hi)}"
+        return None
+
+    def to_json(self) -> dict:
+        return {k: {n: list(s) for n, s in getattr(self, k).items()} for k in ("min", "opt", "max")}
+
+    @staticmethod
+    def from_json(d: dict) -> "Profile":
+        return Profile(*({n: tuple(s) for n, s in d[k].items()} for k in ("min", "opt", "max")))
+
+
+@dataclass(frozen=True)
+class BuilderConfig:
+    """How to build an engine. Passed down explicitly; nothing reads globals or environment variables."""
+
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    fp16: bool = False
+    bf16: bool = False
+    tf32: bool = True
+    int8: bool = False
+    fp8: bool = False
+    workspace_bytes: int | None = None  # limit for the activation arena + scratch; None = no limit
+    profiles: tuple[Profile, ...] = ()
+    optimization_level: int = 3  # 0: no graph optimization ... 5: widest tactic search
+    verbosity: int = 0  # 0 quiet, 1 info, 2 dump the graph after each pass
+    timing_cache: str | None = None
+    channels_last: bool | None = None  # None: decide by device (GPU convolution networks run channels-last)
+    cuda_graphs: bool = True
+    strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
+
+    def __post_init__(self):
+        dev = self.device
+        if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        if not 0 <= self.optimization_level <= 5:
+            raise ValueError(f"optimization_level must be 0..5, got {self.optimization_level}")
+        for p in self.profiles:
+            p.validate()
+
+    def replace(self, **changes) -> "BuilderConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["profiles"] = [p.to_json() for p in self.profiles]
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "BuilderConfig":
+        d = dict(d)
+        d["profiles"] = tuple(Profile.from_json(p) for p in d.get("profiles", ()))
+        known = {f.name for f in dataclasses.fields(BuilderConfig)}
+        return BuilderConfig(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,104 @@
+"""Lowering: the optimized graph's nodes become the engine's layers; describe each for the report and
+plan the activation memory at the largest shapes the engine accepts."""
+from __future__ import annotations
+
+from ..ir.graph import Graph, Node
+from ..ir.types import TensorType
+from ..ops import Registry
+from ..passes.propagate import Facts, propagate
+from .memory import Lifetime, MemoryPlan, plan_memory
+from .report import LayerInfo
+
+
+def kernel_name(node: Node, registry: Registry) -> str:
+    if node.domain == "kiln":
+        if node.op_type == "Conv":
+            w = node.inputs[1].const
+            base = f"torch.conv{w.dim() - 2 if w is not None else 2}d"
+            if node.attrs.get("channels_last"):
+                base += "[nhwc]"
+        elif node.op_type == "Linear":
+            base = "torch.linear"
+        elif node.op_type == "Attention":
+            return "torch.scaled_dot_product_attention"
+        elif node.op_type == "Elementwise":
+            return f"elementwise[{'+'.join(p.split('(')[0] for p in node.attrs['program'])}]"
+        else:
+            return f"kiln.{node.op_type}"
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            base += "+bias"
+        for step in node.attrs.get("epilogue", []):
+            base += "+" + ("residual" if step.startswith("add:") else step.split(":")[0])
+        return base
+    family = registry.families.get(("", node.op_type), "?")
+    return f"{family}.{node.op_type}"
+
+
+def precision(node: Node, facts: Facts) -> str:
+    for o in node.outputs:
+        if o is not None:
+            t = facts.type_of(o)
+            if isinstance(t, TensorType) and t.dtype is not None:
+                return t.dtype.short
+    return "?"
+
+
+def describe_layers(graph: Graph, facts: Facts, registry: Registry) -> list[LayerInfo]:
+    layers = []
+    for n in graph.nodes:
+        shapes = []
+        for o in n.outputs:
+            t = facts.type_of(o) if o is not None else None
+            shapes.append(list(t.shape) if isinstance(t, TensorType) and t.shape is not None else None)
+        op = f"{n.domain}::{n.op_type}" if n.domain else n.op_type
+        layers.append(LayerInfo(n.label, op, list(n.meta.get("covers", [n.label])), kernel_name(n, registry),
+                                precision(n, facts), shapes))
+    return layers
+
+
+def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
+    """Intermediate tensors (not inputs, constants or outputs) with sizes at ``facts``' shapes.
+
+    Returns the lifetimes and the names of values whose size is unknown (data-dependent shapes)."""
+    outputs = {v.id for v in graph.outputs}
+    index = {}
+    last: dict[int, int] = {}
+    for i, n in enumerate(graph.nodes):
+        for v in n.inputs:
+            if v is not None:
+                last[v.id] = i
+        for o in n.outputs:
+            if o is not None:
+                index[o.id] = (i, o)
+    result, unknown = [], []
+    for vid, (start, v) in index.items():
+        if vid in outputs or v.const is not None:
+            continue
+        t = facts.type_of(v)
+        if not isinstance(t, TensorType) or not t.is_static or t.dtype is None:
+            unknown.append(v.name)
+            continue
+        numel = 1
+        for d in t.shape:
+            numel *= d
+        try:
+            size = numel * t.dtype.itemsize
+        except TypeError:
+            unknown.append(v.name)
+            continue
+        result.append(Lifetime(size, start, last.get(vid, start)))
+    return result, unknown
+
+
+def plan_activation_memory(graph: Graph, max_shapes: dict[str, tuple] | None,
+                           registry: Registry) -> tuple[MemoryPlan | None, list[str]]:
+    facts = propagate(graph, max_shapes, registry)
+    if any(d in facts.symbols for t in facts.types.values() if isinstance(t, TensorType) and t.shape
+           for d in t.shape if isinstance(d, int)):
+        return None, ["memory plan: some input dims are dynamic and no profile bounds them"]
+    lts, unknown = lifetimes(graph, facts)
+    notes = []
+    if unknown:
+        notes.append(f"memory plan: {len(unknown)} tensors have data-dependent sizes and are allocated at run time "
+                     f"(e.g. {', '.join(unknown[:3])})")
+    return plan_memory(lts), notes

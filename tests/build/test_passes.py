@@ -1,0 +1,235 @@
+"""Each pass on a small graph: the rewrite happens (layer ops/counts) and the engine still matches
+onnx.reference on random inputs."""
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import kiln
+
+rng = np.random.default_rng(0)
+F = TensorProto.FLOAT
+
+
+def model(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, F, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, F, None) for n in outputs],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def const(name, arr):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(arr), name))
+
+
+def check(m, feeds, rtol=1e-4, atol=1e-5, **config):
+    engine = kiln.build(m, **config)
+    ref = ReferenceEvaluator(m).run(None, feeds)
+    got = engine.create_execution_context().infer(feeds)
+    for o, r in zip(m.graph.output, ref):
+        np.testing.assert_allclose(got[o.name], r, rtol=rtol, atol=atol)
+    return engine
+
+
+def ops(engine):
+    return [l.op for l in engine.report.layers]
+
+
+def w(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def test_constant_folding_of_shape_chain():
+    # Reshape(x, Concat(Shape(x)[0], -1)) with a static shape folds the whole shape computation.
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), const("i0", np.array(0)),
+             helper.make_node("Gather", ["s", "i0"], ["b"]), const("ax", np.array([0])),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["bu"]), const("m1", np.array([-1])),
+             helper.make_node("Concat", ["bu", "m1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    m = model(nodes, [("x", [2, 3, 4])], ["y"])
+    e = check(m, {"x": w(2, 3, 4)})
+    assert ops(e) == ["Reshape"]
+    assert e.report.fusions["fold_constants"] >= 4
+
+
+def test_shape_chain_on_dynamic_dim_is_not_folded():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    m = model(nodes, [("x", ["batch", 3])], ["y"])
+    e = kiln.build(m)
+    assert "Shape" in ops(e)
+    x = w(5, 3)
+    np.testing.assert_array_equal(e.create_execution_context().infer({"x": x})["y"], x)
+
+
+def test_noops_and_dead_code_removed():
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Dropout", ["a"], ["b"]),
+             helper.make_node("Cast", ["b"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("Relu", ["c"], ["y"]), helper.make_node("Exp", ["x"], ["unused"])]
+    e = check(model(nodes, [("x", [4, 4])], ["y"]), {"x": w(4, 4)})
+    assert ops(e) == ["Relu"]
+
+
+def test_common_subexpressions_merged():
+    nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Exp", ["x"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    e = check(model(nodes, [("x", [4])], ["y"]), {"x": w(4)})
+    assert ops(e).count("Exp") + sum("Exp" in l.kernel for l in e.report.layers) >= 1
+    assert len(e.report.layers) <= 2
+
+
+def test_conv_batchnorm_relu_add_is_one_layer():
+    c = 8
+    bn = [("s", w(c) ** 2 + 0.5), ("bb", w(c)), ("mu", w(c)), ("var", w(c) ** 2 + 0.1)]
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "bb", "mu", "var"], ["n"], epsilon=1e-3),
+             helper.make_node("Add", ["n", "x"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    m = model(nodes, [("x", [2, c, 6, 6])], ["y"], [("W", w(c, c, 3, 3)), ("B", w(c))] + bn)
+    e = check(m, {"x": w(2, c, 6, 6)})
+    assert ops(e) == ["kiln::Conv"]
+    layer = e.report.layers[0]
+    assert set(layer.covers) == {n.name or "" for n in m.graph.node} or len(layer.covers) == 4
+    assert "residual" in layer.kernel and "relu" in layer.kernel
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_conv_auto_pad_resolved(auto_pad):
+    m = model([helper.make_node("Conv", ["x", "W"], ["y"], auto_pad=auto_pad, strides=[2, 2])],
+              [("x", [1, 3, 7, 7])], ["y"], [("W", w(4, 3, 3, 3))])
+    e = check(m, {"x": w(1, 3, 7, 7)})
+    assert ops(e) == ["kiln::Conv"]
+
+
+def test_matmul_bias_gelu_becomes_linear():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Div", ["a", "sq2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["a", "e1"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [("W", w(16, 32)), ("b", w(32)), ("sq2", np.float32(math.sqrt(2))), ("one", np.float32(1.0)),
+             ("half", np.float32(0.5))]
+    e = check(model(nodes, [("x", [2, 5, 16])], ["y"], inits), {"x": w(2, 5, 16)})
+    assert ops(e) == ["kiln::Linear"]
+    assert e.report.layers[0].kernel == "torch.linear+bias+gelu"
+
+
+def test_gemm_with_alpha_beta():
+    m = model([helper.make_node("Gemm", ["x", "W", "C"], ["y"], alpha=0.5, beta=2.0, transB=1)],
+              [("x", [3, 8])], ["y"], [("W", w(4, 8)), ("C", w(4))])
+    e = check(m, {"x": w(3, 8)})
+    assert ops(e) == ["kiln::Linear"]
+
+
+def test_layer_norm_recognized():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+             helper.make_node("Add", ["ng", "b"], ["y"])]
+    inits = [("two", np.float32(2)), ("eps", np.float32(1e-5)), ("g", w(16)), ("b", w(16))]
+    e = check(model(nodes, [("x", [2, 3, 16])], ["y"], inits), {"x": w(2, 3, 16)})
+    assert ops(e) == ["LayerNormalization"]
+    assert len(e.report.layers[0].covers) == 9
+
+
+def test_rms_norm_recognized():
+    nodes = [helper.make_node("Pow", ["x", "two"], ["x2"]), helper.make_node("ReduceMean", ["x2"], ["ms"], axes=[-1]),
+             helper.make_node("Add", ["ms", "eps"], ["me"]), helper.make_node("Sqrt", ["me"], ["r"]),
+             helper.make_node("Reciprocal", ["r"], ["ir"]), helper.make_node("Mul", ["x", "ir"], ["n"]),
+             helper.make_node("Mul", ["n", "g"], ["y"])]
+    inits = [("two", np.float32(2)), ("eps", np.float32(1e-6)), ("g", w(16))]
+    e = check(model(nodes, [("x", [2, 3, 16])], ["y"], inits), {"x": w(2, 3, 16)})
+    assert ops(e) == ["RMSNormalization"]
+
+
+def test_silu_and_tanh_gelu_recognized():
+    k = math.sqrt(2 / math.pi)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["a"]),
+             helper.make_node("Pow", ["a", "three"], ["a3"]), helper.make_node("Mul", ["a3", "c"], ["a3c"]),
+             helper.make_node("Add", ["a", "a3c"], ["inner"]), helper.make_node("Mul", ["inner", "k"], ["ik"]),
+             helper.make_node("Tanh", ["ik"], ["t"]), helper.make_node("Add", ["t", "one"], ["t1"]),
+             helper.make_node("Mul", ["a", "t1"], ["g"]), helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [("three", np.float32(3)), ("c", np.float32(0.044715)), ("k", np.float32(k)), ("one", np.float32(1)),
+             ("half", np.float32(0.5))]
+    e = check(model(nodes, [("x", [4, 8])], ["y"], inits), {"x": w(4, 8)})
+    assert ops(e) in (["Swish", "Gelu"], ["kiln::Elementwise"])
+    assert e.report.fusions.get("recognize_silu") == 1 and e.report.fusions.get("recognize_gelu") == 1
+
+
+def test_attention_recognized():
+    b, h, s, d = 2, 4, 8, 16
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"]), helper.make_node("Div", ["qk", "scale"], ["sc"]),
+             helper.make_node("Add", ["sc", "mask"], ["sm_in"]), helper.make_node("Softmax", ["sm_in"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [("scale", np.float32(math.sqrt(d)))]
+    m = model(nodes, [("q", [b, h, s, d]), ("k", [b, h, s, d]), ("v", [b, h, s, d]), ("mask", [b, 1, 1, s])],
+              ["y"], inits)
+    mask = np.where(rng.random((b, 1, 1, s)) < 0.2, -1e4, 0).astype(np.float32)
+    e = check(m, {"q": w(b, h, s, d), "k": w(b, h, s, d), "v": w(b, h, s, d), "mask": mask})
+    assert "kiln::Attention" in ops(e)
+    assert len(e.report.layers) <= 2
+
+
+def test_qkv_projections_merged_horizontally():
+    nodes = [helper.make_node("MatMul", ["x", f"W{i}"], [f"m{i}"]) for i in range(3)]
+    nodes += [helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"]) for i in range(3)]
+    inits = [(f"W{i}", w(16, 16)) for i in range(3)] + [(f"b{i}", w(16)) for i in range(3)]
+    e = check(model(nodes, [("x", [2, 4, 16])], ["y0", "y1", "y2"], inits), {"x": w(2, 4, 16)})
+    assert ops(e) == ["kiln::Linear", "Split"]
+    assert e.report.fusions["fuse_horizontal:Linear"] == 3
+
+
+def test_inception_branches_merged_horizontally():
+    nodes = [helper.make_node("Conv", ["x", f"W{i}", f"B{i}"], [f"c{i}"]) for i in range(3)]
+    nodes += [helper.make_node("Relu", [f"c{i}"], [f"r{i}"]) for i in range(3)]
+    nodes += [helper.make_node("Concat", ["r0", "r1", "r2"], ["y"], axis=1)]
+    inits = [(f"W{i}", w(4 + i, 8, 1, 1)) for i in range(3)] + [(f"B{i}", w(4 + i)) for i in range(3)]
+    e = check(model(nodes, [("x", [1, 8, 5, 5])], ["y"], inits), {"x": w(1, 8, 5, 5)})
+    assert ops(e)[:2] == ["kiln::Conv", "Split"]
+
+
+def test_elementwise_chain_is_one_region():
+    nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Mul", ["a", "x"], ["b"]),
+             helper.make_node("Sqrt", ["b"], ["c"]), helper.make_node("Neg", ["c"], ["y"])]
+    e = check(model(nodes, [("x", [3, 4])], ["y"]), {"x": np.abs(w(3, 4))})
+    assert ops(e) == ["kiln::Elementwise"]
+    assert len(e.report.layers[0].covers) == 4
+
+
+def test_rejections_are_reported():
+    # Conv output read twice: the Relu cannot be fused, and the report says why not.
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "c"], ["y"])]
+    e = check(model(nodes, [("x", [1, 2, 4, 4])], ["y"], [("W", w(2, 2, 1, 1))]), {"x": w(1, 2, 4, 4)})
+    assert len(e.report.layers) >= 2
+    assert all({"rule", "nodes", "reason"} <= set(r) for r in e.report.rejections)
+
+
+def test_optimization_level_zero_keeps_graph():
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    e = check(model(nodes, [("x", [4])], ["y"]), {"x": w(4)}, optimization_level=0)
+    assert ops(e) == ["Identity", "Relu"]
+
+
+def test_channels_last_layout_marks_convs():
+    m = model([helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+              [("x", [1, 3, 6, 6])], ["y"], [("W", w(4, 3, 3, 3))])
+    e = check(m, {"x": w(1, 3, 6, 6)}, channels_last=True)
+    assert "[nhwc]" in e.report.layers[0].kernel
+
+
+@pytest.mark.parametrize("flag,dtype", [("fp16", np.float16), ("bf16", None)])
+def test_reduced_precision_keeps_float32_io(flag, dtype):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    m = model(nodes, [("x", [4, 16])], ["y"], [("W", w(16, 8)), ("b", w(8))])
+    x = w(4, 16)
+    e = kiln.build(m, **{flag: True})
+    out = e.create_execution_context().infer({"x": x})["y"]
+    ref = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=3e-2, atol=3e-2)
+    precisions = {l.precision for l in e.report.layers if l.op == "kiln::Linear"}
+    assert precisions == {"f16" if flag == "fp16" else "bf16"}
