@@ -96,7 +96,8 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     feed = dict(zip(names, dev_inputs))
     out = ctx.infer(feed)
     got = next(iter(out.values()))
-    row["kiln_rel_err_vs_fp32"] = rel_err(got.float(), fp32_ref.float())
+    first = fp32_ref[0] if isinstance(fp32_ref, (tuple, list)) else fp32_ref
+    row["kiln_rel_err_vs_fp32"] = rel_err(got.float(), first.float())
     row["kiln_ms"] = median_ms(lambda: ctx.infer(feed), device, args.warmup, args.iters)
 
     # torch.compile (GPU) / onnxruntime (CPU).

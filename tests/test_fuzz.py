@@ -111,6 +111,11 @@ def _on_alarm(signum, frame):
     raise Hang(f"one example ran longer than {HARD_DEADLINE_S}s")
 
 
+_NP = {kiln.DType.FLOAT: np.float32, kiln.DType.DOUBLE: np.float64, kiln.DType.FLOAT16: np.float16,
+       kiln.DType.INT64: np.int64, kiln.DType.INT32: np.int32, kiln.DType.INT8: np.int8, kiln.DType.UINT8: np.uint8,
+       kiln.DType.INT16: np.int16, kiln.DType.UINT16: np.uint16}
+
+
 def _feed_for(graph: kiln.Graph) -> dict:
     """An input per graph input, shaped as declared (symbolic/unknown dims -> 2; huge dims capped)."""
     feed = {}
@@ -130,11 +135,6 @@ def _feed_for(graph: kiln.Graph) -> dict:
         except (TypeError, ValueError):
             feed[v.name] = np.zeros(shape, np.float32)
     return feed
-
-
-_NP = {kiln.DType.FLOAT: np.float32, kiln.DType.DOUBLE: np.float64, kiln.DType.FLOAT16: np.float16,
-       kiln.DType.INT64: np.int64, kiln.DType.INT32: np.int32, kiln.DType.INT8: np.int8, kiln.DType.UINT8: np.uint8,
-       kiln.DType.INT16: np.int16, kiln.DType.UINT16: np.uint16}
 
 
 def run_candidate(model) -> None:

@@ -159,13 +159,15 @@ def per_layer(model, inputs: dict, args) -> dict:
     ref_run, _ = reference_runner(full, args.reference)
     ref = ref_run(inputs)
     from ..ir.convert import torch_to_numpy
+    # A value nothing reads (Dropout's mask, say) cannot change the outputs: shown, but never "the" divergence.
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     rows, first = [], None
     for name, op, outs in order:
         for o in outs:
             if o in ours and o in ref and ref[o] is not None:
                 m = metrics(torch_to_numpy(ours[o].cpu()), ref[o], args.atol, args.rtol)
-                rows.append({"node": name, "op": op, "value": o, **m})
-                if not m["ok"] and first is None:
+                rows.append({"node": name, "op": op, "value": o, "unused": o not in read, **m})
+                if not m["ok"] and first is None and o in read:
                     first = {"node": name, "op": op, "value": o}
     return {"compared": len(rows), "first_divergent": first, "values": rows}
 
@@ -183,8 +185,11 @@ def render(doc: dict) -> str:
         pl = doc["per_layer"]
         out.append("")
         out.append(f"per layer: {pl['compared']} intermediate values compared")
+        unused_bad = [r["value"] for r in pl["values"] if r["unused"] and not r["ok"]]
+        if unused_bad:
+            out.append(f"outside tolerance but read by nothing (ignored): {', '.join(unused_bad[:5])}")
         if pl["first_divergent"] is None:
-            out.append("all intermediate values within tolerance")
+            out.append("all intermediate values that reach an output are within tolerance")
         else:
             f = pl["first_divergent"]
             out.append(f"first divergent layer: {f['node']} ({f['op']}), value {f['value']!r}")

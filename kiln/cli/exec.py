@@ -47,7 +47,8 @@ NOT_YET = ("--int8", "--fp8", "--calib")  # the precision work (quantization) ha
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln exec", allow_abbrev=False,
+    from .main import Parser
+    p = Parser(prog="kiln exec", allow_abbrev=False,
                                 description="trtexec-compatible front end: build an engine from --onnx (and "
                                             "--saveEngine it) or --loadEngine one, then benchmark it and print "
                                             "trtexec's performance summary.")
@@ -127,10 +128,16 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        make_parser().print_help()
+        return 0
     log = _Log()
     log.line(f"&&&& RUNNING Kiln.exec # kiln exec {' '.join(shlex.quote(a) for a in argv)}", raw=True)
     try:
         code = _main(parse(argv), log)
+    except SystemExit as e:  # argparse's usage errors: the summary line still ends the log
+        log.line("&&&& FAILED Kiln.exec", raw=True)
+        return int(e.code or 0)
     except BaseException:
         log.line("&&&& FAILED Kiln.exec", raw=True)
         raise
@@ -289,7 +296,7 @@ def _bench(engine, inputs, args, log):
              f"{'off' if args.noDataTransfers else 'on'}")
     summary = measure(engine, inputs, s)
     if args.avgRuns > 0:
-        for comp, lat, enq in group_averages(summary.records, args.avgRuns)[:20]:
+        for comp, lat, enq in group_averages(summary.records, args.avgRuns)[:10]:
             log.line(f"Average on {args.avgRuns} runs - compute latency: {comp:.5g} ms - host latency: {lat:.5g} ms "
                      f"(enqueue {enq:.5g} ms)")
     for line in summary.lines():

@@ -23,11 +23,20 @@ SUBCOMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one `kiln: error: ...` line (exit 2) like every other error."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("kiln").strip()
+        print(f"kiln: error: {where + ': ' if where else ''}{message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
 def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="more output: -v info logs and tracebacks on error, -vv the graph after each pass")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kiln", description="Kiln: build, run, benchmark and inspect optimized ONNX engines.",
         epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error (or a failed "
                "comparison), 2 bad usage.")

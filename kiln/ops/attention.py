@@ -137,6 +137,8 @@ def attention(ctx: KernelContext, inputs: list, attrs: dict):
     keep = _structural_keep(q_len, kv_len, offset, is_causal, left, right, nonpad, q.device)
     if mask is not None:
         mask = _pad_mask(mask, kv_len)
+        if mask.dim() < 2:  # a key-only mask: give it its (broadcast) query axis
+            mask = mask.reshape(1, -1)
         if mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
     keep, bias = _mask_terms(mask, keep)

@@ -5,6 +5,8 @@ auto_pad are resolved in conv_padding and applied as explicit padding (or croppi
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,14 +32,31 @@ def conv(ctx, inputs, attrs):
     """N-D convolution with groups, dilations, strides, explicit or automatic (SAME_*/VALID) padding."""
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    nd = _spatial_rank(x, "Conv")
+    nd = x.dim() - 2
     kernel, strides, dilations = window_attrs(attrs, nd, w.shape[2:])
     pads = resolve_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    if nd not in _CONV:
+        return _conv_unfolded(x, w, b, strides, dilations, pads, attrs.get("group", 1))
     if is_symmetric(pads):
         padding = pads[:nd]
     else:
         x, padding = torch_pad(x, pads[:nd], pads[nd:]), 0
     return _CONV[nd](x, w, b, stride=strides, padding=padding, dilation=dilations, groups=attrs.get("group", 1))
+
+
+def _conv_unfolded(x, w, b, strides, dilations, pads, group: int):
+    """Convolution of any spatial rank (torch stops at 3-D): unfold windows, contract per group."""
+    nd = x.dim() - 2
+    x = torch_pad(x, pads[:nd], pads[nd:])
+    for d in range(nd):
+        x = x.unfold(2 + d, (w.shape[2 + d] - 1) * dilations[d] + 1, strides[d])
+        if dilations[d] > 1:
+            x = x[..., :: dilations[d]]
+    n, c, out = x.shape[0], x.shape[1], list(x.shape[2:2 + nd])
+    cols = x.reshape(n, group, c // group, math.prod(out), math.prod(w.shape[2:]))
+    wg = w.reshape(group, w.shape[0] // group, c // group, -1)
+    y = torch.einsum("ngcok,gmck->ngmo", cols, wg).reshape([n, w.shape[0]] + out)
+    return y if b is None else y + b.reshape([1, -1] + [1] * nd)
 
 
 @ops.op("ConvTranspose")
@@ -99,9 +118,7 @@ def col2im(ctx, inputs, attrs):
     dilations = list(attrs.get("dilations") or [1] * nd)
     pads = list(attrs.get("pads") or [0] * (2 * nd))
     n, ck, length = x.shape
-    k = 1
-    for v in block:
-        k *= v
+    k = math.prod(block)
     if nd == 2 and pads[:2] == pads[2:]:
         return F.fold(x, image, block, dilation=dilations, padding=pads[:2], stride=strides)
     # General N-D: scatter-add each (kernel offset, block position) into the padded image.
@@ -115,11 +132,8 @@ def col2im(ctx, inputs, attrs):
     for d in range(nd):
         coord = kgrid[d].reshape(-1, 1) * dilations[d] + bgrid[d].reshape(1, -1) * strides[d]
         index = index * padded[d] + coord
-    total = 1
-    for v in padded:
-        total *= v
     cols = x.reshape(n, ck // k, k * length)
-    out = torch.zeros(n, ck // k, total, dtype=x.dtype, device=dev)
+    out = torch.zeros(n, ck // k, math.prod(padded), dtype=x.dtype, device=dev)
     out = out.index_add(2, index.reshape(-1), cols)
     out = out.reshape(n, ck // k, *padded)
     return torch_pad(out, [-p for p in pads[:nd]], [-p for p in pads[nd:]])

@@ -4,6 +4,9 @@ Every fused layer is described by plain attributes (an engine stores the descrip
 - ``kiln::Conv(X, W, B?, extra...)``: ONNX Conv attributes plus ``epilogue``.
 - ``kiln::Linear(X, W[N,K], B?, extra...)``: X @ W^T + B, then ``epilogue`` (MatMul/Gemm with constant weights).
 - ``kiln::Attention(Q, Kt, V, mask?)``: softmax(Q @ Kt * scale + mask) @ V, through scaled_dot_product_attention.
+  With ``heads: H`` the operands are [b, s, H*D] (K not transposed) and so is the result: the layer splits and
+  merges the heads itself. With ``nan_to_zero: 1`` rows whose probabilities are NaN (every key masked) give 0,
+  as exporters' safe-softmax (Where(IsNaN(p), 0, p)) does.
 - ``kiln::Elementwise(inputs...)``: a chain of elementwise ONNX ops, ``program`` lists them in order.
 
 An epilogue is a list of steps applied in order to the layer's own (fresh) output, in place:
@@ -106,12 +109,21 @@ def fused_attention(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tens
     """softmax(Q @ Kt * scale + mask) @ V; Kt is K already transposed (as exporters produce it)."""
     q, kt, v = inputs[0], inputs[1], inputs[2]
     mask = inputs[3] if len(inputs) > 3 else None
-    k = kt.transpose(-1, -2)
+    heads = attrs.get("heads")
+    if heads:  # [b, s, H*D] -> [b, H, s, D]
+        q, k, v = (t.unflatten(-1, (int(heads), -1)).transpose(1, 2) for t in (q, kt, v))
+    else:
+        k = kt.transpose(-1, -2)
     if mask is not None and mask.dtype != q.dtype and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=float(attrs["scale"]))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=float(attrs["scale"]))
+    if attrs.get("nan_to_zero"):
+        y = torch.nan_to_num(y, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    if heads:  # [b, H, s, Dv] -> [b, s, H*Dv]
+        y = y.transpose(1, 2).flatten(-2)
+    return y
 
 
 @ops.op("Elementwise", domain="kiln")

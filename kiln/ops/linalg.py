@@ -56,12 +56,11 @@ def gemm(ctx, inputs, attrs):
         b = b.t()
     if _is_int(a):
         return _int_gemm(a, b, c, alpha, beta)
-    y = a @ b
-    if alpha != 1.0:
-        y = y * alpha
     if c is not None and beta != 0.0:
-        y = y + (c * beta if beta != 1.0 else c)
-    return y
+        # one fused GEMM with the bias in its epilogue
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    y = a @ b
+    return y * alpha if alpha != 1.0 else y
 
 
 def _int_gemm(a, b, c, alpha, beta):

@@ -5,12 +5,14 @@ MaxPool on floats of rank 1-3 goes through torch's F.max_pool*, which matches on
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .conv_padding import torch_pad
 from .pool_roi import max_roi_pool as roi_max_pool
-from .pool_window import PoolGeometry, _lowest
+from .pool_window import PoolGeometry, lowest
 from .registry import OpSet
 
 ops = OpSet("pool")
@@ -34,7 +36,7 @@ def max_pool(ctx, inputs, attrs):
         padded = torch_pad(x, geo.begin, geo.end, float("-inf"))
         y = _MAX_POOL[geo.nd](padded, geo.kernel, geo.strides, 0, geo.dilations)
     else:
-        y = geo.windows(x, _lowest(x.dtype)).amax(dim=geo.reduce_dims())
+        y = geo.windows(x, lowest(x.dtype)).amax(dim=geo.reduce_dims())
     if not ctx.wants(1):
         return y
     return y, geo.argmax_indices(x, attrs.get("storage_order", 0))
@@ -49,9 +51,7 @@ def average_pool(ctx, inputs, attrs):
     counts = geo.counts(acc, bool(attrs.get("count_include_pad", 0)))
     if geo.nd in _AVG_POOL and all(d == 1 for d in geo.dilations):
         # torch's pool (over the explicitly padded input) averages over the full kernel; rescale to the count.
-        size = 1
-        for k in geo.kernel:
-            size *= k
+        size = math.prod(geo.kernel)
         mean = _AVG_POOL[geo.nd](torch_pad(acc, geo.begin, geo.end, 0.0), geo.kernel, geo.strides, 0)
         return (mean * (size / counts)).to(x.dtype)
     total = geo.windows(acc, 0.0).sum(dim=geo.reduce_dims())
@@ -109,10 +109,7 @@ def max_unpool(ctx, inputs, attrs):
     inferred = [(n - 1) * s - (pads[d] + pads[nd + d]) + k
                 for d, (n, s, k) in enumerate(zip(x.shape[2:], strides, kernel))]
     full = list(x.shape[:2]) + inferred
-    numel = 1
-    for v in full:
-        numel *= v
-    y = torch.zeros(numel, dtype=x.dtype, device=x.device)
+    y = torch.zeros(math.prod(full), dtype=x.dtype, device=x.device)
     y = y.scatter(0, idx.reshape(-1).long(), x.reshape(-1)).reshape(full)
     if out_shape is not None:
         target = [int(v) for v in out_shape.tolist()]

@@ -5,6 +5,8 @@ strided view (N, C, *out, *kernel) that reductions consume without materialising
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .conv_padding import effective_kernel, pooled_sizes, resolve_pads, torch_pad, window_attrs
@@ -55,7 +57,7 @@ class PoolGeometry:
 
     def argmax_indices(self, x: torch.Tensor, storage_order: int) -> torch.Tensor:
         """Flat indices into ``x`` (ONNX MaxPool Indices) of each window's first maximum."""
-        win = self.windows(x, _lowest(x.dtype))
+        win = self.windows(x, lowest(x.dtype))
         local = win.flatten(-self.nd).argmax(dim=-1)  # (N, C, *out), row-major over the kernel dims
         dev = x.device
         flat = torch.zeros_like(local)
@@ -70,14 +72,11 @@ class PoolGeometry:
         for d in order:
             flat = flat * self.in_shape[d] + coords[d]
         n, c = x.shape[0], x.shape[1]
-        spatial = 1
-        for v in self.in_shape:
-            spatial *= v
         nc = torch.arange(n * c, device=dev).reshape([n, c] + [1] * self.nd)
-        return flat + nc * spatial
+        return flat + nc * math.prod(self.in_shape)
 
 
-def _lowest(dtype: torch.dtype):
+def lowest(dtype: torch.dtype):
     if dtype.is_floating_point:
         return float("-inf")
     if dtype == torch.bool:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import OpSet
+from .resample_grid import grid_sample_nd, pixel_coords, reflect
 from .resample_resize import resize
 from .resample_roi import roi_align
 
@@ -107,40 +108,30 @@ def upsample(ctx, inputs, attrs):
     return resize(x, out_sizes, scales, None, params)
 
 
-_GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic",
-               "bicubic": "bicubic"}
-
-
 @ops.op("GridSample")
 def grid_sample(ctx, inputs, attrs):
-    """Samples X at normalized grid locations (torch's grid_sample has the same rounding and padding rules)."""
+    """Samples X at normalized grid locations, any number of spatial dims."""
     x, grid = inputs
-    mode = _GRID_MODES.get(attrs.get("mode", "linear" if ctx.opset >= 20 else "bilinear"))
-    if mode is None:
-        raise ValueError(f"GridSample: unknown mode {attrs.get('mode')!r}")
-    if x.dim() not in (4, 5) or (mode == "bicubic" and x.dim() != 4):
-        raise NotImplementedError(f"GridSample mode {attrs.get('mode')} on rank-{x.dim()} input: Kiln supports "
-                                  "2-D (all modes) and 3-D (linear, nearest)")
-    compute = x.dtype if x.is_floating_point() else torch.float32
+    mode = attrs.get("mode", "linear" if ctx.opset >= 20 else "bilinear")
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
+    if mode not in ("linear", "nearest", "cubic"):
+        raise ValueError(f"GridSample: unknown mode {mode!r}")
     padding_mode = attrs.get("padding_mode", "zeros")
     align_corners = bool(attrs.get("align_corners", 0))
-    grid = grid.to(compute)
-    if mode == "bicubic" and padding_mode != "zeros":
-        grid = _cubic_grid_prepass(grid, x.shape[2:], padding_mode, align_corners)
-    y = F.grid_sample(x.to(compute), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    compute = x.dtype if x.is_floating_point() else torch.float32
+    xc, grid = x.to(compute), grid.to(compute)
+    if x.dim() == 4 or (x.dim() == 5 and mode != "cubic"):
+        # torch's grid_sample has ONNX's rounding and padding rules, except for out-of-range cubic points.
+        if mode == "cubic" and padding_mode != "zeros":
+            grid = _cubic_grid_prepass(grid, x.shape[2:], padding_mode, align_corners)
+        y = F.grid_sample(xc, grid, mode=_TORCH_GRID_MODES[mode], padding_mode=padding_mode,
+                          align_corners=align_corners)
+    else:
+        y = grid_sample_nd(xc, grid, mode, padding_mode, align_corners)
     return y.to(x.dtype)
 
 
-def _reflect(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    span = hi - lo
-    below, above = lo - v, v - hi
-    dist = torch.where(v < lo, below, above)
-    n = torch.floor(dist / span)
-    r = dist - n * span
-    even = torch.remainder(n, 2) == 0
-    from_low = torch.where(even, lo + r, hi - r)
-    from_high = torch.where(even, hi - r, lo + r)
-    return torch.where(v < lo, from_low, torch.where(v > hi, from_high, v))
+_TORCH_GRID_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 
 
 def _cubic_grid_prepass(grid: torch.Tensor, spatial, padding_mode: str, align_corners: bool) -> torch.Tensor:
@@ -155,14 +146,11 @@ def _cubic_grid_prepass(grid: torch.Tensor, spatial, padding_mode: str, align_co
         if align_corners and size == 1:
             out.append(n)  # a single pixel: every point maps onto it
             continue
-        if align_corners:
-            v, lo, hi = (n + 1) / 2 * (size - 1), 0.0, size - 1.0
-        else:
-            v, lo, hi = ((n + 1) * size - 1) / 2, -0.5, size - 0.5
+        v, lo, hi = pixel_coords(n, size, align_corners)
         if padding_mode == "border":
             v = torch.where((v < lo) | (v > hi), v.clamp(0, size - 1), v)
         else:
-            v = _reflect(v, lo, hi)
+            v = reflect(v, lo, hi)
         out.append(v * 2 / (size - 1) - 1 if align_corners else (2 * v + 1) / size - 1)
     return torch.stack(out, dim=-1)
 

@@ -108,8 +108,43 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
     return y
 
 
+_TORCH_UPSAMPLE = {
+    ("linear", 3): torch.ops.aten.upsample_linear1d,
+    ("linear", 4): torch.ops.aten.upsample_bilinear2d,
+    ("linear", 5): torch.ops.aten.upsample_trilinear3d,
+    ("cubic", 4): torch.ops.aten.upsample_bicubic2d,
+}
+
+
+def _torch_upsample(x: torch.Tensor, out_sizes: list, scales: list, p: dict):
+    """torch's own upsample kernel where its arithmetic is ONNX's, else None.
+
+    That is: float data, only spatial axes resized, no antialias/exclude_outside, cubic with a=-0.75,
+    and a coordinate mode torch implements (half_pixel, pytorch_half_pixel with every size > 1, or
+    align_corners when scale * in_len is exactly the output length).
+    """
+    op = _TORCH_UPSAMPLE.get((p["mode"], x.dim()))
+    if op is None or not x.is_floating_point() or p["antialias"] or p["exclude_outside"]:
+        return None
+    if p["mode"] == "cubic" and p["cubic_a"] != -0.75:
+        return None
+    if list(out_sizes[:2]) != list(x.shape[:2]) or scales[0] != 1.0 or scales[1] != 1.0:
+        return None
+    spatial, spatial_scales = list(out_sizes[2:]), list(scales[2:])
+    mode = p["coord_mode"]
+    if mode == "half_pixel" or (mode == "pytorch_half_pixel" and min(spatial) > 1):
+        # Passing ONNX's scales makes torch map coordinates with them rather than with in/out.
+        return op(x, spatial, False, *spatial_scales)
+    if mode == "align_corners" and all(s * n == o for s, n, o in zip(spatial_scales, x.shape[2:], spatial)):
+        return op(x, spatial, True, *([None] * len(spatial)))
+    return None
+
+
 def resize(x: torch.Tensor, out_sizes: list, scales: list, roi: list | None, p: dict) -> torch.Tensor:
     """Resize every axis whose size, scale or RoI is not the identity."""
+    fast = _torch_upsample(x, out_sizes, scales, p)
+    if fast is not None:
+        return fast
     rank = x.dim()
     interp = p["mode"] != "nearest"
     compute = _compute_dtype(x.dtype) if interp else x.dtype

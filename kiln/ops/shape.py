@@ -20,6 +20,11 @@ ops.ops.extend(shape_pad.ops.ops)
 ops.ops.extend(shape_make.ops.ops)
 
 
+def _optional(inputs: list, first: int, count: int) -> list:
+    """Inputs ``first`` .. ``first + count - 1``, None for those the node leaves out."""
+    return [inputs[i] if i < len(inputs) else None for i in range(first, first + count)]
+
+
 def _const_i64(vals, device) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64, device=device)
 
@@ -185,8 +190,7 @@ def slice_(ctx, inputs, attrs):
     if ctx.opset < 10:
         starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
     else:
-        opt = lambda i: ints(inputs[i]) if len(inputs) > i and inputs[i] is not None else None  # noqa: E731
-        starts, ends, axes, steps = opt(1), opt(2), opt(3), opt(4)
+        starts, ends, axes, steps = (ints(t) if t is not None else None for t in _optional(inputs, 1, 4))
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
     for a, s, e, st in zip(axes, starts, ends, steps):
@@ -207,11 +211,11 @@ def dropout(ctx, inputs, attrs):
     non-zero ratio (inputs 2 and 3, opset 12+) would be random, which Kiln does not run. Opsets
     before 7 carry ``is_test``; such models are run as in test mode too."""
     x = inputs[0]
-    # Shape inference runs with unknown (meta) ratio/mode; the output shape does not depend on them.
-    known = [t if isinstance(t, torch.Tensor) and not t.is_meta else None for t in inputs[1:3]] + [None, None]
     if ctx.opset >= 12:
-        ratio = scalar(known[0], 0.5)
-        training = bool(scalar(known[1], False))
+        # Shape inference may pass an unknown (meta) ratio or mode; the output shape does not depend on them.
+        ratio_in, mode_in = (None if t is None or t.is_meta else t for t in _optional(inputs, 1, 2))
+        ratio = scalar(ratio_in, 0.5)
+        training = bool(scalar(mode_in, False))
         if training and ratio > 0:
             reason = "Dropout in training mode with ratio > 0 is random; Kiln's outputs are deterministic"
             raise UnsupportedOpError([(ctx.node_name, "", "Dropout", reason)])

@@ -37,8 +37,23 @@ class PassContext:
     def facts(self) -> Facts:
         """Types of all values; recomputed after any pass that changed the graph."""
         if self._facts is None:
-            self._facts = propagate(self.graph, self.input_shapes, self.registry)
+            self._facts = propagate(self.graph, self.input_shapes, self.registry, bounds=self.symbol_bounds())
         return self._facts
+
+    def symbol_bounds(self) -> dict[str, tuple[int, int]]:
+        """Each symbolic input dim's (min, max) over the profiles; inputs sharing a symbol intersect."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, shape in (self.input_shapes or {}).items():
+            for i, d in enumerate(shape):
+                if isinstance(d, int) or d is None:
+                    continue
+                lo = [p.min[name][i] for p in self.config.profiles if name in p.min]
+                hi = [p.max[name][i] for p in self.config.profiles if name in p.max]
+                if not lo or not hi:
+                    continue
+                a, b = out.get(d, (min(lo), max(hi)))
+                out[d] = (max(a, min(lo)), min(b, max(hi)))
+        return {k: v for k, v in out.items() if v[0] <= v[1]}
 
     def invalidate(self) -> None:
         self._facts = None

@@ -213,6 +213,39 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
     return absorbed
 
 
+def _unflatten_linear(node: Node, graph: Graph, ctx: PassContext) -> bool:
+    """Reshape(Linear(Reshape(x, [-1, K])), x.shape[:-1] + [N]) -> Linear(x): a Linear maps the last dim only,
+    so the exporters' flatten-to-2-D around addmm is not needed (and it hid the epilogue)."""
+    r1 = node.inputs[0].producer
+    if r1 is None or r1.graph is not graph or r1.domain != "" or r1.op_type != "Reshape" \
+            or len(r1.outputs[0].uses) != 1:
+        return False
+    r2 = only_use(node.outputs[0])
+    if r2 is None or r2.domain != "" or r2.op_type != "Reshape" or r2.inputs[0] is not node.outputs[0]:
+        return False
+    x = r1.inputs[0]
+    n, k = const(node.inputs[1]).shape
+    xs, flat, ys = ctx.shape(x), ctx.shape(r1.outputs[0]), ctx.shape(r2.outputs[0])
+    if xs is None or flat is None or ys is None or len(xs) < 2 or len(flat) != 2 or flat[1] != k \
+            or xs[-1] != k or tuple(ys) != tuple(xs[:-1]) + (n,):
+        ctx.reject("fuse_epilogues", [r1, node, r2], "Reshape around the Linear does not flatten and restore the "
+                   "same leading dims")
+        return False
+    final, old_out = r2.outputs[0], node.outputs[0]
+    r2.detach()
+    graph.nodes.remove(r2)
+    r2.graph = None
+    old_out.producer = None
+    final.producer, final.index = node, 0
+    node.outputs = [final]
+    node.set_input(0, x)
+    r1.detach()
+    graph.nodes.remove(r1)
+    r1.graph = None
+    merge_covers(node, [r1, node, r2])
+    return True
+
+
 def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
     changed = False
     for node in list(graph.nodes):
@@ -230,6 +263,8 @@ def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.count(f"lower_{node.op_type.lower()}")
         changed = True
+        if node.op_type == "Linear" and _unflatten_linear(node, graph, ctx):
+            ctx.count("unflatten_linear")
         absorbed = _absorb(node, graph, ctx)
         if not absorbed:
             continue

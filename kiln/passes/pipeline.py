@@ -23,7 +23,8 @@ from .fuse_horizontal import fuse_horizontal
 from .layout import choose_layout
 from .noops import remove_noops
 from .precision import lower_precision
-from .recognize import recognize_attention, recognize_gelu, recognize_layer_norm, recognize_rms_norm, recognize_silu
+from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
+                        recognize_rms_norm, recognize_silu)
 
 log = logging.getLogger("kiln.build")
 
@@ -61,6 +62,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("recognize_layer_norm", recognize_layer_norm),
     Pass("recognize_rms_norm", recognize_rms_norm),
     Pass("recognize_attention", recognize_attention),
+    Pass("fold_attention_heads", fold_attention_heads),
     SIMPLIFY,
     # Vertical fusion: BatchNorm into weights, then bias/activation/residual into the producing layer.
     Pass("fold_batchnorm", fold_batchnorm),

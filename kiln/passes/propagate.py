@@ -6,9 +6,14 @@ torch's ``meta`` device (shapes only), using the op's own kernel, so the shape r
 kernel. An op may give an explicit ``OpDef.infer`` rule instead. Data-dependent shapes (NonZero,
 Unique, ...) come out unknown.
 
-Symbolic dims are handled by probing: each symbolic input dim is given a distinct large prime, and an
-output dim equal to that prime gets the symbol back. Values computed from a probed dim are marked
-``dynamic`` and are never folded into constants.
+Symbolic dims are handled by probing: each symbol (a named dim; inputs that share a name share it) is
+given a distinct probe value, and an output dim equal to a probe gets the symbol back. A probe is taken
+inside the symbol's profile range when ``bounds`` give one (so that exporters' clamps, e.g. a Slice of a
+position table by the sequence length, see a length the engine can really get) and avoids every integer
+the graph mentions; otherwise a large prime. Values computed from a probed dim are ``dynamic`` and are never
+folded into constants. Dynamic-ness is tracked per element for small integer (shape) tensors: Shape of a
+[batch, seq, 768] tensor is dynamic in its first two elements only, so Gather(Shape(x), 2) is the constant
+768 and folds, while Gather(Shape(x), 0) stays computed at run time.
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ from ..ops import KernelContext, Registry, default_registry
 
 # Values at most this many elements are computed for real when their inputs are known.
 MAX_FOLD_ELEMENTS = 1 << 16
-_PROBES = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049, 1051, 1061, 1063, 1069, 1087, 1091, 1093, 1097)
 
 
 @dataclass
@@ -33,6 +37,11 @@ class Facts:
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # value id -> known (CPU) tensor
     dynamic: set[int] = field(default_factory=set)  # value ids whose data depends on probed (symbolic) dims
     symbols: dict[int, str] = field(default_factory=dict)  # probe value -> symbol name
+    # value id -> bool tensor: which elements of a dynamic small int value depend on probes (absent: all)
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def is_probe(self, d) -> bool:
+        return isinstance(d, int) and d in self.symbols
 
     def type_of(self, v: Value):
         return self.types.get(v.id, v.type)
@@ -50,11 +59,13 @@ class Facts:
 
 
 def propagate(graph: Graph, input_shapes: dict[str, tuple] | None = None, registry: Registry | None = None,
-              facts: Facts | None = None) -> Facts:
-    """Propagate types through ``graph``; ``input_shapes`` overrides graph input shapes (concrete dims)."""
+              facts: Facts | None = None, bounds: dict[str, tuple[int, int]] | None = None) -> Facts:
+    """Propagate types through ``graph``; ``input_shapes`` overrides graph input shapes (concrete dims).
+
+    ``bounds`` maps a symbolic dim's name to the (min, max) the engine accepts (from the profiles)."""
     registry = registry or default_registry()
     facts = facts or Facts()
-    probe_iter = iter(_PROBES)
+    probes = choose_probes(graph, input_shapes, bounds)
     for v in graph.inputs:
         t = v.type
         if not isinstance(t, TensorType):
@@ -63,16 +74,17 @@ def propagate(graph: Graph, input_shapes: dict[str, tuple] | None = None, regist
         shape = tuple(input_shapes[v.name]) if input_shapes and v.name in input_shapes else t.shape
         if shape is not None:
             concrete = []
-            for d in shape:
+            for i, d in enumerate(shape):
                 if isinstance(d, int):
                     concrete.append(d)
-                else:
-                    p = next(probe_iter, None)
-                    if p is None:
-                        concrete = None
-                        break
-                    facts.symbols[p] = d if isinstance(d, str) else f"{v.name}_dim{len(concrete)}"
-                    concrete.append(p)
+                    continue
+                name = d if isinstance(d, str) else f"{v.name}_dim{i}"
+                p = probes.get(name)
+                if p is None:
+                    concrete = None
+                    break
+                facts.symbols[p] = name
+                concrete.append(p)
             shape = tuple(concrete) if concrete is not None else None
         facts.types[v.id] = TensorType(t.dtype, shape)
     for c in graph.constants.values():
@@ -83,15 +95,155 @@ def propagate(graph: Graph, input_shapes: dict[str, tuple] | None = None, regist
     return facts
 
 
-def _probed(shape) -> bool:
-    return shape is not None and any(isinstance(d, int) and d in _PROBES for d in shape)
+def _graph_integers(graph: Graph, input_shapes) -> set[int]:
+    """Every integer the graph mentions: static dims, small int constants' values, constant dims, int attrs."""
+    seen: set[int] = set()
+    for v in graph.inputs:
+        shape = (input_shapes or {}).get(v.name, getattr(v.type, "shape", None)) or ()
+        seen.update(d for d in shape if isinstance(d, int))
+    for c in graph.constants.values():
+        t = c.const
+        seen.update(int(d) for d in t.shape)
+        if t.numel() <= 16 and not t.dtype.is_floating_point and not t.dtype.is_complex:
+            seen.update(int(x) for x in t.reshape(-1).tolist())
+    for n in graph.nodes:
+        for a in n.attrs.values():
+            if isinstance(a, bool):
+                continue
+            if isinstance(a, int):
+                seen.add(a)
+            elif isinstance(a, (list, tuple)):
+                seen.update(x for x in a if isinstance(x, int))
+            elif isinstance(a, torch.Tensor) and a.numel() <= 16 and not a.dtype.is_floating_point:
+                seen.update(int(x) for x in a.reshape(-1).tolist())
+    return seen
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
+
+
+def choose_probes(graph: Graph, input_shapes, bounds) -> dict[str, int]:
+    """symbol name -> probe value: inside the symbol's (min, max) when a free value is there, else a prime."""
+    names: list[str] = []
+    for v in graph.inputs:
+        shape = (input_shapes or {}).get(v.name, getattr(v.type, "shape", None))
+        for i, d in enumerate(shape or ()):
+            if not isinstance(d, int):
+                name = d if isinstance(d, str) else f"{v.name}_dim{i}"
+                if name not in names:
+                    names.append(name)
+    out: dict[str, int] = {}
+    taken = _graph_integers(graph, input_shapes) | {0, 1}
+
+    def free(c: int) -> bool:  # a prime dividing no graph integer: unlikely to meet a derived dim
+        return _is_prime(c) and c not in taken and not any(t % c == 0 for t in taken if t)
+
+    for name in names:
+        lo, hi = (bounds or {}).get(name, (None, None))
+        pick = None
+        if lo is not None and hi is not None:
+            pick = next((c for c in range(hi, max(lo, 2) - 1, -1) if free(c)), None)
+        if pick is None:  # just past the range (small probes keep build-time evaluation cheap)
+            pick = next((c for c in range((hi or 96) + 1, 1 << 16) if free(c)), None)
+        if pick is None:
+            continue
+        out[name] = pick
+        taken.add(pick)
+    return out
+
+
+def _probed(shape, facts: Facts) -> bool:
+    return shape is not None and any(facts.is_probe(d) for d in shape)
+
+
+# Ops that move or select elements: the dynamic mask of the output is the kernel applied to the masks of
+# the data inputs (index/axis/shape inputs must be static). Elementwise ops: the broadcast OR of the masks.
+_DATA_INPUTS = {"Gather": (0,), "Slice": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Reshape": (0,), "Flatten": (0,),
+                "Identity": (0,), "Cast": (0,), "Expand": (0,), "Transpose": (0,), "GatherElements": (0,),
+                "Tile": (0,), "Concat": None}
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Equal", "Less", "Greater", "LessOrEqual",
+                          "GreaterOrEqual", "Where", "Max", "Min", "Neg", "Abs", "Not", "And", "Or", "Ceil",
+                          "Floor", "Sqrt", "Pow", "Sign", "Clip"})
+
+
+def _mask(v: Value, facts: Facts, like: torch.Tensor | None) -> torch.Tensor | None:
+    """The dynamic mask of input ``v`` (bool, its shape) or None when ``v`` is static."""
+    if v is None or v.id not in facts.dynamic:
+        return None
+    m = facts.masks.get(v.id)
+    if m is not None:
+        return m
+    if like is not None:
+        return torch.ones(like.shape, dtype=torch.bool)
+    return torch.ones((), dtype=torch.bool)
+
+
+def _output_masks(node: Node, opdef, facts: Facts, known: list, results: list, opset: int) -> list | None:
+    """Per-output dynamic masks (None entry: output static), or None: every output wholly dynamic."""
+    op = node.op_type
+    if node.domain != "" or not all(isinstance(r, torch.Tensor) for r in results):
+        return None
+    if op in ("Shape", "Size"):
+        t = facts.type_of(node.inputs[0])
+        if op == "Size" or not isinstance(t, TensorType) or t.shape is None:
+            return None
+        probes = torch.tensor(sorted(facts.symbols), dtype=results[0].dtype) if facts.symbols else None
+        if probes is None:
+            return [None]
+        # Shape(x, start, end): which of the selected dims are probes.
+        dims = torch.tensor([1 if facts.is_probe(d) else 0 for d in t.shape], dtype=torch.int64)
+        sel = _shape_slice(len(t.shape), node.attrs)
+        m = dims[sel[0]:sel[1]].bool()
+        return [m if m.any() else None]
+    if any(not isinstance(k, torch.Tensor) for v, k in zip(node.inputs, known) if v is not None):
+        return None
+    masks = [_mask(v, facts, k) for v, k in zip(node.inputs, known)]
+    if op in _ELEMENTWISE:
+        out_shape = results[0].shape
+        m = torch.zeros(out_shape, dtype=torch.bool)
+        for x in masks:
+            if x is not None:
+                try:
+                    m |= x.broadcast_to(out_shape)
+                except RuntimeError:
+                    return None
+        return [m if m.any() else None]
+    if op in _DATA_INPUTS:
+        data = _DATA_INPUTS[op] or tuple(range(len(node.inputs)))
+        if any(m is not None for i, m in enumerate(masks) if i not in data):
+            return None  # an index/shape operand is dynamic
+        if all(masks[i] is None for i in data):
+            return [None]
+        args = []
+        for i, (v, k) in enumerate(zip(node.inputs, known)):
+            if i in data and v is not None:
+                m = masks[i] if masks[i] is not None else torch.zeros(k.shape, dtype=torch.bool)
+                args.append(m.to(torch.int64))
+            else:
+                args.append(k)
+        if op in ("Cast", "Identity"):
+            return [masks[0]]
+        res = _run(opdef, node, args, torch.device("cpu"), opset)
+        if res is None or not isinstance(res[0], torch.Tensor) or res[0].shape != results[0].shape:
+            return None
+        m = res[0] != 0
+        return [m if m.any() else None]
+    return None
+
+
+def _shape_slice(rank: int, attrs: dict) -> tuple[int, int]:
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = max(0, min(rank, end + rank if end < 0 else end))
+    return start, end
 
 
 def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
     opdef = registry.get(node.domain, node.op_type)
     outs = [o for o in node.outputs if o is not None]
     in_dynamic = any(v is not None and v.id in facts.dynamic for v in node.inputs)
-    if node.op_type == "Shape" and node.inputs and _probed(facts.shape(node.inputs[0])):
+    if node.op_type in ("Shape", "Size") and node.inputs and _probed(facts.shape(node.inputs[0]), facts):
         in_dynamic = True
     if opdef is None or any(isinstance(facts.type_of(v), SequenceType) for v in node.inputs if v is not None) \
             or any(True for _ in node.subgraphs()):
@@ -137,7 +289,13 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
         for o, r in zip(node.outputs, results):
             if o is not None and isinstance(r, torch.Tensor):
                 facts.values[o.id] = r
-    for o, r in zip(node.outputs, results):
+    masks = None
+    if in_dynamic:
+        small = [k if k is None or k.numel() <= 4096 else None for k in known]
+        if all(r.numel() <= 4096 for r in results if isinstance(r, torch.Tensor)) \
+                and all(isinstance(r, torch.Tensor) and r.device.type == "cpu" for r in results):
+            masks = _output_masks(node, opdef, facts, small, results, opset)
+    for i, (o, r) in enumerate(zip(node.outputs, results)):
         if o is None or not isinstance(r, torch.Tensor):
             continue
         declared = o.type if isinstance(o.type, TensorType) else TensorType()
@@ -148,7 +306,12 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
             dtype = declared.dtype
         facts.types[o.id] = TensorType(dtype, tuple(r.shape))
         if in_dynamic:
+            m = masks[i] if masks is not None and i < len(masks) else True
+            if m is None:
+                continue  # every element is static: e.g. Gather(Shape(x), 2) when only x's dim 0 is symbolic
             facts.dynamic.add(o.id)
+            if isinstance(m, torch.Tensor) and not m.all():
+                facts.masks[o.id] = m
 
 
 # Ops whose outputs must not become constants even when their inputs are known.
@@ -175,7 +338,7 @@ def symbolic_types(graph: Graph, facts: Facts) -> dict[int, TensorType]:
     result = {}
     for vid, t in facts.types.items():
         if isinstance(t, TensorType) and t.shape is not None:
-            shape = tuple(facts.symbols.get(d, d) if isinstance(d, int) and d in _PROBES else d for d in t.shape)
+            shape = tuple(facts.symbols.get(d, d) if facts.is_probe(d) else d for d in t.shape)
             result[vid] = TensorType(t.dtype, shape)
         else:
             result[vid] = t

@@ -6,6 +6,7 @@
     (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
     x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
     softmax(Q @ Kt * s + mask) @ V                          -> kiln::Attention(Q, Kt, V, mask)
+    Where(IsNaN(p), 0, p) @ V  (safe softmax, SDPA export)  -> kiln::Attention(..., nan_to_zero=1)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import math
 import torch
 
 from ..ir.graph import Graph, Node, Value
+from ..ir.types import TensorType
 from .context import PassContext
 from .rewrite import const, merge_covers, new_constant, only_use, scalar
 
@@ -383,8 +385,16 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         axis = sm.attrs.get("axis", -1 if opset >= 13 else 1)
         if rank is None or axis % rank != rank - 1:
             continue
-        av = _single_consumer(sm.outputs[0], "MatMul")
-        if av is None or av.inputs[0] is not sm.outputs[0]:
+        probs, safe = sm.outputs[0], []
+        # Safe softmax (SDPA's export): Where(IsNaN(p), 0, p) -> p, rows with every key masked give 0.
+        uses = [u for u, _ in probs.uses]
+        isnan = next((u for u in uses if u.domain == "" and u.op_type == "IsNaN"), None)
+        where = next((u for u in uses if u.domain == "" and u.op_type == "Where"), None)
+        if len(uses) == 2 and isnan is not None and where is not None and where.inputs[0] is isnan.outputs[0] \
+                and where.inputs[2] is probs and scalar(where.inputs[1]) == 0.0 and only_use(isnan.outputs[0]):
+            safe, probs = [isnan, where], where.outputs[0]
+        av = _single_consumer(probs, "MatMul")
+        if av is None or av.inputs[0] is not probs:
             continue
         nodes: list[Node] = []
         scores = sm.inputs[0]
@@ -418,14 +428,79 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         if mask is not None and ctx.dtype(mask) is not None and not ctx.dtype(mask).is_float:
             ctx.reject("recognize_attention", [qk, sm, av], "the mask is not additive (float)")
             continue
-        all_nodes = nodes + [sm, av]
+        all_nodes = nodes + [sm] + safe + [av]
         out = av.outputs[0]
         if not _internal_only(all_nodes, out):
             ctx.reject("recognize_attention", all_nodes, "an intermediate of the attention pattern (e.g. the "
                        "probabilities) is used elsewhere")
             continue
         ins = [q, kt, av.inputs[1]] + ([mask] if mask is not None else [])
-        _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, {"scale": float(scale)}, out,
-                 domain="kiln")
+        attrs = {"scale": float(scale), **({"nan_to_zero": 1} if safe else {})}
+        _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
+        changed = True
+    return changed
+
+
+# --- Attention heads ----------------------------------------------------------------------------------
+def _split_heads(v: Value, perm: list[int], ctx: PassContext):
+    """v = Transpose(Reshape(x, [b, s, H, D]), perm) with x [b, s, H*D]: returns (x, H, D, nodes)."""
+    t = _prod(v, "Transpose")
+    if t is None or list(t.attrs.get("perm", [])) != perm or len(t.outputs[0].uses) != 1:
+        return None
+    r = _prod(t.inputs[0], "Reshape")
+    if r is None or len(r.outputs[0].uses) != 1:
+        return None
+    x = r.inputs[0]
+    xs, rs = ctx.shape(x), ctx.shape(r.outputs[0])
+    if xs is None or rs is None or len(xs) != 3 or len(rs) != 4 or tuple(xs[:2]) != tuple(rs[:2]) \
+            or not all(isinstance(d, int) for d in (xs[2], rs[2], rs[3])) or rs[2] * rs[3] != xs[2]:
+        return None
+    return x, rs[2], rs[3], [r, t]
+
+
+def fold_attention_heads(graph: Graph, ctx: PassContext) -> bool:
+    """The exporters' head split/merge around attention goes inside the layer:
+
+    Reshape(Transpose(Attention(Tr(R(q)), Tr(R(k), 0231), Tr(R(v))), 0213), [b, s, H*Dv])
+        -> kiln::Attention(q, k, v, mask) {heads: H}      (q, k, v and the result as [b, s, H*D])
+    """
+    changed = False
+    for att in list(graph.nodes):
+        if att.graph is not graph or att.domain != "kiln" or att.op_type != "Attention" or "heads" in att.attrs:
+            continue
+        q = _split_heads(att.inputs[0], [0, 2, 1, 3], ctx)
+        k = _split_heads(att.inputs[1], [0, 2, 3, 1], ctx)
+        v = _split_heads(att.inputs[2], [0, 2, 1, 3], ctx)
+        if q is None or k is None or v is None:
+            ctx.reject("fold_attention_heads", [att], "Q, K^T and V are not all Transpose(Reshape(x, [b, s, H, D])) "
+                       "of [b, s, H*D] tensors")
+            continue
+        if not (q[1] == k[1] == v[1] and q[2] == k[2]):
+            ctx.reject("fold_attention_heads", [att], "Q, K and V disagree on heads or head size")
+            continue
+        t = _single_consumer(att.outputs[0], "Transpose")
+        r = _single_consumer(t.outputs[0], "Reshape") if t is not None and list(t.attrs.get("perm", [])) == \
+            [0, 2, 1, 3] else None
+        qs = ctx.shape(q[0])
+        out_shape = ctx.shape(r.outputs[0]) if r is not None else None
+        target = const(r.inputs[1]) if r is not None else None
+        if out_shape is not None and tuple(out_shape) == (qs[0], qs[1], v[1] * v[2]):
+            old, out = q[3] + k[3] + v[3] + [att, t, r], r.outputs[0]
+        elif target is not None and (r.attrs.get("allowzero", 0) or not bool((target == 0).any())):
+            # Reshape(Transpose(a, 0213), shape) == Reshape([b, s, H*Dv] merge of a, shape): row-major order is
+            # the same, and a constant shape without 0 entries does not read the input's dims.
+            old, out = q[3] + k[3] + v[3] + [att, t], t.outputs[0]
+        else:
+            ctx.reject("fold_attention_heads", [att], "the result is not merged back to [b, s, H*Dv] by "
+                       "Transpose(0, 2, 1, 3) + Reshape")
+            continue
+        if not _internal_only(old, out):
+            ctx.reject("fold_attention_heads", old, "a head-split intermediate is used elsewhere")
+            continue
+        ins = [q[0], k[0], v[0]] + list(att.inputs[3:])
+        attrs = dict(att.attrs, heads=int(q[1]))
+        _replace(graph, ctx, "fold_attention_heads", old, "Attention", ins, attrs, out, domain="kiln")
+        if out is t.outputs[0]:
+            out.type = TensorType(getattr(out.type, "dtype", None))  # now [b, s, H*Dv], no longer 4-D
         changed = True
     return changed

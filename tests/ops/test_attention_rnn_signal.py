@@ -5,11 +5,19 @@ ignores it (the recurrent ops' sequence_lens, activations, clip and input_forget
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import pytest
-from oracle import check_op, one_node_model
+from oracle import check_op as _check_op
+from oracle import one_node_model
 
 import kiln
+
+# KILN_TEST_DEVICE=cuda runs the same rows on a GPU.
+DEVICE = os.environ.get("KILN_TEST_DEVICE", "cpu")
+check_op = functools.partial(_check_op, device=DEVICE)
 
 
 def rand(shape, dtype="float32", lo=-1.0, hi=1.0, seed=0):
@@ -44,6 +52,8 @@ def attn_inputs(dtype="float32", three_d=False, mask=None, past=0, nonpad=None, 
         ins["attn_mask"] = m
     elif mask == "bool3d":
         ins["attn_mask"] = rand((HQ, sq, total), seed=4) > -0.5
+    elif mask == "bool1d_short":  # rank-1 key mask, shorter than the keys
+        ins["attn_mask"] = np.array([True, False] * (total // 2) + [True] * (total % 2))[:total - 1]
     elif mask == "neginf":
         m = np.zeros((sq, total), dtype)
         m[:, -2:] = -np.inf
@@ -80,7 +90,10 @@ ATTN_ROWS = [
     ("softmax_f64", {}, {"softmax_precision": 11}, 1, 23),
     ("nonpad_causal", {"nonpad": [3, 5]}, {"is_causal": 1}, 1, 24),
     ("nonpad_negative_offset", {"nonpad": [2, 4], "sq": 4}, {"is_causal": 1}, 4, 24),
+    ("bool1d_short_mask", {"mask": "bool1d_short"}, {}, 1, 24),  # (the reference breaks on rank-1 + causal)
+    ("decode_step", {"sq": 1, "past": 6, "mask": "float"}, {"is_causal": 1}, 4, 24),
     ("window_left", {}, {"left_window_size": 1, "is_causal": 1}, 1, 25),
+    ("window_rank1_mask", {"mask": "bool1d_short"}, {"left_window_size": 1, "right_window_size": 2}, 1, 25),
     ("window_both", {"mask": "float"}, {"left_window_size": 2, "right_window_size": 1}, 1, 25),
     ("window_past", {"past": 3}, {"left_window_size": 2, "right_window_size": 0}, 3, 25),
     ("window_nonpad", {"nonpad": [4, 5], "mask": "bool3d"}, {"left_window_size": 1, "is_causal": 1}, 1, 25),
@@ -166,7 +179,8 @@ def check_recurrent(op, ins, attrs, n_outputs, rtol=1e-4, atol=1e-5):
     """Kiln against onnxruntime (onnx.reference ignores sequence_lens, activations and clip)."""
     model = one_node_model(op, ins, attrs, n_outputs, opset=22)
     feed = {k: v for k, v in ins.items() if v is not None}
-    got = kiln.interpret(kiln.parse(model), feed)
+    got = kiln.interpret(kiln.parse(model), feed, device=DEVICE)
+    got = {k: (v.cpu().numpy() if hasattr(v, "cpu") else v) for k, v in got.items()}
     if attrs.get("layout", 0):
         # onnxruntime has no batch-major layout: ask it the time-major question and transpose its answer.
         ort_ins = {k: (v.swapaxes(0, 1) if k in ("X", "initial_h", "initial_c") and v is not None else v)

@@ -54,6 +54,9 @@ CONV = [
     ("Conv", dict(X=f32(1, 2, 5, 6, 7), W=f32(2, 2, 2, 3, 2)), dict(auto_pad="VALID", strides=[1, 2, 2]), {}),
     ("Conv", dict(X=f64(1, 4, 6, 6), W=f64(4, 1, 3, 3), B=f64(4)), dict(group=4, pads=[0, 2, 1, 0]), {}),
     ("Conv", dict(X=f16(1, 3, 6, 6), W=f16(2, 3, 3, 3)), dict(pads=[1, 1, 1, 1]), dict(rtol=1e-2, atol=1e-2)),
+    # 4 spatial dims: beyond torch's F.conv3d, Kiln's unfolded convolution.
+    ("Conv", dict(X=f32(1, 4, 4, 5, 3, 4), W=f32(2, 2, 2, 3, 1, 2), B=f32(2)),
+     dict(group=2, strides=[1, 2, 1, 1], dilations=[2, 1, 1, 1], pads=[1, 0, 0, 1, 0, 1, 1, 0]), {}),
     ("ConvTranspose", dict(X=f32(1, 2, 4, 5), W=f32(2, 3, 3, 3), B=f32(3)),
      dict(strides=[2, 2], output_padding=[1, 0], pads=[0, 1, 2, 0]), {}),
     ("ConvTranspose", dict(X=f32(2, 4, 6), W=f32(4, 2, 3)), dict(dilations=[2], strides=[3]), {}),
@@ -153,6 +156,16 @@ GRID = [
      dict(mode="cubic", padding_mode=pm, align_corners=ac), {})
     for pm in ("border", "reflection")
     for ac in (0, 1)
+] + [
+    # Shapes torch's grid_sample lacks: 1-D and 3-D cubic go through Kiln's own N-D sampler.
+    (dict(X=f32(2, 3, 7), grid=rng.uniform(-1.4, 1.4, (2, 5, 1)).astype(np.float32)),
+     dict(mode=mode, padding_mode=pm, align_corners=1), {})
+    for mode in ("linear", "nearest", "cubic")
+    for pm in ("zeros", "border", "reflection")
+] + [
+    (dict(X=f32(1, 2, 3, 4, 5), grid=rng.uniform(-1.3, 1.3, (1, 2, 2, 3, 3)).astype(np.float32)),
+     dict(mode="cubic", padding_mode=pm, align_corners=0), {})
+    for pm in ("zeros", "border", "reflection")
 ]
 
 ROI = [
@@ -188,6 +201,24 @@ def test_resize_opset10_and_upsample():
 @pytest.mark.parametrize("inputs, attrs, extra", GRID)
 def test_grid_sample(inputs, attrs, extra):
     check_op("GridSample", inputs, attrs, opset=22, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest", "cubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_grid_sample_nd_matches_torch_path(mode, padding_mode, align_corners):
+    """Kiln's N-D sampler against the torch-backed 2-D path, on points inside, near and far outside."""
+    import torch
+
+    from kiln.ops.registry import KernelContext
+    from kiln.ops.resample import grid_sample
+    from kiln.ops.resample_grid import grid_sample_nd
+    x = torch.from_numpy(f64(2, 3, 5, 6))
+    grid = torch.from_numpy(rng.uniform(-2.5, 2.5, (2, 7, 4, 2)))
+    attrs = dict(mode=mode, padding_mode=padding_mode, align_corners=int(align_corners))
+    want = grid_sample(KernelContext(opset=22, device=x.device), [x, grid], attrs)
+    got = grid_sample_nd(x, grid, mode, padding_mode, align_corners)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("align_corners", [0, 1])
