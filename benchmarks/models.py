@@ -223,7 +223,10 @@ class GPT2Wrapper(nn.Module):
         self.model = model
 
     def forward(self, input_ids):
-        return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
+        # An explicit all-ones mask: without one, transformers looks for packed sequences with aten::diff,
+        # which the TorchScript exporter cannot export.
+        mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
 
 
 def _bert_sample(vocab: int):

@@ -7,6 +7,7 @@ An exporter failing for reasons outside Kiln skips that combination with the exp
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -15,6 +16,9 @@ import torch
 from torch import nn
 
 import kiln
+
+# KILN_TEST_DEVICE=cuda runs the same checks on the GPU (numpy results come back to the host).
+DEVICE = os.environ.get("KILN_TEST_DEVICE", "cpu")
 
 RTOL, ATOL = 1e-4, 1e-4
 OPSET = 18
@@ -177,7 +181,11 @@ def test_exported_model(exported):
         with torch.no_grad():
             want = model(*args)
         want = want if isinstance(want, tuple) else (want,)
-        got = kiln.interpret(graph, {n: a.numpy() for n, a in zip(in_names, args)})
+        got = _host(kiln.interpret(graph, {n: a.numpy() for n, a in zip(in_names, args)}, device=DEVICE))
         for o, w in zip(out_names, want):
             np.testing.assert_allclose(got[o], w.numpy(), rtol=RTOL, atol=ATOL,
                                        err_msg=f"{name} output {o} at batch={batch}, size={size}")
+
+
+def _host(outputs: dict) -> dict:
+    return {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in outputs.items()}

@@ -5,6 +5,8 @@ non-initializer input, ``arange(n).reshape(shape) / n`` in float32 (dims without
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,9 @@ import pytest
 from onnx import numpy_helper
 
 import kiln
+
+# KILN_TEST_DEVICE=cuda runs the same checks on the GPU (numpy results come back to the host).
+DEVICE = os.environ.get("KILN_TEST_DEVICE", "cpu")
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",
@@ -39,7 +44,7 @@ def test_light_model(name):
     input_name, x = runner_input(model)
     expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"light_{name}_output_0.pb")))
     graph = kiln.parse(path)
-    got = kiln.interpret(graph, {input_name: x})
+    got = _host(kiln.interpret(graph, {input_name: x}, device=DEVICE))
     out = got[model.graph.output[0].name]
     assert out.dtype == expected.dtype and out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL, err_msg=name)
@@ -87,8 +92,12 @@ def test_light_model_random_weights_vs_onnxruntime(name):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the plain graph, no fusions
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     want = sess.run(None, {input_name: x})
-    got = kiln.interpret(kiln.parse(model), {input_name: x})
+    got = _host(kiln.interpret(kiln.parse(model), {input_name: x}, device=DEVICE))
     for out, w in zip(model.graph.output, want):
         assert np.ptp(w) > 0, f"{out.name} is constant: the test would not see wrong values"
         np.testing.assert_allclose(got[out.name], w, rtol=RTOL, atol=1e-5 * np.abs(w).max(),
                                    err_msg=f"{name} output {out.name}")
+
+
+def _host(outputs: dict) -> dict:
+    return {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in outputs.items()}
