@@ -270,11 +270,12 @@ MODELS: dict[str, Callable] = {"resnet50": resnet50, "mobilenet_v3_large": mobil
 
 # -- export -----------------------------------------------------------------------------------------------
 def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, dynamic_axes: dict[str, dict[int, str]],
-                dynamo: bool = False, opset: int = 18, output_names: list[str] | None = None) -> Path:
+                dynamo: bool = False, opset: int = 18, output_names: list[str] | None = None, **kwargs) -> Path:
     """Export ``model`` to ONNX at ``path``; ``dynamic_axes`` names inputs and their dynamic dims.
 
     The input names are the keys of ``dynamic_axes`` in order (one per element of ``inputs``). With
-    ``dynamo=True`` the axes become torch.export dynamic shapes."""
+    ``dynamo=True`` the axes become torch.export dynamic shapes. ``kwargs`` go to ``torch.onnx.export``
+    (e.g. ``do_constant_folding=False`` keeps BatchNormalization nodes in a TorchScript export)."""
     path = Path(path)
     names = list(dynamic_axes)
     kw = {}
@@ -285,5 +286,5 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, dynamic_axes:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(inputs), str(path), input_names=names, output_names=output_names,
-                          opset_version=opset, dynamo=dynamo, **kw)
+                          opset_version=opset, dynamo=dynamo, **kw, **kwargs)
     return path

@@ -26,7 +26,8 @@ from .ir.dtype import DType
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
            "TensorIOMode", "DataType", "IHostMemory", "Dims", "volume", "nptype", "float32", "float16", "bfloat16",
-           "int8", "int32", "int64", "bool", "uint8", "fp8"]
+           "int8", "int32", "int64", "bool", "uint8", "fp8", "CalibrationAlgoType", "IInt8Calibrator",
+           "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator"]
 
 
 # --- logging ------------------------------------------------------------------------------------
@@ -250,6 +251,71 @@ class IOptimizationProfile:
         return Profile.of(**self._shapes)
 
 
+# --- INT8 calibrators (subclass one, implement get_batch; set config.int8_calibrator) ----------------------------
+class CalibrationAlgoType(enum.IntEnum):
+    LEGACY_CALIBRATION = 0
+    ENTROPY_CALIBRATION = 1
+    ENTROPY_CALIBRATION_2 = 2
+    MINMAX_CALIBRATION = 3
+
+
+_ALGO_METHOD = {CalibrationAlgoType.LEGACY_CALIBRATION: "percentile", CalibrationAlgoType.ENTROPY_CALIBRATION: "entropy",
+                CalibrationAlgoType.ENTROPY_CALIBRATION_2: "entropy2",
+                CalibrationAlgoType.MINMAX_CALIBRATION: "minmax"}
+
+
+class IInt8Calibrator:
+    """TensorRT's calibrator interface. ``get_batch(names)`` returns None when done, else one address (or
+    array) per input; the cache methods let a second build skip the data (bytes in TensorRT's text format)."""
+
+    algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION_2
+
+    def get_batch_size(self) -> int:
+        return 1
+
+    def get_batch(self, names: list[str]):  # noqa: ARG002 - interface
+        return None
+
+    def read_calibration_cache(self):
+        return None
+
+    def write_calibration_cache(self, cache) -> None:
+        pass
+
+    def get_algorithm(self) -> CalibrationAlgoType:
+        return self.algorithm
+
+
+class IInt8EntropyCalibrator2(IInt8Calibrator):
+    algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION_2
+
+
+class IInt8EntropyCalibrator(IInt8Calibrator):
+    algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION
+
+
+class IInt8MinMaxCalibrator(IInt8Calibrator):
+    algorithm = CalibrationAlgoType.MINMAX_CALIBRATION
+
+
+class IInt8LegacyCalibrator(IInt8Calibrator):
+    """Percentile calibration: ``get_quantile()`` (default 0.9999) of the magnitudes."""
+
+    algorithm = CalibrationAlgoType.LEGACY_CALIBRATION
+
+    def get_quantile(self) -> float:
+        return 0.9999
+
+
+def _calibration_method(cal) -> str:
+    if cal is None or not hasattr(cal, "get_algorithm"):
+        return "entropy2"
+    method = _ALGO_METHOD.get(CalibrationAlgoType(cal.get_algorithm()), "entropy2")
+    if method == "percentile" and hasattr(cal, "get_quantile"):
+        method = f"percentile:{float(cal.get_quantile()) * 100:g}"
+    return method
+
+
 class IBuilderConfig:
     def __init__(self):
         self._flags = {BuilderFlag.TF32}
@@ -257,6 +323,7 @@ class IBuilderConfig:
         self._profiles: list[IOptimizationProfile] = []
         self.builder_optimization_level = 3
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.int8_calibrator: IInt8Calibrator | None = None
 
     def set_flag(self, flag: BuilderFlag) -> None:
         self._flags.add(BuilderFlag(flag))
@@ -282,11 +349,10 @@ class IBuilderConfig:
         return len(self._profiles)
 
     def _kiln(self) -> BuilderConfig:
-        unsupported = {BuilderFlag.INT8, BuilderFlag.FP8} & self._flags
-        if unsupported:
-            raise errors.BuildError(f"builder flag(s) {', '.join(f.name for f in unsupported)} are not supported "
-                                    f"by this Kiln yet")
         return BuilderConfig(device=self.device, fp16=BuilderFlag.FP16 in self._flags,
+                             int8=BuilderFlag.INT8 in self._flags, fp8=BuilderFlag.FP8 in self._flags,
+                             int8_calibrator=self.int8_calibrator,
+                             calibration_method=_calibration_method(self.int8_calibrator),
                              bf16=BuilderFlag.BF16 in self._flags, tf32=BuilderFlag.TF32 in self._flags,
                              workspace_bytes=self._pools.get(MemoryPoolType.WORKSPACE),
                              profiles=tuple(p._profile() for p in self._profiles),

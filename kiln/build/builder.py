@@ -55,6 +55,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report.fusions = dict(ctx.applied)
     report.pass_seconds = [(n, round(s, 6)) for n, s in timings]
     report.notes = list(ctx.notes)
+    report.quantization = graph.meta.pop("quantization", {})
     report_progress("layers", 1, 1, f"{len(report.layers)} layers")
     report_progress("memory", 0, 1, "planning activation memory")
     plan, notes = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)

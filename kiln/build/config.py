@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ShapeError
 
@@ -82,6 +83,13 @@ class BuilderConfig:
     channels_last: bool | None = None  # None: decide by device (GPU convolution networks run channels-last)
     cuda_graphs: bool = True
     strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
+    # Reduced precision per layer and INT8/FP8 (kiln.quant): layer name / glob / op type -> fp32|fp16|bf16|int8|fp8
+    layer_precisions: dict[str, str] = field(default_factory=dict)
+    int8_calibrator: Any = field(default=None, compare=False)  # folder, iterable of input dicts, or get_batch()
+    calibration_method: str = "entropy2"  # minmax | entropy | entropy2 | percentile[:P]
+    calibration_cache: str | None = None  # read when it exists (no data needed); written after calibrating
+    accuracy_target: dict | None = None  # {"min_cosine": 0.99} and/or {"max_rel_error": 0.05}, vs float32
+    validation_data: Any = field(default=None, compare=False)  # for accuracy_target; default: calibration data
 
     def __post_init__(self):
         dev = self.device
@@ -91,6 +99,8 @@ class BuilderConfig:
             raise ValueError(f"optimization_level must be 0..5, got {self.optimization_level}")
         for p in self.profiles:
             p.validate()
+        from ..quant.config_check import check_quant_fields
+        check_quant_fields(self)
 
     def replace(self, **changes) -> "BuilderConfig":
         return dataclasses.replace(self, **changes)
@@ -100,7 +110,9 @@ class BuilderConfig:
         return self.device.startswith("cuda")
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, int8_calibrator=None, validation_data=None))
+        for k in ("int8_calibrator", "validation_data"):  # data is not stored; a folder path is named
+            d[k] = str(getattr(self, k)) if isinstance(getattr(self, k), (str, bytes)) else None
         d["profiles"] = [p.to_json() for p in self.profiles]
         return d
 

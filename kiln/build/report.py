@@ -23,6 +23,7 @@ class BuildReport:
     pass_seconds: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # fallbacks and warnings the user should see
     onnx_nodes: int = 0
+    quantization: dict = field(default_factory=dict)  # calibration, quantized layers, measured accuracy, kept
     build_seconds: float = 0.0
 
     def to_json(self) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import CLIError
-from .shapes import Shapes, parse_shapes
+from .shapes import parse_shapes
 
 
 def add_build_flags(p: argparse.ArgumentParser) -> None:
@@ -14,6 +14,15 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
                    help="device to build for: cpu, cuda or cuda:N; 'auto' (default) picks cuda when available")
     g.add_argument("--fp16", action="store_true", help="allow float16 kernels in addition to float32")
     g.add_argument("--bf16", action="store_true", help="allow bfloat16 kernels in addition to float32")
+    g.add_argument("--int8", action="store_true",
+                   help="allow int8 layers (needs --calib-cache or --calib-data; an error where this Kiln has no "
+                        "quantization support)")
+    g.add_argument("--fp8", action="store_true", help="allow fp8 layers (as --int8)")
+    g.add_argument("--calib-cache", metavar="FILE",
+                   help="int8 calibration cache: read when it exists, written after calibrating")
+    g.add_argument("--calib-data", metavar="DIR", help="folder of .npz input batches to calibrate int8 with")
+    g.add_argument("--calib-method", metavar="NAME",
+                   help="minmax, entropy, entropy2 (default) or percentile[:P]")
     g.add_argument("--no-tf32", action="store_true", help="forbid TF32 in float32 matmuls/convolutions (CUDA)")
     g.add_argument("--shapes", metavar="SPEC",
                    help="fixed input shapes, e.g. x:1x3x224x224,mask:1x128 (a profile with min=opt=max)")
@@ -55,8 +64,9 @@ def profiles_from_args(args) -> tuple:
         if not (len(mins) == len(opts) == len(maxs)):
             raise CLIError(f"each optimization profile needs --min-shapes, --opt-shapes and --max-shapes (got "
                            f"{len(mins)}, {len(opts)} and {len(maxs)}); or give --opt-shapes alone for fixed shapes")
-        for i, (lo, opt, hi) in enumerate(zip(mins, opts, maxs)):
-            profiles.append(Profile(_spec(lo, "--min-shapes"), _spec(opt, "--opt-shapes"), _spec(hi, "--max-shapes")))
+        for lo, opt, hi in zip(mins, opts, maxs):
+            profiles.append(Profile(parse_shapes(lo, "--min-shapes"), parse_shapes(opt, "--opt-shapes"),
+                                    parse_shapes(hi, "--max-shapes")))
     else:
         profiles += [Profile.fixed(parse_shapes(o, "--opt-shapes")) for o in opts]
     for i, p in enumerate(profiles):
@@ -66,14 +76,12 @@ def profiles_from_args(args) -> tuple:
     return tuple(profiles)
 
 
-def _spec(s: str, flag: str) -> Shapes:
-    return parse_shapes(s, flag)
-
-
 def config_from_args(args, **extra):
     """A BuilderConfig from the parsed build flags; ``extra`` overrides fields (e.g. verbosity)."""
     from ..build.config import BuilderConfig
     from ..errors import ShapeError
+    quant = quant_fields(args.int8, args.fp8, args.calib_cache, args.calib_data, args.calib_method,
+                         ("--int8", "--fp8", "--calib-cache", "--calib-data", "--calib-method"))
     profiles = profiles_from_args(args)
     try:
         return BuilderConfig(
@@ -82,6 +90,33 @@ def config_from_args(args, **extra):
             profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,
             cuda_graphs=not args.no_cuda_graphs,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-            strict_types=args.strict_types, verbosity=min(getattr(args, "verbose", 0), 2), **extra)
+            strict_types=args.strict_types, verbosity=min(getattr(args, "verbose", 0), 2), **quant, **extra)
     except ValueError as e:
         raise ShapeError(str(e)) from None
+
+
+def quant_fields(int8, fp8, cache, data, method, flags) -> dict:
+    """BuilderConfig's quantization fields from the flags, or a clear error where this Kiln lacks them.
+
+    Checked by field name so the CLI follows the builder: the flags work as soon as BuilderConfig has
+    ``calibration_cache`` (the quantization work), and are refused by name, never ignored, before.
+    """
+    import dataclasses
+    from ..build.config import BuilderConfig
+    given = [f for f, v in zip(flags, (int8, fp8, cache, data, method)) if v]
+    if not given:
+        return {}
+    if "calibration_cache" not in {f.name for f in dataclasses.fields(BuilderConfig)}:
+        raise CLIError(f"{given[0]} is not supported yet: reduced-precision quantization (int8/fp8 and "
+                       f"calibration) has not landed in this Kiln; build without {given[0]}")
+    out = {"int8": bool(int8), "fp8": bool(fp8)}
+    if cache:
+        out["calibration_cache"] = cache
+    if data:
+        from pathlib import Path
+        if not Path(data).is_dir():
+            raise CLIError(f"calibration data folder {data!r} does not exist or is not a folder")
+        out["int8_calibrator"] = data
+    if method:
+        out["calibration_method"] = method
+    return out

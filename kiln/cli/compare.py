@@ -126,8 +126,10 @@ def run(args) -> int:
     if missing:
         doc["not_compared"] = missing
     if args.per_layer:
-        doc["per_layer"] = per_layer(model, inputs, args)
-    ok = all(r["ok"] for r in results.values()) and (not args.per_layer or doc["per_layer"]["first_divergent"] is None)
+        doc["per_layer"] = per_layer(model, engine, inputs, args)
+    pl = doc.get("per_layer", {})
+    ok = (all(r["ok"] for r in results.values()) and pl.get("first_divergent") is None
+          and pl.get("first_divergent_engine_layer") is None)
     doc["ok"] = ok
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -136,8 +138,10 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
-def per_layer(model, inputs: dict, args) -> dict:
-    """Every intermediate value: Kiln's interpreter on the parsed (unoptimized) graph vs the reference."""
+def per_layer(model, engine, inputs: dict, args) -> dict:
+    """Every intermediate value vs the reference, twice: Kiln's interpreter on the parsed (unoptimized) graph
+    finds a wrong kernel; the engine's own layers (whose outputs keep their ONNX names) find the layer where an
+    optimization (fusion, reduced precision) moved the numbers."""
     import onnx
     from .. import parse
     from ..runtime.interpreter import Interpreter
@@ -169,7 +173,40 @@ def per_layer(model, inputs: dict, args) -> dict:
                 rows.append({"node": name, "op": op, "value": o, "unused": o not in read, **m})
                 if not m["ok"] and first is None and o in read:
                     first = {"node": name, "op": op, "value": o}
-    return {"compared": len(rows), "first_divergent": first, "values": rows}
+    eng_rows, eng_first, other_type = [], None, []
+    for name, op, value, got in _engine_values(engine, inputs):
+        if value in ref and ref[value] is not None:
+            if got.dtype != np.asarray(ref[value]).dtype:
+                # Kept in another type than the model's (int8 between quantized layers): other numbers by design.
+                other_type.append(f"{value} ({got.dtype})")
+                continue
+            m = metrics(got, ref[value], args.atol, args.rtol)
+            eng_rows.append({"node": name, "op": op, "value": value, **m})
+            if not m["ok"] and eng_first is None:
+                eng_first = {"node": name, "op": op, "value": value}
+    return {"compared": len(rows), "first_divergent": first, "values": rows,
+            "engine_compared": len(eng_rows), "first_divergent_engine_layer": eng_first, "engine_values": eng_rows,
+            "engine_other_type": other_type}
+
+
+def _engine_values(engine, inputs: dict) -> list:
+    """(layer, op, value name, array) for every layer output of the engine, in execution order."""
+    import torch
+    from ..ir.convert import numpy_to_torch, torch_to_numpy
+    ids = {v.name: v.id for v in engine.graph.inputs}
+    env = {ids[k]: numpy_to_torch(np.asarray(v))[0].to(engine.device) for k, v in inputs.items()}
+    seen = []
+
+    def hook(step, env):
+        for v in step.node.outputs:
+            x = env.get(v.id) if v is not None else None
+            if isinstance(x, torch.Tensor):
+                op = (f"{step.node.domain}::" if step.node.domain else "") + step.node.op_type
+                seen.append((step.node.label, op, v.name, torch_to_numpy(x.detach().cpu(), v.dtype)))
+
+    with torch.inference_mode():
+        engine.program.run(env, hook=hook)
+    return seen
 
 
 def render(doc: dict) -> str:
@@ -184,7 +221,17 @@ def render(doc: dict) -> str:
     if "per_layer" in doc:
         pl = doc["per_layer"]
         out.append("")
-        out.append(f"per layer: {pl['compared']} intermediate values compared")
+        out.append(f"per layer, engine: {pl['engine_compared']} layer outputs compared")
+        if pl["engine_other_type"]:
+            out.append(f"not compared, stored in another type than the model's: {', '.join(pl['engine_other_type'])}")
+        f = pl["first_divergent_engine_layer"]
+        if f is None:
+            out.append("every engine layer output within tolerance")
+        else:
+            out.append(f"first divergent engine layer: {f['node']} ({f['op']}), value {f['value']!r}")
+            out += [_row(r["value"], r) for r in pl["engine_values"] if r["value"] == f["value"]]
+        out.append(f"per layer, unoptimized graph (Kiln's interpreter): {pl['compared']} intermediate values "
+                   f"compared")
         unused_bad = [r["value"] for r in pl["values"] if r["unused"] and not r["ok"]]
         if unused_bad:
             out.append(f"outside tolerance but read by nothing (ignored): {', '.join(unused_bad[:5])}")

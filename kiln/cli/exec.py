@@ -43,7 +43,6 @@ UNSUPPORTED = {
                                                                                                  "not supported yet",
     "--profile": "selecting a profile by index is not supported; Kiln picks the profile that fits --shapes",
 }
-NOT_YET = ("--int8", "--fp8", "--calib")  # the precision work (quantization) has not landed
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -59,12 +58,13 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--loadEngine", metavar="FILE", help="load an engine instead of building one")
     b.add_argument("--fp16", action="store_true", help="enable fp16 in addition to fp32")
     b.add_argument("--bf16", action="store_true", help="enable bf16 in addition to fp32")
-    b.add_argument("--int8", action="store_true", help="int8: not supported yet (an error)")
-    b.add_argument("--fp8", action="store_true", help="fp8: not supported yet (an error)")
+    b.add_argument("--int8", action="store_true",
+                   help="enable int8 (with --calib; an error where this Kiln has no quantization support)")
+    b.add_argument("--fp8", action="store_true", help="enable fp8 (as --int8)")
     b.add_argument("--best", action="store_true",
-                   help="enable every precision Kiln supports (today fp16; int8/fp8 are not supported yet)")
+                   help="enable fp16 in addition to fp32 (int8 needs calibration: add --int8 --calib)")
     b.add_argument("--noTF32", action="store_true", help="disable tf32")
-    b.add_argument("--calib", metavar="FILE", help="int8 calibration cache: not supported yet (an error)")
+    b.add_argument("--calib", metavar="FILE", help="int8 calibration cache to read (and write after calibrating)")
     b.add_argument("--minShapes", metavar="SPEC", action="append", default=[],
                    help="profile min shapes, e.g. x:1x3x224x224; repeat the min/opt/max triple for more profiles")
     b.add_argument("--optShapes", metavar="SPEC", action="append", default=[],
@@ -146,12 +146,11 @@ def main(argv: list[str]) -> int:
 
 
 def _main(args, log: "_Log") -> int:
+    if args.verbose:
+        import logging
+        logging.basicConfig(level=logging.INFO, format="[V] [kiln] %(message)s")
     from .inputs import gather_inputs
     from .shapes import parse_name_files, parse_shapes
-    for flag in NOT_YET:
-        if getattr(args, flag[2:]):
-            raise CLIError(f"{flag} is not supported yet: reduced-precision quantization (int8/fp8 and calibration) "
-                           f"has not landed in Kiln; build without {flag}")
     if bool(args.onnx) == bool(args.loadEngine):
         raise CLIError("give exactly one of --onnx=FILE (build) or --loadEngine=FILE")
     shapes = parse_shapes(args.shapes, "--shapes") if args.shapes else None
@@ -244,13 +243,15 @@ def _build(args, shapes, log):
         profiles = (Profile.fixed(shapes),)
     else:
         profiles = ()
+    from .buildflags import quant_fields
+    quant = quant_fields(args.int8, args.fp8, args.calib, None, None, ("--int8", "--fp8", "--calib"))
     if args.best:
-        log.line("--best: enabling fp16 (int8 and fp8 are not supported yet)")
+        log.line("--best: enabling fp16 (int8 needs calibration: add --int8 --calib=CACHE)")
     try:
         config = BuilderConfig(device=_device(args), fp16=args.fp16 or args.best, bf16=args.bf16,
                                tf32=not args.noTF32, workspace_bytes=_workspace_bytes(args), profiles=profiles,
                                optimization_level=args.builderOptimizationLevel,
-                               timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0)
+                               timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0, **quant)
     except ValueError as e:
         raise ShapeError(str(e)) from None
     log.line(f"Building an engine from {args.onnx} for {config.device}")
@@ -282,7 +283,7 @@ def _load(args, log):
 
 def _bench(engine, inputs, args, log):
     from .measure import BenchSettings, measure
-    from .timing import export_times, group_averages
+    from .timing import group_averages
     try:
         pct = tuple(float(x) for x in args.percentile.split(",") if x.strip())
     except ValueError:
@@ -304,7 +305,7 @@ def _bench(engine, inputs, args, log):
     for w in summary.warnings():
         log.line(f"* {w}", level="W")
     if args.exportTimes:
-        export_times(summary, args.exportTimes)
+        _write_json(args.exportTimes, trtexec_times(summary))
         log.line(f"Timings written to {args.exportTimes}")
     return summary
 
@@ -318,8 +319,28 @@ def _profile(engine, inputs, args, log) -> None:
         for line in profile_table(rows).splitlines():
             log.line(line)
     if args.exportProfile:
+        # trtexec's layout: a count, then one record per layer (percentage of the summed medians).
         _write_json(args.exportProfile, [{"count": runs}] + [
-            {"name": r["name"], "op": r["op"], "medianMs": r["ms"], "percentage": r["share"] * 100} for r in rows])
+            {"name": r["name"], "op": r["op"], "timeMs": r["total_ms"], "averageMs": r["mean_ms"],
+             "medianMs": r["ms"], "percentage": r["share"] * 100} for r in rows])
+
+
+def trtexec_times(summary) -> list[dict]:
+    """--exportTimes in trtexec's layout: one record per inference, times in ms from the start of measuring.
+
+    Kiln measures phase durations, not phase timestamps; the phases are laid end to end from the start of
+    the inference (H2D, compute, D2H), which is how they run on one stream.
+    """
+    out = []
+    for r in summary.records:
+        h2d_end = r.start_ms + r.h2d_ms
+        comp_end = h2d_end + r.compute_ms
+        out.append({"startEnqMs": r.start_ms, "endEnqMs": r.start_ms + r.enqueue_ms, "startH2dMs": r.start_ms,
+                    "endH2dMs": h2d_end, "startComputeMs": h2d_end, "endComputeMs": comp_end,
+                    "startD2hMs": comp_end, "endD2hMs": comp_end + r.d2h_ms, "h2dMs": r.h2d_ms,
+                    "computeMs": r.compute_ms, "d2hMs": r.d2h_ms, "latencyMs": r.latency_ms,
+                    "enqueueMs": r.enqueue_ms, "context": r.context})
+    return out
 
 
 def _write_json(path: str, obj) -> None:

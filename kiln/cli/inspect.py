@@ -62,6 +62,11 @@ def run(args) -> int:
 def describe(engine) -> dict:
     h, r = engine.header, engine.report
     cfg = h.get("config", {})
+    quant = dict(getattr(r, "quantization", None) or {})
+    layers = [dict(vars(l)) for l in r.layers] if r else []
+    for l in layers:  # a quantized layer computes in int8/fp8 though its output type may be float
+        if l["name"] in quant.get("layers", {}):
+            l["precision"] = f"{quant['layers'][l['name']]}->{l['precision']}"
     return {
         "metadata": {"created": h.get("created"), "producer": h.get("producer"), "device": h.get("device"),
                      "versions": h.get("versions"),
@@ -69,7 +74,8 @@ def describe(engine) -> dict:
                      "profiles": cfg.get("profiles", [])},
         "inputs": [_io(i) for i in engine.inputs],
         "outputs": [_io(o) for o in engine.outputs],
-        "layers": [vars(l) for l in r.layers] if r else [],
+        "layers": layers,
+        "quantization": quant,
         "rejections": r.rejections if r else [],
         "fusions": r.fusions if r else {},
         "memory": r.memory if r else {},
@@ -117,6 +123,16 @@ def render(doc: dict, passes: bool = False) -> str:
     out.append(f"== rejected fusions: {len(doc['rejections'])} ==")
     for r in doc["rejections"]:
         out.append(f"  {r['rule']}: {', '.join(r['nodes'])}: {r['reason']}")
+    q = doc.get("quantization") or {}
+    if q:
+        out.append("")
+        out.append("== quantization ==")
+        for k, v in q.items():
+            if k == "layers":
+                out.append(f"{len(v)} quantized layers: " + ", ".join(f"{n} {p}" for n, p in list(v.items())[:8])
+                           + (" ..." if len(v) > 8 else ""))
+            else:
+                out.append(f"{k}: {v}")
     mem = doc["memory"]
     out.append("")
     out.append("== memory ==")

@@ -52,7 +52,8 @@ def profile_layers(engine, inputs: dict, runs: int = 10, warmup: int = 2) -> lis
     ms = [float(np.median(s)) if s else 0.0 for s in samples]
     total = sum(ms) or 1.0
     return [{"name": st.node.label, "op": (f"{st.node.domain}::" if st.node.domain else "") + st.node.op_type,
-             "ms": m, "share": m / total} for st, m in zip(steps, ms)]
+             "ms": m, "mean_ms": float(np.mean(s)) if s else 0.0, "total_ms": float(np.sum(s)), "share": m / total}
+            for st, m, s in zip(steps, ms, samples)]
 
 
 def profile_table(rows: list[dict]) -> str:

@@ -11,6 +11,7 @@ from ..errors import KernelError, KilnError
 from ..ir.graph import Graph, Node, outer_reads
 from ..ops import KernelContext, Registry
 from ..runtime.interpreter import Interpreter
+from .placement import plan_placement, to_device
 
 
 @dataclass
@@ -22,12 +23,18 @@ class Step:
     attrs: dict
     ctx: KernelContext
     free: tuple  # value ids whose last reader is this step
+    tactic: str = ""  # the device-specific implementation chosen at load ("" for the op's own kernel)
+    moves: tuple = ()  # input slots whose host value is copied to the device first (GPU engines)
 
 
 class Program:
-    """Executes a graph's steps on one device. Constants are bound once (shared by all contexts)."""
+    """Executes a graph's steps on one device. Constants are bound once (shared by all contexts).
 
-    def __init__(self, graph: Graph, device: torch.device, registry: Registry, constants: dict[int, torch.Tensor]):
+    ``tactics`` maps nodes to a chosen implementation (an object with ``name`` and ``kernel``) that replaces
+    the op's own kernel for that layer, e.g. a oneDNN convolution holding its reordered weight."""
+
+    def __init__(self, graph: Graph, device: torch.device, registry: Registry, constants: dict[int, torch.Tensor],
+                 tactics: dict | None = None):
         self.graph = graph
         self.device = device
         self.constants = constants
@@ -47,19 +54,25 @@ class Program:
         for vid, i in last.items():
             if vid not in keep:
                 frees.setdefault(i, []).append(vid)
+        placement = plan_placement(graph) if device.type == "cuda" else None
+        host = torch.device("cpu")
         self.steps: list[Step] = []
         for i, n in enumerate(graph.nodes):
             opdef = registry.get(n.domain, n.op_type)
             if opdef is None:
                 raise KernelError(f"layer {n.label}: no kernel for {n.domain + '::' if n.domain else ''}{n.op_type}")
-            ctx = KernelContext(opset=opset, device=device, num_outputs=len(n.outputs),
+            on_host = placement is not None and id(n) in placement.host_nodes
+            ctx = KernelContext(opset=opset, device=host if on_host else device, num_outputs=len(n.outputs),
                                 output_types=[o.type if o is not None else None for o in n.outputs],
                                 node_name=n.label)
             if any(True for _ in n.subgraphs()):
                 ctx.run_graph = self._subgraph_runner()
-            self.steps.append(Step(n, opdef.kernel, tuple(None if v is None else v.id for v in n.inputs),
+            tactic = (tactics or {}).get(n)
+            self.steps.append(Step(n, opdef.kernel if tactic is None else tactic.kernel,
+                                   tuple(None if v is None else v.id for v in n.inputs),
                                    tuple(None if v is None else v.id for v in n.outputs), n.attrs, ctx,
-                                   tuple(frees.get(i, ()))))
+                                   tuple(frees.get(i, ())), "" if tactic is None else tactic.name,
+                                   placement.moves.get(id(n), ()) if placement is not None else ()))
         self.output_ids = [v.id for v in graph.outputs]
         self.input_ids = [v.id for v in graph.inputs]
 
@@ -75,9 +88,40 @@ class Program:
         run.env_holder = env_holder  # type: ignore[attr-defined]
         return run
 
-    def run(self, env: dict[int, Any], hook: Callable | None = None) -> list[Any]:
-        """Run all steps; ``env`` maps value id -> runtime value and must hold the graph inputs."""
+    def run(self, env: dict[int, Any], hook: Callable | None = None, keep: list | None = None) -> list[Any]:
+        """Run all steps; ``env`` maps value id -> runtime value and must hold the graph inputs.
+
+        ``keep`` collects host buffers copied to the device (a CUDA graph capture must keep them alive)."""
         env.update(self.constants)
+        if hook is not None:
+            return self._run_hooked(env, hook)
+        step = None
+        try:
+            for step in self.steps:  # the hot loop: one dict read per input, one write per output
+                if step.ctx.run_graph is not None:
+                    step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
+                args = [None if i is None else env[i] for i in step.inputs]
+                for j in step.moves:
+                    if args[j] is not None:
+                        args[j] = to_device(args[j], self.device, keep)
+                out = step.kernel(step.ctx, args, step.attrs)
+                if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
+                    vid = step.outputs[0] if step.outputs else None
+                    if vid is not None:
+                        env[vid] = out
+                else:
+                    for vid, r in zip(step.outputs, out):
+                        if vid is not None:
+                            env[vid] = r
+                for vid in step.free:
+                    env.pop(vid, None)
+        except KilnError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
+            raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}") from e
+        return [env[i] for i in self.output_ids]
+
+    def _run_hooked(self, env: dict[int, Any], hook: Callable) -> list[Any]:
         for step in self.steps:
             args = [None if i is None else env[i] for i in step.inputs]
             if step.ctx.run_graph is not None:
@@ -93,8 +137,7 @@ class Program:
             for vid, r in zip(step.outputs, out):
                 if vid is not None:
                     env[vid] = r
-            if hook is not None:
-                hook(step, env)
+            hook(step, env)
             for vid in step.free:
                 env.pop(vid, None)
         return [env[i] for i in self.output_ids]

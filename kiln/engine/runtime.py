@@ -21,10 +21,15 @@ from ..ir.dtype import DType
 from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
+from ..ops.fused_cpu import choose_tactics
 from . import device_info
+from .placement import is_host_constant
 from .program import Program
 
 log = logging.getLogger("kiln.runtime")
+
+# One capture at a time per process: captures change the CUDA caching allocator's state.
+_CAPTURE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -53,12 +58,19 @@ class Engine:
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.config.profiles
         self._constants = _bind_constants(graph, self.device)
-        self.program = Program(graph, self.device, self.registry, self._constants)
+        # Device-specific implementations chosen now, at load: the file keeps the plain weights.
+        self._tactics = choose_tactics(graph.nodes, self._constants, self.device)
+        self.program = Program(graph, self.device, self.registry, self._constants, self._tactics)
 
     # -- io description --------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
         return len(self.graph.nodes)
+
+    @property
+    def tactics(self) -> dict[str, str]:
+        """The implementation chosen for each layer that has a choice: {layer name: tactic name}."""
+        return {s.node.label: s.tactic for s in self.program.steps if s.tactic}
 
     def create_execution_context(self) -> "ExecutionContext":
         return ExecutionContext(self)
@@ -102,12 +114,16 @@ class Engine:
 
 
 def _bind_constants(graph: Graph, device: torch.device) -> dict[int, torch.Tensor]:
-    """Every constant moved to the device once; NHWC convolution weights stored channels-last."""
+    """Every constant moved to the device once; NHWC convolution weights stored channels-last; on the GPU,
+    small integer constants of the main graph stay on the host, pinned (see placement.py)."""
     nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
             if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
     out = {}
     for g in graph.walk_graphs():
         for v in g.constants.values():
+            if device.type == "cuda" and g is graph and is_host_constant(v.const):
+                out[v.id] = v.const.pin_memory()
+                continue
             t = v.const.to(device)
             if v.id in nhwc and t.dim() == 4:
                 t = t.contiguous(memory_format=torch.channels_last)
@@ -135,6 +151,7 @@ class _Captured:
     graph: Any
     static_inputs: dict[str, torch.Tensor]
     static_outputs: list[torch.Tensor]
+    keep: list  # host buffers the graph copies from on every replay
 
 
 class ExecutionContext:
@@ -224,10 +241,10 @@ class ExecutionContext:
                          f"Rebuild with a profile that covers them.")
 
     # -- running -----------------------------------------------------------------------------
-    def _eager(self, feed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def _eager(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
         env = {v.id: feed[v.name] for v in self.engine.graph.inputs}
         with torch.inference_mode():
-            return self.engine.program.run(env)
+            return self.engine.program.run(env, keep=keep)
 
     def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:
         feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
@@ -250,17 +267,19 @@ class ExecutionContext:
             self._eager(static)  # warm-up: lazy inits, cuBLAS handles, autotuners
             self.stream.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, stream=self.stream):
-                outs = self._eager(static)
+            # thread_local: other threads' contexts may keep running while this one captures.
+            keep: list = []
+            with _CAPTURE_LOCK, torch.cuda.graph(g, stream=self.stream, capture_error_mode="thread_local"):
+                outs = self._eager(static, keep)
             if not all(isinstance(o, torch.Tensor) for o in outs):
                 raise RuntimeError("an output is not a tensor")
-            return _Captured(g, static, outs)
+            return _Captured(g, static, outs, keep)
         except Exception as e:  # noqa: BLE001 - capture is an optimization: fall back to eager and say so
             msg = (f"CUDA graph capture failed for input shapes {[tuple(v.shape) for v in feed.values()]}: "
                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; running eagerly")
             self.notes.append(msg)
             log.warning(msg)
-            torch.cuda.synchronize(self.device)
+            self.stream.synchronize()
             return None
 
     def _finish(self, outs: list[Any], as_numpy: bool, out_buffers: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def max_pool(ctx, inputs, attrs):
     x = inputs[0]
     geo = PoolGeometry(attrs, x.shape[2:])
     if x.is_floating_point() and geo.nd in _MAX_POOL:
-        padded = torch_pad(x, geo.begin, geo.end, float("-inf"))
-        y = _MAX_POOL[geo.nd](padded, geo.kernel, geo.strides, 0, geo.dilations)
+        padded, padding = geo.torch_padding(x, float("-inf"))
+        y = _MAX_POOL[geo.nd](padded, geo.kernel, geo.strides, padding, geo.dilations)
     else:
         y = geo.windows(x, lowest(x.dtype)).amax(dim=geo.reduce_dims())
     if not ctx.wants(1):
@@ -48,14 +48,18 @@ def average_pool(ctx, inputs, attrs):
     x = inputs[0]
     geo = PoolGeometry(attrs, x.shape[2:])
     acc = x.to(_accumulate_dtype(x))
-    counts = geo.counts(acc, bool(attrs.get("count_include_pad", 0)))
+    # The counts depend on geometry alone: computed on the CPU, they cost the device nothing.
+    counts = geo.counts(torch.empty(0, dtype=acc.dtype), bool(attrs.get("count_include_pad", 0)))
     if geo.nd in _AVG_POOL and all(d == 1 for d in geo.dilations):
         # torch's pool (over the explicitly padded input) averages over the full kernel; rescale to the count.
         size = math.prod(geo.kernel)
-        mean = _AVG_POOL[geo.nd](torch_pad(acc, geo.begin, geo.end, 0.0), geo.kernel, geo.strides, 0)
-        return (mean * (size / counts)).to(x.dtype)
+        padded, padding = geo.torch_padding(acc, 0.0)
+        mean = _AVG_POOL[geo.nd](padded, geo.kernel, geo.strides, padding, count_include_pad=True)
+        if bool((counts == size).all()):
+            return mean.to(x.dtype)
+        return (mean * (size / counts).to(x.device)).to(x.dtype)
     total = geo.windows(acc, 0.0).sum(dim=geo.reduce_dims())
-    return (total / counts).to(x.dtype)
+    return (total / counts.to(x.device)).to(x.dtype)
 
 
 @ops.op("LpPool")

@@ -32,6 +32,20 @@ class PoolGeometry:
         """(N, C, *out, *kernel) view of ``x`` padded with ``fill``."""
         return self._unfold(torch_pad(x, self.begin, self.end, fill))
 
+    def torch_padding(self, x: torch.Tensor, fill):
+        """(input, padding) for torch's pools: its own symmetric padding where it allows, else explicit.
+
+        torch pads ``begin`` on both sides; that is exact whenever it yields our windows (same count,
+        same starts): any of its padding the windows touch is padding for us too.
+        """
+        eff = effective_kernel(self.kernel, self.dilations)
+        # (avg_pool3d also refuses inputs smaller than the kernel before padding.)
+        same = all(2 * p <= min(k, e) and n >= e and (n + 2 * p - e) // s + 1 == o
+                   for p, k, e, n, s, o in zip(self.begin, self.kernel, eff, self.in_shape, self.strides, self.out))
+        if same:
+            return x, self.begin
+        return torch_pad(x, self.begin, self.end, fill), 0
+
     def _unfold(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.dim() - self.nd
         for d in range(self.nd):

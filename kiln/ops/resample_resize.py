@@ -90,12 +90,20 @@ def tap_weights(x: torch.Tensor, in_len: int, mode: str, scale: float, antialias
 def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict, roi=None) -> torch.Tensor:
     """One separable pass of Resize along ``axis`` (x already in the compute dtype for linear/cubic)."""
     in_len = x.shape[axis]
-    coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
     # Advanced indexing rather than index_select: the latter is far slower on CPU along trailing dims.
     lead = (slice(None),) * axis
     if p["mode"] == "nearest":
-        y = x[lead + (nearest_index(coords, p["nearest_mode"], scale, in_len),)]
+        coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi)
+        idx = nearest_index(coords, p["nearest_mode"], scale, in_len)
+        reps = _repeat_count(idx, in_len, out_len)
+        if reps and outside is None:
+            # Whole-number upsampling that repeats each element: a broadcast copy beats a gather.
+            wide = x.unsqueeze(axis + 1).expand(*x.shape[:axis + 1], reps, *x.shape[axis + 1:])
+            return wide.flatten(axis, axis + 1)
+        y = x[lead + (idx.to(x.device),)]
+        outside = None if outside is None else outside.to(x.device)
     else:
+        coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
         idx, w = tap_weights(coords, in_len, p["mode"], scale, p["antialias"], p["cubic_a"], p["exclude_outside"])
         taps = x[lead + (idx,)]  # the axis becomes (out_len, taps)
         w = w.to(x.dtype).reshape(list(idx.shape) + [1] * (x.dim() - axis - 1))
@@ -106,6 +114,14 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
         fill = torch.tensor(p["extrapolation_value"], dtype=y.dtype, device=y.device)
         y = torch.where(outside.reshape(mshape), fill, y)
     return y
+
+
+def _repeat_count(idx: torch.Tensor, in_len: int, out_len: int) -> int:
+    """r when the nearest indices just repeat every input element r times, else 0."""
+    if in_len == 0 or out_len % in_len:
+        return 0
+    reps = out_len // in_len
+    return reps if torch.equal(idx, torch.arange(out_len) // reps) else 0
 
 
 _TORCH_UPSAMPLE = {

@@ -34,13 +34,13 @@ def shape(ctx, inputs, attrs):
     """Dims of the input as int64; ``start``/``end`` (opset 15+) select a range, clamped like Python slicing."""
     x = inputs[0]
     dims = list(x.shape)[attrs.get("start", 0): attrs.get("end", None)]
-    return _const_i64(dims, x.device)
+    return _const_i64(dims, ctx.device)  # ctx.device: GPU engines keep shapes on the host
 
 
 @ops.op("Size")
 def size(ctx, inputs, attrs):
     x = inputs[0]
-    return _const_i64(x.numel(), x.device)
+    return _const_i64(x.numel(), ctx.device)
 
 
 @ops.op("Reshape")

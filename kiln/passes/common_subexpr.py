@@ -6,6 +6,7 @@ import torch
 
 from ..ir.graph import Graph
 from .context import PassContext
+from .rewrite import has_subgraphs, replace_uses
 
 _IMPURE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
 
@@ -22,6 +23,7 @@ def _attr_key(v):
 
 def eliminate_common_subexpressions(graph: Graph, ctx: PassContext) -> bool:
     changed = False
+    flat = not has_subgraphs(graph)
     # Merge equal small constants so that nodes reading them become comparable.
     seen_consts: dict = {}
     for name, c in list(graph.constants.items()):
@@ -31,7 +33,7 @@ def eliminate_common_subexpressions(graph: Graph, ctx: PassContext) -> bool:
         key = (str(t.dtype), tuple(t.shape), tuple(t.flatten().tolist()), c.type)
         first = seen_consts.setdefault(key, c)
         if first is not c and c.uses:
-            graph.replace_all_uses(c, first)
+            replace_uses(graph, c, first, flat)
             changed = True
     seen: dict = {}
     for node in list(graph.nodes):
@@ -45,7 +47,7 @@ def eliminate_common_subexpressions(graph: Graph, ctx: PassContext) -> bool:
             continue
         for old, new in zip(node.outputs, first.outputs):
             if old is not None and new is not None:
-                graph.replace_all_uses(old, new)
+                replace_uses(graph, old, new, flat)
             elif old is not None:
                 break
         else:

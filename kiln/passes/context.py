@@ -7,7 +7,7 @@ from typing import Any
 from ..build.config import BuilderConfig
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
-from .propagate import Facts, propagate
+from .propagate import Facts, choose_probes, propagate
 
 
 @dataclass
@@ -32,12 +32,22 @@ class PassContext:
     applied: dict[str, int] = field(default_factory=dict)  # rule name -> rewrites done
     notes: list[str] = field(default_factory=list)  # fallbacks and other things the report must show
     _facts: Facts | None = None
+    _cache: dict = field(default_factory=dict)  # propagate's per-node memo, kept across invalidations
+    _ref_cache: dict = field(default_factory=dict)  # the same for the reference run (other probe values)
 
     @property
     def facts(self) -> Facts:
         """Types of all values; recomputed after any pass that changed the graph."""
         if self._facts is None:
-            self._facts = propagate(self.graph, self.input_shapes, self.registry, bounds=self.symbol_bounds())
+            bounds = self.symbol_bounds()
+            probes = choose_probes(self.graph, self.input_shapes, bounds)
+            reference = None
+            if probes:  # a second run with other probe values tells dims derived from symbols (2 * seq)
+                other = choose_probes(self.graph, self.input_shapes, bounds, avoid=set(probes.values()))
+                reference = propagate(self.graph, self.input_shapes, self.registry, cache=self._ref_cache,
+                                      probes=other)
+            self._facts = propagate(self.graph, self.input_shapes, self.registry, cache=self._cache, probes=probes,
+                                    reference=reference)
         return self._facts
 
     def symbol_bounds(self) -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ import torch
 from ..ir.graph import Graph
 from ..ir.types import TensorType
 from .context import PassContext
-from .rewrite import new_constant
+from .rewrite import has_subgraphs, new_constant, replace_uses
 
 # A folded constant is stored in the engine: results over MAX_ELEMENTS, or over GROWTH_CHECK_ELEMENTS and
 # MAX_GROWTH times larger than their inputs (an Expand of a scalar), stay layers.
@@ -20,6 +20,7 @@ MAX_ELEMENTS = 1 << 24
 def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     facts = ctx.facts
     changed = False
+    flat = not has_subgraphs(graph)
     for node in list(graph.nodes):
         if any(True for _ in node.subgraphs()) or not node.outputs:
             continue
@@ -45,7 +46,7 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
             c = new_constant(graph, v.name, r.contiguous())
             c.type = TensorType(v.type.dtype if isinstance(v.type, TensorType) and v.type.dtype is not None
                                 else c.type.dtype, tuple(r.shape))
-            graph.replace_all_uses(v, c)
+            replace_uses(graph, v, c, flat)
         graph.remove(node)
         ctx.count("fold_constants")
         changed = True
@@ -53,10 +54,11 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
 
 
 def _results(node, known, facts, ctx):
+    # Propagation already ran the node for real when its inputs were known: reuse its results.
+    vals = [facts.known(o) for o in node.outputs if o is not None]
+    if vals and all(v is not None and v.device.type == "cpu" for v in vals) and len(vals) == len(node.outputs):
+        return vals
     if node.op_type in ("Shape", "Size"):
-        vals = [facts.known(o) for o in node.outputs if o is not None]
-        if vals and all(v is not None for v in vals):
-            return vals
         return None
     opdef = ctx.registry.get(node.domain, node.op_type)
     if opdef is None:

@@ -8,7 +8,7 @@ import torch
 
 from ..ir.graph import Graph, Node
 from .context import PassContext
-from .rewrite import const, merge_covers, new_constant, only_use
+from .rewrite import const, has_subgraphs, merge_covers, new_constant, only_use, replace_uses
 
 
 def _bn_factors(bn: Node) -> tuple[torch.Tensor, torch.Tensor] | str:
@@ -28,6 +28,7 @@ def _bn_factors(bn: Node) -> tuple[torch.Tensor, torch.Tensor] | str:
 
 def fold_batchnorm(graph: Graph, ctx: PassContext) -> bool:
     changed = False
+    flat = not has_subgraphs(graph)
     for bn in list(graph.nodes):
         if bn.op_type != "BatchNormalization" or bn.graph is None:
             continue
@@ -86,7 +87,7 @@ def fold_batchnorm(graph: Graph, ctx: PassContext) -> bool:
             prod.op_type = "Gemm"
         merge_covers(prod, [prod, bn])
         y = bn.outputs[0]
-        graph.replace_all_uses(y, prod.outputs[0])
+        replace_uses(graph, y, prod.outputs[0], flat)
         bn.detach()
         graph.nodes.remove(bn)
         ctx.count("fold_batchnorm")

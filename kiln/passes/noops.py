@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, Node
 from .context import PassContext
-from .rewrite import scalar
+from .rewrite import has_subgraphs, replace_uses, scalar
 
 
 def _same_shape(ctx: PassContext, node: Node) -> bool:
@@ -55,6 +55,7 @@ def _passthrough(ctx: PassContext, node: Node) -> int | None:
 
 def remove_noops(graph: Graph, ctx: PassContext) -> bool:
     changed = False
+    flat = not has_subgraphs(graph)
     for node in list(graph.nodes):
         keep = _passthrough(ctx, node)
         if keep is None or node.inputs[keep] is None or node.outputs[0] is None:
@@ -62,7 +63,7 @@ def remove_noops(graph: Graph, ctx: PassContext) -> bool:
         src, out = node.inputs[keep], node.outputs[0]
         if out in graph.outputs and (src in graph.inputs or src in graph.outputs):
             continue  # keep a copy so that an engine output is not an alias of an input or another output
-        graph.replace_all_uses(out, src)
+        replace_uses(graph, out, src, flat)
         if all(o is None or not o.uses for o in node.outputs) and out not in graph.outputs:
             graph.remove(node)
             ctx.count(f"remove_noops:{node.op_type}")

@@ -37,6 +37,9 @@ class Facts:
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # value id -> known (CPU) tensor
     dynamic: set[int] = field(default_factory=set)  # value ids whose data depends on probed (symbolic) dims
     symbols: dict[int, str] = field(default_factory=dict)  # probe value -> symbol name
+    # The same graph propagated with other probe values: a dim that differs there depends on a symbol even
+    # when it is not a probe itself (2 * seq after a Concat, seq - 1 after a Slice).
+    reference: "Facts | None" = field(default=None, repr=False, compare=False)
     # value id -> bool tensor: which elements of a dynamic small int value depend on probes (absent: all)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -59,13 +62,22 @@ class Facts:
 
 
 def propagate(graph: Graph, input_shapes: dict[str, tuple] | None = None, registry: Registry | None = None,
-              facts: Facts | None = None, bounds: dict[str, tuple[int, int]] | None = None) -> Facts:
+              facts: Facts | None = None, bounds: dict[str, tuple[int, int]] | None = None,
+              cache: dict | None = None, probes: dict[str, int] | None = None,
+              reference: Facts | None = None) -> Facts:
     """Propagate types through ``graph``; ``input_shapes`` overrides graph input shapes (concrete dims).
 
-    ``bounds`` maps a symbolic dim's name to the (min, max) the engine accepts (from the profiles)."""
+    ``bounds`` maps a symbolic dim's name to the (min, max) the engine accepts (from the profiles).
+    ``cache`` (a dict kept by the caller between calls on the same graph) remembers each node's results
+    with everything they depend on (op, attributes, input types, known input data, dynamic masks): a node
+    whose inputs did not change since the last call is not run again, so re-propagating after a pass costs
+    little more than the nodes the pass touched and those downstream of a changed type.
+    ``probes`` overrides the probe values; ``reference`` is the graph propagated with other probes (see
+    ``Facts.reference``), which makes per-dim dynamic tracking exact for dims derived from symbols."""
     registry = registry or default_registry()
     facts = facts or Facts()
-    probes = choose_probes(graph, input_shapes, bounds)
+    facts.reference = reference
+    probes = probes if probes is not None else choose_probes(graph, input_shapes, bounds)
     for v in graph.inputs:
         t = v.type
         if not isinstance(t, TensorType):
@@ -90,9 +102,62 @@ def propagate(graph: Graph, input_shapes: dict[str, tuple] | None = None, regist
     for c in graph.constants.values():
         facts.types[c.id] = c.type
     opset = graph.opsets.get("", 21)
+    if cache is not None and cache.get("__symbols__") != facts.symbols:
+        cache.clear()
+        cache["__symbols__"] = dict(facts.symbols)
     for node in graph.nodes:
+        if cache is None:
+            _step(node, facts, registry, opset)
+            continue
+        key, keep = _node_key(node, facts)
+        hit = cache.get(id(node))
+        if hit is not None and hit[1] is node and hit[0] == key:
+            for vid, t, val, dyn, mask in hit[2]:
+                if t is not None:
+                    facts.types[vid] = t
+                if val is not None:
+                    facts.values[vid] = val
+                if dyn:
+                    facts.dynamic.add(vid)
+                if mask is not None:
+                    facts.masks[vid] = mask
+            continue
         _step(node, facts, registry, opset)
+        record = [(o.id, facts.types.get(o.id), facts.values.get(o.id), o.id in facts.dynamic, facts.masks.get(o.id))
+                  for o in node.outputs if o is not None]
+        cache[id(node)] = (key, node, record, keep)
     return facts
+
+
+def _attr_key(attrs: dict) -> tuple:
+    out = []
+    for k, v in sorted(attrs.items()):
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out.append((k, type(v).__name__, v))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str, bool)) for x in v):
+            out.append((k, tuple(v)))
+        else:  # tensors, graphs: by identity (the cache entry keeps the node, and so them, alive)
+            out.append((k, "id", id(v)))
+    return tuple(out)
+
+
+def _node_key(node: Node, facts: Facts) -> tuple[tuple, list]:
+    """What ``_step``'s results for ``node`` depend on, and the objects whose identity the key uses."""
+    keep, ins = [], []
+    for v in node.inputs:
+        if v is None:
+            ins.append(None)
+            continue
+        k = v.const if v.const is not None else facts.values.get(v.id)
+        m = facts.masks.get(v.id)
+        keep += [k, m]
+        ins.append((v.id, facts.type_of(v), id(k) if k is not None else None, v.id in facts.dynamic,
+                    id(m) if m is not None else None))
+    outs = tuple((o.id, o.type) if o is not None else None for o in node.outputs)
+    ref = None
+    if node.op_type in ("Shape", "Size") and facts.reference is not None and node.inputs:
+        ref = facts.reference.type_of(node.inputs[0])
+    return (node.domain, node.op_type, _attr_key(node.attrs), tuple(ins), outs, ref), keep
 
 
 def _graph_integers(graph: Graph, input_shapes) -> set[int]:
@@ -123,7 +188,7 @@ def _is_prime(n: int) -> bool:
     return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
 
 
-def choose_probes(graph: Graph, input_shapes, bounds) -> dict[str, int]:
+def choose_probes(graph: Graph, input_shapes, bounds, avoid: set[int] = frozenset()) -> dict[str, int]:
     """symbol name -> probe value: inside the symbol's (min, max) when a free value is there, else a prime."""
     names: list[str] = []
     for v in graph.inputs:
@@ -134,7 +199,7 @@ def choose_probes(graph: Graph, input_shapes, bounds) -> dict[str, int]:
                 if name not in names:
                     names.append(name)
     out: dict[str, int] = {}
-    taken = _graph_integers(graph, input_shapes) | {0, 1}
+    taken = _graph_integers(graph, input_shapes) | {0, 1} | set(avoid)
 
     def free(c: int) -> bool:  # a prime dividing no graph integer: unlikely to meet a derived dim
         return _is_prime(c) and c not in taken and not any(t % c == 0 for t in taken if t)
@@ -155,6 +220,17 @@ def choose_probes(graph: Graph, input_shapes, bounds) -> dict[str, int]:
 
 def _probed(shape, facts: Facts) -> bool:
     return shape is not None and any(facts.is_probe(d) for d in shape)
+
+
+def _dynamic_dims(v: Value | None, facts: Facts) -> list[int]:
+    """1 for each dim of ``v`` that depends on a symbol: a probe, or a dim that differs in the reference run."""
+    shape = facts.shape(v) if v is not None else None
+    if shape is None:
+        return []
+    ref = facts.reference.shape(v) if facts.reference is not None else None
+    if ref is not None and len(ref) != len(shape):
+        return [1] * len(shape)
+    return [1 if facts.is_probe(d) or (ref is not None and ref[i] != d) else 0 for i, d in enumerate(shape)]
 
 
 # Ops that move or select elements: the dynamic mask of the output is the kernel applied to the masks of
@@ -192,7 +268,7 @@ def _output_masks(node: Node, opdef, facts: Facts, known: list, results: list, o
         if probes is None:
             return [None]
         # Shape(x, start, end): which of the selected dims are probes.
-        dims = torch.tensor([1 if facts.is_probe(d) else 0 for d in t.shape], dtype=torch.int64)
+        dims = torch.tensor(_dynamic_dims(node.inputs[0], facts), dtype=torch.int64)
         sel = _shape_slice(len(t.shape), node.attrs)
         m = dims[sel[0]:sel[1]].bool()
         return [m if m.any() else None]
@@ -243,7 +319,7 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
     opdef = registry.get(node.domain, node.op_type)
     outs = [o for o in node.outputs if o is not None]
     in_dynamic = any(v is not None and v.id in facts.dynamic for v in node.inputs)
-    if node.op_type in ("Shape", "Size") and node.inputs and _probed(facts.shape(node.inputs[0]), facts):
+    if node.op_type in ("Shape", "Size") and node.inputs and any(_dynamic_dims(node.inputs[0], facts)):
         in_dynamic = True
     if opdef is None or any(isinstance(facts.type_of(v), SequenceType) for v in node.inputs if v is not None) \
             or any(True for _ in node.subgraphs()):

@@ -80,3 +80,20 @@ def merge_covers(new: Node, old: list[Node]) -> None:
 
 def tensor_type(v: Value) -> TensorType:
     return v.type if isinstance(v.type, TensorType) else TensorType()
+
+
+
+def has_subgraphs(graph: Graph) -> bool:
+    return graph.parent is not None or any(True for n in graph.nodes for _ in n.subgraphs())
+
+
+def replace_uses(graph: Graph, old: Value, new: Value, flat: bool) -> None:
+    """``graph.replace_all_uses``; with ``flat`` (from ``not has_subgraphs(graph)``, computed once per pass)
+    without its walk over every node's subgraphs, which made a pass replacing many values quadratic."""
+    if not flat:
+        graph.replace_all_uses(old, new)
+        return
+    for node, slot in list(old.uses):
+        node.set_input(slot, new)
+    if any(o is old for o in graph.outputs):
+        graph.outputs = [new if o is old else o for o in graph.outputs]

@@ -127,8 +127,11 @@ def built(request, tmp_path_factory):
     model, sample, axes, prof, shapes = MODELS[name]()
     path = tmp_path_factory.mktemp(f"{name}-{exporter}") / "model.onnx"
     args = sample(*shapes[0], torch.Generator().manual_seed(0))
+    # Both exporters fold BatchNorm into the Conv weights themselves; without constant folding the TorchScript
+    # exporter keeps the BatchNormalization nodes, so Kiln's own fold_batchnorm is exercised.
+    extra = {"do_constant_folding": False} if name == "cnn" and exporter == "torchscript" else {}
     try:
-        M.export_onnx(model, args, path, axes, dynamo=EXPORTERS[exporter])
+        M.export_onnx(model, args, path, axes, dynamo=EXPORTERS[exporter], **extra)
     except Exception as e:  # noqa: BLE001 - an exporter failure is PyTorch's, not Kiln's
         pytest.skip(f"torch.onnx.export ({exporter}) cannot export {name}: {type(e).__name__}: "
                     f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}")
@@ -169,6 +172,7 @@ def test_exported_fusions(built):
         for leftover in ("Conv", "BatchNormalization", "Relu", "Add"):
             assert ops[leftover] == 0, f"{leftover} left as a layer: {dict(ops)}"
         assert ops["kiln::Conv"] == src["Conv"]
+        assert report.fusions.get("fold_batchnorm", 0) == src["BatchNormalization"]
         residual = sum("residual" in l.kernel for l in report.layers)
         assert residual == 3, "each residual Add is fused into the Conv that produces one of its operands"
         assert ops["kiln::Linear"] == 1
@@ -217,3 +221,40 @@ def test_full_size_arena_near_lower_bound(which, tmp_path, request):
     mem = engine.report.memory
     print(f"  arena {mem['arena_bytes'] / 2**20:.1f} MiB, lower bound {mem['lower_bound_bytes'] / 2**20:.1f} MiB")
     assert mem["arena_bytes"] <= 1.10 * mem["lower_bound_bytes"]
+
+
+# -- dynamic dims: what may fold and what must not -----------------------------------------------------------------
+def _shape_model(nodes, shape, inits):
+    from onnx import TensorProto, helper
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, dtype=np.int64), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_dim_of_a_dynamic_shape_folds():
+    # Reshape(x, [-1, Shape(x)[1]]) with x [batch, 6]: the 6 is static and folds, the batch is never read.
+    from onnx import helper
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i1"], ["d"], axis=0),
+             helper.make_node("Unsqueeze", ["d", "a0"], ["du"]), helper.make_node("Concat", ["m1", "du"], ["t"], axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    m = _shape_model(nodes, ["batch", 6], {"i1": 1, "a0": [0], "m1": [-1]})
+    e = kiln.build(m, profiles=(Profile.of(x=((1, 6), (2, 6), (8, 6))),))
+    assert [l.op for l in e.report.layers] == ["Reshape"]
+    for b in (1, 5, 8):
+        x = np.random.rand(b, 6).astype(np.float32)
+        np.testing.assert_array_equal(e.create_execution_context().infer({"x": x})["y"], x)
+
+
+def test_dim_derived_from_a_symbol_does_not_fold():
+    # Shape(Concat(x, x, axis=1))[1] is 2 * seq: not a probe value itself, yet dynamic.
+    from onnx import helper
+    nodes = [helper.make_node("Concat", ["x", "x"], ["c"], axis=1), helper.make_node("Shape", ["c"], ["s"]),
+             helper.make_node("Gather", ["s", "i1"], ["d"], axis=0), helper.make_node("Unsqueeze", ["d", "a0"], ["du"]),
+             helper.make_node("Concat", ["du", "m1"], ["t"], axis=0), helper.make_node("Reshape", ["c", "t"], ["y"])]
+    m = _shape_model(nodes, [3, "seq"], {"i1": 1, "a0": [0], "m1": [-1]})
+    e = kiln.build(m, profiles=(Profile.of(x=((3, 2), (3, 5), (3, 16))),))
+    for s in (2, 5, 16):
+        x = np.random.rand(3, s).astype(np.float32)
+        y = e.create_execution_context().infer({"x": x})["y"]
+        np.testing.assert_array_equal(y, np.concatenate([x, x], 1).reshape(2 * s, -1))

@@ -85,6 +85,12 @@ def test_contexts_in_threads(engine, small_model):
     errors = []
 
     def work(seed):
+        try:
+            run(seed)
+        except Exception as e:  # noqa: BLE001 - a thread's exception must fail the test
+            errors.append((seed, repr(e)))
+
+    def run(seed):
         ctx = engine.create_execution_context()
         rng = np.random.default_rng(seed)
         for _ in range(5):

@@ -12,6 +12,7 @@ def test_tensorrt_workflow(small_model):
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(small_model.SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
     config = builder.create_builder_config()
+    config.device = "cpu"  # host pointers below; tests/gpu covers device pointers
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
     config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()

@@ -53,6 +53,12 @@ def test_contexts_on_threads_and_streams(gpu_engine, cpu_engine):
     bad = []
 
     def work(seed):
+        try:
+            run(seed)
+        except Exception as e:  # noqa: BLE001 - a thread's exception must fail the test
+            bad.append((seed, repr(e)))
+
+    def run(seed):
         ctx = gpu_engine.create_execution_context()
         rng = np.random.default_rng(seed)
         for i in range(10):
@@ -64,7 +70,7 @@ def test_contexts_on_threads_and_streams(gpu_engine, cpu_engine):
     threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert not bad
+    assert not bad, bad
 
 
 def test_async_infer(gpu_engine):

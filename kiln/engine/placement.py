@@ -1,0 +1,78 @@
+"""Host placement for GPU engines: shape arithmetic runs on the CPU, as TensorRT keeps shape tensors on the host.
+
+Kernels read shape-like inputs (Reshape's target shape, Slice's starts, axes, ...) as Python ints. If those
+values lived on the GPU, every read would synchronize the device and CUDA graph capture would fail. So:
+- small integer constants and the outputs of Shape/Size are host values;
+- an integer-arithmetic node whose inputs are all host values runs on the host;
+- a device layer that reads a host value in a data slot gets it copied from pinned memory (capturable).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir.graph import Graph, Node
+
+MAX_HOST_CONSTANT = 64  # elements: shape vectors, axes, scalars
+
+# Ops that may run on the host when all their inputs are host values (integer / shape arithmetic).
+HOST_OPS = frozenset({
+    "Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Add", "Sub", "Mul", "Div", "Mod", "Cast",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where", "Max", "Min", "Abs",
+    "Neg", "Floor", "Ceil", "Identity", "Reshape", "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Sign",
+})
+
+# (op, input slot) that kernels read as Python values: a host value there is used as it is.
+HOST_INPUT_SLOTS = frozenset({
+    ("Reshape", 1), ("Expand", 1), ("Tile", 1), ("Squeeze", 1), ("Unsqueeze", 1), ("ConstantOfShape", 0),
+    ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Pad", 1), ("Pad", 3), ("Split", 1), ("TopK", 1),
+    ("OneHot", 1), ("Resize", 1), ("Resize", 2), ("Resize", 3), ("Upsample", 1), ("CumSum", 1), ("CumProd", 1),
+    ("Trilu", 1), ("Range", 0), ("Range", 1), ("Range", 2), ("CenterCropPad", 1), ("CenterCropPad", 2),
+    ("ReduceSum", 1), ("ReduceMean", 1), ("ReduceMax", 1), ("ReduceMin", 1), ("ReduceProd", 1), ("ReduceL1", 1),
+    ("ReduceL2", 1), ("ReduceLogSum", 1), ("ReduceLogSumExp", 1), ("ReduceSumSquare", 1), ("DFT", 1), ("DFT", 2),
+    ("STFT", 1), ("STFT", 3), ("Dropout", 1), ("Dropout", 2), ("EyeLike", 0), ("NonMaxSuppression", 2),
+    ("NonMaxSuppression", 3), ("NonMaxSuppression", 4),
+})
+
+
+@dataclass
+class Placement:
+    host_values: set[int]  # value ids that live on the host
+    host_nodes: set[int]  # id(node) of nodes that run on the host
+    moves: dict[int, tuple[int, ...]]  # id(node) -> input slots whose host value must be copied to the device
+
+
+def is_host_constant(t: torch.Tensor) -> bool:
+    return not t.dtype.is_floating_point and not t.is_complex() and t.numel() <= MAX_HOST_CONSTANT
+
+
+def plan_placement(graph: Graph) -> Placement:
+    host: set[int] = {v.id for v in graph.constants.values() if is_host_constant(v.const)}
+    host_nodes: set[int] = set()
+    moves: dict[int, tuple[int, ...]] = {}
+    for n in graph.nodes:
+        ins = [v for v in n.inputs if v is not None]
+        runs_on_host = n.domain == "" and n.op_type in HOST_OPS and not any(True for _ in n.subgraphs()) and (
+            n.op_type in ("Shape", "Size") or (ins and all(v.id in host for v in ins)))
+        if runs_on_host:
+            host_nodes.add(id(n))
+            host.update(o.id for o in n.outputs if o is not None)
+            continue
+        slots = tuple(i for i, v in enumerate(n.inputs)
+                      if v is not None and v.id in host and (n.op_type, i) not in HOST_INPUT_SLOTS)
+        if slots:
+            moves[id(n)] = slots
+    return Placement(host, host_nodes, moves)
+
+
+def to_device(t: torch.Tensor, device: torch.device, keep: list | None) -> torch.Tensor:
+    """Copy a host value to the device from pinned memory (allowed inside CUDA graph capture).
+
+    ``keep`` collects the pinned buffers a captured graph reads, so they outlive the capture."""
+    if t.device.type != "cpu":
+        return t
+    pinned = t if t.is_pinned() else t.pin_memory()
+    if keep is not None:
+        keep.append(pinned)
+    return pinned.to(device, non_blocking=True)

@@ -1,0 +1,192 @@
+"""INT8 / FP8 layers, by calibration or from a Q/DQ model, held within the accuracy target.
+
+    kiln::Linear(x, W, b) -> kiln::QLinear(x, Wq, sw, b) {x_scale}       (kiln::Conv likewise -> kiln::QConv)
+
+Which layers: with ``int8`` (or ``fp8``) every Linear/Conv with constant weights, minus those that
+``layer_precisions`` pins to another precision, plus those it pins to int8/fp8. In a Q/DQ model (explicit
+quantization) exactly the layers whose input carried a Q/DQ pair, with the model's scales. Activation
+scales come from the model, the calibration cache, or calibration on the data (the graph is run as it
+stands here, after fusion, so each scale belongs to the tensor a quantized layer really reads).
+With an accuracy target the result is measured against float32 and, while outside, the most
+sensitive layers are put back to float (kiln/quant/sensitivity.py).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import BuildError
+from ..ir.graph import Graph, Node
+from ..quant.cache import Calibration
+from ..quant.layer_precision import layer_precision
+from ..quant.rewrite import QUANTIZED, ActParams, apply_quantization
+from .context import PassContext
+
+log = logging.getLogger("kiln.build")
+
+
+def _format_for(node: Node, ctx: PassContext, explicit: dict) -> tuple[str | None, str]:
+    """(format or None, reason when None) for one kiln::Linear / kiln::Conv."""
+    cfg = ctx.config
+    want = layer_precision(node, cfg.layer_precisions)
+    if want in ("fp32", "fp16", "bf16"):
+        return None, f"layer_precisions asks for {want}"
+    x, w = node.inputs[0], node.inputs[1]
+    if w is None or w.const is None or not w.const.dtype.is_floating_point:
+        return None, "weights are not a float constant"
+    if ctx.dtype(x) is not None and not ctx.dtype(x).is_float:
+        return None, "input is not a float tensor"
+    if explicit:
+        if want is None and x.name not in explicit:
+            return None, "the Q/DQ model does not quantize this layer's input"
+        return ("fp8e4m3" if want == "fp8" else "int8"), ""
+    if want == "int8" or (want is None and cfg.int8 and not cfg.fp8):
+        return "int8", ""
+    if want == "fp8" or (want is None and cfg.fp8):
+        return "fp8e4m3", ""
+    return None, "int8 is not enabled"
+
+
+def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
+    cfg = ctx.config
+    explicit: dict[str, ActParams] = graph.meta.pop("qdq_activations", {})
+    weight_hints: dict[str, tuple] = graph.meta.pop("qdq_weights", {})
+    asked = any(v in ("int8", "fp8", "INT8", "FP8") for v in cfg.layer_precisions.values())
+    if cfg.strict_types and not explicit:
+        return False
+    if not (cfg.int8 or cfg.fp8 or explicit or asked):
+        return False
+    chosen: dict[int, str] = {}
+    for i, n in enumerate(graph.nodes):
+        if n.domain != "kiln" or n.op_type not in QUANTIZED:
+            continue
+        fmt, why = _format_for(n, ctx, explicit)
+        if fmt is None:
+            if cfg.int8 or cfg.fp8 or explicit:
+                ctx.reject("quantize_int8", [n], why)
+            continue
+        n.meta["qid"] = i
+        chosen[i] = fmt
+    if not chosen:
+        return False
+    nodes = {n.meta["qid"]: n for n in graph.nodes if "qid" in n.meta}
+    inputs_of = {q: nodes[q].inputs[0].name for q in chosen}
+    data = Data(graph, ctx)
+    params = _activation_params(graph, ctx, chosen, inputs_of, explicit, data)
+    for q in list(chosen):
+        if inputs_of[q] not in params:
+            ctx.reject("quantize_int8", [nodes[q]], f"no range for input {inputs_of[q]!r} (not reached by the "
+                                                    f"calibration data)")
+            del chosen[q]
+    info: dict = {"calibration": "explicit (Q/DQ model)" if explicit else cfg.calibration_method}
+    if cfg.accuracy_target is not None:
+        from ..quant.sensitivity import fit_to_target
+        chosen, info["accuracy"] = fit_to_target(graph, ctx, chosen, params, data.validation(), weight_hints)
+    done = apply_quantization(graph, chosen, params, weight_hints)
+    for n in graph.nodes:
+        n.meta.pop("qid", None)
+    info["layers"] = {n.label: n.meta["precision"] for n in done}
+    graph.meta["quantization"] = info
+    ctx.count("quantize_int8", len(done))
+    return bool(done)
+
+
+def _activation_params(graph: Graph, ctx: PassContext, chosen: dict[int, str], inputs_of: dict[int, str],
+                       explicit: dict[str, ActParams], data: "Data") -> dict[str, ActParams]:
+    params: dict[str, ActParams] = {}
+    need: dict[str, str] = {}
+    for q, fmt in chosen.items():
+        name = inputs_of[q]
+        if name in explicit and fmt == "int8":
+            params[name] = explicit[name]
+        else:
+            need[name] = fmt
+    if need:
+        cal = _calibration(graph, ctx, sorted(need), data)
+        for name, fmt in need.items():
+            s = cal.scale(name, fmt)
+            if s is not None:
+                params[name] = ActParams(s, 0, fmt)
+    # Outputs of quantized layers that feed other quantized layers already have their scale (the reader's
+    # input scale), so requantization needs nothing more.
+    return params
+
+
+def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data") -> Calibration:
+    """The scales of ``names``: from the cache when it has them all, else by running the data."""
+    cfg = ctx.config
+    source = cfg.int8_calibrator
+    cached = _read_cache(cfg.calibration_cache, source)
+    if cached is not None and all(n in cached for n in names):
+        ctx.notes.append(f"int8: scales of {len(names)} tensors read from the calibration cache")
+        return cached
+    batches = data.calibration()
+    if not batches:
+        missing = [n for n in names if cached is None or n not in cached]
+        raise BuildError(f"INT8 needs activation ranges for {len(missing)} tensor(s) (e.g. {missing[:3]}): give "
+                         f"calibration data (BuilderConfig.int8_calibrator: a folder of .npy/.npz, an iterable of "
+                         f"input dicts or a calibrator), a calibration_cache that has them, or a Q/DQ model")
+    from ..quant.calibrate import calibrate
+    cal = calibrate(graph, batches, names, cfg.calibration_method, cfg.device, ctx.registry)
+    ctx.notes.append(f"int8: calibrated {len(cal.scales)} tensors on {len(batches)} batches "
+                     f"({cfg.calibration_method})")
+    if cached is not None:  # keep what the cache knew about other tensors
+        cal.scales = {**cached.scales, **cal.scales}
+    _write_cache(cfg.calibration_cache, source, cal)
+    return cal
+
+
+class Data:
+    """The build's data, read once: calibration batches, and validation batches for the accuracy target."""
+
+    def __init__(self, graph: Graph, ctx: PassContext):
+        self.graph, self.ctx = graph, ctx
+        self._cal: list[dict] | None = None
+
+    def _read(self, source) -> list[dict]:
+        from ..quant.data import iter_batches
+        names = [v.name for v in self.graph.inputs]
+        shapes = dict(self.ctx.input_shapes or {})
+        for p in self.ctx.config.profiles[:1]:
+            shapes.update(p.opt)
+        dtypes = {v.name: v.dtype for v in self.graph.inputs}
+        return list(iter_batches(source, names, shapes, dtypes, device=self.ctx.config.device))
+
+    def calibration(self) -> list[dict]:
+        if self._cal is None:
+            self._cal = self._read(self.ctx.config.int8_calibrator)
+        return self._cal
+
+    def validation(self) -> list[dict]:
+        if self.ctx.config.validation_data is not None:
+            return self._read(self.ctx.config.validation_data)
+        return self.calibration()
+
+
+def _read_cache(path: str | None, source) -> Calibration | None:
+    if path and Path(path).is_file():
+        return Calibration.load(path)
+    reader = getattr(source, "read_calibration_cache", None)
+    if reader is not None:  # TensorRT calibrators hand the cache over as bytes
+        data = reader()
+        if data:
+            import tempfile
+            with tempfile.NamedTemporaryFile("wb", suffix=".cache", delete=False) as f:
+                f.write(bytes(data))
+            try:
+                return Calibration.load(f.name)
+            finally:
+                Path(f.name).unlink(missing_ok=True)
+    return None
+
+
+def _write_cache(path: str | None, source, cal: Calibration) -> None:
+    if path:
+        cal.save(path)
+    writer = getattr(source, "write_calibration_cache", None)
+    if writer is not None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "calibration.cache"
+            cal.save(p)
+            writer(p.read_bytes())

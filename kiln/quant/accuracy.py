@@ -1,0 +1,78 @@
+"""Accuracy of a reduced-precision engine against float32: the metrics and the target they must meet.
+
+- ``cosine``: the smallest cosine similarity between reduced-precision and float32 results, taken per
+  sample (row of the first axis) of every output over all batches;
+- ``max_rel_error``: the largest |got - ref| of every output divided by that output's largest |ref|
+  (normalizing by the output's range keeps near-zero elements from dominating), over all batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    min_cosine: float | None = None
+    max_rel_error: float | None = None
+
+    @staticmethod
+    def parse(spec) -> "AccuracyTarget":
+        """From {"min_cosine": 0.99, "max_rel_error": 0.05} (either key), or "cosine>=0.99" / "rel<=0.05"."""
+        if isinstance(spec, AccuracyTarget):
+            return spec
+        if isinstance(spec, str):
+            out = {}
+            for part in spec.replace(" ", "").split(","):
+                if part.startswith("cosine>="):
+                    out["min_cosine"] = float(part[8:])
+                elif part.startswith("rel<="):
+                    out["max_rel_error"] = float(part[5:])
+                else:
+                    raise ValueError(f"accuracy target {spec!r}: write 'cosine>=0.99' and/or 'rel<=0.05'")
+            spec = out
+        if not isinstance(spec, dict) or not spec or set(spec) - {"min_cosine", "max_rel_error"}:
+            raise ValueError(f"accuracy_target must be a dict with min_cosine and/or max_rel_error, got {spec!r}")
+        t = AccuracyTarget(**{k: float(v) for k, v in spec.items()})
+        if t.min_cosine is not None and not -1 <= t.min_cosine <= 1:
+            raise ValueError(f"min_cosine must be in [-1, 1], got {t.min_cosine}")
+        if t.max_rel_error is not None and t.max_rel_error < 0:
+            raise ValueError(f"max_rel_error must be >= 0, got {t.max_rel_error}")
+        return t
+
+    def met(self, m: dict) -> bool:
+        if self.min_cosine is not None and not m["cosine"] >= self.min_cosine:
+            return False
+        if self.max_rel_error is not None and not m["max_rel_error"] <= self.max_rel_error:
+            return False
+        return True
+
+    def badness(self, m: dict) -> float:
+        """How far from perfect (larger is worse), in the target's own terms, for ranking layers."""
+        b = 0.0
+        if self.min_cosine is not None or self.max_rel_error is None:
+            b += 1.0 - m["cosine"]
+        if self.max_rel_error is not None:
+            b += m["max_rel_error"]
+        return b
+
+
+def compare(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> dict:
+    """{"cosine": min per-sample cosine, "max_rel_error": max error / output range} over batches."""
+    cos, rel = 1.0, 0.0
+    for rb, gb in zip(ref, got):
+        for r, g in zip(rb, gb):
+            if not isinstance(r, torch.Tensor) or not r.dtype.is_floating_point:
+                continue
+            r, g = r.double(), g.double()
+            rows_r = r.reshape(r.shape[0], -1) if r.dim() > 1 else r.reshape(1, -1)
+            rows_g = g.reshape(rows_r.shape)
+            c = torch.nn.functional.cosine_similarity(rows_r, rows_g, dim=1, eps=1e-12)
+            both_zero = (rows_r.abs().amax(1) == 0) & (rows_g.abs().amax(1) == 0)
+            c = torch.where(both_zero, torch.ones_like(c), c)
+            cos = min(cos, float(torch.nan_to_num(c, nan=-1.0).min()))
+            scale = float(r.abs().max()) if r.numel() else 0.0
+            err = float((g - r).abs().max()) if r.numel() else 0.0
+            rel = max(rel, err / scale if scale > 0 else (0.0 if err == 0 else float("inf")))
+    return {"cosine": cos, "max_rel_error": rel}

@@ -1,0 +1,105 @@
+"""The quantizing rewrite itself, on any copy of the graph: chosen kiln::Linear / kiln::Conv layers
+become kiln::QLinear / kiln::QConv with 8-bit weights, and layers feeding only quantized layers
+requantize their output in their epilogue.
+
+    Linear(x, W, b, r){epi}  ->  QLinear(x, Wq, sw, b, r){x_scale, epi'}      Wq = round(W / sw), per channel
+    QL1(x) -> y -> QL2(y), QL3(y)  ->  QL1 writes int8 y (out_scale = y's scale); QL2, QL3 read it as is
+
+Layers are identified by ``node.meta["qid"]`` (kept by graph copies); activation quantization
+parameters by value name: ``(scale, zero_point, dtype)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir.dtype import DType
+from ..ir.graph import Graph, Node
+from ..ir.types import TensorType
+from ..passes.rewrite import new_constant
+
+QUANTIZED = {"Linear": "QLinear", "Conv": "QConv"}
+FP8_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class ActParams:
+    scale: float
+    zero_point: int = 0
+    dtype: str = "int8"  # int8 | uint8 | fp8e4m3
+
+
+def weight_q(w: torch.Tensor, fmt: str, hint: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(quantized weight, scale): int8 symmetric per output channel (axis 0), fp8 per tensor.
+
+    ``hint`` = (integer weight, scale) from a Q/DQ model is used as is when it reproduces ``w``."""
+    if fmt == "fp8e4m3":
+        amax = float(w.abs().max())
+        s = torch.tensor([amax / FP8_MAX if amax > 0 else 1.0], dtype=torch.float32)
+        return (w.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), s
+    if hint is not None:
+        q, s = hint
+        if q.dtype == torch.int8 and q.shape == w.shape and s.numel() in (1, w.shape[0]):
+            s = s.reshape(-1).to(torch.float32).expand(w.shape[0]).contiguous()
+            return q, s
+    amax = w.detach().float().abs().reshape(w.shape[0], -1).amax(1)
+    s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w.float() / s.reshape(-1, *([1] * (w.dim() - 1)))).clamp(-127, 127).to(torch.int8)
+    return q, s
+
+
+def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, ActParams],
+                       weight_hints: dict[str, tuple] | None = None) -> list[Node]:
+    """Quantize the layers whose qid is in ``chosen`` (qid -> "int8" | "fp8e4m3"); return them."""
+    weight_hints = weight_hints or {}
+    done: list[Node] = []
+    for n in list(graph.nodes):
+        qid = n.meta.get("qid")
+        if qid not in chosen or n.domain != "kiln" or n.op_type not in QUANTIZED:
+            continue
+        fmt = chosen[qid]
+        x, w_v = n.inputs[0], n.inputs[1]
+        p = params[x.name]
+        wq, sw = weight_q(w_v.const, fmt, weight_hints.get(w_v.name))
+        attrs = dict(n.attrs)
+        attrs["epilogue"] = [_shift(step) for step in attrs.get("epilogue", [])]
+        attrs.update(x_scale=float(p.scale), x_zero_point=int(p.zero_point), x_dtype=fmt if fmt == "fp8e4m3"
+                     else p.dtype, w_absmax=int(wq.to(torch.int32).abs().max()) if fmt != "fp8e4m3" else 448)
+        ins = [x, new_constant(graph, f"{w_v.name}.{'fp8' if fmt == 'fp8e4m3' else 'int8'}", wq),
+               new_constant(graph, f"{w_v.name}.scale", sw)] + list(n.inputs[2:])
+        for slot in range(len(n.inputs) - 1, -1, -1):
+            n.set_input(slot, None)
+        n.inputs = []
+        for v in ins:
+            n.inputs.append(None)
+            n.set_input(len(n.inputs) - 1, v)
+        n.op_type, n.attrs = QUANTIZED[n.op_type], attrs
+        n.meta["precision"] = "fp8" if fmt == "fp8e4m3" else "int8"
+        done.append(n)
+    _chain_requantization(graph, done, params)
+    return done
+
+
+def _shift(step: str) -> str:
+    """Epilogue steps name node inputs by index; the weight scale input moved those from slot 2 on by one."""
+    name, *p = step.split(":")
+    if name in ("add", "mul") and int(p[0]) >= 2:
+        return f"{name}:{int(p[0]) + 1}"
+    return step
+
+
+def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
+    quantized = {id(n) for n in layers}
+    outputs = {id(v) for v in graph.outputs}
+    for n in layers:
+        y = n.outputs[0]
+        if n.attrs["x_dtype"] == "fp8e4m3" or id(y) in outputs or not y.uses or y.name not in params:
+            continue
+        if not all(id(u) in quantized and s == 0 and u.attrs["x_dtype"] != "fp8e4m3" for u, s in y.uses):
+            continue
+        p = params[y.name]
+        n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)
+        for u, _ in y.uses:
+            u.attrs["input_quantized"] = 1
+        y.type = TensorType(DType.UINT8 if p.dtype == "uint8" else DType.INT8, getattr(y.type, "shape", None))
