@@ -19,13 +19,17 @@ def kernel_name(node: Node, registry: Registry) -> str:
                 base += "[nhwc]"
         elif node.op_type == "Linear":
             base = "torch.linear"
+        elif node.op_type in ("QLinear", "QConv"):
+            from ..ops.quantized import kernel_label
+            base = kernel_label(node)
         elif node.op_type == "Attention":
             return "torch.scaled_dot_product_attention"
         elif node.op_type == "Elementwise":
             return f"elementwise[{'+'.join(p.split('(')[0] for p in node.attrs['program'])}]"
         else:
             return f"kiln.{node.op_type}"
-        if len(node.inputs) > 2 and node.inputs[2] is not None:
+        b = 3 if node.op_type in ("QLinear", "QConv") else 2
+        if len(node.inputs) > b and node.inputs[b] is not None:
             base += "+bias"
         for step in node.attrs.get("epilogue", []):
             base += "+" + ("residual" if step.startswith("add:") else step.split(":")[0])
@@ -35,6 +39,8 @@ def kernel_name(node: Node, registry: Registry) -> str:
 
 
 def precision(node: Node, facts: Facts) -> str:
+    if "precision" in node.meta:  # quantized layers: their arithmetic, not their float output type
+        return node.meta["precision"]
     for o in node.outputs:
         if o is not None:
             t = facts.type_of(o)
@@ -56,19 +62,32 @@ def describe_layers(graph: Graph, facts: Facts, registry: Registry) -> list[Laye
     return layers
 
 
+# Layers whose output is a view of their first input at run time (torch returns views): no memory of their own.
+VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Split", "Transpose", "Slice"})
+
+
 def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
     """Intermediate tensors (not inputs, constants or outputs) with sizes at ``facts``' shapes.
 
+    A view's reads extend the life of the tensor it views; a tensor viewed by a graph output is output memory.
     Returns the lifetimes and the names of values whose size is unknown (data-dependent shapes)."""
     outputs = {v.id for v in graph.outputs}
+    root: dict[int, int] = {}  # value id -> id of the value whose memory it uses
     index = {}
     last: dict[int, int] = {}
     for i, n in enumerate(graph.nodes):
         for v in n.inputs:
             if v is not None:
-                last[v.id] = i
+                last[root.get(v.id, v.id)] = max(last.get(root.get(v.id, v.id), i), i)
         for o in n.outputs:
-            if o is not None:
+            if o is None:
+                continue
+            if n.op_type in VIEW_OPS and n.domain == "" and n.inputs and n.inputs[0] is not None:
+                src = root.get(n.inputs[0].id, n.inputs[0].id)
+                root[o.id] = src
+                if o.id in outputs:
+                    outputs.add(src)
+            else:
                 index[o.id] = (i, o)
     result, unknown = [], []
     for vid, (start, v) in index.items():
