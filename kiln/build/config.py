@@ -87,6 +87,8 @@ class BuilderConfig:
     layer_precisions: dict[str, str] = field(default_factory=dict)
     int8_calibrator: Any = field(default=None, compare=False)  # folder, iterable of input dicts, or get_batch()
     calibration_method: str = "entropy2"  # minmax | entropy | entropy2 | percentile[:P]
+    int8_smoothing: float = 0.0  # SmoothQuant alpha (e.g. 0.5) for INT8 GEMM inputs; 0: off
+    int8_activations: str = "static"  # "dynamic": GEMM inputs get per-row scales at run time (no calibration)
     calibration_cache: str | None = None  # read when it exists (no data needed); written after calibrating
     accuracy_target: dict | None = None  # {"min_cosine": 0.99} and/or {"max_rel_error": 0.05}, vs float32
     validation_data: Any = field(default=None, compare=False)  # for accuracy_target; default: calibration data

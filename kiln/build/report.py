@@ -48,6 +48,10 @@ class BuildReport:
                          f"{_mib(m.get('lower_bound_bytes', 0))}, naive {_mib(m.get('naive_bytes', 0))}")
         if self.rejections:
             lines.append(f"{len(self.rejections)} fusion candidates rejected (see report.rejections)")
+        if self.quantization.get("layers"):
+            q = self.quantization
+            lines.append(f"reduced precision: {len(q['layers'])} quantized layers ({q.get('calibration')}); "
+                         f"see report.quantization")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)

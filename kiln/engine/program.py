@@ -131,7 +131,8 @@ class Program:
             except KilnError:
                 raise
             except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
-                raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}") from e
+                raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: "
+                                  f"{type(e).__name__}: {e}") from e
             if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
                 out = (out,)
             for vid, r in zip(step.outputs, out):

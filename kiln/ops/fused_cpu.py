@@ -3,12 +3,16 @@ oneDNN post-ops (what PyTorch Inductor's CPU backend runs after freezing).
 
 A tactic is chosen per layer when an Engine binds its constants on the CPU (``choose_tactics``). The engine
 file keeps the plain weights, so it stays portable and data-only; the reordered weights live in the tactic's
-kernel, one copy per loaded engine, shared by its contexts (they are only read). A tactic kernel has the
-ordinary kernel signature and ignores the layer's weight and bias inputs. Layers a tactic cannot take keep
-the plain kernels of fused.py, which are also the oracle the tests check every tactic against.
+kernel, one set per loaded engine, shared by its contexts (they are only read). oneDNN's best weight layout
+depends on the input shape (a layout reordered for the wrong shape can run 10x slower), so a weight is
+reordered on the first run at each input shape, for up to ``MAX_SHAPES`` shapes per layer; past that the
+dense weight is passed and oneDNN reorders it per call. A tactic kernel has the ordinary kernel signature
+and ignores the layer's weight and bias inputs. Layers a tactic cannot take keep the plain kernels of
+fused.py, which are also the oracle the tests check every tactic against.
 
-Epilogue steps map onto oneDNN post-ops as ``[add:I]? [unary]?`` (a residual add, then one activation);
-whatever follows runs as the plain epilogue after the oneDNN call.
+Epilogue steps map onto oneDNN post-ops as one activation, a residual add, or (convolution only) a residual
+add then ReLU, which is what torch's fused oneDNN ops accept; whatever follows runs as the plain epilogue
+after the oneDNN call. The reordered copies cost one more set of weights in memory per input shape.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import torch.nn.functional as F
 from .fused import _conv_pads, apply_epilogue
 
 Kernel = Callable
+
+MAX_SHAPES = 2  # reordered weight copies kept per layer (one per input shape seen)
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,15 @@ def _unary(step: str) -> tuple[str, list, str] | None:
     return None
 
 
-def split_epilogue(epilogue: list[str], allow_unary_after_add: bool = True):
-    """``epilogue`` as (residual input index or None, unary post-op or None, remaining plain steps)."""
+def split_epilogue(epilogue: list[str], unary_after_add: tuple[str, ...] = ("relu",)):
+    """``epilogue`` as (residual input index or None, unary post-op or None, remaining plain steps).
+
+    oneDNN (through torch) fuses a unary step after the residual add only for ``unary_after_add``."""
     rest = list(epilogue)
     add = None
     if rest and rest[0].startswith("add:"):
         add = int(rest.pop(0)[4:])
-        if not allow_unary_after_add:
+        if not rest or rest[0] not in unary_after_add:
             return add, None, rest
     unary = _unary(rest[0]) if rest else None
     if unary is not None:
@@ -69,11 +77,28 @@ def split_epilogue(epilogue: list[str], allow_unary_after_add: bool = True):
     return add, unary, rest
 
 
-def _static_shape(v) -> list[int] | None:
-    shape = getattr(getattr(v, "type", None), "shape", None)
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return None
-    return [int(d) for d in shape]
+class _PerShape:
+    """A weight reordered for each input shape seen (up to MAX_SHAPES), else the dense weight."""
+
+    __slots__ = ("reorder", "dense", "by_shape")
+
+    def __init__(self, reorder: Callable, dense: torch.Tensor):
+        self.reorder, self.dense, self.by_shape = reorder, dense, {}
+
+    def get(self, shape: torch.Size) -> torch.Tensor:
+        w = self.by_shape.get(shape)
+        if w is None:
+            if len(self.by_shape) >= MAX_SHAPES:
+                return self.dense
+            w = self.by_shape[shape] = self.reorder(shape)
+        return w
+
+
+def _rows(shape) -> int:
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows
 
 
 def conv_tactic(node, constants: dict) -> Tactic | None:
@@ -89,29 +114,26 @@ def conv_tactic(node, constants: dict) -> Tactic | None:
     explicit, pads = _conv_pads(attrs, 2)
     strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
         int(attrs.get("group", 1))
-    in_shape = _static_shape(node.inputs[0])
-    if in_shape is not None and explicit is not None:
-        in_shape = in_shape[:2] + [in_shape[2] + explicit[2] + explicit[3], in_shape[3] + explicit[0] + explicit[1]]
-    try:
-        packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), pads, strides, dil, groups, in_shape)
-    except RuntimeError:
-        return None
+    dense = w.contiguous()
+    weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_convolution_weight(
+        dense, pads, strides, dil, groups, list(shape)), dense)
     bias = None if b is None else b.contiguous()
     add, unary, rest = split_epilogue(list(attrs.get("epilogue", [])))
-    u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
+    u_attr, u_scalars, u_alg = unary if unary is not None else ("none" if add is None else None, [], "")
     conv = torch.ops.mkldnn._convolution_pointwise.default
     conv_add = torch.ops.mkldnn._convolution_pointwise.binary
 
     if add is None:
         def kernel(ctx, inputs, attrs):
             x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
-            y = conv(x, packed, bias, pads, strides, dil, groups, u_attr, u_scalars, u_alg)
+            y = conv(x, weight.get(x.shape), bias, pads, strides, dil, groups, u_attr, u_scalars, u_alg)
             return apply_epilogue(y, rest, inputs) if rest else y
     else:
         def kernel(ctx, inputs, attrs):
             x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
             other = inputs[add].contiguous(memory_format=torch.channels_last)
-            y = conv_add(x, other, packed, bias, pads, strides, dil, groups, "add", None, u_attr, u_scalars, u_alg)
+            y = conv_add(x, other, weight.get(x.shape), bias, pads, strides, dil, groups, "add", None,
+                         u_attr, u_scalars, u_alg)
             return apply_epilogue(y, rest, inputs) if rest else y
     return Tactic(f"onednn_conv[{_describe(add, unary, rest)}]", kernel)
 
@@ -125,39 +147,29 @@ def linear_tactic(node, constants: dict) -> Tactic | None:
     b = None if b_v is None else constants.get(b_v.id)
     if b_v is not None and (b is None or b.dtype != torch.float32 or b.dim() != 1):
         return None
-    in_shape = _static_shape(node.inputs[0])
-    if in_shape is not None and len(in_shape) < 2:
-        return None
-    rows = None
-    if in_shape is not None:
-        rows = 1
-        for d in in_shape[:-1]:
-            rows *= d
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
-    except RuntimeError:
-        return None
+    dense = w.contiguous()
+    weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_linear_weight(dense, _rows(shape)), dense)
     bias = None if b is None else b.contiguous()
     # oneDNN's linear takes either a residual add or one activation as its post-op, not both.
-    add, unary, rest = split_epilogue(list(node.attrs.get("epilogue", [])), allow_unary_after_add=False)
+    add, unary, rest = split_epilogue(list(node.attrs.get("epilogue", [])), unary_after_add=())
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
     linear = torch.ops.mkldnn._linear_pointwise.default
     linear_add = torch.ops.mkldnn._linear_pointwise.binary
-    plain_w = w
+    plain_w = dense
 
     if add is None:
         def kernel(ctx, inputs, attrs):
             x = inputs[0]
             if x.dim() < 2:
                 return apply_epilogue(F.linear(x, plain_w, bias), attrs.get("epilogue", []), inputs)
-            y = linear(x, packed, bias, u_attr, u_scalars, u_alg)
+            y = linear(x, weight.get(x.shape), bias, u_attr, u_scalars, u_alg)
             return apply_epilogue(y, rest, inputs) if rest else y
     else:
         def kernel(ctx, inputs, attrs):
             x = inputs[0]
             if x.dim() < 2:
                 return apply_epilogue(F.linear(x, plain_w, bias), attrs.get("epilogue", []), inputs)
-            y = linear_add(x, inputs[add].contiguous(), packed, bias, "add")
+            y = linear_add(x, inputs[add].contiguous(), weight.get(x.shape), bias, "add")
             return apply_epilogue(y, rest, inputs) if rest else y
     return Tactic(f"onednn_linear[{_describe(add, unary, rest)}]", kernel)
 

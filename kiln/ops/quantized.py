@@ -2,10 +2,13 @@
 
 - ``kiln::QLinear(X, Wq[N,K], w_scale[N], B?[N], extra...)``: like kiln::Linear with an 8-bit weight.
 - ``kiln::QConv(X, Wq[O,C/g,*k], w_scale[O], B?[O], extra...)``: like kiln::Conv (ONNX conv attributes).
+- ``kiln::FakeQuant(X){scale, zero_point, dtype}``: a model's Q/DQ pair that no quantized layer absorbed.
 
 Attributes (plain data, stored in the engine):
   ``x_scale`` float, ``x_zero_point`` int (0), ``x_dtype`` "int8" | "uint8" | "fp8e4m3": how X is quantized;
   ``input_quantized`` 1 when X arrives already quantized (a producer requantized it in its epilogue);
+  ``x_dynamic`` 1 (QLinear): X gets a scale per row (token) from the data at run time, not ``x_scale``;
+  ``smooth_input`` I (QLinear): X is multiplied by input I (1/s per channel, SmoothQuant) before quantizing;
   ``epilogue`` as for kiln::Linear/Conv (``add:I`` / ``mul:I`` read float inputs I);
   ``out_scale``, ``out_zero_point``, ``out_dtype``: when present the layer requantizes its result
   (requantization in the epilogue), so the next quantized layer reads 8-bit data.
@@ -85,10 +88,15 @@ def _float_out(x: torch.Tensor, attrs: dict) -> torch.dtype:
     return x.dtype if x.dtype.is_floating_point and x.dtype != torch.float8_e4m3fn else torch.float32
 
 
-def _input_q(x: torch.Tensor, attrs: dict) -> tuple[torch.Tensor, int]:
+def _input_q(x: torch.Tensor, attrs: dict, inputs: list) -> tuple[torch.Tensor, int]:
     dtype = attrs.get("x_dtype", "int8")
     zp = int(attrs.get("x_zero_point", 0))
-    xq = x if attrs.get("input_quantized") else quantize(x, float(attrs["x_scale"]), zp, dtype)
+    if attrs.get("input_quantized"):
+        xq = x
+    else:
+        if "smooth_input" in attrs:  # SmoothQuant: x / s per input channel (W was multiplied by s)
+            x = x.float() * inputs[attrs["smooth_input"]].float()
+        xq = quantize(x, float(attrs["x_scale"]), zp, dtype)
     if dtype == "fp8e4m3":
         return xq, 0
     return _centered(xq, zp)
@@ -101,6 +109,17 @@ def _finish(y: torch.Tensor, x: torch.Tensor, inputs: list, attrs: dict) -> torc
     return y.to(_float_out(x, attrs))
 
 
+@ops.op("FakeQuant", domain="kiln")
+def fake_quant(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """A Q/DQ pair of a model, run in float: (quantize(x) - zero_point) * scale, in x's type."""
+    x = inputs[0]
+    if x.device.type == "meta":
+        return torch.empty_like(x)
+    s, zp = float(attrs["scale"]), int(attrs.get("zero_point", 0))
+    q = quantize(x, s, zp, attrs.get("dtype", "int8"))
+    return ((q.to(torch.float32) - zp) * s).to(x.dtype)
+
+
 # -- GEMM ------------------------------------------------------------------------------------------------
 @ops.op("QLinear", domain="kiln")
 def qlinear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
@@ -110,8 +129,10 @@ def qlinear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     n, k = wq.shape
     if x.device.type == "meta":
         return _meta_like(x, (*x.shape[:-1], n), attrs)
+    if attrs.get("x_dynamic"):
+        return _finish(_dynamic_linear(x, wq, w_scale, b, attrs, inputs), x, inputs, attrs)
     sx = float(attrs["x_scale"])
-    xq, zp = _input_q(x, attrs)
+    xq, zp = _input_q(x, attrs, inputs)
     lead = xq.shape[:-1]
     a = xq.reshape(-1, k)
     if attrs.get("x_dtype") == "fp8e4m3":
@@ -126,6 +147,21 @@ def qlinear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     return _finish(acc.reshape(*lead, n), x, inputs, attrs)
 
 
+def _dynamic_linear(x, wq, w_scale, b, attrs, inputs) -> torch.Tensor:
+    """Per-row (per-token) symmetric int8 scales taken from the data at run time."""
+    n, k = wq.shape
+    xf = x.float()
+    if "smooth_input" in attrs:
+        xf = xf * inputs[attrs["smooth_input"]].float()
+    a = xf.reshape(-1, k)
+    s = (a.abs().amax(1, keepdim=True) / 127.0).clamp_(min=1e-12)
+    xq = torch.round(a / s).clamp_(-127, 127).to(torch.int8)
+    y = int8_mm(xq, wq.t()).to(torch.float32) * s * w_scale.to(torch.float32)
+    if b is not None:
+        y = y + b.to(torch.float32)
+    return y.reshape(*x.shape[:-1], n)
+
+
 def fp8_mm(a: torch.Tensor, wq: torch.Tensor, sx: float, w_scale: torch.Tensor) -> torch.Tensor:
     """fp8 [M,K] @ fp8 [N,K]^T with per-tensor scales -> float32. ``torch._scaled_mm`` on CUDA (Hopper+)."""
     m, k = a.shape
@@ -134,7 +170,7 @@ def fp8_mm(a: torch.Tensor, wq: torch.Tensor, sx: float, w_scale: torch.Tensor) 
     if a.device.type == "cuda" and sw.numel() == 1 and k % 16 == 0 and n % 16 == 0:
         pm = (-m) % 16
         ap = F.pad(a.view(torch.uint8), (0, 0, 0, pm)).view(torch.float8_e4m3fn) if pm else a
-        sa = torch.tensor(sx, device=a.device, dtype=torch.float32)
+        sa = torch.full((), sx, device=a.device, dtype=torch.float32)  # a fill kernel: CUDA-graph safe
         y = torch._scaled_mm(ap.contiguous(), wq.t(), scale_a=sa, scale_b=sw.to(torch.float32).reshape(()),
                              out_dtype=torch.float32)
         return y[:m]
@@ -158,7 +194,7 @@ def qconv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
         shape = conv(xf, torch.empty(wq.shape, device="meta"), None, **kw).shape
         return _meta_like(x, shape, attrs)
     sx = float(attrs["x_scale"])
-    xq, zp = _input_q(x, attrs)
+    xq, zp = _input_q(x, attrs, inputs)
     terms = math.prod(wq.shape[1:])
     if attrs.get("x_dtype") == "fp8e4m3":
         ct = torch.float32
@@ -180,3 +216,18 @@ def qconv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     if b is not None:
         y = y + b.to(torch.float32).reshape(1, -1, *([1] * spatial))
     return _finish(y, x, inputs, attrs)
+
+
+def kernel_label(node) -> str:
+    """How the build report names a quantized layer's kernel."""
+    a = node.attrs
+    fp8 = a.get("x_dtype") == "fp8e4m3"
+    if node.op_type == "QLinear":
+        base = "fp8.scaled_mm" if fp8 else "int8.int_mm"
+    else:
+        base = f"{'fp8' if fp8 else 'int8'}.conv{node.inputs[1].const.dim() - 2 if node.inputs[1].const is not None else 2}d"
+    if a.get("input_quantized"):
+        base += "[int8 in]"
+    if "out_scale" in a:
+        base += "[requant out]"
+    return base

@@ -34,6 +34,7 @@ class PassContext:
     _facts: Facts | None = None
     _cache: dict = field(default_factory=dict)  # propagate's per-node memo, kept across invalidations
     _ref_cache: dict = field(default_factory=dict)  # the same for the reference run (other probe values)
+    caches: dict = field(default_factory=dict)  # name -> propagate memo, for passes' own propagations
 
     @property
     def facts(self) -> Facts:

@@ -69,3 +69,63 @@ def remove_noops(graph: Graph, ctx: PassContext) -> bool:
             ctx.count(f"remove_noops:{node.op_type}")
             changed = True
     return changed
+
+
+def _transpose_of(v, graph: Graph):
+    p = v.producer
+    if p is None or p.graph is not graph or p.domain != "" or p.op_type != "Transpose" or "perm" not in p.attrs:
+        return None
+    return p
+
+
+def merge_transposes(graph: Graph, ctx: PassContext) -> bool:
+    """Layout shuffles exporters spell in several steps, made one Transpose:
+
+    Transpose(Transpose(x, p), q)                                  -> Transpose(x, [p[q[i]]])
+    Reshape(Transpose(Reshape(x, [n, s, d]), [0, 2, 1]), [..., d, s]) -> Transpose(x, [..., -1, -2])   (x [..., s, d])
+    """
+    changed = False
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.domain != "":
+            continue
+        if node.op_type == "Transpose" and "perm" in node.attrs:
+            inner = _transpose_of(node.inputs[0], graph)
+            if inner is None or len(inner.outputs[0].uses) != 1 or inner.outputs[0] in graph.outputs:
+                continue
+            p, q = list(inner.attrs["perm"]), list(node.attrs["perm"])
+            node.attrs = {"perm": [p[i] for i in q]}
+            node.set_input(0, inner.inputs[0])
+            graph.remove(inner)
+            node.meta["covers"] = list(inner.meta.get("covers", [inner.label])) + \
+                list(node.meta.get("covers", [node.label]))
+            ctx.count("merge_transposes")
+            changed = True
+        elif node.op_type == "Reshape":
+            t = _transpose_of(node.inputs[0], graph)
+            if t is None or list(t.attrs["perm"]) != [0, 2, 1] or len(t.outputs[0].uses) != 1:
+                continue
+            r = t.inputs[0].producer
+            if r is None or r.graph is not graph or r.domain != "" or r.op_type != "Reshape" \
+                    or len(r.outputs[0].uses) != 1:
+                continue
+            x = r.inputs[0]
+            xs, flat, out = ctx.shape(x), ctx.shape(r.outputs[0]), ctx.shape(node.outputs[0])
+            if xs is None or flat is None or out is None or len(xs) < 3 or len(flat) != 3 \
+                    or tuple(flat[1:]) != tuple(xs[-2:]) or tuple(out) != tuple(xs[:-2]) + (xs[-1], xs[-2]):
+                continue
+            rank = len(xs)
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+            new = Node("Transpose", [x], [], {"perm": perm}, name=f"{node.label}.transpose")
+            out_v = node.outputs[0]
+            graph.insert_before(node, new)
+            node.detach()
+            graph.nodes.remove(node)
+            node.graph = None
+            out_v.producer, out_v.index = new, 0
+            new.outputs = [out_v]
+            new.meta["covers"] = [r.label, t.label, node.label]
+            graph.remove(t)
+            graph.remove(r)
+            ctx.count("merge_transposes")
+            changed = True
+    return changed

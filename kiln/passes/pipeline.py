@@ -21,11 +21,12 @@ from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogue import fuse_epilogues
 from .fuse_horizontal import fuse_horizontal
 from .layout import choose_layout
-from .noops import remove_noops
+from .noops import merge_transposes, remove_noops
 from .shape_reads import read_dims_from_inputs
 from .precision import lower_precision
 from .quantize_int8 import quantize_int8
 from .quantize_qdq import import_qdq
+from .quantize_target import fit_precision_target
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
                         recognize_rms_norm, recognize_silu)
 
@@ -52,6 +53,7 @@ class FixedPoint:
 SIMPLIFY = FixedPoint("simplify", (
     Pass("fold_constants", fold_constants),
     Pass("remove_noops", remove_noops),
+    Pass("merge_transposes", merge_transposes),
     Pass("read_dims_from_inputs", read_dims_from_inputs),
     Pass("eliminate_common_subexpressions", eliminate_common_subexpressions),
     Pass("eliminate_dead_code", eliminate_dead_code),
@@ -59,7 +61,7 @@ SIMPLIFY = FixedPoint("simplify", (
 
 DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("eliminate_dead_code", eliminate_dead_code, min_level=0),
-    Pass("import_qdq", import_qdq),  # Q/DQ pairs -> scales on values, before folding eats them
+    Pass("import_qdq", import_qdq),  # Q/DQ pairs -> kiln::FakeQuant, DQ(weights) -> float (+ int8 hint)
     SIMPLIFY,
     # Exporters' decomposed forms back into single layers.
     Pass("recognize_gelu", recognize_gelu),
@@ -78,6 +80,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("eliminate_dead_code", eliminate_dead_code),
     # Reduced precision after fusion, so folded weights are computed in float64/32 and stored once in T.
     Pass("quantize_int8", quantize_int8, min_level=0),
+    Pass("fit_precision_target", fit_precision_target, min_level=0),  # fp16/bf16 + accuracy_target
     Pass("lower_precision", lower_precision, min_level=0),
     Pass("choose_layout", choose_layout),
 )

@@ -5,7 +5,8 @@
 Mixed precision: each layer gets a precision (float32, float16 or bfloat16) and a Cast is placed on
 every edge between layers of different precision (one per value and type, shared by its readers).
 A layer's precision is, first match wins: what ``BuilderConfig.layer_precisions`` asks for it (by name,
-glob or op type: kiln/quant/layer_precision.py); float32 for a layer with subgraphs and for the
+glob or op type: kiln/quant/layer_precision.py); float32 for a layer the accuracy target pinned
+(kiln/passes/quantize_target.py), for a layer with subgraphs and for the
 numerically sensitive ops in ``KEEP_FLOAT32`` (sums and powers that overflow or lose digits in 16 bits;
 the Softmax / LayerNormalization kernels already accumulate in float32); else T. Quantized layers
 (kiln::QLinear / kiln::QConv) take T for their float side. ``strict_types`` keeps the model's own types.
@@ -50,6 +51,8 @@ def node_precision(node: Node, ctx: PassContext, default: DType) -> DType:
     want = layer_precision(node, ctx.config.layer_precisions)
     if want in _LOW:
         return _LOW[want]
+    if node.meta.get("keep_float32"):  # pinned by the accuracy target (quantize_target.py)
+        return DType.FLOAT
     if any(True for _ in node.subgraphs()):
         return DType.FLOAT
     if want is None and node.domain == "" and node.op_type in KEEP_FLOAT32:

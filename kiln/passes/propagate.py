@@ -339,6 +339,16 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
         pass
     elif real and small and node.inputs and opdef.op_type not in _NEVER_FOLD:
         results = _run(opdef, node, [None if k is None else k.cpu() for k in known], torch.device("cpu"), opset)
+    if results is None and node.domain == "" and node.op_type in _SAME_AS_INPUT and len(node.outputs) == 1 \
+            and node.inputs and node.inputs[0] is not None:
+        # Output type = input type: no need to run torch's (slow, Python) meta decomposition.
+        t = facts.type_of(node.inputs[0])
+        if isinstance(t, TensorType) and t.is_static and t.dtype is not None and t.dtype.is_float \
+                and node.outputs[0] is not None:
+            facts.types[node.outputs[0].id] = TensorType(t.dtype, tuple(t.shape))
+            if in_dynamic:
+                facts.dynamic.add(node.outputs[0].id)
+            return
     if results is None:
         args = []
         for v, k in zip(node.inputs, known):
@@ -389,6 +399,11 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
             if isinstance(m, torch.Tensor) and not m.all():
                 facts.masks[o.id] = m
 
+
+# Float ops whose single output has their first input's shape and dtype (opset 13+ semantics).
+_SAME_AS_INPUT = frozenset({"LayerNormalization", "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "Softmax", "LogSoftmax",
+                            "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softplus", "Swish", "Neg",
+                            "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Identity", "Dropout"})
 
 # Ops whose outputs must not become constants even when their inputs are known.
 _NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",

@@ -7,6 +7,8 @@ Which layers: with ``int8`` (or ``fp8``) every Linear/Conv with constant weights
 quantization) exactly the layers whose input carried a Q/DQ pair, with the model's scales. Activation
 scales come from the model, the calibration cache, or calibration on the data (the graph is run as it
 stands here, after fusion, so each scale belongs to the tensor a quantized layer really reads).
+With ``int8_activations="dynamic"`` GEMM inputs take per-row scales at run time instead (no data needed);
+``int8_smoothing`` (SmoothQuant alpha) divides GEMM inputs per channel by s and multiplies weights by s.
 With an accuracy target the result is measured against float32 and, while outside, the most
 sensitive layers are put back to float (kiln/quant/sensitivity.py).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import torch
 
 from ..errors import BuildError
 from ..ir.graph import Graph, Node
@@ -49,7 +53,7 @@ def _format_for(node: Node, ctx: PassContext, explicit: dict) -> tuple[str | Non
 
 def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
     cfg = ctx.config
-    explicit: dict[str, ActParams] = graph.meta.pop("qdq_activations", {})
+    explicit = _bypass_fake_quant(graph) if graph.meta.pop("qdq_explicit", False) else {}
     weight_hints: dict[str, tuple] = graph.meta.pop("qdq_weights", {})
     asked = any(v in ("int8", "fp8", "INT8", "FP8") for v in cfg.layer_precisions.values())
     if cfg.strict_types and not explicit:
@@ -91,6 +95,33 @@ def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
     return bool(done)
 
 
+def _fake_quant_params(n: Node) -> ActParams:
+    return ActParams(float(n.attrs["scale"]), int(n.attrs.get("zero_point", 0)), n.attrs.get("dtype", "int8"))
+
+
+def _bypass_fake_quant(graph: Graph) -> dict[str, ActParams]:
+    """Explicit quantization: layers reading a kiln::FakeQuant read its input instead (they quantize it
+    with the same parameters); a FakeQuant left without readers goes. Returns value name -> parameters."""
+    params: dict[str, ActParams] = {}
+    for n in graph.nodes:
+        if n.domain == "kiln" and n.op_type == "FakeQuant":
+            params[n.outputs[0].name] = _fake_quant_params(n)
+    for n in list(graph.nodes):
+        if n.domain != "kiln" or n.op_type not in QUANTIZED or not n.inputs:
+            continue
+        fq = n.inputs[0].producer
+        if fq is None or fq.domain != "kiln" or fq.op_type != "FakeQuant":
+            continue
+        a, p = fq.inputs[0], _fake_quant_params(fq)
+        if params.setdefault(a.name, p) != p:
+            continue  # the tensor is quantized two ways: this layer keeps reading its own FakeQuant
+        n.set_input(0, a)
+        y = fq.outputs[0]
+        if not y.uses and not any(o is y for o in graph.outputs):
+            graph.remove(fq)
+    return params
+
+
 def _activation_params(graph: Graph, ctx: PassContext, chosen: dict[int, str], inputs_of: dict[int, str],
                        explicit: dict[str, ActParams], data: "Data") -> dict[str, ActParams]:
     params: dict[str, ActParams] = {}
@@ -101,23 +132,66 @@ def _activation_params(graph: Graph, ctx: PassContext, chosen: dict[int, str], i
             params[name] = explicit[name]
         else:
             need[name] = fmt
+    if ctx.config.int8_activations == "dynamic":  # GEMM inputs need no calibration: per-row scales at run time
+        linear_only = _linear_only_inputs(graph, chosen, inputs_of)
+        for name in [n for n, fmt in need.items() if fmt == "int8" and n in linear_only]:
+            params[name] = ActParams(0.0, 0, "int8", None, True)
+            del need[name]
     if need:
-        cal = _calibration(graph, ctx, sorted(need), data)
+        smooth_w = _smoothing_candidates(graph, ctx, chosen, inputs_of, need)
+        cal = _calibration(graph, ctx, sorted(need), data, smooth_w)
         for name, fmt in need.items():
             s = cal.scale(name, fmt)
             if s is not None:
-                params[name] = ActParams(s, 0, fmt)
+                sm = cal.smoothing.get(name) if name in smooth_w else None
+                params[name] = ActParams(s, 0, fmt, tuple(sm) if sm else None)
     # Outputs of quantized layers that feed other quantized layers already have their scale (the reader's
     # input scale), so requantization needs nothing more.
     return params
 
 
-def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data") -> Calibration:
+def _linear_only_inputs(graph: Graph, chosen: dict[int, str], inputs_of: dict[int, str]) -> set[str]:
+    kinds: dict[str, set[str]] = {}
+    for n in graph.nodes:
+        q = n.meta.get("qid")
+        if q in chosen:
+            kinds.setdefault(inputs_of[q], set()).add(n.op_type)
+    return {name for name, k in kinds.items() if k == {"Linear"}}
+
+
+def _smoothing_candidates(graph: Graph, ctx: PassContext, chosen: dict[int, str], inputs_of: dict[int, str],
+                          need: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Inputs that only int8 kiln::Linear layers read -> max |W| per input channel over those layers."""
+    alpha = ctx.config.int8_smoothing
+    if not alpha:
+        return {}
+    readers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        q = n.meta.get("qid")
+        if q in chosen:
+            readers.setdefault(inputs_of[q], []).append(n)
+    out = {}
+    for name, nodes in readers.items():
+        if need.get(name) != "int8" or any(n.op_type != "Linear" or chosen[n.meta["qid"]] != "int8" for n in nodes):
+            continue
+        out[name] = torch.stack([n.inputs[1].const.float().abs().amax(0) for n in nodes]).amax(0)
+    return out
+
+
+def _smooth_factors(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> list[float]:
+    """SmoothQuant: s_j = max|x_j|^alpha / max|W_j|^(1-alpha), so x / s and W * s share the difficulty."""
+    s = x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5).tolist()
+
+
+def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data",
+                 smooth_w: dict[str, torch.Tensor] | None = None) -> Calibration:
     """The scales of ``names``: from the cache when it has them all, else by running the data."""
     cfg = ctx.config
+    smooth_w = smooth_w or {}
     source = cfg.int8_calibrator
     cached = _read_cache(cfg.calibration_cache, source)
-    if cached is not None and all(n in cached for n in names):
+    if cached is not None and all(n in cached for n in names) and all(n in cached.smoothing for n in smooth_w):
         ctx.notes.append(f"int8: scales of {len(names)} tensors read from the calibration cache")
         return cached
     batches = data.calibration()
@@ -126,12 +200,21 @@ def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data")
         raise BuildError(f"INT8 needs activation ranges for {len(missing)} tensor(s) (e.g. {missing[:3]}): give "
                          f"calibration data (BuilderConfig.int8_calibrator: a folder of .npy/.npz, an iterable of "
                          f"input dicts or a calibrator), a calibration_cache that has them, or a Q/DQ model")
-    from ..quant.calibrate import calibrate
-    cal = calibrate(graph, batches, names, cfg.calibration_method, cfg.device, ctx.registry)
+    from ..quant.calibrate import calibrate, channel_ranges
+    smoothing, multipliers = {}, {}
+    if smooth_w:
+        x_max = channel_ranges(graph, batches, list(smooth_w), cfg.device, ctx.registry)
+        for name, w_max in smooth_w.items():
+            if name in x_max and x_max[name].shape == w_max.shape:
+                smoothing[name] = _smooth_factors(x_max[name], w_max, cfg.int8_smoothing)
+                multipliers[name] = 1.0 / torch.tensor(smoothing[name])
+    cal = calibrate(graph, batches, names, cfg.calibration_method, cfg.device, ctx.registry, multipliers)
+    cal.smoothing = smoothing
     ctx.notes.append(f"int8: calibrated {len(cal.scales)} tensors on {len(batches)} batches "
                      f"({cfg.calibration_method})")
     if cached is not None:  # keep what the cache knew about other tensors
         cal.scales = {**cached.scales, **cal.scales}
+        cal.smoothing = {**{k: v for k, v in cached.smoothing.items() if k not in cal.scales}, **cal.smoothing}
     _write_cache(cfg.calibration_cache, source, cal)
     return cal
 

@@ -1,13 +1,14 @@
 """Explicit quantization: a model's QuantizeLinear/DequantizeLinear pairs become quantization parameters.
 
     DQ(Wq const, s, z)           -> W = (Wq - z) * s          (a float constant; Wq and s kept as a hint)
-    Q(a, s, z) -> DQ(., s, z)    -> a                         (a's scale, zero point and type recorded)
+    Q(a, s, z) -> DQ(., s, z)    -> kiln::FakeQuant(a){scale: s, zero_point: z, dtype}
 
-This runs first, before constant folding would turn DQ(const) into a plain float weight, and leaves a
-float graph that the usual fusions optimize. The quantize_int8 pass then builds real INT8 layers for
-exactly the layers whose input carried a Q/DQ pair, with the model's scales (requantizing in the
-producer's epilogue where consecutive layers are quantized). Q/DQ pairs on tensors that no quantized
-layer reads (e.g. a residual add's inputs) run in float, a little more accurate than the model asks.
+This runs first, before constant folding would turn DQ(const) into a plain float weight. The
+quantize_int8 pass then builds real INT8 layers for exactly the layers whose input is a FakeQuant,
+with the model's scales, reading the FakeQuant's input directly (the layer quantizes it the same way)
+and requantizing in the producer's epilogue where consecutive layers are quantized. A FakeQuant that
+feeds no quantized layer stays and runs in float (quantize + dequantize), so the engine computes what
+the Q/DQ model means, clipping included.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _pair_params(dq: Node) -> ActParams | None:
 def import_qdq(graph: Graph, ctx: PassContext) -> bool:
     if not any(n.op_type == "DequantizeLinear" for n in graph.nodes):
         return False
-    acts: dict[str, ActParams] = graph.meta.setdefault("qdq_activations", {})
+    acts: dict[str, ActParams] = {}
     weights: dict[str, tuple] = graph.meta.setdefault("qdq_weights", {})
     changed = False
     for n in list(graph.nodes):
@@ -86,13 +87,20 @@ def import_qdq(graph: Graph, ctx: PassContext) -> bool:
         a = q.inputs[0]
         if a.dtype is not None and a.dtype is not DType.FLOAT:
             continue
-        acts[a.name] = p
-        graph.replace_all_uses(y, a)
-        graph.remove(n)
+        y = n.outputs[0]
+        n.detach()
+        fq = Node("FakeQuant", [a], [y], {"scale": p.scale, "zero_point": p.zero_point, "dtype": p.dtype},
+                  name=n.name or f"{a.name}.fake_quant", domain="kiln")
+        fq.meta["covers"] = [x.label for x in (q, n)]
+        graph.insert_before(n, fq)
+        graph.nodes.remove(n)
+        n.graph = None
         if not q.outputs[0].uses and not any(o is q.outputs[0] for o in graph.outputs):
             graph.remove(q)
+        acts[y.name] = p
         changed = True
     if changed:
+        graph.meta["qdq_explicit"] = True
         ctx.count("import_qdq")
         ctx.notes.append(f"explicit quantization: {len(acts)} quantized activations, {len(weights)} int8 weights "
                          f"read from the model's Q/DQ nodes")

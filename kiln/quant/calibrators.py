@@ -4,7 +4,9 @@
 - ``entropy``: the threshold whose 128-level quantization loses the least information, measured as the
   KL divergence between the clipped reference distribution P (outliers folded into its last bin) and its
   quantized form Q, over candidate thresholds from bin 128 up (Migacz, "8-bit Inference with TensorRT",
-  GTC 2017: the method of TensorRT's IInt8EntropyCalibrator). Q keeps P's empty bins empty.
+  GTC 2017: the method of TensorRT's IInt8EntropyCalibrator). Q keeps P's empty bins empty, so a
+  candidate whose last bin is empty but has outliers folded in diverges infinitely: with sparse far
+  outliers this method keeps the full range.
 - ``entropy2``: the same search over the histogram without exact zeros (which every scale represents
   exactly; ReLU outputs are half zeros, and that spike would otherwise pull the threshold down), with P and Q smoothed (empty bins get a small mass, taken evenly from the
   others) before the divergence is taken, as MXNet and ONNX Runtime do; this keeps a candidate whose

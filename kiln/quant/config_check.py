@@ -11,5 +11,7 @@ def check_quant_fields(config) -> None:
                          f"got {type(config.layer_precisions).__name__}")
     validate(config.layer_precisions)
     parse_method(config.calibration_method)
+    if config.int8_activations not in ("static", "dynamic"):
+        raise ValueError(f"int8_activations must be 'static' or 'dynamic', got {config.int8_activations!r}")
     if config.accuracy_target is not None:
         AccuracyTarget.parse(config.accuracy_target)

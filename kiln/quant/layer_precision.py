@@ -50,3 +50,14 @@ def layer_precision(node: Node, table: dict | None) -> str | None:
     if "*" in table:
         return normalize(table["*"])
     return None
+
+
+def parse_spec(spec: str) -> dict[str, str]:
+    """trtexec's ``--layerPrecisions`` value, ``"name:fp16,*:fp32"``, as a layer_precisions dict."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, prec = item.rpartition(":")
+        if not sep or not name:
+            raise ValueError(f"--layerPrecisions item {item!r}: write layerName:precision (e.g. conv1:fp16)")
+        out[name] = normalize(prec)
+    return out

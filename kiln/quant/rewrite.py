@@ -28,6 +28,8 @@ class ActParams:
     scale: float
     zero_point: int = 0
     dtype: str = "int8"  # int8 | uint8 | fp8e4m3
+    smooth: tuple[float, ...] | None = None  # per input channel divisor s (SmoothQuant): x / s, W * s
+    dynamic: bool = False  # per-row scales computed at run time (int8 GEMM inputs only)
 
 
 def weight_q(w: torch.Tensor, fmt: str, hint: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +51,33 @@ def weight_q(w: torch.Tensor, fmt: str, hint: tuple | None = None) -> tuple[torc
     return q, s
 
 
+def layer_parts(n: Node, fmt: str, p: ActParams, hint: tuple | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict, list[torch.Tensor]]:
+    """(quantized weight, weight scale, attributes, extra inputs to append) of the quantized form of
+    kiln::Linear/Conv ``n``. With smoothing the weight is W * s and the layer multiplies x by 1/s."""
+    w = n.inputs[1].const
+    extra: list[torch.Tensor] = []
+    attrs = dict(n.attrs)
+    if p.smooth is not None and n.op_type == "Linear":
+        s = torch.tensor(p.smooth, dtype=torch.float32)
+        w = (w.float() * s).to(w.dtype)
+        hint = None
+        attrs["smooth_input"] = 3 + max(len(n.inputs) - 2, 1)  # after x, Wq, sw, bias (or None) and the rest
+        extra.append((1.0 / s).contiguous())
+    wq, sw = weight_q(w, fmt, hint)
+    attrs["epilogue"] = [_shift(step) for step in attrs.get("epilogue", [])]
+    attrs.update(x_scale=float(p.scale), x_zero_point=int(p.zero_point), x_dtype=fmt if fmt == "fp8e4m3"
+                 else p.dtype, w_absmax=int(wq.to(torch.int32).abs().max()) if fmt != "fp8e4m3" else 448)
+    if p.dynamic and n.op_type == "Linear" and fmt == "int8":
+        attrs["x_dynamic"] = 1
+    return wq, sw, attrs, extra
+
+
+def others(rest: list, extra: list) -> list:
+    """The layer's inputs after the weight, with the bias slot kept (None) when extra inputs follow."""
+    return rest if rest or not extra else [None]
+
+
 def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, ActParams],
                        weight_hints: dict[str, tuple] | None = None) -> list[Node]:
     """Quantize the layers whose qid is in ``chosen`` (qid -> "int8" | "fp8e4m3"); return them."""
@@ -60,14 +89,10 @@ def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, A
             continue
         fmt = chosen[qid]
         x, w_v = n.inputs[0], n.inputs[1]
-        p = params[x.name]
-        wq, sw = weight_q(w_v.const, fmt, weight_hints.get(w_v.name))
-        attrs = dict(n.attrs)
-        attrs["epilogue"] = [_shift(step) for step in attrs.get("epilogue", [])]
-        attrs.update(x_scale=float(p.scale), x_zero_point=int(p.zero_point), x_dtype=fmt if fmt == "fp8e4m3"
-                     else p.dtype, w_absmax=int(wq.to(torch.int32).abs().max()) if fmt != "fp8e4m3" else 448)
+        wq, sw, attrs, extra = layer_parts(n, fmt, params[x.name], weight_hints.get(w_v.name))
         ins = [x, new_constant(graph, f"{w_v.name}.{'fp8' if fmt == 'fp8e4m3' else 'int8'}", wq),
-               new_constant(graph, f"{w_v.name}.scale", sw)] + list(n.inputs[2:])
+               new_constant(graph, f"{w_v.name}.scale", sw)] + others(list(n.inputs[2:]), extra)
+        ins += [new_constant(graph, f"{x.name}.smooth_inv", t) for t in extra]
         for slot in range(len(n.inputs) - 1, -1, -1):
             n.set_input(slot, None)
         n.inputs = []
@@ -94,9 +119,10 @@ def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, Ac
     outputs = {id(v) for v in graph.outputs}
     for n in layers:
         y = n.outputs[0]
-        if n.attrs["x_dtype"] == "fp8e4m3" or id(y) in outputs or not y.uses or y.name not in params:
+        if n.attrs["x_dtype"] == "fp8e4m3" or id(y) in outputs or params.get(y.name, ActParams(0)).dynamic or not y.uses or y.name not in params:
             continue
-        if not all(id(u) in quantized and s == 0 and u.attrs["x_dtype"] != "fp8e4m3" for u, s in y.uses):
+        if not all(id(u) in quantized and s == 0 and u.attrs["x_dtype"] != "fp8e4m3" and "smooth_input" not in u.attrs
+                   for u, s in y.uses):
             continue
         p = params[y.name]
         n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)

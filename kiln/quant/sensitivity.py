@@ -1,25 +1,62 @@
 """Holding a reduced-precision build within its accuracy target.
 
 Measure the quantized graph against float32 on the validation data (or the calibration data). When
-outside the target: rank the quantized layers by sensitivity (the error when that layer alone is
-quantized), then put layers back to float, most sensitive first, until the target is met. Every
-measurement is recorded, so the report says which layers were kept and what each cost.
+outside the target:
+1. rank the quantized layers by sensitivity, in one float run: each layer's quantized kernel is run on
+   the layer's own float inputs and its output compared with the float output (the layer's local effect);
+2. put layers back to float, most sensitive first, measuring the whole graph after each, until the target
+   is met (every measurement is recorded: the report says which layers were kept and what each did).
 """
 from __future__ import annotations
 
+import torch
+
 from ..ir.graph import Graph
+from ..ops import KernelContext
 from .accuracy import AccuracyTarget, compare
 from .calibrate import copy_graph, run_graph
-from .rewrite import ActParams, apply_quantization
+from .rewrite import QUANTIZED, ActParams, apply_quantization, layer_parts, others
 
 
 def _rounded(m: dict) -> dict:
     return {k: round(v, 6) for k, v in m.items()}
 
 
+def local_sensitivity(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, ActParams],
+                      batches: list[dict], hints: dict) -> dict[int, dict]:
+    """qid -> {"cosine", "max_rel_error"} of each layer's quantized output vs its float output."""
+    nodes = {n.meta["qid"]: n for n in graph.nodes if n.meta.get("qid") in chosen}
+    parts = {q: layer_parts(n, chosen[q], params[n.inputs[0].name], hints.get(n.inputs[1].name))
+             for q, n in nodes.items()}
+    kernels = {q: ctx.registry.get("kiln", QUANTIZED[n.op_type]).kernel for q, n in nodes.items()}
+    dev = torch.device(ctx.config.device)
+    by_output = {n.outputs[0].id: q for q, n in nodes.items()}
+    refs: dict[int, list] = {q: [] for q in nodes}
+    gots: dict[int, list] = {q: [] for q in nodes}
+    env_box: dict = {}
+
+    def hook(vid, value):
+        q = by_output.get(vid)
+        if q is None:
+            return
+        n = nodes[q]
+        env = env_box["env"]
+        args = [None if v is None else (v.const.to(dev) if v.const is not None else env[v.id]) for v in n.inputs]
+        wq, sw, attrs, extra = parts[q]
+        ins = [args[0], wq.to(dev), sw.to(dev)] + others(args[2:], extra) + [t.to(dev) for t in extra]
+        kctx = KernelContext(opset=17, device=dev)
+        got = kernels[q](kctx, ins, attrs)
+        refs[q].append([value.float().cpu()])
+        gots[q].append([got.float().cpu()])
+
+    run_graph(graph, batches, ctx.config.device, ctx.registry, hook, env_box)
+    return {q: compare(refs[q], gots[q]) for q in nodes}
+
+
 def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, ActParams],
                   batches: list[dict], hints: dict | None = None) -> tuple[dict[int, str], dict]:
     cfg = ctx.config
+    hints = hints or {}
     target = AccuracyTarget.parse(cfg.accuracy_target)
     info: dict = {"target": {k: v for k, v in vars(target).items() if v is not None}}
     if not batches:
@@ -40,13 +77,13 @@ def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, A
     m = measure(current)
     info.update(checked=True, batches=len(batches), all_quantized=_rounded(m), kept=[])
     if not target.met(m):
-        alone = {q: measure({q}) for q in chosen}
-        order = sorted(chosen, key=lambda q: target.badness(alone[q]), reverse=True)
-        info["sensitivity"] = [{"layer": labels[q], "alone": _rounded(alone[q])} for q in order]
+        local = local_sensitivity(graph, ctx, chosen, params, batches, hints)
+        order = sorted(chosen, key=lambda q: target.badness(local[q]), reverse=True)
+        info["sensitivity"] = [{"layer": labels[q], "local": _rounded(local[q])} for q in order]
         for q in order:
             current.discard(q)
             m = measure(current)
-            info["kept"].append({"layer": labels[q], "precision": "float", "alone": _rounded(alone[q]),
+            info["kept"].append({"layer": labels[q], "precision": "float", "local": _rounded(local[q]),
                                  "after_keeping": _rounded(m)})
             if target.met(m):
                 break
@@ -64,6 +101,6 @@ def _lower(g: Graph, ctx) -> None:
     """Apply the build's fp16/bf16 lowering to the copy too, so the measurement is of what will run."""
     from ..passes.context import PassContext
     from ..passes.precision import lower_precision, target_dtype
-    if target_dtype(ctx) is None:
+    if target_dtype(ctx) is None and not ctx.config.layer_precisions:
         return
     lower_precision(g, PassContext(g, ctx.config, ctx.registry, ctx.input_shapes))

@@ -44,15 +44,26 @@ def _summary(tag: str, engine) -> str:
     return line
 
 
-def _roundtrip(engine, tmp_path: Path, feeds: dict, got: dict) -> None:
-    """Save, load, run again: the loaded engine gives bit-identical outputs."""
+def _roundtrip(engine, tmp_path: Path, feeds: dict, got: dict, ulps: bool = False) -> None:
+    """Save, load, run again: the loaded engine gives bit-identical outputs (the weights, plan and every
+    attribute survive the file exactly).
+
+    ``ulps``: allow float32 rounding-level differences. oneDNN's CPU convolutions at batch 1 can round
+    differently when the weight buffers land at a different alignment (seen on the tiny ResNet: <= 3e-8 on
+    outputs ~0.1); the file is not the cause, the weights compare equal."""
+    got = engine.create_execution_context().infer(feeds)
     path = tmp_path / "model.engine"
     engine.save(path)
-    again = kiln.Engine.load(path) if hasattr(kiln, "Engine") else type(engine).load(path)
+    again = kiln.Engine.load(path)
     out = again.create_execution_context().infer(feeds)
     assert list(out) == list(got)
     for k in got:
-        np.testing.assert_array_equal(out[k], got[k], err_msg=f"output {k} changed after save/load")
+        if ulps:
+            np.testing.assert_allclose(out[k], got[k], rtol=1e-6, atol=1e-7, err_msg=f"output {k} after save/load")
+        else:
+            np.testing.assert_array_equal(out[k], got[k], err_msg=f"output {k} changed after save/load")
+    for a, b in zip(engine.graph.constants.values(), again.graph.constants.values()):
+        assert a.name == b.name and torch.equal(a.const, b.const), f"constant {a.name} changed after save/load"
     assert len(again.report.layers) == len(engine.report.layers)
 
 
@@ -101,8 +112,8 @@ def make_cnn():
     return model, sample, axes, prof, [(2, 32), (5, 32)]
 
 
-def make_bert():
-    model, sample, axes = M.bert("eager", vocab_size=100, hidden_size=64, num_hidden_layers=LAYERS,
+def make_bert(attn: str = "eager"):
+    model, sample, axes = M.bert(attn, vocab_size=100, hidden_size=64, num_hidden_layers=LAYERS,
                                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
     seq = ((1, 4), (2, 16), (4, 32))
     prof = Profile.of(input_ids=seq, attention_mask=seq)
@@ -116,7 +127,9 @@ def make_gpt2():
     return _randomize(model), sample, axes, prof, [(2, 16), (3, 9)]
 
 
-MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2}
+# BERT twice: transformers' eager attention (MatMul/Softmax/MatMul) and its SDPA path (exported as safe softmax
+# with the scale split over Q and K^T, and K^T built through a 3-D transpose by the dynamo exporter).
+MODELS = {"cnn": make_cnn, "bert": make_bert, "bert_sdpa": lambda: make_bert("sdpa"), "gpt2": make_gpt2}
 EXPORTERS = {"torchscript": False, "dynamo": True}
 
 
@@ -144,7 +157,7 @@ def built(request, tmp_path_factory):
 def test_exported_matches_pytorch(built, tmp_path):
     name, exporter, model, sample, names, shapes, _, engine = built
     ctx = engine.create_execution_context()
-    for i, (b, s) in enumerate(shapes):
+    for i, (b, s) in enumerate(shapes + [tuple(_min_shape(engine))]):
         args = sample(b, s, torch.Generator().manual_seed(10 + i))
         with torch.no_grad():
             want = model(*args)
@@ -155,7 +168,13 @@ def test_exported_matches_pytorch(built, tmp_path):
         for (k, g), w in zip(got.items(), want):
             np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5,
                                        err_msg=f"{name}-{exporter} output {k} at batch={b}, size={s}")
-    _roundtrip(engine, tmp_path, feeds, got)
+    _roundtrip(engine, tmp_path, feeds, got, ulps=name == "cnn")
+
+
+def _min_shape(engine) -> tuple[int, int]:
+    """(batch, size) at the profile's min: the extreme the probing of dynamic dims is checked against."""
+    shape = next(iter(engine.profiles[0].min.values()))
+    return shape[0], shape[-1]
 
 
 def _layers(engine, op: str) -> list:
@@ -188,8 +207,10 @@ def test_exported_fusions(built):
         standalone = [n for n in _layers(engine, "Gelu")
                       if (n.attrs.get("approximate", "none") == "tanh") == (name == "gpt2")]
         assert in_linear + len(standalone) == LAYERS, f"GELU ({gelu}) not recognized: {dict(ops)}"
-        assert ops["Erf"] == 0 and ops["Tanh"] <= (1 if name == "bert" else 0)  # BERT's pooler keeps its tanh
-        if name == "bert":
+        assert ops["Erf"] == 0 and ops["Tanh"] <= (1 if name != "gpt2" else 0)  # BERT's pooler keeps its tanh
+        # The heads' Reshape/Transpose around the attention went inside the kiln::Attention layer.
+        assert ops["Transpose"] == 0
+        if name.startswith("bert"):
             # The Q, K, V projections read the same input: merged into one wider kiln::Linear per block.
             assert report.fusions.get("fuse_horizontal:Linear", 0) == 3 * LAYERS
             masked = [n for n in _layers(engine, "kiln::Attention") if len(n.inputs) > 3]
@@ -236,7 +257,8 @@ def test_static_dim_of_a_dynamic_shape_folds():
     # Reshape(x, [-1, Shape(x)[1]]) with x [batch, 6]: the 6 is static and folds, the batch is never read.
     from onnx import helper
     nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i1"], ["d"], axis=0),
-             helper.make_node("Unsqueeze", ["d", "a0"], ["du"]), helper.make_node("Concat", ["m1", "du"], ["t"], axis=0),
+             helper.make_node("Unsqueeze", ["d", "a0"], ["du"]),
+             helper.make_node("Concat", ["m1", "du"], ["t"], axis=0),
              helper.make_node("Reshape", ["x", "t"], ["y"])]
     m = _shape_model(nodes, ["batch", 6], {"i1": 1, "a0": [0], "m1": [-1]})
     e = kiln.build(m, profiles=(Profile.of(x=((1, 6), (2, 6), (8, 6))),))

@@ -1,0 +1,110 @@
+"""The accuracy target for fp16/bf16 builds without int8: keep the most sensitive layers in float32.
+
+Runs just before lower_precision. The lowered graph is measured against float32 on the validation (or
+calibration) data; when outside the target, layers are ranked by their local error (each layer's kernel
+run on its own inputs rounded to T, against its float32 output, in one float run) and pinned to fp32,
+most sensitive first, until the target holds. lower_precision then honours those pins; the report's
+``quantization["accuracy"]`` records every measurement.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir.graph import Graph
+from ..ops import KernelContext
+from ..quant.accuracy import AccuracyTarget, compare
+from ..quant.calibrate import copy_graph, run_graph
+from .context import PassContext
+from .precision import lower_precision, target_dtype
+
+MAX_STEPS = 24  # layers put back to float32 at most, one measurement each
+
+
+def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
+    cfg = ctx.config
+    t = target_dtype(ctx)
+    if cfg.accuracy_target is None or t is None or "quantization" in graph.meta:
+        return False  # no target, nothing lowered, or the int8 pass measured already
+    from .quantize_int8 import Data
+    batches = Data(graph, ctx).validation()
+    target = AccuracyTarget.parse(cfg.accuracy_target)
+    info: dict = {"target": {k: v for k, v in vars(target).items() if v is not None}, "precision": t.short}
+    if not batches:
+        ctx.notes.append("accuracy target not checked: no validation_data or int8_calibrator data")
+        graph.meta["quantization"] = {"accuracy": {**info, "checked": False}}
+        return False
+    ref = run_graph(graph, batches, cfg.device, ctx.registry)
+
+    def measure(pinned: list[str]) -> dict:
+        g = copy_graph(graph)
+        _pin(g, pinned)
+        lower_precision(g, PassContext(g, cfg, ctx.registry, ctx.input_shapes))
+        return compare(ref, run_graph(g, batches, cfg.device, ctx.registry))
+
+    m = measure([])
+    info.update(checked=True, batches=len(batches), all_lowered=_r(m), kept=[])
+    pinned: list[str] = []
+    if not target.met(m):
+        local = _local_errors(graph, ctx, batches, t.torch)
+        order = sorted(local, key=lambda n: target.badness(local[n]), reverse=True)[:MAX_STEPS]
+        for name in order:
+            pinned.append(name)
+            m = measure(pinned)
+            info["kept"].append({"layer": name, "precision": "fp32", "local": _r(local[name]), "after_keeping": _r(m)})
+            if target.met(m):
+                break
+    info["measured"], info["met"] = _r(m), target.met(m)
+    graph.meta["quantization"] = {"calibration": None, "layers": {}, "accuracy": info}
+    ctx.notes.append(f"accuracy ({t.short}): cosine {m['cosine']:.6f}, max relative error {m['max_rel_error']:.6f} "
+                     f"vs float32; target {info['target']} {'met' if info['met'] else 'NOT met'}"
+                     + (f"; kept in fp32: {', '.join(pinned)}" if pinned else ""))
+    _pin(graph, pinned)
+    return bool(pinned)
+
+
+def _pin(graph: Graph, names: list[str]) -> None:
+    """Mark layers for lower_precision to keep in float32 (node meta, kept by copies and engines)."""
+    wanted = set(names)
+    for n in graph.nodes:
+        if n.name in wanted:
+            n.meta["keep_float32"] = True
+
+
+def _r(m: dict) -> dict:
+    return {k: round(v, 6) for k, v in m.items()}
+
+
+def _local_errors(graph: Graph, ctx: PassContext, batches: list[dict], low: torch.dtype) -> dict[str, dict]:
+    """Layer name -> error of the layer computed from inputs rounded to ``low``, vs its float32 output."""
+    dev = torch.device(ctx.config.device)
+    cands = {}
+    for n in graph.nodes:
+        if n.name and not any(True for _ in n.subgraphs()) and n.op_type != "Cast" and n.outputs \
+                and n.outputs[0] is not None and ctx.dtype(n.outputs[0]) is not None and ctx.dtype(n.outputs[0]).is_float:
+            cands[n.outputs[0].id] = n
+    refs: dict[str, list] = {}
+    gots: dict[str, list] = {}
+    box: dict = {}
+
+    def hook(vid, value):
+        n = cands.get(vid)
+        if n is None or not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+            return
+        env = box["env"]
+        args = []
+        for v in n.inputs:
+            a = None if v is None else (v.const.to(dev) if v.const is not None else env.get(v.id))
+            args.append(a.to(low) if isinstance(a, torch.Tensor) and a.dtype == torch.float32 else a)
+        kd = ctx.registry.get(n.domain, n.op_type)
+        try:
+            out = kd.kernel(KernelContext(opset=graph.opsets.get("", 21), device=dev, num_outputs=len(n.outputs)),
+                            args, n.attrs)
+        except Exception:  # noqa: BLE001 - a kernel without a low-precision path: not ranked
+            return
+        out = out[0] if isinstance(out, tuple) else out
+        if isinstance(out, torch.Tensor) and out.shape == value.shape:
+            refs.setdefault(n.name, []).append([value.float().cpu()])
+            gots.setdefault(n.name, []).append([out.float().cpu()])
+
+    run_graph(graph, batches, ctx.config.device, ctx.registry, hook, box)
+    return {k: compare(refs[k], gots[k]) for k in refs}
