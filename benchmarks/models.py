@@ -268,6 +268,20 @@ MODELS: dict[str, Callable] = {"resnet50": resnet50, "mobilenet_v3_large": mobil
                                "bert_base": bert_base, "gpt2_small": gpt2_small}
 
 
+def torchvision_model(name: str):
+    """torchvision's own ResNet-50 / MobileNetV3-Large / ViT-B/16 (random weights) where torchvision imports
+    (the GPU machine); None elsewhere, and the plain-torch definitions above stand in."""
+    try:
+        import torchvision.models as tvm
+    except Exception:  # noqa: BLE001 - torchvision missing or built for another torch: use the plain models
+        return None
+    ctor = {"resnet50": tvm.resnet50, "mobilenet_v3_large": tvm.mobilenet_v3_large, "vit_b_16": tvm.vit_b_16,
+            "vit_b16": tvm.vit_b_16}.get(name)
+    if ctor is None:
+        return None
+    return randomize_batchnorm(ctor(weights=None)).eval(), _image_sample, dict(IMAGE_AXES)
+
+
 # -- export -----------------------------------------------------------------------------------------------
 def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, dynamic_axes: dict[str, dict[int, str]],
                 dynamo: bool = False, opset: int = 18, output_names: list[str] | None = None, **kwargs) -> Path:

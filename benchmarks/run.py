@@ -57,9 +57,10 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     device = args.device
-    model, sample, axes = models.MODELS[name]()
+    built = models.torchvision_model(name) if args.torchvision else None
+    model, sample, axes = built or models.MODELS[name]()
     g = torch.Generator().manual_seed(0)
-    size = args.seq if name in ("bert_base", "gpt2_small") else 224
+    size = (args.gpt2_seq if name == "gpt2_small" else args.seq) if name in ("bert_base", "gpt2_small") else 224
     inputs = sample(batch, size, g)
     path = workdir / f"{name}_b{batch}.onnx"
     t0 = time.perf_counter()
@@ -68,7 +69,7 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     names = list(axes)
     dtype = torch.float16 if args.fp16 else torch.float32
     dev_inputs = tuple(x.to(device) for x in inputs)
-    row: dict = {"model": name, "batch": batch, "device": device, "precision": "fp16" if args.fp16 else "fp32",
+    row: dict = {"model": name + (" (torchvision)" if built else ""), "batch": batch, "device": device, "precision": "fp16" if args.fp16 else "fp32",
                  "export_s": round(export_s, 2)}
 
     # PyTorch eager (the reference output too).
@@ -85,10 +86,15 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
 
     # Kiln.
     shapes = {n: tuple(x.shape) for n, x in zip(names, inputs)}
-    config = kiln.BuilderConfig(device=device, fp16=args.fp16, profiles=(kiln.Profile.fixed(shapes),))
+    config = kiln.BuilderConfig(device=device, fp16=args.fp16, profiles=(kiln.Profile.fixed(shapes),),
+                                timing_cache=str(workdir / "timing.cache") if args.timing_cache else None)
     t0 = time.perf_counter()
     engine = kiln.build(path, config)
     row["kiln_build_s"] = round(time.perf_counter() - t0, 2)
+    if args.timing_cache:  # a second build reads every tactic choice from the cache
+        t0 = time.perf_counter()
+        engine = kiln.build(path, config)
+        row["kiln_build_warm_s"] = round(time.perf_counter() - t0, 2)
     row["kiln_layers"], row["onnx_nodes"] = len(engine.report.layers), engine.report.onnx_nodes
     row["arena_mib"] = round(engine.report.memory.get("arena_bytes", 0) / 2 ** 20, 1)
     row["lower_bound_mib"] = round(engine.report.memory.get("lower_bound_bytes", 0) / 2 ** 20, 1)
@@ -99,6 +105,7 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     first = fp32_ref[0] if isinstance(fp32_ref, (tuple, list)) else fp32_ref
     row["kiln_rel_err_vs_fp32"] = rel_err(got.float(), first.float())
     row["kiln_ms"] = median_ms(lambda: ctx.infer(feed), device, args.warmup, args.iters)
+    row["kiln_items_per_s"] = round(batch / row["kiln_ms"] * 1e3, 1)
 
     # torch.compile (GPU) / onnxruntime (CPU).
     if device.startswith("cuda") and not args.no_compile:
@@ -124,13 +131,14 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
 def print_table(rows: list[dict]) -> None:
     cols = [("model", "model"), ("batch", "batch"), ("precision", "prec"), ("kiln_ms", "kiln ms"),
             ("eager_ms", "eager ms"), ("compile_ms", "compile ms"), ("ort_ms", "ort ms")]
-    head = [c[1] for c in cols] + ["eager/kiln", "peer/kiln", "build s", "layers", "rel err"]
+    head = [c[1] for c in cols] + ["kiln items/s", "eager/kiln", "peer/kiln", "build s", "layers", "rel err"]
     lines = [head]
     for r in rows:
         peer = r.get("compile_ms") or r.get("ort_ms")
         line = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k, _ in cols]
-        line += [f"{r['eager_ms'] / r['kiln_ms']:.2f}x", f"{peer / r['kiln_ms']:.2f}x" if peer else "-",
-                 str(r["kiln_build_s"]), f"{r['onnx_nodes']}->{r['kiln_layers']}", f"{r['kiln_rel_err_vs_fp32']:.1e}"]
+        build = str(r["kiln_build_s"]) + (f"/{r['kiln_build_warm_s']}" if "kiln_build_warm_s" in r else "")
+        line += [f"{r['kiln_items_per_s']:.0f}", f"{r['eager_ms'] / r['kiln_ms']:.2f}x",
+                 f"{peer / r['kiln_ms']:.2f}x" if peer else "-", build, f"{r['onnx_nodes']}->{r['kiln_layers']}", f"{r['kiln_rel_err_vs_fp32']:.1e}"]
         lines.append(line)
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     for l in lines:
@@ -141,7 +149,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="resnet50,bert_base")
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8", help="batch sizes for every model (see --suite)")
+    ap.add_argument("--suite", choices=["issue5"], help="issue5: every model of the performance issue at its "
+                    "batch sizes (ResNet-50 1,256; MobileNetV3 1; ViT-B/16 1; BERT-base 1,64; GPT-2 prefill 1)")
+    ap.add_argument("--gpt2-seq", type=int, default=512)
+    ap.add_argument("--no-torchvision", dest="torchvision", action="store_false",
+                    help="use the plain-torch CNN definitions even where torchvision imports")
+    ap.add_argument("--timing-cache", action="store_true", help="build twice with a timing cache: cold and warm")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--warmup", type=int, default=5)
@@ -153,9 +167,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    plan = [(m, [int(x) for x in args.batches.split(",")]) for m in args.models.split(",")]
+    if args.suite == "issue5":
+        plan = [("resnet50", [1, 256]), ("mobilenet_v3_large", [1]), ("vit_b16", [1]), ("bert_base", [1, 64]),
+                ("gpt2_small", [1])]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            for b in (int(x) for x in args.batches.split(",")):
+        for name, batches in plan:
+            for b in batches:
                 try:
                     row = bench_one(name, b, args, Path(tmp))
                 except Exception as e:  # noqa: BLE001 - one failing model should not hide the others' rows
