@@ -24,7 +24,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
 
     ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
     ``progress``, if given, is called as ``progress(stage, done, total, message)`` as the build advances
-    (stages: "parse", "passes", "layers", "memory"); it only observes, it cannot change the build.
+    (stages: "parse", "passes", "layers", "tune", "memory"); it only observes, it cannot change the build.
     """
     report_progress = progress or (lambda *a: None)
     from ..engine import device_info
@@ -57,6 +57,13 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report.notes = list(ctx.notes)
     report.quantization = graph.meta.pop("quantization", {})
     report_progress("layers", 1, 1, f"{len(report.layers)} layers")
+    tuned = _tune(graph, config, facts_opt, device, progress)
+    if tuned is not None:
+        report.tuning = tuned.to_json()
+        if tuned.budget_exceeded:
+            report.notes.append(f"tuning budget of {config.tuning_budget_s}s exceeded: "
+                                f"{len(tuned.untuned_for_budget)} layers kept their default tactic "
+                                f"(e.g. {', '.join(tuned.untuned_for_budget[:3])})")
     report_progress("memory", 0, 1, "planning activation memory")
     plan, notes = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)
     report.notes += notes
@@ -76,7 +83,63 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     }
     if config.verbosity >= 1:
         log.info("build finished:\n%s", report.summary())
-    return Engine(graph, header, report, registry)
+    engine = Engine(graph, header, report, registry)
+    _report_tactics(report, engine, tuned)
+    report.notes += engine.load_notes
+    return engine
+
+
+def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progress: Callable | None):
+    """Choose each layer's tactic (kiln.tune): replayed, from the timing cache, or timed on the device.
+    The choices are stored in node.meta["tactic"]; layers left at their default store nothing."""
+    replay = None
+    if config.tactic_replay:
+        from ..tune import load_choices
+        replay = load_choices(config.tactic_replay)
+    elif config.optimization_level < 2:
+        return None
+    import torch
+
+    from ..engine import device_info
+    from ..engine.runtime import _bind_constants
+    from ..tune import TimingCache, Tuner
+    dev = torch.device(config.device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    versions = dict(device_info.versions())
+    try:
+        import triton
+        versions["triton"] = triton.__version__
+    except ImportError:
+        versions["triton"] = None
+    cache = TimingCache.load(config.timing_cache)
+    tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
+                  device_desc=device_desc, versions=versions)
+    constants = _bind_constants(graph, dev)
+    result = tuner.tune_graph(graph, facts, constants, progress, replay)
+    del constants
+    for n in graph.nodes:
+        r = result.layers.get(n.label)
+        if r is not None and r.source != "default":
+            n.meta["tactic"] = r.choice.to_json()
+    if config.timing_cache and replay is None and cache._new:
+        try:
+            cache.save()
+        except OSError as e:
+            log.warning("timing cache %r could not be written: %s", config.timing_cache, e)
+    return result
+
+
+def _report_tactics(report: BuildReport, engine, tuned) -> None:
+    choices = engine._choices
+    for info in report.layers:
+        c = choices.get(info.name)
+        if c is not None:
+            info.tactic = c.label
+        r = tuned.layers.get(info.name) if tuned is not None else None
+        if r is not None:
+            info.time_ms = r.time_ms
+            info.candidates = {**r.times, **r.rejected}
 
 
 def _as_graph(model: Any) -> Graph:

@@ -79,7 +79,9 @@ class BuilderConfig:
     profiles: tuple[Profile, ...] = ()
     optimization_level: int = 3  # 0: no graph optimization ... 5: widest tactic search
     verbosity: int = 0  # 0 quiet, 1 info, 2 dump the graph after each pass
-    timing_cache: str | None = None
+    timing_cache: str | None = None  # JSON file of tactic timings: read, then written with new entries
+    tuning_budget_s: float | None = None  # wall-clock limit for tactic tuning; later layers keep their default
+    tactic_replay: str | None = None  # a kiln.tune.export_choices file: take its choices, time nothing
     channels_last: bool | None = None  # None: decide by device (GPU convolution networks run channels-last)
     cuda_graphs: bool = True
     strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
@@ -101,6 +103,8 @@ class BuilderConfig:
             raise ValueError(f"optimization_level must be 0..5, got {self.optimization_level}")
         for p in self.profiles:
             p.validate()
+        if self.tuning_budget_s is not None and not self.tuning_budget_s >= 0:
+            raise ValueError(f"tuning_budget_s must be >= 0 seconds or None, got {self.tuning_budget_s}")
         from ..quant.config_check import check_quant_fields
         check_quant_fields(self)
 

@@ -12,6 +12,9 @@ class LayerInfo:
     kernel: str
     precision: str
     output_shapes: list[list]  # at the opt shape of the first profile (or the model's static shapes)
+    tactic: str = ""  # the implementation chosen (tuned, cached, replayed or default), e.g. "cudnn/layout=nhwc"
+    time_ms: float | None = None  # its measured time at the opt shape (None when not timed)
+    candidates: dict = field(default_factory=dict)  # candidate -> median ms (a number) or why rejected (a string)
 
 
 @dataclass
@@ -25,6 +28,7 @@ class BuildReport:
     onnx_nodes: int = 0
     quantization: dict = field(default_factory=dict)  # calibration, quantized layers, measured accuracy, kept
     build_seconds: float = 0.0
+    tuning: dict = field(default_factory=dict)  # timed, cache_hits, seconds, budget_exceeded, untuned_for_budget
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -52,16 +56,25 @@ class BuildReport:
             q = self.quantization
             lines.append(f"reduced precision: {len(q['layers'])} quantized layers ({q.get('calibration')}); "
                          f"see report.quantization")
+        if self.tuning:
+            t = self.tuning
+            lines.append(f"tactics: {t.get('layers', 0)} layers tuned in {t.get('seconds', 0):.2f}s, "
+                         f"{t.get('timed', 0)} candidates timed, {t.get('cache_hits', 0)} from the timing cache"
+                         + (f"; budget exceeded, {len(t.get('untuned_for_budget', []))} layers kept their default"
+                            if t.get("budget_exceeded") else ""))
+            for why, count in (t.get("not_tuned") or {}).items():
+                lines.append(f"tactics: {count} layers not tuned: {why}")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
 
     def layer_table(self) -> str:
-        rows = [("layer", "op", "kernel", "precision", "covers")]
+        rows = [("layer", "op", "kernel", "precision", "tactic", "ms", "covers")]
         for l in self.layers:
             covers = ", ".join(l.covers[:4]) + (f" (+{len(l.covers) - 4})" if len(l.covers) > 4 else "")
-            rows.append((l.name, l.op, l.kernel, l.precision, covers))
-        widths = [min(max(len(str(r[i])) for r in rows), 48) for i in range(5)]
+            ms = "" if l.time_ms is None else f"{l.time_ms:.4f}"
+            rows.append((l.name, l.op, l.kernel, l.precision, l.tactic, ms, covers))
+        widths = [min(max(len(str(r[i])) for r in rows), 48) for i in range(len(rows[0]))]
         return "\n".join("  ".join(str(c)[:w].ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 

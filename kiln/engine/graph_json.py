@@ -5,6 +5,7 @@ the op registry by name, never imported or evaluated.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -117,6 +118,8 @@ def _jsonable_meta(meta: dict) -> dict:
             out[k] = list(v)
         elif isinstance(v, dict) and all(isinstance(x, (str, int, float, bool, list)) for x in v.values()):
             out[k] = v
+        elif k == "tactic" and isinstance(v, dict):  # {"name": str, "params": {str: plain data}}
+            out[k] = json.loads(json.dumps(v))
     return out
 
 

@@ -21,7 +21,6 @@ from ..ir.dtype import DType
 from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
-from ..ops.fused_cpu import choose_tactics
 from . import device_info
 from .placement import is_host_constant
 from .program import Program
@@ -58,8 +57,12 @@ class Engine:
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.config.profiles
         self._constants = _bind_constants(graph, self.device)
-        # Device-specific implementations chosen now, at load: the file keeps the plain weights.
-        self._tactics = choose_tactics(graph.nodes, self._constants, self.device)
+        # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
+        # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
+        from ..tune.space import bind_tactics
+        self.load_notes: list[str] = []
+        self._choices: dict = {}
+        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices)
         self.program = Program(graph, self.device, self.registry, self._constants, self._tactics)
 
     # -- io description --------------------------------------------------------------------
@@ -71,6 +74,12 @@ class Engine:
     def tactics(self) -> dict[str, str]:
         """The implementation chosen for each layer that has a choice: {layer name: tactic name}."""
         return {s.node.label: s.tactic for s in self.program.steps if s.tactic}
+
+    @property
+    def tactic_choices(self) -> dict[str, dict]:
+        """The choice each layer with a tactic space runs, as plain data: {layer name: {"name", "params"}}
+        (what ``kiln.tune.export_choices`` writes and ``BuilderConfig.tactic_replay`` reads)."""
+        return {label: c.to_json() for label, c in self._choices.items()}
 
     def create_execution_context(self) -> "ExecutionContext":
         return ExecutionContext(self)

@@ -1,0 +1,309 @@
+"""Tactic spaces: for each layer kind, its candidate implementations as plain data (name + params).
+
+A candidate is a :class:`Choice` (what an engine stores, a cache records and a replay file lists). Turning
+a choice into a kernel is ``make(choice, node, constants, device)``: the factory named by ``choice.name``
+builds a :class:`Tactic` (``name`` + ``kernel`` with the ordinary kernel signature) from the node's stored
+description and its bound weights. ``"torch"`` is every layer's own kernel, which is also the reference the
+tuner checks every other candidate against.
+
+``SPACE`` is the table: (domain, op type) -> rows ``(name, params, device type or "any", min level)``. The
+optimization level picks the rows (2: few, 3: default, 4-5: every Triton GEMM configuration). Tests add rows
+(``SPACE[...].append``) and factories (``FACTORIES[name] = ...``) to inject candidates.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.fused import _conv_pads, apply_epilogue, fused_attention
+from ..ops.fused_cpu import Tactic
+
+
+class NotApplicable(Exception):
+    """A candidate that cannot implement this layer (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    params: dict = field(default_factory=dict, hash=False, compare=True)
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + "/" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.params.items()))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "params": json.loads(json.dumps(self.params))}
+
+    @staticmethod
+    def from_json(d) -> "Choice":
+        if isinstance(d, str):
+            return Choice(d)
+        return Choice(str(d["name"]), dict(d.get("params") or {}))
+
+
+def _fmt(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+TORCH = Choice("torch")
+
+# -- the table -----------------------------------------------------------------------------------------------
+_GEMM_LEVELS = {0: 3, 1: 3}  # first gemm.CONFIGS entries by level; 4-5: all (filled in lazily)
+_ROWS = [("torch", {}, "any", 0), ("triton", {}, "cuda", 2)]
+SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
+    ("kiln", "Conv"): [
+        ("torch", {}, "any", 0),
+        ("onednn", {}, "cpu", 0),
+        ("cudnn", {"layout": "nchw"}, "cuda", 2),
+        ("cudnn", {"layout": "nhwc"}, "cuda", 2),
+        ("cudnn_fused", {}, "cuda", 2),  # torch.cudnn_convolution_relu / _add_relu (frozen-conv fusion)
+        ("triton_epilogue", {}, "cuda", 3),
+    ],
+    ("kiln", "Linear"): [
+        ("torch", {}, "any", 0),  # F.linear: cuBLASLt with the bias in its epilogue
+        ("onednn", {}, "cpu", 0),
+        ("triton_epilogue", {}, "cuda", 2),
+        ("triton_gemm", {"config": "*"}, "cuda", 2),  # expanded to gemm.CONFIGS (by level)
+    ],
+    ("kiln", "Attention"): [
+        ("torch", {}, "any", 0),
+        ("sdpa", {"backend": "flash"}, "cuda", 2),
+        ("sdpa", {"backend": "efficient"}, "cuda", 2),
+        ("sdpa", {"backend": "cudnn"}, "cuda", 3),
+        ("sdpa", {"backend": "math"}, "cuda", 4),
+        ("unfused", {}, "any", 3),
+    ],
+    ("kiln", "Elementwise"): list(_ROWS),
+    ("", "Softmax"): list(_ROWS),
+    ("", "LayerNormalization"): list(_ROWS),
+    ("", "RMSNormalization"): list(_ROWS),
+    **{("", op): list(_ROWS) for op in ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceMax", "ReduceMin")},
+}
+
+
+def _gemm_configs(level: int) -> list[tuple]:
+    try:
+        from ..backends.triton.gemm import CONFIGS
+    except Exception:  # noqa: BLE001 - no triton: no GEMM template
+        return []
+    if level <= 2:
+        return list(CONFIGS[:1])
+    if level == 3:
+        return list(CONFIGS[:3])
+    return list(CONFIGS)
+
+
+def candidates(node, device: torch.device, level: int = 3) -> list[Choice]:
+    """The choices to time for ``node`` at ``level``, "torch" (the reference) first; [] if it has no space."""
+    rows = SPACE.get((node.domain or "", node.op_type))
+    if not rows:
+        return []
+    out = []
+    for name, params, dev, min_level in rows:
+        if dev != "any" and dev != device.type or level < min_level:
+            continue
+        if params.get("config") == "*":
+            out += [Choice(name, {**params, "config": list(c)}) for c in _gemm_configs(level)]
+        else:
+            out.append(Choice(name, dict(params)))
+    return out
+
+
+def default_choice(node, device: torch.device) -> Choice:
+    """What a layer runs without tuning: oneDNN for CPU Conv/Linear (when it takes the layer), else torch."""
+    if device.type == "cpu" and (node.domain, node.op_type) in (("kiln", "Conv"), ("kiln", "Linear")):
+        return Choice("onednn")
+    return TORCH
+
+
+# -- factories: Choice -> Tactic -------------------------------------------------------------------------------
+Factory = Callable[[object, dict, dict, torch.device], Tactic]
+
+
+def make(choice: Choice, node, constants: dict, device: torch.device, registry=None) -> Tactic | None:
+    """The tactic for ``choice`` on ``node`` (None for "torch": the op's own kernel). Raises NotApplicable."""
+    if choice.name == "torch":
+        return None
+    factory = FACTORIES.get(choice.name)
+    if factory is None:
+        raise NotApplicable(f"unknown tactic {choice.name!r}")
+    t = factory(node, choice.params, constants, device)
+    suffix = choice.label[len(choice.name):]  # "/k=v,..." when the choice has params
+    return Tactic(t.name + suffix, t.kernel)
+
+
+def _onednn(node, params, constants, device) -> Tactic:
+    from ..ops import fused_cpu
+    if device.type != "cpu" or not fused_cpu._available():
+        raise NotApplicable("oneDNN tactics need the CPU and a torch with mkldnn ops")
+    choose = fused_cpu._CHOOSERS.get((node.domain, node.op_type))
+    t = choose(node, constants) if choose is not None else None
+    if t is None:
+        raise NotApplicable("oneDNN does not take this layer (dtype, rank or a non-constant weight)")
+    return t
+
+
+def _weights(node, constants):
+    w = constants.get(node.inputs[1].id) if node.inputs[1] is not None else None
+    b_v = node.inputs[2] if len(node.inputs) > 2 else None
+    b = None if b_v is None else constants.get(b_v.id)
+    if w is None or (b_v is not None and b is None):
+        raise NotApplicable("the weight or bias is not a constant")
+    return w, b
+
+
+def _cudnn(node, params, constants, device) -> Tactic:
+    """torch's convolution with activations and weight in the layout ``params["layout"]`` (nchw | nhwc)."""
+    w, b = _weights(node, constants)
+    if w.dim() != 4:
+        raise NotApplicable("2-D convolutions only")
+    fmt = torch.channels_last if params.get("layout") == "nhwc" else torch.contiguous_format
+    w = w.contiguous(memory_format=fmt)
+    attrs = node.attrs
+    explicit, pads = _conv_pads(attrs, 2)
+    strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
+        int(attrs.get("group", 1))
+    epi = list(attrs.get("epilogue", []))
+
+    def kernel(ctx, inputs, attrs):
+        x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
+        y = F.conv2d(x.contiguous(memory_format=fmt), w, b, strides, pads, dil, groups)
+        return apply_epilogue(y, epi, inputs) if epi else y
+    return Tactic("cudnn", kernel)
+
+
+def _cudnn_fused(node, params, constants, device) -> Tactic:
+    """conv+bias+relu or conv+bias+add+relu as one cuDNN call (what torch's frozen-conv fusion uses)."""
+    if device.type != "cuda":
+        raise NotApplicable("cuDNN runs on CUDA devices")
+    w, b = _weights(node, constants)
+    if w.dim() != 4:
+        raise NotApplicable("2-D convolutions only")
+    epi = list(node.attrs.get("epilogue", []))
+    if epi == ["relu"]:
+        add = None
+    elif len(epi) == 2 and epi[0].startswith("add:") and epi[1] == "relu":
+        add = int(epi[0][4:])
+    else:
+        raise NotApplicable(f"epilogue {epi} is neither relu nor add+relu")
+    attrs = node.attrs
+    explicit, pads = _conv_pads(attrs, 2)
+    strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
+        int(attrs.get("group", 1))
+    fmt = torch.channels_last if attrs.get("channels_last") else torch.contiguous_format
+    w = w.contiguous(memory_format=fmt)
+
+    def kernel(ctx, inputs, attrs):
+        x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
+        x = x.contiguous(memory_format=fmt)
+        if add is None:
+            return torch.cudnn_convolution_relu(x, w, b, strides, pads, dil, groups)
+        z = inputs[add].contiguous(memory_format=fmt)
+        return torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, strides, pads, dil, groups)
+    return Tactic("cudnn_fused", kernel)
+
+
+def _triton(node, params, constants, device) -> Tactic:
+    from ..backends import triton as kt
+    layer, why = kt.try_compile_layer(node, device)
+    if layer is None:
+        raise NotApplicable(why)
+    return Tactic(layer.name, layer)
+
+
+def _triton_epilogue(node, params, constants, device) -> Tactic:
+    from ..backends import triton as kt
+    if (node.domain, node.op_type) not in (("kiln", "Conv"), ("kiln", "Linear")):
+        raise NotApplicable("a library call + Triton epilogue is for kiln::Conv / kiln::Linear")
+    return _triton(node, params, constants, device)
+
+
+def _triton_gemm(node, params, constants, device) -> Tactic:
+    from ..backends import triton as kt
+    ok, why = kt.available(device)
+    if not ok:
+        raise NotApplicable(why)
+    from ..backends.triton.layers import GemmLayer
+    from ..ops import default_registry
+    fallback = default_registry().get("kiln", "Linear").kernel
+    try:
+        layer = GemmLayer(node, fallback, tuple(params["config"]))
+    except kt.Unsupported as e:
+        raise NotApplicable(str(e)) from None
+    return Tactic(layer.name, layer)
+
+
+def _sdpa(node, params, constants, device) -> Tactic:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "math": SDPBackend.MATH, "cudnn": getattr(SDPBackend, "CUDNN_ATTENTION", None)}.get(params.get("backend"))
+    if backend is None:
+        raise NotApplicable(f"no SDPA backend {params.get('backend')!r} in this torch")
+
+    def kernel(ctx, inputs, attrs):
+        with sdpa_kernel([backend]):
+            return fused_attention(ctx, inputs, attrs)
+    return Tactic("sdpa", kernel)
+
+
+def _unfused(node, params, constants, device) -> Tactic:
+    """softmax(Q @ Kt * scale + mask) @ V as two batched GEMMs and a softmax (fp32 softmax for 16-bit types)."""
+    scale = float(node.attrs["scale"])
+
+    def kernel(ctx, inputs, attrs):
+        q, kt_, v = inputs[0], inputs[1], inputs[2]
+        mask = inputs[3] if len(inputs) > 3 else None
+        heads = attrs.get("heads")
+        if heads:
+            q, k, v = (t.unflatten(-1, (int(heads), -1)).transpose(1, 2) for t in (q, kt_, v))
+            kt_ = k.transpose(-1, -2)
+        s = torch.matmul(q, kt_) * scale
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+        p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+        y = torch.matmul(p, v)
+        if attrs.get("nan_to_zero"):
+            y = torch.nan_to_num(y, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+        if heads:
+            y = y.transpose(1, 2).flatten(-2)
+        return y
+    return Tactic("unfused", kernel)
+
+
+FACTORIES: dict[str, Factory] = {
+    "onednn": _onednn, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
+    "triton_epilogue": _triton_epilogue, "triton_gemm": _triton_gemm, "sdpa": _sdpa, "unfused": _unfused,
+}
+
+
+# -- at engine load ---------------------------------------------------------------------------------------------
+def bind_tactics(nodes, constants: dict, device: torch.device, notes: list | None = None,
+                 choices: dict | None = None) -> dict:
+    """{node: Tactic} for an engine being loaded: each layer's stored choice (``node.meta["tactic"]``), else its
+    default (oneDNN for CPU Conv/Linear). A stored choice that cannot be made here runs the op's own kernel
+    and says why in ``notes``. ``choices`` collects {label: Choice} actually made for layers with a space."""
+    out = {}
+    for n in nodes:
+        stored = n.meta.get("tactic")
+        if not stored and (n.domain or "", n.op_type) not in SPACE:
+            continue
+        choice = Choice.from_json(stored) if stored else default_choice(n, device)
+        try:
+            t = make(choice, n, constants, device)
+        except NotApplicable as e:
+            if stored and notes is not None:
+                notes.append(f"layer {n.label}: stored tactic {choice.label} is not available here ({e}); "
+                             f"running torch")
+            choice, t = TORCH, None
+        if choices is not None:
+            choices[n.label] = choice
+        if t is not None:
+            out[n] = t
+    return out

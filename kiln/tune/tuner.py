@@ -1,0 +1,324 @@
+"""The tuner: for each layer with a choice, time every candidate of its space on the target device with random
+inputs at the profile's opt shape, check each against the layer's own kernel, keep the fastest correct one.
+
+Timing: on CUDA, ``reps`` calls captured in a CUDA graph (how engines run) and replayed between CUDA events,
+after a warm-up (Triton compiles then); the median of ``samples``. On the CPU, perf_counter around calls.
+A candidate whose output differs from the reference by more than the dtype's tolerance (relative L2 error,
+non-finite positions must match), that raises, or whose generated kernel fell back to the library path is
+rejected with the reason. The default tactic wins ties within ``MARGIN`` (timing noise must not flip choices).
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..ir.types import TensorType
+from ..ops import KernelContext
+from .cache import TimingCache, make_key
+from .space import TORCH, Choice, NotApplicable, candidates, default_choice, make
+
+log = logging.getLogger("kiln.tune")
+
+MARGIN = 0.03  # a candidate must beat the default by 3% to replace it
+
+
+@dataclass
+class LayerResult:
+    label: str
+    choice: Choice
+    time_ms: float | None = None
+    times: dict[str, float] = field(default_factory=dict)  # candidate label -> median ms
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate label -> why
+    source: str = "tuned"  # tuned | cache | replay | default (not tuned: why in ``note``)
+    note: str = ""
+
+
+@dataclass
+class TuneResult:
+    layers: dict[str, LayerResult] = field(default_factory=dict)
+    timed: int = 0  # candidate timings made
+    cache_hits: int = 0
+    seconds: float = 0.0
+    budget_exceeded: bool = False
+    untuned_for_budget: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        why: dict[str, int] = {}
+        for r in self.layers.values():
+            if r.source == "default":
+                why[r.note] = why.get(r.note, 0) + 1
+        return {"timed": self.timed, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
+                "budget_exceeded": self.budget_exceeded, "untuned_for_budget": list(self.untuned_for_budget),
+                "layers": sum(r.source != "default" for r in self.layers.values()), "not_tuned": why}
+
+
+# -- timing ------------------------------------------------------------------------------------------------------
+class Timer:
+    """Times a callable on a device: median milliseconds per call. ``calls`` counts timings (tests read it)."""
+
+    def __init__(self, warmup: int = 3, samples: int = 7, reps: int = 10):
+        self.warmup, self.samples, self.reps = warmup, samples, reps
+        self.calls = 0
+
+    def __call__(self, fn: Callable[[], object], device: torch.device) -> float:
+        self.calls += 1
+        if device.type == "cuda":
+            return self._cuda(fn, device)
+        for _ in range(self.warmup):
+            fn()
+        ts = []
+        for _ in range(self.samples):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(ts)
+
+    def _cuda(self, fn, device) -> float:
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                fn()
+        stream.synchronize()
+        graph = None
+        try:  # engines replay CUDA graphs: time the same way, launch overheads out
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                for _ in range(self.reps):
+                    fn()
+            run = graph.replay
+        except Exception:  # noqa: BLE001 - not capturable: time plain launches
+            graph = None
+            torch.cuda.synchronize(device)
+
+            def run():
+                for _ in range(self.reps):
+                    fn()
+        ts = []
+        with torch.cuda.stream(stream):
+            run()
+            for _ in range(self.samples):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record(stream)
+                run()
+                b.record(stream)
+                b.synchronize()
+                ts.append(a.elapsed_time(b) / self.reps)
+        del graph
+        return statistics.median(ts)
+
+
+# -- checking ----------------------------------------------------------------------------------------------------
+def tolerance(dtype: torch.dtype, device: torch.device, tf32: bool) -> float:
+    if dtype == torch.float16:
+        return 1e-2
+    if dtype == torch.bfloat16:
+        return 3e-2
+    if dtype == torch.float64:
+        return 1e-9
+    if dtype == torch.float32:
+        return 5e-3 if device.type == "cuda" and tf32 else 1e-4
+    return 0.0  # integers and bools: exact
+
+
+def mismatch(got, ref, device: torch.device, tf32: bool) -> str | None:
+    """Why ``got`` is not ``ref`` within tolerance, or None."""
+    got = list(got) if isinstance(got, (tuple, list)) else [got]
+    ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+    if len(got) < len(ref):
+        return f"{len(got)} outputs, the reference has {len(ref)}"
+    for i, (g, r) in enumerate(zip(got, ref)):
+        if not isinstance(r, torch.Tensor):
+            continue
+        if not isinstance(g, torch.Tensor):
+            return f"output {i} is {type(g).__name__}, not a tensor"
+        if tuple(g.shape) != tuple(r.shape):
+            return f"output {i} has shape {list(g.shape)}, the reference {list(r.shape)}"
+        if g.dtype != r.dtype:
+            return f"output {i} has dtype {g.dtype}, the reference {r.dtype}"
+        tol = tolerance(r.dtype, device, tf32)
+        if not r.is_floating_point():
+            if not torch.equal(g, r):
+                return f"output {i} differs from the reference"
+            continue
+        g64, r64 = g.double(), r.double()
+        fin = torch.isfinite(r64)
+        if not torch.equal(fin, torch.isfinite(g64)) or not torch.equal(g64[~fin].nan_to_num(0.0),
+                                                                         r64[~fin].nan_to_num(0.0)):
+            return f"output {i}: NaN/inf where the reference has none, or the other way round"
+        g64, r64 = g64[fin], r64[fin]
+        den = float(torch.linalg.vector_norm(r64)) if r64.numel() else 0.0
+        err = float(torch.linalg.vector_norm(g64 - r64)) if r64.numel() else 0.0
+        rel = err / den if den > 0 else err
+        if not rel <= tol:
+            return f"output {i}: relative error {rel:.2e} over the tolerance {tol:.0e} for {r.dtype}"
+    return None
+
+
+# -- inputs --------------------------------------------------------------------------------------------------------
+def _random(t: TensorType, device: torch.device, gen: torch.Generator, like_channels_last: bool) -> torch.Tensor:
+    shape, dt = tuple(t.shape), t.dtype.torch
+    if dt == torch.bool:
+        x = torch.rand(shape, generator=gen) < 0.9
+    elif dt.is_floating_point:
+        x = torch.randn(shape, generator=gen).to(dt)
+    elif dt.is_complex:
+        raise NotApplicable("complex inputs")
+    else:
+        x = torch.randint(1, 4, shape, generator=gen).to(dt)
+    x = x.to(device)
+    if like_channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def layer_inputs(node, facts, constants: dict, device: torch.device, seed: int) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    cl = bool(node.attrs.get("channels_last"))
+    out = []
+    for i, v in enumerate(node.inputs):
+        if v is None:
+            out.append(None)
+        elif v.id in constants:
+            c = constants[v.id]
+            out.append(c.to(device) if c.device != device else c)
+        else:
+            t = facts.type_of(v)
+            if not isinstance(t, TensorType) or t.dtype is None or t.shape is None or \
+                    any(not isinstance(d, int) or d in facts.symbols for d in t.shape):
+                raise NotApplicable(f"input {v.name!r} has no static shape at the opt profile")
+            out.append(_random(t, device, gen, cl and i == 0 or (cl and len(t.shape) == 4)))
+    return out
+
+
+# -- the tuner -------------------------------------------------------------------------------------------------------
+def signature(node, inputs: list, cands: list[Choice], device_desc: dict, versions: dict, tf32: bool) -> dict:
+    attrs = {k: v for k, v in sorted(node.attrs.items()) if not hasattr(v, "nodes")}
+    return {"op": f"{node.domain}::{node.op_type}", "attrs": attrs,
+            "inputs": [None if x is None else [list(x.shape), str(x.dtype), x.dim() == 4 and
+                                               x.is_contiguous(memory_format=torch.channels_last)
+                                               and not x.is_contiguous()] for x in inputs],
+            "candidates": [c.label for c in cands], "device": {k: device_desc.get(k) for k in ("type", "name",
+                                                                                              "capability")},
+            "versions": versions, "tf32": tf32}
+
+
+def tunable(node, device: torch.device, level: int) -> list[Choice]:
+    if any(True for _ in node.subgraphs()):
+        return []
+    cands = candidates(node, device, level)
+    return cands if len(cands) > 1 else []
+
+
+class Tuner:
+    def __init__(self, device: torch.device, level: int = 3, cache: TimingCache | None = None,
+                 timer: Timer | None = None, tf32: bool = True, budget_s: float | None = None,
+                 device_desc: dict | None = None, versions: dict | None = None):
+        self.device, self.level, self.tf32, self.budget_s = device, level, tf32, budget_s
+        self.cache = cache if cache is not None else TimingCache()
+        self.timer = timer or Timer()
+        self.device_desc = device_desc or {"type": device.type}
+        self.versions = versions or {}
+
+    def tune_graph(self, graph, facts, constants: dict, progress: Callable | None = None,
+                   replay: dict | None = None) -> TuneResult:
+        progress = progress or (lambda *a: None)
+        res = TuneResult()
+        t0 = time.perf_counter()
+        todo = [(n, c) for n in graph.nodes if (c := tunable(n, self.device, self.level))]
+        opset = graph.opsets.get("", 21)
+        progress("tune", 0, len(todo), f"{len(todo)} layers to tune")
+        for i, (node, cands) in enumerate(todo):
+            over = self.budget_s is not None and time.perf_counter() - t0 > self.budget_s
+            if replay is not None:
+                r = self._replay(node, replay, constants)
+            else:
+                r = self.tune_layer(node, cands, facts, constants, opset, i, budget_left=not over)
+            if r.source == "default" and over and replay is None:
+                res.budget_exceeded = True
+                res.untuned_for_budget.append(node.label)
+            res.layers[node.label] = r
+            progress("tune", i + 1, len(todo), f"{node.label}: {r.choice.label}")
+        res.timed = self.timer.calls
+        res.cache_hits = self.cache.hits
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _replay(self, node, replay: dict, constants: dict) -> LayerResult:
+        if node.label not in replay:
+            return LayerResult(node.label, default_choice(node, self.device), source="default",
+                               note="not in the replay file")
+        choice = Choice.from_json(replay[node.label])
+        try:
+            make(choice, node, constants, self.device)
+        except NotApplicable as e:
+            return LayerResult(node.label, TORCH, source="default", note=f"replayed {choice.label} not applicable: {e}")
+        return LayerResult(node.label, choice, source="replay")
+
+    def tune_layer(self, node, cands: list[Choice], facts, constants: dict, opset: int = 21, seed: int = 0,
+                   budget_left: bool = True) -> LayerResult:
+        default = default_choice(node, self.device)
+        try:
+            inputs = layer_inputs(node, facts, constants, self.device, seed)
+        except NotApplicable as e:
+            return LayerResult(node.label, default, source="default", note=str(e))
+        key = make_key(signature(node, inputs, cands, self.device_desc, self.versions, self.tf32))
+        hit = self.cache.get(key)
+        if hit is not None:
+            choice = Choice.from_json(hit["tactic"])
+            return LayerResult(node.label, choice, hit.get("times", {}).get(choice.label), dict(hit.get("times", {})),
+                               dict(hit.get("rejected", {})), source="cache")
+        if not budget_left:
+            return LayerResult(node.label, default, source="default", note="tuning budget exceeded")
+        from ..ops import default_registry
+        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
+        ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
+                            output_types=[o.type if o is not None else None for o in node.outputs],
+                            node_name=node.label)
+        attrs = node.attrs
+        res = LayerResult(node.label, default)
+        with torch.inference_mode():
+            try:
+                ref = ref_kernel(ctx, [_clone(x) for x in inputs], attrs)
+            except Exception as e:  # noqa: BLE001 - the layer's own kernel cannot run on random data
+                return LayerResult(node.label, default, source="default",
+                                   note=f"reference failed on random inputs: {type(e).__name__}: {e}")
+            for c in cands:
+                try:
+                    t = make(c, node, constants, self.device)
+                    kernel = ref_kernel if t is None else t.kernel
+                    got = kernel(ctx, [_clone(x) for x in inputs], attrs)
+                    why = mismatch(got, ref, self.device, self.tf32)
+                    fell = getattr(getattr(t, "kernel", None), "fallbacks", None)
+                    if why is None and fell:
+                        why = "the generated kernel fell back to the library path: " + "; ".join(fell)
+                    if why is not None:
+                        res.rejected[c.label] = why
+                        continue
+                    res.times[c.label] = round(self.timer(lambda: kernel(ctx, inputs, attrs), self.device), 5)
+                except NotApplicable as e:
+                    res.rejected[c.label] = f"not applicable: {e}"
+                except Exception as e:  # noqa: BLE001 - a failing candidate loses, with the reason
+                    res.rejected[c.label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        if not res.times:
+            res.choice, res.source = TORCH, "tuned"
+            res.note = "no candidate ran correctly"
+        else:
+            best = min(res.times, key=lambda k: (res.times[k], k))
+            chosen = best
+            if default.label in res.times and res.times[default.label] <= res.times[best] * (1 + MARGIN):
+                chosen = default.label
+            res.choice = next(c for c in cands if c.label == chosen)
+            res.time_ms = res.times[chosen]
+        self.cache.put(key, {"what": f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in inputs]}",
+                             "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected})
+        return res
+
+
+def _clone(x):
+    return x.clone() if isinstance(x, torch.Tensor) and not x.is_pinned() else x
