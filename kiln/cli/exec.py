@@ -23,8 +23,9 @@ UNSUPPORTED = {
     "--explicitBatch": None,  # accepted: Kiln is always explicit-batch (handled below)
     "--inputIOFormats": "I/O formats other than the model's own types are not supported yet",
     "--outputIOFormats": "I/O formats other than the model's own types are not supported yet",
-    "--minShapesCalib": "INT8 calibration is not supported yet", "--optShapesCalib": "INT8 calibration is not supported yet",
-    "--maxShapesCalib": "INT8 calibration is not supported yet", "--refit": "refittable engines are not supported yet",
+    "--minShapesCalib": "calibration runs at the calibration data's own shapes",
+    "--optShapesCalib": "calibration runs at the calibration data's own shapes",
+    "--maxShapesCalib": "calibration runs at the calibration data's own shapes", "--refit": "refittable engines are not supported yet",
     "--safe": "the safety runtime does not exist in Kiln", "--tacticSources": "tactic sources are not selectable yet",
     "--noBuilderCache": "use --timingCacheFile or leave it out", "--nvtxMode": "NVTX annotation is not supported",
     "--minTiming": "tactic timing iterations are not configurable yet", "--avgTiming": "tactic timing iterations are "
@@ -32,15 +33,14 @@ UNSUPPORTED = {
     "--useDLACore": "DLA is not supported", "--allowGPUFallback": "DLA is not supported",
     "--exposeDMA": "DMA serialization is not supported", "--plugins": "TensorRT plugins are not supported",
     "--versionCompatible": "version-compatible engines are not supported",
-    "--stronglyTyped": "use `kiln build --strict-types`", "--profilingVerbosity": "Kiln always records layer detail",
+"--profilingVerbosity": "Kiln always records layer detail",
     "--sparsity": "structured sparsity is not supported yet", "--int4": "int4 is not supported yet",
     "--useManagedMemory": "managed memory is not supported", "--useRuntime": "only the full runtime exists",
     "--dumpRefit": "refit is not supported", "--timeDeserialize": "not supported yet",
     "--timeRefit": "refit is not supported", "--getPlanVersionOnly": "not supported yet",
     "--saveAllEngines": "not supported", "--persistentCacheRatio": "not supported",
-    "--precisionConstraints": "not supported yet", "--layerPrecisions": "not supported yet",
-    "--layerOutputTypes": "not supported yet", "--heuristic": "not supported", "--calibProfile": "INT8 calibration is "
-                                                                                                 "not supported yet",
+    "--layerOutputTypes": "not supported yet", "--heuristic": "not supported", "--calibProfile": "calibration runs at the "
+                                                                                                 "calibration data's own shapes",
     "--profile": "selecting a profile by index is not supported; Kiln picks the profile that fits --shapes",
 }
 
@@ -64,6 +64,11 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--best", action="store_true",
                    help="enable fp16 in addition to fp32 (int8 needs calibration: add --int8 --calib)")
     b.add_argument("--noTF32", action="store_true", help="disable tf32")
+    b.add_argument("--stronglyTyped", action="store_true", help="keep the model's own types (no reduced precision)")
+    b.add_argument("--layerPrecisions", metavar="SPEC",
+                   help="per-layer precision, e.g. 'conv1:fp16,*:fp32' (layer name, glob or op type : precision)")
+    b.add_argument("--precisionConstraints", choices=["none", "prefer", "obey"], default="obey",
+                   help="'none' ignores --layerPrecisions; 'prefer' and 'obey' apply it (Kiln always obeys)")
     b.add_argument("--calib", metavar="FILE", help="int8 calibration cache to read (and write after calibrating)")
     b.add_argument("--minShapes", metavar="SPEC", action="append", default=[],
                    help="profile min shapes, e.g. x:1x3x224x224; repeat the min/opt/max triple for more profiles")
@@ -251,7 +256,8 @@ def _build(args, shapes, log):
         config = BuilderConfig(device=_device(args), fp16=args.fp16 or args.best, bf16=args.bf16,
                                tf32=not args.noTF32, workspace_bytes=_workspace_bytes(args), profiles=profiles,
                                optimization_level=args.builderOptimizationLevel,
-                               timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0, **quant)
+                               timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0,
+                               strict_types=args.stronglyTyped, layer_precisions=_layer_precisions(args), **quant)
     except ValueError as e:
         raise ShapeError(str(e)) from None
     log.line(f"Building an engine from {args.onnx} for {config.device}")
@@ -266,6 +272,16 @@ def _build(args, shapes, log):
         engine.save(args.saveEngine)
         log.line(f"Engine saved to {args.saveEngine}")
     return engine
+
+
+def _layer_precisions(args) -> dict[str, str]:
+    if not args.layerPrecisions or args.precisionConstraints == "none":
+        return {}
+    from ..quant.layer_precision import parse_spec
+    try:
+        return parse_spec(args.layerPrecisions)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _load(args, log):

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "inspect": "inspect",
     "compare": "compare",
     "exec": "exec",
+    "quantize": "quantize",
 }
 
 

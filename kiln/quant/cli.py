@@ -27,24 +27,29 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    return quantize(args.model, args.output, args.calib_data, args.calib_method, args.cache)
+
+
+def quantize(model: str, output: str, calib_data: str | None, calib_method: str, cache: str | None) -> int:
+    """Calibrate (or read ``cache``) and write the Q/DQ model; returns the exit status."""
     from .cache import Calibration
     from .qdq_export import calibrate_model, write_qdq_model
     try:
-        if args.calib_data:
-            cal = calibrate_model(args.model, args.calib_data, args.calib_method)
-            if args.cache:
-                cal.save(args.cache)
-        elif args.cache and Path(args.cache).is_file():
-            cal = Calibration.load(args.cache)
+        if calib_data:
+            cal = calibrate_model(model, calib_data, calib_method)
+            if cache:
+                cal.save(cache)
+        elif cache and Path(cache).is_file():
+            cal = Calibration.load(cache)
         else:
             print("kiln quantize: give --calib-data, or --cache naming an existing calibration cache",
                   file=sys.stderr)
             return 2
-        _, skipped = write_qdq_model(args.model, cal, args.output, args.calib_method)
+        _, skipped = write_qdq_model(model, cal, output, calib_method)
     except (OSError, ValueError) as e:
         print(f"kiln quantize: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output} ({len(cal.scales)} calibrated tensors"
+    print(f"wrote {output} ({len(cal.scales)} calibrated tensors"
           + (f"; left in float (no scale): {', '.join(skipped)}" if skipped else "") + ")")
     return 0
 
