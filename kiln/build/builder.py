@@ -116,7 +116,11 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
     tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
                   device_desc=device_desc, versions=versions)
     constants = _bind_constants(graph, dev)
-    result = tuner.tune_graph(graph, facts, constants, progress, replay)
+    skip = None
+    if dev.type == "cuda":  # layers placed on the host (shape arithmetic) keep the op's own kernel
+        from ..engine.placement import plan_placement
+        skip = set(plan_placement(graph).host_nodes)
+    result = tuner.tune_graph(graph, facts, constants, progress, replay, skip)
     del constants
     for n in graph.nodes:
         r = result.layers.get(n.label)

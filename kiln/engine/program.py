@@ -67,7 +67,7 @@ class Program:
                                 node_name=n.label)
             if any(True for _ in n.subgraphs()):
                 ctx.run_graph = self._subgraph_runner()
-            tactic = (tactics or {}).get(n)
+            tactic = None if on_host else (tactics or {}).get(n)  # host layers run the op's own kernel
             self.steps.append(Step(n, opdef.kernel if tactic is None else tactic.kernel,
                                    tuple(None if v is None else v.id for v in n.inputs),
                                    tuple(None if v is None else v.id for v in n.outputs), n.attrs, ctx,

@@ -63,7 +63,8 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.device.type == "cuda":
         m, k = a.shape
         n = b.shape[1]
-        pm, pk, pn = max(0, 17 - m), (-k) % 8, (-n) % 8
+        # cuBLASLt's int8 GEMM rejected M=17 and M=24 on the H200 (M=32 and up, multiples of 32, ran): pad M.
+        pm, pk, pn = -(-max(m, 32) // 32) * 32 - m, (-k) % 8, (-n) % 8
         if pm or pk or pn:  # zero rows/columns change nothing in the product
             a = F.pad(a, (0, pk, 0, pm))
             b = F.pad(b, (0, pn, 0, pk))
@@ -167,13 +168,14 @@ def fp8_mm(a: torch.Tensor, wq: torch.Tensor, sx: float, w_scale: torch.Tensor) 
     m, k = a.shape
     n = wq.shape[0]
     sw = w_scale.reshape(-1)
-    if a.device.type == "cuda" and sw.numel() == 1 and k % 16 == 0 and n % 16 == 0:
+    if a.device.type == "cuda" and k % 16 == 0 and n % 16 == 0:
         pm = (-m) % 16
         ap = F.pad(a.view(torch.uint8), (0, 0, 0, pm)).view(torch.float8_e4m3fn) if pm else a
         sa = torch.full((), sx, device=a.device, dtype=torch.float32)  # a fill kernel: CUDA-graph safe
-        y = torch._scaled_mm(ap.contiguous(), wq.t(), scale_a=sa, scale_b=sw.to(torch.float32).reshape(()),
-                             out_dtype=torch.float32)
-        return y[:m]
+        per_channel = sw.numel() > 1  # tensor-wise scales in the GEMM, per-channel ones after it
+        sb = torch.ones((), device=a.device) if per_channel else sw.to(torch.float32).reshape(())
+        y = torch._scaled_mm(ap.contiguous(), wq.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)[:m]
+        return y * sw.to(torch.float32) if per_channel else y
     y = a.to(torch.float32) @ wq.to(torch.float32).t()
     return y * (sw.to(torch.float32) * sx)
 

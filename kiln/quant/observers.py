@@ -46,7 +46,7 @@ class HistogramObserver:
         nb = len(self.counts)
         self.zeros += int((a == 0).sum())
         idx = torch.clamp((a / self.width).long(), max=nb - 1)
-        self.counts += torch.bincount(idx, minlength=nb).numpy()
+        self.counts += torch.bincount(idx, minlength=nb).cpu().numpy()
 
     def edges(self) -> np.ndarray:
         return np.arange(len(self.counts) + 1, dtype=np.float64) * self.width

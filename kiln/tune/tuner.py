@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import warnings
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -226,11 +227,12 @@ class Tuner:
         self.versions = versions or {}
 
     def tune_graph(self, graph, facts, constants: dict, progress: Callable | None = None,
-                   replay: dict | None = None) -> TuneResult:
+                   replay: dict | None = None, skip: set | None = None) -> TuneResult:
+        """Tune every layer with a choice; ``skip``: ids of nodes that run on the host (shape arithmetic)."""
         progress = progress or (lambda *a: None)
         res = TuneResult()
         t0 = time.perf_counter()
-        todo = [(n, c) for n in graph.nodes if (c := tunable(n, self.device, self.level))]
+        todo = [(n, c) for n in graph.nodes if id(n) not in (skip or ()) and (c := tunable(n, self.device, self.level))]
         opset = graph.opsets.get("", 21)
         progress("tune", 0, len(todo), f"{len(todo)} layers to tune")
         for i, (node, cands) in enumerate(todo):
@@ -282,7 +284,8 @@ class Tuner:
                             node_name=node.label)
         attrs = node.attrs
         res = LayerResult(node.label, default)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. SDPA explaining why a backend cannot run: the reason is kept
             try:
                 ref = ref_kernel(ctx, [_clone(x) for x in inputs], attrs)
             except Exception as e:  # noqa: BLE001 - the layer's own kernel cannot run on random data

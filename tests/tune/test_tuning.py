@@ -1,0 +1,248 @@
+"""The tactic tuner (kiln/tune) on the CPU: timing cache, budget, optimization levels, checking against the
+reference, replay, and engine persistence of the choices. Small models, a few seconds in all."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.tune import Choice, TimingCache, export_choices, space, tuner
+from kiln.ops.fused import fused_attention
+from kiln.ops import KernelContext
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny_resnet.onnx"
+PROFILE = (kiln.Profile.fixed({"image": (2, 3, 64, 64)}),)
+
+
+def _build(**kw):
+    kw.setdefault("profiles", PROFILE)
+    return kiln.build(str(EXAMPLE), device="cpu", **kw)
+
+
+@pytest.fixture
+def count_timings(monkeypatch):
+    """Counts every candidate timing the tuner makes (Timer.__call__)."""
+    calls = []
+    real = tuner.Timer.__call__
+
+    def counted(self, fn, device):
+        calls.append(1)
+        return real(self, fn, device)
+    monkeypatch.setattr(tuner.Timer, "__call__", counted)
+    return calls
+
+
+def _tuned_layers(engine):
+    return [l for l in engine.report.layers if l.candidates]
+
+
+def test_tuning_records_tactic_time_and_candidates():
+    e = _build()
+    tuned = _tuned_layers(e)
+    assert len(tuned) == 12  # 11 convolutions and the classifier
+    for l in tuned:
+        assert l.tactic in ("torch", "onednn") and l.time_ms is not None and l.time_ms > 0
+        assert set(l.candidates) >= {"torch"} and l.candidates[l.tactic] == l.time_ms
+    assert e.report.tuning["timed"] > 0 and not e.report.tuning["budget_exceeded"]
+    assert "tactics:" in e.report.summary()
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    plain = kiln.build(str(EXAMPLE), device="cpu", profiles=PROFILE, optimization_level=1)
+    want = plain.create_execution_context().infer({"image": x})
+    got = e.create_execution_context().infer({"image": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_round_trip(tmp_path):
+    c = TimingCache()
+    c.put("k1", {"tactic": {"name": "triton_gemm", "params": {"config": [64, 64, 32, 8, 4, 3]}}, "times": {"a": 1.0}})
+    c.save(tmp_path / "t.json")
+    back = TimingCache.load(tmp_path / "t.json")
+    assert back.entries == c.entries
+    # Saving merges with what the file holds.
+    d = TimingCache()
+    d.put("k2", {"tactic": {"name": "torch", "params": {}}, "times": {}})
+    d.save(tmp_path / "t.json")
+    assert set(TimingCache.load(tmp_path / "t.json").entries) == {"k1", "k2"}
+
+
+def test_cache_hit_times_nothing(tmp_path, count_timings):
+    cache = str(tmp_path / "timing.json")
+    first = _build(timing_cache=cache)
+    assert len(count_timings) > 0 and Path(cache).is_file()
+    count_timings.clear()
+    second = _build(timing_cache=cache)
+    assert count_timings == [] and second.report.tuning["timed"] == 0
+    assert second.report.tuning["cache_hits"] >= 12
+    # Reproducible: same model, config and cache -> same choices.
+    assert second.tactic_choices == first.tactic_choices
+    third = _build(timing_cache=cache)
+    assert third.tactic_choices == first.tactic_choices and third.tactics == first.tactics
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other"}), "", "\x00\xff"])
+def test_corrupt_cache_warns_and_is_ignored(tmp_path, content, count_timings):
+    cache = tmp_path / "timing.json"
+    cache.write_text(content, errors="surrogateescape") if content != "\x00\xff" else cache.write_bytes(b"\x00\xff")
+    with pytest.warns(RuntimeWarning, match="timing cache .* is ignored"):
+        e = _build(timing_cache=str(cache))
+    assert count_timings and e.report.tuning["timed"] > 0
+    assert len(TimingCache.load(cache)) > 0  # rewritten as a valid cache
+
+
+def test_budget_honoured(count_timings):
+    e = _build(tuning_budget_s=0.0)
+    t = e.report.tuning
+    assert t["budget_exceeded"] and count_timings == []
+    # At most the first layer may have been timed before the budget check; here none (budget 0 is spent at once).
+    assert len(t["untuned_for_budget"]) >= 11
+    assert any("budget" in n for n in e.report.notes)
+    # Untuned layers keep their default tactic (oneDNN on the CPU) and the engine still runs.
+    assert all(v["name"] == "onednn" for v in e.tactic_choices.values())
+    e.create_execution_context().infer({"image": np.ones((2, 3, 64, 64), np.float32)})
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_low_optimization_level_skips_tuning(level, count_timings):
+    e = _build(optimization_level=level)
+    assert count_timings == [] and e.report.tuning == {}
+    assert not any("tactic" in n.meta for n in e.graph.nodes)
+    assert all(l.time_ms is None for l in e.report.layers)
+
+
+def test_wrong_candidate_is_rejected(monkeypatch):
+    """A deliberately wrong (and fast) candidate must never win: the tuner checks it against the reference."""
+    def wrong(node, params, constants, device):
+        def kernel(ctx, inputs, attrs):
+            return torch.zeros(1)  # wrong shape, and instant
+        return space.Tactic("wrong", kernel)
+
+    def off_by_a_bit(node, params, constants, device):
+        ref = space.FACTORIES["onednn"](node, params, constants, device)
+
+        def kernel(ctx, inputs, attrs):
+            return ref.kernel(ctx, inputs, attrs) * 1.01
+        return space.Tactic("off", kernel)
+    monkeypatch.setitem(space.FACTORIES, "wrong", wrong)
+    monkeypatch.setitem(space.FACTORIES, "off", off_by_a_bit)
+    monkeypatch.setitem(space.SPACE, ("kiln", "Conv"),
+                        space.SPACE[("kiln", "Conv")] + [("wrong", {}, "any", 0), ("off", {}, "cpu", 0)])
+    e = _build()
+    convs = [l for l in e.report.layers if l.op == "kiln::Conv"]
+    assert convs
+    for l in convs:
+        assert l.tactic in ("torch", "onednn")
+        assert "shape" in l.candidates["wrong"]
+        assert "relative error" in l.candidates["off"]
+
+
+def test_tuner_picks_fastest_correct_and_prefers_default_on_ties(monkeypatch):
+    from kiln.passes.propagate import propagate
+    e = _build(optimization_level=1)
+    node = next(n for n in e.graph.nodes if n.op_type == "Conv")
+    facts = propagate(e.graph, {"image": (2, 3, 64, 64)}, e.registry)
+
+    class FakeTimer(tuner.Timer):  # candidates' times in the order they are timed
+        def __call__(self, fn, device):
+            self.calls += 1
+            fn()
+            return next(it)
+    cands = [Choice("torch"), Choice("onednn")]
+    for seq, want in (([1.0, 0.5], "onednn"), ([0.5, 1.0], "torch"), ([1.0, 0.99], "onednn")):
+        it = iter(seq)
+        t = tuner.Tuner(torch.device("cpu"), 3, timer=FakeTimer())
+        r = t.tune_layer(node, cands, facts, e._constants)
+        # default on the CPU is oneDNN: it keeps ties within the margin
+        assert r.choice.name == want, (seq, r)
+
+
+def test_replay_gives_the_same_engine(tmp_path, count_timings):
+    first = _build()
+    path = tmp_path / "tactics.json"
+    data = export_choices(first, path)
+    assert data["layers"] == first.tactic_choices and json.loads(path.read_text())["layers"]
+    count_timings.clear()
+    again = _build(tactic_replay=str(path))
+    assert count_timings == []
+    assert again.tactic_choices == first.tactic_choices and again.tactics == first.tactics
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    a = first.create_execution_context().infer({"image": x})
+    b = again.create_execution_context().infer({"image": x})
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_replay_file_must_be_valid(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    with pytest.raises(kiln.errors.BuildError, match="export_choices"):
+        _build(tactic_replay=str(bad))
+
+
+def test_save_and_load_keep_choices(tmp_path, count_timings):
+    e = _build()
+    p = tmp_path / "m.engine"
+    e.save(p)
+    count_timings.clear()
+    back = kiln.Engine.load(p)
+    assert count_timings == []  # loading never tunes
+    assert back.tactic_choices == e.tactic_choices and back.tactics == e.tactics
+    assert back.report.layers[0].tactic == e.report.layers[0].tactic
+    assert back.report.layers[0].candidates == e.report.layers[0].candidates
+
+
+def test_progress_reports_the_tune_stage():
+    seen = []
+    _build(progress=lambda stage, done, total, msg: seen.append((stage, done, total)))
+    tune = [s for s in seen if s[0] == "tune"]
+    assert tune[0] == ("tune", 0, 12) and tune[-1] == ("tune", 12, 12)
+
+
+def test_candidates_by_level_and_device():
+    from types import SimpleNamespace
+    lin = SimpleNamespace(domain="kiln", op_type="Linear", attrs={}, subgraphs=lambda: iter(()))
+    cpu = [c.label for c in space.candidates(lin, torch.device("cpu"), 3)]
+    assert cpu == ["torch", "onednn"]
+    cuda = {lvl: [c.label for c in space.candidates(lin, torch.device("cuda"), lvl)] for lvl in (2, 3, 5)}
+    assert cuda[2][0] == "torch" and "onednn" not in cuda[2]
+    gemm = {lvl: sum(c.startswith("triton_gemm") for c in v) for lvl, v in cuda.items()}
+    assert 0 < gemm[2] <= gemm[3] <= gemm[5]
+    conv = SimpleNamespace(domain="kiln", op_type="Conv", attrs={}, subgraphs=lambda: iter(()))
+    labels = [c.label for c in space.candidates(conv, torch.device("cuda"), 3)]
+    assert {"cudnn/layout=nchw", "cudnn/layout=nhwc", "cudnn_fused", "triton_epilogue"} <= set(labels)
+    att = SimpleNamespace(domain="kiln", op_type="Attention", attrs={}, subgraphs=lambda: iter(()))
+    assert "sdpa/backend=flash" in [c.label for c in space.candidates(att, torch.device("cuda"), 3)]
+
+
+@pytest.mark.parametrize("heads,mask", [(None, None), (2, "bool"), (2, "float"), (None, "bool")])
+def test_unfused_attention_matches_sdpa(heads, mask):
+    g = torch.Generator().manual_seed(0)
+    b, s, d = 2, 5, 8
+    attrs = {"scale": 0.3, **({"heads": heads} if heads else {})}
+    if heads:
+        q, k, v = (torch.randn(b, s, heads * d, generator=g) for _ in range(3))
+    else:
+        q, k, v = torch.randn(b, s, d, generator=g), torch.randn(b, d, s, generator=g), torch.randn(b, s, d, generator=g)
+    inputs = [q, k, v]
+    if mask == "bool":
+        inputs.append(torch.rand(b, 1, s, s, generator=g) < 0.8 if heads else torch.rand(b, s, s, generator=g) < 0.8)
+        inputs[-1][..., 0] = True
+    elif mask == "float":
+        inputs.append(torch.randn(b, 1, 1, s, generator=g))
+    node = type("N", (), {"attrs": attrs})()
+    t = space.FACTORIES["unfused"](node, {}, {}, torch.device("cpu"))
+    ctx = KernelContext(opset=21, device=torch.device("cpu"))
+    torch.testing.assert_close(t.kernel(ctx, inputs, attrs), fused_attention(ctx, inputs, attrs), rtol=1e-5, atol=1e-5)
+
+
+def test_stored_choice_not_available_falls_back_with_a_note():
+    e = _build(optimization_level=1)
+    node = next(n for n in e.graph.nodes if n.op_type == "Conv")
+    node.meta["tactic"] = {"name": "cudnn_fused", "params": {}}
+    again = kiln.Engine.deserialize(e.serialize())
+    assert any("not available here" in n for n in again.load_notes)
+    assert again.tactic_choices[node.label]["name"] == "torch"
