@@ -11,6 +11,7 @@ built for the exact benchmark shape (min = opt = max), as `trtexec --shapes` doe
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import sys
@@ -87,7 +88,8 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     # Kiln.
     shapes = {n: tuple(x.shape) for n, x in zip(names, inputs)}
     config = kiln.BuilderConfig(device=device, fp16=args.fp16, profiles=(kiln.Profile.fixed(shapes),),
-                                timing_cache=str(workdir / "timing.cache") if args.timing_cache else None)
+                                timing_cache=str(workdir / "timing.cache") if args.timing_cache else None,
+                                optimization_level=args.opt_level, tuning_budget_s=args.tuning_budget)
     t0 = time.perf_counter()
     engine = kiln.build(path, config)
     row["kiln_build_s"] = round(time.perf_counter() - t0, 2)
@@ -96,6 +98,8 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
         engine = kiln.build(path, config)
         row["kiln_build_warm_s"] = round(time.perf_counter() - t0, 2)
     row["kiln_layers"], row["onnx_nodes"] = len(engine.report.layers), engine.report.onnx_nodes
+    row["kiln_tuning"] = {k: v for k, v in engine.report.tuning.items() if k != "untuned_for_budget"}
+    row["kiln_tactics"] = dict(collections.Counter(l.tactic for l in engine.report.layers if l.tactic))
     row["arena_mib"] = round(engine.report.memory.get("arena_bytes", 0) / 2 ** 20, 1)
     row["lower_bound_mib"] = round(engine.report.memory.get("lower_bound_bytes", 0) / 2 ** 20, 1)
     ctx = engine.create_execution_context()
@@ -156,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torchvision", dest="torchvision", action="store_false",
                     help="use the plain-torch CNN definitions even where torchvision imports")
     ap.add_argument("--timing-cache", action="store_true", help="build twice with a timing cache: cold and warm")
+    ap.add_argument("--opt-level", type=int, default=3, help="BuilderConfig.optimization_level (tactic search breadth)")
+    ap.add_argument("--tuning-budget", type=float, help="BuilderConfig.tuning_budget_s")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--warmup", type=int, default=5)

@@ -38,6 +38,10 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
                    help="0: no graph optimization ... 5: widest search (default 3)")
     g.add_argument("--timing-cache", metavar="FILE", help="read/write tactic timings from/to FILE")
+    g.add_argument("--tuning-budget", metavar="SECONDS", type=float,
+                   help="time limit for tactic tuning; layers left when it runs out keep their default tactic")
+    g.add_argument("--tactic-replay", metavar="FILE",
+                   help="take every layer's tactic from FILE (written by kiln.tune.export_choices); time nothing")
     g.add_argument("--no-cuda-graphs", action="store_true",
                    help="build an engine whose contexts run eagerly instead of replaying CUDA graphs")
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -88,6 +92,7 @@ def config_from_args(args, **extra):
             device=resolve_device(args.device), fp16=args.fp16, bf16=args.bf16, tf32=not args.no_tf32,
             workspace_bytes=None if args.workspace is None else int(args.workspace * (1 << 20)),
             profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,
+            tuning_budget_s=getattr(args, "tuning_budget", None), tactic_replay=getattr(args, "tactic_replay", None),
             cuda_graphs=not args.no_cuda_graphs,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
             strict_types=args.strict_types, verbosity=min(getattr(args, "verbose", 0), 2), **quant, **extra)

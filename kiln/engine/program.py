@@ -8,9 +8,9 @@ from typing import Any, Callable
 import torch
 
 from ..errors import KernelError, KilnError
-from ..ir.graph import Graph, Node, outer_reads
+from ..ir.graph import Graph, Node
 from ..ops import KernelContext, Registry
-from ..runtime.interpreter import Interpreter
+from ..runtime.interpreter import Interpreter, last_uses
 from .placement import plan_placement, to_device
 
 
@@ -41,19 +41,8 @@ class Program:
         self._sub = Interpreter(graph, device, registry)  # runs If/Loop/Scan bodies
         self._sub._consts = constants
         opset = graph.opsets.get("", 21)
-        last: dict[int, int] = {}
-        for i, n in enumerate(graph.nodes):
-            for v in n.inputs:
-                if v is not None:
-                    last[v.id] = i
-            for sg in n.subgraphs():
-                for v in outer_reads(sg):
-                    last[v.id] = i
         keep = {v.id for v in graph.outputs} | set(constants)
-        frees: dict[int, list[int]] = {}
-        for vid, i in last.items():
-            if vid not in keep:
-                frees.setdefault(i, []).append(vid)
+        frees = {i: [vid for vid in vids if vid not in keep] for i, vids in last_uses(graph).items()}
         placement = plan_placement(graph) if device.type == "cuda" else None
         host = torch.device("cpu")
         self.steps: list[Step] = []

@@ -16,12 +16,13 @@ import torch
 
 from ..build.config import BuilderConfig, Profile
 from ..errors import DeviceMismatchError, EngineFormatError, InputError, ShapeError
-from ..ir.convert import numpy_to_torch, torch_to_numpy
+from ..ir.convert import torch_to_numpy
 from ..ir.dtype import DType
 from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from . import device_info
+from ..runtime.interpreter import as_tensor
 from .placement import is_host_constant
 from .program import Program
 
@@ -203,20 +204,7 @@ class ExecutionContext:
             if info.name not in inputs:
                 raise InputError(f"missing input {info.name!r} (dtype {info.dtype.name.lower() if info.dtype else '?'}"
                                  f", shape {list(info.shape)})")
-            x = inputs[info.name]
-            if isinstance(x, (np.ndarray, np.generic)):
-                try:
-                    t, dtype = numpy_to_torch(np.asarray(x))
-                except TypeError as e:
-                    raise InputError(f"input {info.name!r}: {e}") from None
-            elif isinstance(x, torch.Tensor):
-                t = x
-                try:
-                    dtype = DType.from_torch(x.dtype)
-                except TypeError as e:
-                    raise InputError(f"input {info.name!r}: {e}") from None
-            else:
-                raise InputError(f"input {info.name!r}: expected a numpy array or torch tensor, got {type(x).__name__}")
+            t, dtype = as_tensor(info.name, inputs[info.name])
             if info.dtype is not None and dtype is not info.dtype and not (info.dtype.is_subbyte and
                                                                             info.dtype.torch == t.dtype):
                 raise InputError(f"input {info.name!r} must have dtype {info.dtype.name.lower()}, "

@@ -69,19 +69,7 @@ class Interpreter:
             return [self._convert_input(Value(v.name, v.type.elem or TensorType()), e) for e in x]
         if isinstance(v.type, OptionalType):
             return None if x is None else self._convert_input(Value(v.name, v.type.elem or TensorType()), x)
-        if isinstance(x, (np.ndarray, np.generic)):
-            try:
-                t, dtype = numpy_to_torch(np.asarray(x))
-            except TypeError as e:
-                raise InputError(f"input {v.name!r}: {e}") from None
-        elif isinstance(x, torch.Tensor):
-            t = x
-            try:
-                dtype = DType.from_torch(x.dtype)
-            except TypeError as e:
-                raise InputError(f"input {v.name!r}: {e}") from None
-        else:
-            raise InputError(f"input {v.name!r}: expected a numpy array or torch tensor, got {type(x).__name__}")
+        t, dtype = as_tensor(v.name, x)
         check_tensor_input(v, dtype, tuple(t.shape))
         return t.to(self.device)
 
@@ -110,7 +98,7 @@ class Interpreter:
         raise KernelError(f"value {v.name!r} was read before it was computed")
 
     def run_graph(self, graph: Graph, env: dict[int, Any], free: bool = False) -> list[Any]:
-        last_use = _last_uses(graph) if free else {}
+        last_use = last_uses(graph) if free else {}
         outputs = {v.id for v in graph.outputs}
         for i, node in enumerate(graph.nodes):
             args = [self._read(v, env) for v in node.inputs]
@@ -155,6 +143,18 @@ class Interpreter:
         return list(out[: len(node.outputs)])
 
 
+def as_tensor(name: str, x: Any) -> tuple[torch.Tensor, DType]:
+    """A user's input value (numpy array or torch tensor) as a tensor and its element type, or InputError."""
+    try:
+        if isinstance(x, (np.ndarray, np.generic)):
+            return numpy_to_torch(np.asarray(x))
+        if isinstance(x, torch.Tensor):
+            return x, DType.from_torch(x.dtype)
+    except TypeError as e:
+        raise InputError(f"input {name!r}: {e}") from None
+    raise InputError(f"input {name!r}: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
 def check_tensor_input(v: Value, dtype: DType, shape: tuple) -> None:
     """Raise InputError when a run-time tensor does not fit the input's declared type."""
     t = v.type
@@ -184,7 +184,7 @@ def _describe(a: Any) -> str:
     return "None" if a is None else type(a).__name__
 
 
-def _last_uses(graph: Graph) -> dict[int, list[int]]:
+def last_uses(graph: Graph) -> dict[int, list[int]]:
     """node index -> ids of values (computed in this graph) whose last reader is that node."""
     from ..ir.graph import outer_reads
     last: dict[int, int] = {}
