@@ -58,7 +58,8 @@ class BuildReport:
                          f"see report.quantization")
         if self.tuning:
             t = self.tuning
-            lines.append(f"tactics: {t.get('layers', 0)} layers tuned in {t.get('seconds', 0):.2f}s, "
+            lines.append(f"tactics: {t.get('layers', 0)} layers "
+                         f"{'replayed' if t.get('replayed') else 'tuned'} in {t.get('seconds', 0):.2f}s, "
                          f"{t.get('timed', 0)} candidates timed, {t.get('cache_hits', 0)} from the timing cache"
                          + (f"; budget exceeded, {len(t.get('untuned_for_budget', []))} layers kept their default"
                             if t.get("budget_exceeded") else ""))

@@ -24,6 +24,8 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
                    help="progress display on stderr: live (a redrawn line), plain (one line per step, for "
                         "logs) or off; auto picks live on a terminal and plain in a pipe or CI")
     p.add_argument("--layers", action="store_true", help="print the per-layer table after the summary")
+    p.add_argument("--export-tactics", metavar="FILE",
+                   help="write every layer's tactic choice as JSON to FILE (replay it with --tactic-replay)")
     return p
 
 
@@ -40,6 +42,9 @@ def run(args) -> int:
     finally:
         progress.finish()
     engine.save(args.output)
+    if args.export_tactics:
+        from ..tune import export_choices
+        export_choices(engine, args.export_tactics)
     print(f"built {args.output} for {engine.device} in {time.perf_counter() - t0:.2f}s")
     if engine.report is not None:
         print(engine.report.summary())

@@ -55,7 +55,6 @@ def _fmt(v) -> str:
 TORCH = Choice("torch")
 
 # -- the table -----------------------------------------------------------------------------------------------
-_GEMM_LEVELS = {0: 3, 1: 3}  # first gemm.CONFIGS entries by level; 4-5: all (filled in lazily)
 _ROWS = [("torch", {}, "any", 0), ("triton", {}, "cuda", 2)]
 SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
     ("kiln", "Conv"): [
@@ -69,6 +68,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
     ("kiln", "Linear"): [
         ("torch", {}, "any", 0),  # F.linear: cuBLASLt with the bias in its epilogue
         ("onednn", {}, "cpu", 0),
+        ("cublaslt", {}, "cuda", 2),  # addmm with bias + relu / tanh-GELU in cuBLASLt's epilogue
         ("triton_epilogue", {}, "cuda", 2),
         ("triton_gemm", {"config": "*"}, "cuda", 2),  # expanded to gemm.CONFIGS (by level)
     ],
@@ -134,7 +134,13 @@ def make(choice: Choice, node, constants: dict, device: torch.device, registry=N
     factory = FACTORIES.get(choice.name)
     if factory is None:
         raise NotApplicable(f"unknown tactic {choice.name!r}")
-    t = factory(node, choice.params, constants, device)
+    try:
+        t = factory(node, choice.params, constants, device)
+    except NotApplicable:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a replayed choice made for another kind of layer
+        raise NotApplicable(f"{choice.label} cannot be made for {node.domain}::{node.op_type}: "
+                            f"{type(e).__name__}: {e}") from None
     suffix = choice.label[len(choice.name):]  # "/k=v,..." when the choice has params
     return Tactic(t.name + suffix, t.kernel)
 
@@ -160,7 +166,9 @@ def _weights(node, constants):
 
 
 def _cudnn(node, params, constants, device) -> Tactic:
-    """torch's convolution with activations and weight in the layout ``params["layout"]`` (nchw | nhwc)."""
+    """torch's convolution with activations and weight in the layout ``params["layout"]`` (nchw | nhwc).
+    The output is returned in the layer's own layout (the conversion is part of the candidate's time), so
+    the layers around it see what they were tuned with."""
     w, b = _weights(node, constants)
     if w.dim() != 4:
         raise NotApplicable("2-D convolutions only")
@@ -171,10 +179,13 @@ def _cudnn(node, params, constants, device) -> Tactic:
     strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
         int(attrs.get("group", 1))
     epi = list(attrs.get("epilogue", []))
+    own = torch.channels_last if attrs.get("channels_last") else torch.contiguous_format
 
     def kernel(ctx, inputs, attrs):
         x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
         y = F.conv2d(x.contiguous(memory_format=fmt), w, b, strides, pads, dil, groups)
+        if fmt is not own:
+            y = y.contiguous(memory_format=own)
         return apply_epilogue(y, epi, inputs) if epi else y
     return Tactic("cudnn", kernel)
 
@@ -240,6 +251,30 @@ def _triton_gemm(node, params, constants, device) -> Tactic:
     return Tactic(layer.name, layer)
 
 
+def _cublaslt(node, params, constants, device) -> Tactic:
+    """x @ W^T + b through ``torch._addmm_activation``: cuBLASLt's epilogue adds the bias and applies a
+    leading relu or tanh-GELU step (Inductor's addmm fusion); later steps run as the plain epilogue."""
+    if device.type != "cuda":
+        raise NotApplicable("cuBLASLt runs on CUDA devices")
+    w, b = _weights(node, constants)
+    if b is None or b.dim() != 1 or w.dim() != 2:
+        raise NotApplicable("needs a 1-D bias and a 2-D weight")
+    epi = list(node.attrs.get("epilogue", []))
+    act = epi[0] if epi and epi[0] in ("relu", "gelu_tanh") else None
+    rest = epi[1:] if act else epi
+    if act is None:
+        raise NotApplicable("no relu or tanh-GELU step to fuse (torch's F.linear is the same call)")
+    wt = w.t()
+    use_gelu = act == "gelu_tanh"
+
+    def kernel(ctx, inputs, attrs):
+        x = inputs[0]
+        y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), wt, use_gelu=use_gelu)
+        y = y.reshape(*x.shape[:-1], w.shape[0])
+        return apply_epilogue(y, rest, inputs) if rest else y
+    return Tactic("cublaslt", kernel)
+
+
 def _sdpa(node, params, constants, device) -> Tactic:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -278,7 +313,7 @@ def _unfused(node, params, constants, device) -> Tactic:
 
 
 FACTORIES: dict[str, Factory] = {
-    "onednn": _onednn, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
+    "onednn": _onednn, "cublaslt": _cublaslt, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
     "triton_epilogue": _triton_epilogue, "triton_gemm": _triton_gemm, "sdpa": _sdpa, "unfused": _unfused,
 }
 

@@ -55,7 +55,8 @@ class TuneResult:
                 why[r.note] = why.get(r.note, 0) + 1
         return {"timed": self.timed, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
                 "budget_exceeded": self.budget_exceeded, "untuned_for_budget": list(self.untuned_for_budget),
-                "layers": sum(r.source != "default" for r in self.layers.values()), "not_tuned": why}
+                "layers": sum(r.source != "default" for r in self.layers.values()),
+                "replayed": sum(r.source == "replay" for r in self.layers.values()), "not_tuned": why}
 
 
 # -- timing ------------------------------------------------------------------------------------------------------
@@ -85,12 +86,18 @@ class Timer:
         with torch.cuda.stream(stream):
             for _ in range(self.warmup):
                 fn()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(stream)
+            fn()
+            b.record(stream)
         stream.synchronize()
+        # Enough calls per sample to cover ~0.5 ms (short kernels), one for long ones: bounded build time.
+        reps = max(1, min(self.reps, int(0.5 / max(a.elapsed_time(b), 1e-3))))
         graph = None
         try:  # engines replay CUDA graphs: time the same way, launch overheads out
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                for _ in range(self.reps):
+                for _ in range(reps):
                     fn()
             run = graph.replay
         except Exception:  # noqa: BLE001 - not capturable: time plain launches
@@ -98,7 +105,7 @@ class Timer:
             torch.cuda.synchronize(device)
 
             def run():
-                for _ in range(self.reps):
+                for _ in range(reps):
                     fn()
         ts = []
         with torch.cuda.stream(stream):
@@ -109,7 +116,7 @@ class Timer:
                 run()
                 b.record(stream)
                 b.synchronize()
-                ts.append(a.elapsed_time(b) / self.reps)
+                ts.append(a.elapsed_time(b) / reps)
         del graph
         return statistics.median(ts)
 
@@ -162,48 +169,79 @@ def mismatch(got, ref, device: torch.device, tf32: bool) -> str | None:
 
 
 # -- inputs --------------------------------------------------------------------------------------------------------
-def _random(t: TensorType, device: torch.device, gen: torch.Generator, like_channels_last: bool) -> torch.Tensor:
-    shape, dt = tuple(t.shape), t.dtype.torch
-    if dt == torch.bool:
-        x = torch.rand(shape, generator=gen) < 0.9
-    elif dt.is_floating_point:
-        x = torch.randn(shape, generator=gen).to(dt)
-    elif dt.is_complex:
-        raise NotApplicable("complex inputs")
-    else:
-        x = torch.randint(1, 4, shape, generator=gen).to(dt)
-    x = x.to(device)
-    if like_channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+@dataclass(frozen=True)
+class InputSpec:
+    """One layer input for timing: a bound constant, or random data of this shape, dtype and layout."""
+    shape: tuple
+    dtype: torch.dtype
+    channels_last: bool
+    const: object = None  # the bound tensor for weights and other constants
+
+    def key(self) -> list:
+        return [list(self.shape), str(self.dtype), self.channels_last, self.const is not None]
 
 
-def layer_inputs(node, facts, constants: dict, device: torch.device, seed: int) -> list:
-    gen = torch.Generator().manual_seed(seed)
+def _is_cl(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def input_specs(node, facts, constants: dict) -> list:
+    """What the layer's inputs look like at the opt shape (cheap: nothing is allocated)."""
     cl = bool(node.attrs.get("channels_last"))
     out = []
-    for i, v in enumerate(node.inputs):
+    for v in node.inputs:
         if v is None:
             out.append(None)
         elif v.id in constants:
             c = constants[v.id]
-            out.append(c.to(device) if c.device != device else c)
+            out.append(InputSpec(tuple(c.shape), c.dtype, _is_cl(c), c))
         else:
             t = facts.type_of(v)
             if not isinstance(t, TensorType) or t.dtype is None or t.shape is None or \
                     any(not isinstance(d, int) or d in facts.symbols for d in t.shape):
                 raise NotApplicable(f"input {v.name!r} has no static shape at the opt profile")
-            out.append(_random(t, device, gen, cl and i == 0 or (cl and len(t.shape) == 4)))
+            try:
+                dt = t.dtype.torch
+            except Exception:  # noqa: BLE001 - a type torch cannot hold
+                raise NotApplicable(f"input {v.name!r} has dtype {t.dtype}") from None
+            if dt.is_complex:
+                raise NotApplicable("complex inputs")
+            out.append(InputSpec(tuple(t.shape), dt, cl and len(t.shape) == 4))
     return out
 
 
+def materialize(specs: list, device: torch.device, seed: int) -> list:
+    """Fresh random inputs on the device (generated there: activations can be hundreds of MB)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for s in specs:
+        if s is None:
+            out.append(None)
+        elif s.const is not None:
+            c = s.const
+            out.append(c.to(device) if c.device != device else c)
+        else:
+            if s.dtype == torch.bool:
+                x = torch.rand(s.shape, generator=gen, device=device) < 0.9
+            elif s.dtype.is_floating_point:
+                x = torch.randn(s.shape, generator=gen, device=device, dtype=torch.float32).to(s.dtype)
+            else:
+                x = torch.randint(1, 4, s.shape, generator=gen, device=device).to(s.dtype)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(x)
+    return out
+
+
+def layer_inputs(node, facts, constants: dict, device: torch.device, seed: int) -> list:
+    return materialize(input_specs(node, facts, constants), device, seed)
+
+
 # -- the tuner -------------------------------------------------------------------------------------------------------
-def signature(node, inputs: list, cands: list[Choice], device_desc: dict, versions: dict, tf32: bool) -> dict:
+def signature(node, specs: list, cands: list[Choice], device_desc: dict, versions: dict, tf32: bool) -> dict:
     attrs = {k: v for k, v in sorted(node.attrs.items()) if not hasattr(v, "nodes")}
     return {"op": f"{node.domain}::{node.op_type}", "attrs": attrs,
-            "inputs": [None if x is None else [list(x.shape), str(x.dtype), x.dim() == 4 and
-                                               x.is_contiguous(memory_format=torch.channels_last)
-                                               and not x.is_contiguous()] for x in inputs],
+            "inputs": [None if s is None else s.key() for s in specs],
             "candidates": [c.label for c in cands], "device": {k: device_desc.get(k) for k in ("type", "name",
                                                                                               "capability")},
             "versions": versions, "tf32": tf32}
@@ -232,7 +270,11 @@ class Tuner:
         progress = progress or (lambda *a: None)
         res = TuneResult()
         t0 = time.perf_counter()
-        todo = [(n, c) for n in graph.nodes if id(n) not in (skip or ()) and (c := tunable(n, self.device, self.level))]
+        if replay is not None:  # every layer the file names, whatever this level would time
+            todo = [(n, []) for n in graph.nodes if id(n) not in (skip or ()) and n.label in replay]
+        else:
+            todo = [(n, c) for n in graph.nodes
+                    if id(n) not in (skip or ()) and (c := tunable(n, self.device, self.level))]
         opset = graph.opsets.get("", 21)
         progress("tune", 0, len(todo), f"{len(todo)} layers to tune")
         for i, (node, cands) in enumerate(todo):
@@ -266,10 +308,10 @@ class Tuner:
                    budget_left: bool = True) -> LayerResult:
         default = default_choice(node, self.device)
         try:
-            inputs = layer_inputs(node, facts, constants, self.device, seed)
+            specs = input_specs(node, facts, constants)
         except NotApplicable as e:
             return LayerResult(node.label, default, source="default", note=str(e))
-        key = make_key(signature(node, inputs, cands, self.device_desc, self.versions, self.tf32))
+        key = make_key(signature(node, specs, cands, self.device_desc, self.versions, self.tf32))
         hit = self.cache.get(key)
         if hit is not None:
             choice = Choice.from_json(hit["tactic"])
@@ -277,6 +319,7 @@ class Tuner:
                                dict(hit.get("rejected", {})), source="cache")
         if not budget_left:
             return LayerResult(node.label, default, source="default", note="tuning budget exceeded")
+        inputs = materialize(specs, self.device, seed)
         from ..ops import default_registry
         ref_kernel = default_registry().get(node.domain, node.op_type).kernel
         ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
@@ -318,7 +361,8 @@ class Tuner:
                 chosen = default.label
             res.choice = next(c for c in cands if c.label == chosen)
             res.time_ms = res.times[chosen]
-        self.cache.put(key, {"what": f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in inputs]}",
+        what = f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in specs]}"
+        self.cache.put(key, {"what": what,
                              "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected})
         return res
 

@@ -83,7 +83,7 @@ def test_resnet_tuned_fp16_correct_and_cached(tmp_path, count_timings):
     x = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
     ref = kiln.build(str(EXAMPLE), device="cpu", profiles=RESNET_PROFILE, optimization_level=1)
     want = ref.create_execution_context().infer({"image": x})
-    got = _check_graphs_ran(e, {"image": x.astype(np.float16)})
+    got = _check_graphs_ran(e, {"image": x})
     for k in want:
         assert rel(got[k].astype(np.float32), want[k]) < 2e-2
 
@@ -101,7 +101,7 @@ def test_resnet_tuned_fp16_correct_and_cached(tmp_path, count_timings):
     assert count_timings == [] and again.tactic_choices == e.tactic_choices
     loaded = kiln.Engine.deserialize(e.serialize())
     assert loaded.tactic_choices == e.tactic_choices and loaded.tactics == e.tactics
-    out = _check_graphs_ran(loaded, {"image": x.astype(np.float16)})
+    out = _check_graphs_ran(loaded, {"image": x})
     for k in out:
         np.testing.assert_allclose(out[k].astype(np.float32), got[k].astype(np.float32), rtol=1e-2, atol=1e-2)
 
@@ -160,3 +160,41 @@ def test_budget_on_gpu(bert_onnx):
     assert t["seconds"] < 0.5 + 30  # one layer may finish after the budget runs out (Triton compiles)
     feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
     _check_graphs_ran(e, feeds)
+
+
+def _mlp(act: str):
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((256, 512)).astype(np.float32) * 0.05,
+             "b1": rng.standard_normal(512).astype(np.float32) * 0.1,
+             "w2": rng.standard_normal((512, 256)).astype(np.float32) * 0.05,
+             "b2": rng.standard_normal(256).astype(np.float32) * 0.1}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"])]
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", ["hb"], ["a"]))
+    else:  # tanh-GELU as an op (opset 20)
+        nodes.append(helper.make_node("Gelu", ["hb"], ["a"], approximate="tanh"))
+    nodes += [helper.make_node("MatMul", ["a", "w2"], ["o"]), helper.make_node("Add", ["o", "b2"], ["y"])]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), inits
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu_tanh"])
+def test_mlp_linear_candidates(act):
+    """cuBLASLt's fused bias+activation epilogue, the Triton GEMM template and Triton epilogues all run correctly."""
+    model, w = _mlp(act)
+    prof = (kiln.Profile.fixed({"x": (8, 64, 256)}),)
+    e = kiln.build(model, device="cuda", fp16=True, profiles=prof, optimization_level=4)
+    show(f"mlp {act}", e, e.report.build_seconds)
+    first = next(l for l in e.report.layers if l.op == "kiln::Linear")
+    assert isinstance(first.candidates.get("cublaslt"), float), first.candidates
+    assert any(k.startswith("triton_gemm") and isinstance(v, float) for k, v in first.candidates.items()), \
+        first.candidates
+    x = np.random.default_rng(1).standard_normal((8, 64, 256)).astype(np.float32)
+    h = x @ w["w1"] + w["b1"]
+    h = np.maximum(h, 0) if act == "relu" else torch.nn.functional.gelu(torch.from_numpy(h), approximate="tanh").numpy()
+    want = h @ w["w2"] + w["b2"]
+    got = _check_graphs_ran(e, {"x": x})["y"]
+    assert rel(got.astype(np.float32), want) < 2e-2

@@ -246,3 +246,39 @@ def test_stored_choice_not_available_falls_back_with_a_note():
     again = kiln.Engine.deserialize(e.serialize())
     assert any("not available here" in n for n in again.load_notes)
     assert again.tactic_choices[node.label]["name"] == "torch"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_cudnn_layout_candidates_match_reference_on_cpu(layout, channels_last):
+    """The layout candidates are plain torch convolutions: checkable on the CPU too (the GPU runs them)."""
+    from kiln.ops.fused import fused_conv
+    e = _build(optimization_level=1)
+    ctx = KernelContext(opset=21, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for node in [n for n in e.graph.nodes if n.op_type == "Conv"][:4]:
+        node.attrs["channels_last"] = channels_last
+        w = e._constants[node.inputs[1].id]
+        x = torch.randn(2, w.shape[1] * node.attrs.get("group", 1), 16, 16, generator=g)
+        inputs = [x] + [e._constants.get(v.id) if v is not None else None for v in node.inputs[1:3]]
+        shape = fused_conv(ctx, list(inputs), {**node.attrs, "epilogue": []}).shape
+        for v in node.inputs[3:]:  # residuals: the output's shape
+            inputs.append(torch.randn(shape, generator=g))
+        ref = fused_conv(ctx, list(inputs), node.attrs)
+        t = space.make(Choice("cudnn", {"layout": layout}), node, e._constants, torch.device("cpu"))
+        got = t.kernel(ctx, list(inputs), node.attrs)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert t.name == f"cudnn/layout={layout}"
+
+
+def test_replayed_choice_for_the_wrong_layer_kind_is_not_a_crash(tmp_path):
+    first = _build()
+    data = export_choices(first)
+    conv = next(k for k, v in data["layers"].items() if "Conv" in k)
+    data["layers"][conv] = {"name": "unfused", "params": {}}  # an attention tactic on a convolution
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    e = _build(tactic_replay=str(path))
+    assert e.tactic_choices[conv]["name"] in ("torch", "onednn")
+    e.create_execution_context().infer({"image": np.ones((2, 3, 64, 64), np.float32)})
