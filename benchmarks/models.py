@@ -297,8 +297,14 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str | Path, dynamic_axes:
         kw["dynamic_shapes"] = {n: {a: torch.export.Dim.DYNAMIC for a in dynamic_axes[n]} for n in names}
     else:
         kw["dynamic_axes"] = dynamic_axes
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, tuple(inputs), str(path), input_names=names, output_names=output_names,
-                          opset_version=opset, dynamo=dynamo, **kw, **kwargs)
+    # nn.MultiheadAttention's inference fast path (torchvision's ViT) has no ONNX export: take the plain path.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, tuple(inputs), str(path), input_names=names, output_names=output_names,
+                              opset_version=opset, dynamo=dynamo, **kw, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return path
