@@ -82,7 +82,7 @@ class BuilderConfig:
     timing_cache: str | None = None  # JSON file of tactic timings: read, then written with new entries
     tuning_budget_s: float | None = None  # wall-clock limit for tactic tuning; later layers keep their default
     tactic_replay: str | None = None  # a kiln.tune.export_choices file: take its choices, time nothing
-    channels_last: bool | None = None  # None: decide by device (GPU convolution networks run channels-last)
+    channels_last: bool | None = None  # None: the layout pass decides (2-D convolution networks run NHWC)
     cuda_graphs: bool = True
     strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
     # Reduced precision per layer and INT8/FP8 (kiln.quant): layer name / glob / op type -> fp32|fp16|bf16|int8|fp8
