@@ -8,7 +8,9 @@ An exporter failing for reasons outside Kiln skips that combination with the exp
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ import torch
 from torch import nn
 
 import kiln
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.models import BertWrapper as Bert, GPT2Wrapper as GPT2  # noqa: E402
 
 # KILN_TEST_DEVICE=cuda runs the same checks on the GPU (numpy results come back to the host).
 DEVICE = os.environ.get("KILN_TEST_DEVICE", "cpu")
@@ -55,27 +60,6 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model
-
-
-class Bert(nn.Module):
-    """transformers' BertModel returning a plain tuple (explicit arguments, as torch.export wants them)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        return out.last_hidden_state, out.pooler_output
-
-
-class GPT2(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids):
-        return self.model(input_ids=input_ids, return_dict=True).last_hidden_state
 
 
 class CausalDecoder(nn.Module):
