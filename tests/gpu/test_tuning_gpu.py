@@ -157,7 +157,8 @@ def test_budget_on_gpu(bert_onnx):
     e = kiln.build(str(path), device="cuda", fp16=True, profiles=BERT_PROFILE, tuning_budget_s=0.5)
     t = e.report.tuning
     print(f"\n[budget 0.5s] {t}")
-    assert t["seconds"] < 0.5 + 30  # one layer may finish after the budget runs out (Triton compiles)
+    # Honoured = the layers left when the budget ran out took their default tactic untimed (no wall-clock assert).
+    assert t["budget_exceeded"] and t["untuned_for_budget"]
     feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
     _check_graphs_ran(e, feeds)
 
