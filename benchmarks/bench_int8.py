@@ -1,0 +1,82 @@
+"""INT8 / FP8 engines against Kiln's own fp16 engine, one run on one machine (the precision issue's bars).
+
+    python benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256
+    python benchmarks/bench_int8.py --device cuda --model bert_base --batch 64
+
+Calibration: a few random batches (MinMax), so this measures speed, not accuracy on real data; the
+accuracy printed beside each row is the cosine of its output to the fp32 engine's on a held-out batch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kiln  # noqa: E402
+import models  # noqa: E402
+from run import median_ms  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--precisions", default="fp16,int8,fp8")
+    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--iters", type=int, default=20)
+    args = ap.parse_args(argv)
+    model, sample, axes = models.MODELS[args.model]()
+    size = args.seq if args.model in ("bert_base", "gpt2_small") else 224
+    g = torch.Generator().manual_seed(0)
+    names = list(axes)
+    calib = [dict(zip(names, (x.numpy() for x in sample(max(1, args.batch // 8), size, g))))
+             for _ in range(args.calib_batches)]
+    held_out = sample(args.batch, size, g)
+    feed = {n: x.to(args.device) for n, x in zip(names, held_out)}
+    shapes = {n: tuple(x.shape) for n, x in zip(names, held_out)}
+    profile = kiln.Profile.of(**{n: ((1,) + s[1:], s, s) for n, s in shapes.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = models.export_onnx(model, held_out, Path(tmp) / "m.onnx", axes)
+        ref = None
+        rows = []
+        for prec in ["fp32"] + args.precisions.split(","):
+            kw = {"fp16": prec in ("fp16", "int8", "fp8"), "int8": prec == "int8", "fp8": prec == "fp8"}
+            if prec in ("int8", "fp8"):
+                kw.update(int8_calibrator=calib, calibration_method="minmax")
+            t0 = time.perf_counter()
+            try:
+                engine = kiln.build(path, kiln.BuilderConfig(device=args.device, profiles=(profile,), **kw))
+            except kiln.KilnError as e:
+                print(f"{prec}: build failed: {e}")
+                continue
+            build_s = time.perf_counter() - t0
+            ctx = engine.create_execution_context()
+            out = next(iter(ctx.infer(feed).values())).float().flatten()
+            if ref is None:
+                ref = out
+            cos = float(torch.nn.functional.cosine_similarity(out, ref, dim=0))
+            ms = median_ms(lambda: ctx.infer(feed), args.device, 5, args.iters)
+            quant = sum(1 for l in engine.report.layers if l.precision in ("i8", "int8", "f8e4m3fn", "fp8"))
+            rows.append((prec, ms, args.batch / ms * 1e3, cos, build_s, quant, len(engine.report.layers)))
+            print(rows[-1], flush=True)
+    base = next((r for r in rows if r[0] == "fp16"), rows[0])
+    print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | {args.model} "
+          f"batch {args.batch}")
+    print(f"{'precision':>9} {'ms':>9} {'items/s':>10} {'vs fp16':>8} {'cos vs fp32':>12} {'build s':>8} "
+          f"{'quantized layers':>17}")
+    for p, ms, ips, cos, b, q, n in rows:
+        print(f"{p:>9} {ms:9.3f} {ips:10.0f} {ips / base[2]:7.2f}x {cos:12.5f} {b:8.1f} {q:>8}/{n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
