@@ -47,7 +47,7 @@ def range_(ctx, inputs, attrs):
     computed in double, or for float16/bfloat16 in the ``stash_type`` (opset 27+, float by default)."""
     start, limit, delta = (scalar(t) for t in inputs[:3])
     dtype = inputs[0].dtype
-    device = inputs[0].device
+    device = ctx.device  # start/limit/delta may be host values on a GPU engine; the range is device data
     if not dtype.is_floating_point:
         start, limit, delta = int(start), int(limit), int(delta)
         n = max(0, -((start - limit) // delta))

@@ -85,12 +85,12 @@ def stft(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     return _from_complex(spec, signal.dtype)
 
 
-def _window(inputs: list, attrs: dict, terms: tuple[float, ...]) -> torch.Tensor:
+def _window(ctx: KernelContext, inputs: list, attrs: dict, terms: tuple[float, ...]) -> torch.Tensor:
     """Generalized cosine window sum_k (-1)^k a_k cos(2 pi k n / N), periodic (N = size) or symmetric (N = size-1)."""
     size = int(_scalar(inputs[0]))
     dtype = DType(int(attrs.get("output_datatype", DType.FLOAT))).torch
     periodic = bool(attrs.get("periodic", 1))
-    device = inputs[0].device if isinstance(inputs[0], torch.Tensor) else None
+    device = ctx.device  # the size may be a host value on a GPU engine; the window is device data
     n = torch.arange(size, dtype=torch.float64, device=device)
     denom = size if periodic else size - 1
     w = torch.zeros_like(n)
@@ -101,17 +101,17 @@ def _window(inputs: list, attrs: dict, terms: tuple[float, ...]) -> torch.Tensor
 
 @ops.op("HannWindow")
 def hann_window(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
-    return _window(inputs, attrs, (0.5, 0.5))
+    return _window(ctx, inputs, attrs, (0.5, 0.5))
 
 
 @ops.op("HammingWindow")
 def hamming_window(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
-    return _window(inputs, attrs, (25 / 46, 21 / 46))
+    return _window(ctx, inputs, attrs, (25 / 46, 21 / 46))
 
 
 @ops.op("BlackmanWindow")
 def blackman_window(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
-    return _window(inputs, attrs, (0.42, 0.5, 0.08))
+    return _window(ctx, inputs, attrs, (0.42, 0.5, 0.08))
 
 
 @ops.op("MelWeightMatrix")
@@ -120,7 +120,7 @@ def mel_weight_matrix(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Te
     num_mel, dft_len, rate = (int(_scalar(t)) for t in inputs[:3])
     low_hz, high_hz = (float(_scalar(t)) for t in inputs[3:5])
     dtype = DType(int(attrs.get("output_datatype", DType.FLOAT))).torch
-    device = inputs[0].device if isinstance(inputs[0], torch.Tensor) else None
+    device = ctx.device
     num_bins = dft_len // 2 + 1
 
     def to_mel(hz: float) -> float:
