@@ -101,7 +101,7 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
     import torch
 
     from ..engine import device_info
-    from ..engine.runtime import _bind_constants
+    from ..engine.runtime import bind_constants
     from ..tune import TimingCache, Tuner
     dev = torch.device(config.device)
     if dev.type == "cuda" and dev.index is None:
@@ -115,7 +115,7 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
     cache = TimingCache.load(config.timing_cache)
     tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
                   device_desc=device_desc, versions=versions)
-    constants = _bind_constants(graph, dev)
+    constants = bind_constants(graph, dev)
     skip = None
     if dev.type == "cuda":  # layers placed on the host (shape arithmetic) keep the op's own kernel
         from ..engine.placement import plan_placement

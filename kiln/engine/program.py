@@ -113,6 +113,9 @@ class Program:
     def _run_hooked(self, env: dict[int, Any], hook: Callable) -> list[Any]:
         for step in self.steps:
             args = [None if i is None else env[i] for i in step.inputs]
+            for j in step.moves:
+                if args[j] is not None:
+                    args[j] = to_device(args[j], self.device, None)
             if step.ctx.run_graph is not None:
                 step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
             try:
