@@ -1,0 +1,30 @@
+"""The curated public surface: kiln.__all__ is exactly what users get, every name resolves, and every error
+Kiln raises on purpose is a KilnError."""
+import kiln
+
+PUBLIC = {
+    "__version__", "parse", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
+    "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError", "KernelError",
+    "EngineFormatError", "DeviceMismatchError", "BuildError",
+}
+
+
+def test_public_names_are_listed_once_and_resolve():
+    assert set(kiln.__all__) == PUBLIC and len(kiln.__all__) == len(PUBLIC)
+    for name in kiln.__all__:
+        assert getattr(kiln, name) is not None
+
+
+def test_error_hierarchy():
+    errors = [getattr(kiln, n) for n in PUBLIC if n.endswith("Error")]
+    assert all(issubclass(e, kiln.KilnError) for e in errors)
+    assert issubclass(kiln.KilnError, Exception)
+
+
+def test_trt_module_names():
+    import kiln.trt as trt
+    for name in ("Logger", "Builder", "OnnxParser", "Runtime", "BuilderFlag", "MemoryPoolType",
+                 "NetworkDefinitionCreationFlag", "TensorIOMode", "volume", "nptype", "IInt8EntropyCalibrator2",
+                 "IInt8MinMaxCalibrator"):
+        assert hasattr(trt, name), name
