@@ -22,7 +22,7 @@ from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from . import device_info
-from ..runtime.interpreter import as_tensor
+from ..runtime.interpreter import as_tensor, inputs_by_name
 from .placement import is_host_constant
 from .program import Program
 
@@ -187,17 +187,7 @@ class ExecutionContext:
     # -- inputs ------------------------------------------------------------------------------
     def _prepare(self, inputs: Mapping[str, Any] | list) -> tuple[dict[str, torch.Tensor], bool]:
         eng = self.engine
-        if not isinstance(inputs, Mapping):
-            inputs = list(inputs)
-            if len(inputs) != len(eng.inputs):
-                raise InputError(f"expected {len(eng.inputs)} inputs ({', '.join(i.name for i in eng.inputs)}), "
-                                 f"got {len(inputs)}")
-            inputs = {i.name: x for i, x in zip(eng.inputs, inputs)}
-        names = {i.name for i in eng.inputs}
-        unknown = [k for k in inputs if k not in names]
-        if unknown:
-            raise InputError(f"unknown input name(s) {', '.join(map(repr, unknown))}; the engine's inputs are: "
-                             f"{', '.join(repr(n) for n in names)}")
+        inputs = inputs_by_name(inputs, [i.name for i in eng.inputs], "engine")
         as_numpy = all(isinstance(x, (np.ndarray, np.generic)) for x in inputs.values())
         out = {}
         for info in eng.inputs:

@@ -35,22 +35,7 @@ class Interpreter:
     # -- inputs ---------------------------------------------------------------------------
     def _bind_inputs(self, inputs) -> tuple[dict[int, Any], bool]:
         g = self.graph
-        if inputs is None:
-            inputs = {}
-        if not isinstance(inputs, Mapping):
-            if not isinstance(inputs, Sequence) or isinstance(inputs, (str, bytes)):
-                raise InputError(f"inputs must be a dict of name -> array, or a list in graph-input order "
-                                 f"({', '.join(v.name for v in g.inputs)}); got {type(inputs).__name__}")
-            inputs = list(inputs)
-            if len(inputs) != len(g.inputs):
-                raise InputError(f"expected {len(g.inputs)} inputs ({', '.join(v.name for v in g.inputs)}), "
-                                 f"got {len(inputs)}")
-            inputs = {v.name: x for v, x in zip(g.inputs, inputs)}
-        known = {v.name for v in g.inputs}
-        unknown = [k for k in inputs if k not in known]
-        if unknown:
-            raise InputError(f"unknown input name(s) {', '.join(map(repr, unknown))}; the model's inputs are: "
-                             f"{', '.join(repr(v.name) for v in g.inputs) or '(none)'}")
+        inputs = inputs_by_name(inputs, [v.name for v in g.inputs], "model")
         env: dict[int, Any] = {}
         as_numpy = all(isinstance(x, (np.ndarray, np.generic)) for x in inputs.values())
         for v in g.inputs:
@@ -141,6 +126,25 @@ class Interpreter:
             raise KernelError(f"node {node.label} ({node.op_type}) produced {len(out)} outputs, "
                               f"the node declares {len(node.outputs)}")
         return list(out[: len(node.outputs)])
+
+
+def inputs_by_name(inputs: Any, names: list[str], owner: str) -> dict[str, Any]:
+    """User inputs (a dict by name, or a list in input order) as a dict; InputError for a wrong count or name."""
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, Mapping):
+        if not isinstance(inputs, Sequence) or isinstance(inputs, (str, bytes)):
+            raise InputError(f"inputs must be a dict of name -> array, or a list in input order "
+                             f"({', '.join(names)}); got {type(inputs).__name__}")
+        inputs = list(inputs)
+        if len(inputs) != len(names):
+            raise InputError(f"expected {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+        inputs = dict(zip(names, inputs))
+    unknown = [k for k in inputs if k not in set(names)]
+    if unknown:
+        raise InputError(f"unknown input name(s) {', '.join(map(repr, unknown))}; the {owner}'s inputs are: "
+                         f"{', '.join(repr(n) for n in names) or '(none)'}")
+    return inputs
 
 
 def as_tensor(name: str, x: Any) -> tuple[torch.Tensor, DType]:
