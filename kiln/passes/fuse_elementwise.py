@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, Node, Value
 from .context import PassContext
-from .rewrite import merge_covers, only_use
+from .rewrite import fuse_into, merge_covers, only_use
 
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal", "Relu", "Sigmoid", "Tanh",
@@ -75,17 +75,7 @@ def fuse_elementwise(graph: Graph, ctx: PassContext) -> bool:
         region = Node("Elementwise", inputs, [], {"program": program, "attrs": sub_attrs},
                       name=f"{chain[0].label}.region", domain="kiln")
         merge_covers(region, chain)
-        for n in chain:
-            n.detach()
-        for n in chain[:-1]:
-            graph.nodes.remove(n)
-            n.graph = None
-        at = graph.nodes.index(chain[-1])
-        chain[-1].graph = None
-        graph.nodes[at] = region
-        region.graph = graph
-        out.producer, out.index = region, 0
-        region.outputs = [out]
+        fuse_into(graph, chain, region, out)
         ctx.count("fuse_elementwise", len(chain))
         changed = True
     return changed

@@ -15,7 +15,7 @@ import torch
 
 from ..ir.graph import Graph, Node
 from .context import PassContext
-from .rewrite import const, merge_covers, new_constant, only_use, scalar
+from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
 
 
 def _activation(node: Node, ctx: PassContext) -> str | None:
@@ -269,21 +269,8 @@ def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
         if not absorbed:
             continue
         merge_covers(node, [node] + absorbed)
-        final = absorbed[-1].outputs[0]
-        old_out = node.outputs[0]
         # The fused layer produces the last absorbed node's output, at that node's position.
-        for n in absorbed:
-            n.detach()
-        graph.nodes.remove(node)
-        for n in absorbed[:-1]:
-            graph.nodes.remove(n)
-            n.graph = None
-        at = graph.nodes.index(absorbed[-1])
-        absorbed[-1].graph = None
-        graph.nodes[at] = node
-        old_out.producer = None
-        final.producer, final.index = node, 0
-        node.outputs = [final]
+        fuse_into(graph, [node] + absorbed, node, absorbed[-1].outputs[0])
         ctx.count("fuse_epilogues", len(absorbed))
     return changed
 

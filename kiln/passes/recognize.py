@@ -17,7 +17,7 @@ import torch
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
 from .context import PassContext
-from .rewrite import const, merge_covers, new_constant, only_use, scalar
+from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
 
 
 def _prod(v: Value | None, *ops: str) -> Node | None:
@@ -47,18 +47,7 @@ def _replace(graph: Graph, ctx: PassContext, rule: str, old: list[Node], op: str
     last = out.producer
     new = Node(op, inputs, [], attrs, name=f"{last.label}.{op.lower()}", domain=domain)
     merge_covers(new, old)
-    for n in old:
-        n.detach()
-    for n in old:
-        if n is not last:
-            graph.nodes.remove(n)
-            n.graph = None
-    at = graph.nodes.index(last)
-    graph.nodes[at] = new
-    last.graph = None
-    new.graph = graph
-    out.producer, out.index = new, 0
-    new.outputs = [out]
+    fuse_into(graph, [n for n in old if n is not last] + [last], new, out)
     ctx.count(rule)
 
 

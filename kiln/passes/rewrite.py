@@ -39,29 +39,26 @@ def new_constant(graph: Graph, hint: str, tensor: torch.Tensor) -> Value:
     return graph.add_constant(name, tensor)
 
 
-def replace_with(graph: Graph, old_nodes: list[Node], new: Node, anchor: Node | None = None) -> Node:
-    """Insert ``new`` where ``anchor`` (default: the last old node) stood; drop the old nodes.
-
-    ``new`` must already produce the values that consumers of the pattern read: callers build it with the
-    pattern's final output Values, after detaching the old producer of those values.
-    """
-    anchor = anchor or old_nodes[-1]
-    graph.insert_before(anchor, new)
-    for n in reversed(old_nodes):
-        n.detach()
+def fuse_into(graph: Graph, old: list[Node], new: Node, out: Value) -> None:
+    """Put ``new`` where the last node of ``old`` stood, as the producer of ``out`` (the pattern's result), and
+    drop ``old``. ``new`` may itself be one of ``old`` (a layer absorbing its consumers): it keeps its inputs."""
+    last = old[-1]
+    for n in old:
+        if n is not new:
+            n.detach()
+    for n in old[:-1]:
         graph.nodes.remove(n)
-        n.graph = None
-    return new
-
-
-def take_outputs(node: Node) -> list[Value | None]:
-    """Detach ``node``'s output Values so a replacement node can produce them."""
-    outs = list(node.outputs)
-    for v in outs:
-        if v is not None and v.producer is node:
-            v.producer = None
-    node.outputs = [None] * len(outs)
-    return outs
+        if n is not new:
+            n.graph = None
+    graph.nodes[graph.nodes.index(last)] = new
+    if last is not new:
+        last.graph = None
+    new.graph = graph
+    for o in new.outputs:
+        if o is not None and o is not out and o.producer is new:
+            o.producer = None
+    out.producer, out.index = new, 0
+    new.outputs = [out]
 
 
 def covered(node: Node) -> list[str]:
