@@ -15,8 +15,7 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp16", action="store_true", help="allow float16 kernels in addition to float32")
     g.add_argument("--bf16", action="store_true", help="allow bfloat16 kernels in addition to float32")
     g.add_argument("--int8", action="store_true",
-                   help="allow int8 layers (needs --calib-cache or --calib-data; an error where this Kiln has no "
-                        "quantization support)")
+                   help="allow int8 layers (needs --calib-cache or --calib-data)")
     g.add_argument("--fp8", action="store_true", help="allow fp8 layers (as --int8)")
     g.add_argument("--calib-cache", metavar="FILE",
                    help="int8 calibration cache: read when it exists, written after calibrating")
@@ -84,8 +83,7 @@ def config_from_args(args, **extra):
     """A BuilderConfig from the parsed build flags; ``extra`` overrides fields (e.g. verbosity)."""
     from ..build.config import BuilderConfig
     from ..errors import ShapeError
-    quant = quant_fields(args.int8, args.fp8, args.calib_cache, args.calib_data, args.calib_method,
-                         ("--int8", "--fp8", "--calib-cache", "--calib-data", "--calib-method"))
+    quant = quant_fields(args.int8, args.fp8, args.calib_cache, args.calib_data, args.calib_method)
     profiles = profiles_from_args(args)
     try:
         return BuilderConfig(
@@ -100,20 +98,10 @@ def config_from_args(args, **extra):
         raise ShapeError(str(e)) from None
 
 
-def quant_fields(int8, fp8, cache, data, method, flags) -> dict:
-    """BuilderConfig's quantization fields from the flags, or a clear error where this Kiln lacks them.
-
-    Checked by field name so the CLI follows the builder: the flags work as soon as BuilderConfig has
-    ``calibration_cache`` (the quantization work), and are refused by name, never ignored, before.
-    """
-    import dataclasses
-    from ..build.config import BuilderConfig
-    given = [f for f, v in zip(flags, (int8, fp8, cache, data, method)) if v]
-    if not given:
+def quant_fields(int8, fp8, cache, data, method) -> dict:
+    """BuilderConfig's quantization fields from the flags (empty when none is given)."""
+    if not any((int8, fp8, cache, data, method)):
         return {}
-    if "calibration_cache" not in {f.name for f in dataclasses.fields(BuilderConfig)}:
-        raise CLIError(f"{given[0]} is not supported yet: reduced-precision quantization (int8/fp8 and "
-                       f"calibration) has not landed in this Kiln; build without {given[0]}")
     out = {"int8": bool(int8), "fp8": bool(fp8)}
     if cache:
         out["calibration_cache"] = cache

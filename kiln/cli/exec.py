@@ -59,7 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--fp16", action="store_true", help="enable fp16 in addition to fp32")
     b.add_argument("--bf16", action="store_true", help="enable bf16 in addition to fp32")
     b.add_argument("--int8", action="store_true",
-                   help="enable int8 (with --calib; an error where this Kiln has no quantization support)")
+                   help="enable int8 (with --calib: a calibration cache)")
     b.add_argument("--fp8", action="store_true", help="enable fp8 (as --int8)")
     b.add_argument("--best", action="store_true",
                    help="enable fp16 in addition to fp32 (int8 needs calibration: add --int8 --calib)")
@@ -249,7 +249,7 @@ def _build(args, shapes, log):
     else:
         profiles = ()
     from .buildflags import quant_fields
-    quant = quant_fields(args.int8, args.fp8, args.calib, None, None, ("--int8", "--fp8", "--calib"))
+    quant = quant_fields(args.int8, args.fp8, args.calib, None, None)
     if args.best:
         log.line("--best: enabling fp16 (int8 needs calibration: add --int8 --calib=CACHE)")
     try:

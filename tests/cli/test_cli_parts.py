@@ -54,17 +54,10 @@ def test_summary_warnings():
     assert st.median == 2.5 and st.percentiles[50] == 2.5
 
 
-def test_quant_flags_follow_builder_support():
-    import dataclasses
-    from kiln.build.config import BuilderConfig
+def test_quant_flags_map_to_builder_fields():
     from kiln.cli.buildflags import quant_fields
-    flags = ("--int8", "--fp8", "--calib", "--data", "--method")
-    assert quant_fields(False, False, None, None, None, flags) == {}
-    if "calibration_cache" in {f.name for f in dataclasses.fields(BuilderConfig)}:
-        assert quant_fields(True, False, "c.cache", None, None, flags) == {
-            "int8": True, "fp8": False, "calibration_cache": "c.cache"}
-        with pytest.raises(CLIError, match="does not exist or is not a folder"):
-            quant_fields(True, False, None, "/no/such/folder", None, flags)
-    else:
-        with pytest.raises(CLIError, match="--int8 is not supported yet"):
-            quant_fields(True, False, None, None, None, flags)
+    assert quant_fields(False, False, None, None, None) == {}
+    assert quant_fields(True, False, "c.cache", None, None) == {
+        "int8": True, "fp8": False, "calibration_cache": "c.cache"}
+    with pytest.raises(CLIError, match="does not exist or is not a folder"):
+        quant_fields(True, False, None, "/no/such/folder", None)
