@@ -1,7 +1,7 @@
 """CPU tactics for kiln::Conv and kiln::Linear: oneDNN with weights reordered once and the epilogue run as
 oneDNN post-ops (what PyTorch Inductor's CPU backend runs after freezing).
 
-A tactic is chosen per layer when an Engine binds its constants on the CPU (``choose_tactics``). The engine
+A tactic is chosen per layer by the tuner (kiln/tune) and made when an Engine binds its constants. The engine
 file keeps the plain weights, so it stays portable and data-only; the reordered weights live in the tactic's
 kernel, one set per loaded engine, shared by its contexts (they are only read). oneDNN's best weight layout
 depends on the input shape (a layout reordered for the wrong shape can run 10x slower), so a weight is
@@ -181,18 +181,3 @@ def _describe(add, unary, rest) -> str:
 
 
 _CHOOSERS = {("kiln", "Conv"): conv_tactic, ("kiln", "Linear"): linear_tactic}
-
-
-def choose_tactics(nodes, constants: dict, device: torch.device) -> dict:
-    """{node: Tactic} for the layers of ``nodes`` that have a CPU tactic (empty off the CPU)."""
-    if device.type != "cpu" or not _available():
-        return {}
-    out = {}
-    for n in nodes:
-        choose = _CHOOSERS.get((n.domain, n.op_type))
-        if choose is None:
-            continue
-        t = choose(n, constants)
-        if t is not None:
-            out[n] = t
-    return out
