@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="fp16,int8,fp8")
     ap.add_argument("--calib-batches", type=int, default=4)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--explain", action="store_true",
+                    help="print each engine's tactics for quantized layers (with rejected candidates) and its "
+                         "ten slowest layers (per-layer profile, no CUDA graph)")
     args = ap.parse_args(argv)
     model, sample, axes = models.MODELS[args.model]()
     size = args.seq if args.model in ("bert_base", "gpt2_small") else 224
@@ -68,6 +71,9 @@ def main(argv=None) -> int:
             quant = sum(1 for l in engine.report.layers if l.precision in ("i8", "int8", "f8e4m3fn", "fp8"))
             rows.append((prec, ms, args.batch / ms * 1e3, cos, build_s, quant, len(engine.report.layers)))
             print(rows[-1], flush=True)
+            if args.explain:
+                print("  context notes:", ctx.notes, "load notes:", engine.load_notes[:3])
+                explain(engine, {n: x.numpy() for n, x in zip(names, held_out)})
     base = next((r for r in rows if r[0] == "fp16"), rows[0])
     print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | {args.model} "
           f"batch {args.batch}")
@@ -76,6 +82,24 @@ def main(argv=None) -> int:
     for p, ms, ips, cos, b, q, n in rows:
         print(f"{p:>9} {ms:9.3f} {ips:10.0f} {ips / base[2]:7.2f}x {cos:12.5f} {b:8.1f} {q:>8}/{n}")
     return 0
+
+
+def explain(engine, feeds) -> None:
+    from collections import Counter
+
+    from kiln.cli.layerprof import profile_layers
+    q = [layer for layer in engine.report.layers if layer.op in ("kiln::QLinear", "kiln::QConv")]
+    print("  quantized layers by tactic:", dict(Counter((layer.op, layer.tactic) for layer in q)))
+    for layer in q[:3]:
+        print(f"  {layer.name}: {layer.tactic} <- {layer.candidates}")
+    prof = profile_layers(engine, feeds, runs=5, warmup=2)
+    total = sum(p["ms"] for p in prof)
+    by_op = Counter()
+    for p in prof:
+        by_op[p["op"]] += p["ms"]
+    print(f"  per-layer total {total:.3f} ms; by op: " + ", ".join(f"{k} {v:.3f}" for k, v in by_op.most_common(8)))
+    for p in sorted(prof, key=lambda p: -p["ms"])[:10]:
+        print(f"    {p['ms']:8.3f} ms  {p['op']:<18} {p['name']}")
 
 
 if __name__ == "__main__":

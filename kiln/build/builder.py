@@ -12,6 +12,7 @@ from ..ops import default_registry
 from ..passes.context import PassContext
 from ..passes.pipeline import run_pipeline
 from .config import BuilderConfig, Profile
+from .concat_in_place import mark_concats_in_place
 from .lower import describe_layers, plan_activation_memory
 from .report import BuildReport
 
@@ -64,8 +65,25 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
             report.notes.append(f"tuning budget of {config.tuning_budget_s}s exceeded: "
                                 f"{len(tuned.untuned_for_budget)} layers kept their default tactic "
                                 f"(e.g. {', '.join(tuned.untuned_for_budget[:3])})")
+    _annotate_types(graph, facts_opt)
+    header = {
+        "config": config.to_json(), "output_names": output_names, "device": device,
+        "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "producer": graph.meta.get("producer", ""),
+    }
+    engine = Engine(graph, header, report, registry)
+    _report_tactics(report, engine, tuned)
+    report.notes += engine.load_notes
     report_progress("memory", 0, 1, "planning activation memory")
-    plan, notes = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)
+    in_place, rejections = mark_concats_in_place(graph, engine.program)
+    if in_place:
+        report.fusions["concat_in_place"] = in_place
+        by_name = {layer.name: layer for layer in report.layers}
+        for n in graph.nodes:
+            if n.attrs.get("in_place") and n.label in by_name:
+                by_name[n.label].kernel += f"[{len(n.attrs['in_place'])}/{len(n.inputs)} inputs in place]"
+    report.rejections += rejections
+    plan, notes, plannable = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)
     report.notes += notes
     if plan is not None:
         report.memory = plan.to_json()
@@ -73,19 +91,13 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
             raise BuildError(f"activation memory at the largest profile shapes needs {plan.arena_bytes} bytes, over "
                              f"the workspace limit of {config.workspace_bytes} bytes: raise the limit or lower the "
                              f"profile's max shapes")
+    header["arena"] = plannable
+    if plan is not None and plannable:
+        header["arena_bytes"] = plan.arena_bytes
     report_progress("memory", 1, 1, "memory planned")
-    _annotate_types(graph, facts_opt)
     report.build_seconds = round(time.perf_counter() - t0, 4)
-    header = {
-        "config": config.to_json(), "output_names": output_names, "device": device,
-        "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": graph.meta.get("producer", ""),
-    }
     if config.verbosity >= 1:
         log.info("build finished:\n%s", report.summary())
-    engine = Engine(graph, header, report, registry)
-    _report_tactics(report, engine, tuned)
-    report.notes += engine.load_notes
     return engine
 
 

@@ -75,6 +75,10 @@ def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
     root: dict[int, int] = {}  # value id -> id of the value whose memory it uses
     index = {}
     last: dict[int, int] = {}
+    # Concat inputs written in place (concat_in_place.py) are parts of the Concat's output.
+    part_of = {n.inputs[k].id: n.outputs[0].id for n in graph.nodes if n.attrs.get("in_place")
+               for k in n.attrs["in_place"] if n.inputs[k] is not None}
+    first: dict[int, int] = {}  # a Concat's output -> the first step writing any part of it
     for i, n in enumerate(graph.nodes):
         for v in n.inputs:
             if v is not None:
@@ -87,8 +91,12 @@ def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
                 root[o.id] = src
                 if o.id in outputs:
                     outputs.add(src)
+            elif o.id in part_of:
+                root[o.id] = part_of[o.id]
+                first.setdefault(part_of[o.id], i)
             else:
                 index[o.id] = (i, o)
+    index = {vid: (min(start, first.get(vid, start)), v) for vid, (start, v) in index.items()}
     result, unknown = [], []
     for vid, (start, v) in index.items():
         if vid in outputs or v.const is not None:
@@ -110,14 +118,38 @@ def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
 
 
 def plan_activation_memory(graph: Graph, max_shapes: dict[str, tuple] | None,
-                           registry: Registry) -> tuple[MemoryPlan | None, list[str]]:
+                           registry: Registry) -> tuple[MemoryPlan | None, list[str], bool]:
+    """(plan at the largest shapes, notes, whether a run-time arena can hold every placed tensor: not when
+    some sizes are data-dependent or unbounded, or the graph has control flow whose results vary in shape)."""
     facts = propagate(graph, max_shapes, registry)
+    undetermined = _data_dependent(graph, facts)
+    notes = []
+    if undetermined:
+        notes.append(f"memory plan: {len(undetermined)} tensors have data-dependent sizes, so intermediates come "
+                     f"from torch's allocator at run time (e.g. {', '.join(undetermined[:3])})")
     if any(d in facts.symbols for t in facts.types.values() if isinstance(t, TensorType) and t.shape
            for d in t.shape if isinstance(d, int)):
-        return None, ["memory plan: some input dims are dynamic and no profile bounds them"]
+        return None, notes + ["memory plan: some input dims are dynamic and no profile bounds them, so the arena "
+                              "is sized at run time for each input shape"], not undetermined
     lts, unknown = lifetimes(graph, facts)
-    notes = []
-    if unknown:
-        notes.append(f"memory plan: {len(unknown)} tensors have data-dependent sizes and are allocated at run time "
+    if unknown and not undetermined:
+        notes.append(f"memory plan: {len(unknown)} tensors of unknown size are left out of the plan "
                      f"(e.g. {', '.join(unknown[:3])})")
-    return plan_memory(lts), notes
+    return plan_memory(lts), notes, not undetermined and not unknown
+
+
+def _data_dependent(graph: Graph, facts: Facts) -> list[str]:
+    """Names of values (all scopes' nodes' outputs) whose shape is not fixed by the input shapes: then one
+    run's tensor sizes say nothing about the next run's at the same input shapes."""
+    out = []
+    for n in graph.all_nodes():
+        for o in n.outputs:
+            if o is None:
+                continue
+            t = facts.type_of(o)
+            if isinstance(t, TensorType):
+                if t.shape is None or any(d is None or isinstance(d, str) for d in t.shape):
+                    out.append(o.name)
+            elif t is not None:  # sequences, optionals: element shapes are not tracked
+                out.append(o.name)
+    return out

@@ -8,10 +8,17 @@ from typing import Any, Callable
 import torch
 
 from ..errors import KernelError, KilnError
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, outer_reads
 from ..ops import KernelContext, Registry
 from ..runtime.interpreter import Interpreter, last_uses
 from .placement import plan_placement, to_device
+
+
+def accepts_out(kernel: Callable, device: torch.device) -> bool:
+    """Whether ``kernel`` computes straight into an ``out=`` buffer on ``device``: its ``accepts_out``
+    attribute lists the device types where it does (a kernel that would copy into ``out`` does not count)."""
+    where = getattr(kernel, "accepts_out", ())
+    return device.type in where
 
 
 @dataclass
@@ -25,6 +32,9 @@ class Step:
     free: tuple  # value ids whose last reader is this step
     tactic: str = ""  # the device-specific implementation chosen at load ("" for the op's own kernel)
     moves: tuple = ()  # input slots whose host value is copied to the device first (GPU engines)
+    reads: tuple = ()  # value ids read, inputs and those its subgraphs read from this scope (for lifetimes)
+    accepts_out: bool = False  # its kernel can compute straight into a given buffer (``out=``)
+    in_place: tuple = ()  # Concat: input positions whose producers write into its output's slices
 
 
 class Program:
@@ -57,11 +67,16 @@ class Program:
             if any(True for _ in n.subgraphs()):
                 ctx.run_graph = self._subgraph_runner()
             tactic = None if on_host else (tactics or {}).get(n)  # host layers run the op's own kernel
-            self.steps.append(Step(n, opdef.kernel if tactic is None else tactic.kernel,
-                                   tuple(None if v is None else v.id for v in n.inputs),
+            kernel = opdef.kernel if tactic is None else tactic.kernel
+            inputs = tuple(None if v is None else v.id for v in n.inputs)
+            reads = tuple(dict.fromkeys([i for i in inputs if i is not None] +
+                                        [v.id for sg in n.subgraphs() for v in outer_reads(sg)]))
+            self.steps.append(Step(n, kernel, inputs,
                                    tuple(None if v is None else v.id for v in n.outputs), n.attrs, ctx,
                                    tuple(frees.get(i, ())), "" if tactic is None else tactic.name,
-                                   placement.moves.get(id(n), ()) if placement is not None else ()))
+                                   placement.moves.get(id(n), ()) if placement is not None else (),
+                                   reads, accepts_out(kernel, ctx.device),
+                                   tuple(int(k) for k in n.attrs.get("in_place", ()))))
         self.output_ids = [v.id for v in graph.outputs]
         self.input_ids = [v.id for v in graph.inputs]
 
@@ -77,13 +92,17 @@ class Program:
         run.env_holder = env_holder  # type: ignore[attr-defined]
         return run
 
-    def run(self, env: dict[int, Any], hook: Callable | None = None, keep: list | None = None) -> list[Any]:
+    def run(self, env: dict[int, Any], hook: Callable | None = None, keep: list | None = None,
+            layout=None) -> list[Any]:
         """Run all steps; ``env`` maps value id -> runtime value and must hold the graph inputs.
 
-        ``keep`` collects host buffers copied to the device (a CUDA graph capture must keep them alive)."""
+        ``keep`` collects host buffers copied to the device (a CUDA graph capture must keep them alive).
+        ``layout`` (kiln/engine/arena.py) gives steps the arena buffers to write their outputs into."""
         env.update(self.constants)
         if hook is not None:
             return self._run_hooked(env, hook)
+        if layout is not None:
+            return self._run_placed(env, layout, keep)
         step = None
         try:
             for step in self.steps:  # the hot loop: one dict read per input, one write per output
@@ -133,4 +152,48 @@ class Program:
             hook(step, env)
             for vid in step.free:
                 env.pop(vid, None)
+        return [env[i] for i in self.output_ids]
+
+    def _run_placed(self, env: dict[int, Any], layout, keep: list | None) -> list[Any]:
+        """``run`` with an arena layout: placed steps write into their arena views (see arena.py)."""
+        step = None
+        try:
+            for step, p in zip(self.steps, layout.placements):
+                if step.ctx.run_graph is not None:
+                    step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
+                args = [None if i is None else env[i] for i in step.inputs]
+                for j in step.moves:
+                    if args[j] is not None:
+                        args[j] = to_device(args[j], self.device, keep)
+                if p is None:
+                    out = step.kernel(step.ctx, args, step.attrs)
+                elif p.concat is not None:  # its in-place inputs are already in their slices
+                    for view, k in p.concat_copies:
+                        view.copy_(args[k])
+                    out = p.concat
+                else:
+                    out = step.kernel(step.ctx, args, step.attrs, out=p.out) if step.accepts_out else \
+                        step.kernel(step.ctx, args, step.attrs)
+                    if isinstance(out, tuple):
+                        out = out[0]
+                    if out is not p.out and (out.data_ptr() != p.out.data_ptr() or out.stride() != p.out.stride()):
+                        if p.must_land:  # the kernel kept its own buffer: the Concat slice needs the data
+                            p.out.copy_(out)
+                            out = p.out
+                        else:
+                            layout.missed.add(step.node.label)
+                if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
+                    vid = step.outputs[0] if step.outputs else None
+                    if vid is not None:
+                        env[vid] = out
+                else:
+                    for vid, r in zip(step.outputs, out):
+                        if vid is not None:
+                            env[vid] = r
+                for vid in step.free:
+                    env.pop(vid, None)
+        except KilnError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
+            raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}") from e
         return [env[i] for i in self.output_ids]

@@ -82,8 +82,15 @@ class Engine:
         (what ``kiln.tune.export_choices`` writes and ``BuilderConfig.tactic_replay`` reads)."""
         return {label: c.to_json() for label, c in self._choices.items()}
 
-    def create_execution_context(self) -> "ExecutionContext":
-        return ExecutionContext(self)
+    @property
+    def arena_bytes(self) -> int | None:
+        """Activation memory planned at build for the largest profile shapes (None without a bound on every
+        input dim: the arena is then sized at run time; engines with data-dependent shapes use no arena)."""
+        return self.header.get("arena_bytes")
+
+    def create_execution_context(self, arena: bool = True) -> "ExecutionContext":
+        """A context with its own arena (``arena=False``: intermediates come from torch's allocator)."""
+        return ExecutionContext(self, arena=arena)
 
     # -- persistence -----------------------------------------------------------------------
     def serialize(self) -> bytes:
@@ -162,12 +169,16 @@ class _Captured:
     static_inputs: dict[str, torch.Tensor]
     static_outputs: list[torch.Tensor]
     keep: list  # host buffers the graph copies from on every replay
+    layout: Any = None  # the arena layout the graph writes into (keeps its arena alive)
+
+
+MAX_LAYOUTS = 64  # arena layouts kept per context (one per input-shape signature)
 
 
 class ExecutionContext:
     """Runs an engine. Own CUDA stream and CUDA graphs (one per input shape) on the GPU."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, arena: bool = True):
         self.engine = engine
         self.device = engine.device
         self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
@@ -177,6 +188,12 @@ class ExecutionContext:
         self.notes: list[str] = []
         self.profile_index = 0
         self._input_shapes: dict[str, tuple] = {}
+        # Dynamic tensor memory (arena.py): one arena, sized at build for the largest profile shapes.
+        self.use_arena = bool(arena) and bool(engine.header.get("arena"))
+        self._arena = torch.empty(max(int(engine.arena_bytes or 0), 1), dtype=torch.uint8, device=self.device) \
+            if self.use_arena else None
+        self._layouts: dict[tuple, Any] = {}
+        self._last_layout = None
 
     # -- TensorRT-style shape setting (optional) ------------------------------------------
     def set_input_shape(self, name: str, shape) -> None:
@@ -230,8 +247,41 @@ class ExecutionContext:
     # -- running -----------------------------------------------------------------------------
     def _eager(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
         env = {v.id: feed[v.name] for v in self.engine.graph.inputs}
+        program = self.engine.program
         with torch.inference_mode():
-            return self.engine.program.run(env, keep=keep)
+            if not self.use_arena:
+                return program.run(env, keep=keep)
+            key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
+            layout = self._layouts.get(key)
+            if layout is not None:
+                self._last_layout = layout
+                return program.run(env, keep=keep, layout=layout)
+            # First run at these shapes: record the tensors, then place them for the runs that follow.
+            from .arena import Recorder, plan_layout
+            recorder, inputs = Recorder(), dict(env)
+            outs = program.run(env, hook=recorder)
+            layout = plan_layout(program, recorder, inputs, self.device, self._arena)
+            if layout.arena is not self._arena:
+                msg = (f"arena grown from {self._arena.numel()} to {layout.arena.numel()} bytes for input shapes "
+                       f"{[list(s) for _, s, _ in key]} (build plan: {self.engine.arena_bytes})")
+                self.notes.append(msg)
+                log.info(msg)
+                self._arena = layout.arena
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = self._last_layout = layout
+            return outs
+
+    def memory_stats(self) -> dict | None:
+        """Where the last run's intermediates lived: arena bytes, tensors placed in the arena and those left to
+        torch's allocator (by op type), Concat layers done in place, layers that declined their buffer."""
+        if not self.use_arena:
+            return None
+        out = {"arena_allocated_bytes": self._arena.numel(), "build_arena_bytes": self.engine.arena_bytes}
+        if self._last_layout is not None:
+            out.update(self._last_layout.stats.to_json())
+            out["declined"] = sorted(self._last_layout.missed)
+        return out
 
     def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:
         feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
@@ -260,7 +310,7 @@ class ExecutionContext:
                 outs = self._eager(static, keep)
             if not all(isinstance(o, torch.Tensor) for o in outs):
                 raise RuntimeError("an output is not a tensor")
-            return _Captured(g, static, outs, keep)
+            return _Captured(g, static, outs, keep, self._last_layout)
         except Exception as e:  # noqa: BLE001 - capture is an optimization: fall back to eager and say so
             msg = (f"CUDA graph capture failed for input shapes {[tuple(v.shape) for v in feed.values()]}: "
                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; running eagerly")

@@ -41,9 +41,9 @@ def apply_epilogue(y: torch.Tensor, epilogue: list[str], inputs: list) -> torch.
         elif name == "tanh":
             y = y.tanh_()
         elif name == "gelu":
-            y = F.gelu(y)
+            y = torch.ops.aten.gelu_(y)
         elif name == "gelu_tanh":
-            y = F.gelu(y, approximate="tanh")
+            y = torch.ops.aten.gelu_(y, approximate="tanh")
         elif name == "silu":
             y = F.silu(y, inplace=True)
         elif name == "leaky_relu":
@@ -81,9 +81,29 @@ def _conv_pads(attrs: dict, spatial: int) -> tuple[list[int] | None, list[int]]:
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def cudnn_conv_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b, stride, padding, dilation,
+                    groups: int) -> bool:
+    """cuDNN convolution computed straight into ``out`` (+ bias in place); False when cuDNN cannot take it
+    (then the caller runs its usual path). ``out`` must be dense in the input's memory format."""
+    if not (x.is_cuda and torch.backends.cudnn.enabled and x.dim() == 4 and x.dtype == w.dtype == out.dtype
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+        return False
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    if not (out.is_contiguous(memory_format=fmt) and w.is_contiguous(memory_format=fmt)):
+        return False
+    torch.ops.aten.cudnn_convolution.out(x, w, list(padding), list(stride), list(dilation), groups,
+                                         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                                         torch.backends.cudnn.allow_tf32, out=out)
+    if b is not None:
+        out.add_(b.reshape(1, -1, 1, 1))
+    return True
+
+
 @ops.op("Conv", domain="kiln")
-def fused_conv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
-    """Convolution with explicit pads (resolved at build), bias and epilogue."""
+def fused_conv(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Convolution with explicit pads (resolved at build), bias and epilogue. On CUDA it can compute into
+    ``out`` (an arena buffer); elsewhere it returns its own tensor."""
     x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
     spatial = w.dim() - 2
     explicit, pads = _conv_pads(attrs, spatial)
@@ -91,17 +111,39 @@ def fused_conv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
         x = F.pad(x, explicit)
     if attrs.get("channels_last", 0) and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = _CONV[spatial](x, w, b, stride=attrs.get("strides", [1] * spatial), padding=pads,
-                       dilation=attrs.get("dilations", [1] * spatial), groups=attrs.get("group", 1))
+    stride, dil, groups = attrs.get("strides", [1] * spatial), attrs.get("dilations", [1] * spatial), \
+        attrs.get("group", 1)
+    if out is not None and cudnn_conv_into(out, x, w, b, stride, pads, dil, groups):
+        y = out
+    else:
+        y = _CONV[spatial](x, w, b, stride=stride, padding=pads, dilation=dil, groups=groups)
     return apply_epilogue(y, attrs.get("epilogue", []), inputs)
+
+
+fused_conv.accepts_out = ("cuda",)
+
+
+def linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b) -> bool:
+    """x @ W^T + b computed straight into ``out`` (a dense buffer of the result's shape)."""
+    if not out.is_contiguous() or out.dtype != x.dtype or w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        return False
+    x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+    if b is None:
+        torch.mm(x2, w.t(), out=o2)
+    else:
+        torch.addmm(b, x2, w.t(), out=o2)
+    return True
 
 
 @ops.op("Linear", domain="kiln")
-def fused_linear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
-    """x @ W^T + b with W stored [N, K] (what cuBLAS/oneDNN want), then the epilogue."""
+def fused_linear(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T + b with W stored [N, K] (what cuBLAS/oneDNN want), then the epilogue; into ``out`` if given."""
     x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
-    y = F.linear(x, w, b)
+    y = out if out is not None and linear_into(out, x, w, b) else F.linear(x, w, b)
     return apply_epilogue(y, attrs.get("epilogue", []), inputs)
+
+
+fused_linear.accepts_out = ("cpu", "cuda")
 
 
 @ops.op("Attention", domain="kiln")

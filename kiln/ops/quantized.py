@@ -39,12 +39,20 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 # -- quantize / dequantize --------------------------------------------------------------------------
+def _divide(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x / scale, correctly rounded on every device: CUDA turns a Python-number divisor into a multiply by its
+    reciprocal, which rounds some quotients differently (and so flips round-half-even ties)."""
+    if x.is_cuda:
+        return x / torch.full((), scale, dtype=x.dtype, device=x.device)  # a fill kernel: CUDA-graph safe
+    return x / scale
+
+
 def quantize(x: torch.Tensor, scale: float, zero_point: int = 0, dtype: str = "int8") -> torch.Tensor:
     """ONNX QuantizeLinear semantics: saturate(round_half_even(x / scale) + zero_point)."""
     if dtype == "fp8e4m3":
-        return (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return _divide(x.float(), scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     lo, hi = RANGES[dtype]
-    q = torch.round(x.float() / scale)
+    q = torch.round(_divide(x.float(), scale))
     if zero_point:
         q = q + zero_point
     return q.clamp_(lo, hi).to(STORAGE[dtype])

@@ -135,10 +135,15 @@ def tile(ctx, inputs, attrs):
 
 
 @ops.op("Concat")
-def concat(ctx, inputs, attrs):
+def concat(ctx, inputs, attrs, out=None):
     xs = [t for t in inputs if t is not None]
     a = axis(attrs.get("axis", 1), xs[0].dim())  # opset 1 defaults to 1; later opsets require it
+    if out is not None and all(x.dtype == out.dtype and x.device == out.device for x in xs):
+        return torch.cat(xs, dim=a, out=out)
     return torch.cat(xs, dim=a)
+
+
+concat.accepts_out = ("cpu", "cuda")
 
 
 @ops.op("Split")

@@ -28,9 +28,9 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
                             "Bernoulli", "Multinomial"):
             continue
         known = [None if v is None else (v.const if v.const is not None else facts.known(v)) for v in node.inputs]
-        if any(v is not None and k is None for v, k in zip(node.inputs, known)):
-            if node.op_type not in ("Shape", "Size"):
-                continue
+        if any(v is not None and k is None for v, k in zip(node.inputs, known)) \
+                and node.op_type not in ("Shape", "Size") and not _outputs_static(node, facts):
+            continue
         results = _results(node, known, facts, ctx)
         if results is None:
             continue
@@ -51,6 +51,12 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
         ctx.count("fold_constants")
         changed = True
     return changed
+
+
+def _outputs_static(node, facts) -> bool:
+    """All outputs known although an input is not: propagation found each output element independent of the
+    symbolic dims (Gather(Shape(x), 1) where only dim 0 of x is symbolic)."""
+    return all(o is not None and facts.known(o) is not None for o in node.outputs)
 
 
 def _results(node, known, facts, ctx):

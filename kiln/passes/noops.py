@@ -9,8 +9,16 @@ from .rewrite import has_subgraphs, replace_uses, scalar
 
 
 def _same_shape(ctx: PassContext, node: Node) -> bool:
+    """Input and output shapes equal, also symbolically: equal at the probe values and in the reference run
+    at other probe values (Reshape(x, Shape(x')) where x' has x's symbolic shape)."""
     a, b = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
-    return a is not None and b is not None and all(isinstance(d, int) for d in a) and tuple(a) == tuple(b)
+    if a is None or b is None or not all(isinstance(d, int) for d in a) or tuple(a) != tuple(b):
+        return False
+    ref = ctx.facts.reference
+    ra, rb = (ref.shape(node.inputs[0]), ref.shape(node.outputs[0])) if ref is not None else (None, None)
+    if ra is None or rb is None:  # no second run to compare: only shapes free of probe dims count as equal
+        return not any(ctx.facts.is_probe(d) for d in a)
+    return tuple(ra) == tuple(rb)
 
 
 def _same_type(ctx: PassContext, node: Node) -> bool:

@@ -23,6 +23,7 @@ from .fuse_horizontal import fuse_horizontal
 from .layout import choose_layout
 from .noops import merge_transposes, remove_noops
 from .shape_reads import read_dims_from_inputs
+from .symbolic_shapes import simplify_symbolic_shapes
 from .precision import lower_precision
 from .quantize_int8 import quantize_int8
 from .quantize_qdq import import_qdq
@@ -51,6 +52,8 @@ class FixedPoint:
 
 
 SIMPLIFY = FixedPoint("simplify", (
+    # Before folding: a static batch's Expand must not fold into a large constant before its broadcast is dropped.
+    Pass("simplify_symbolic_shapes", simplify_symbolic_shapes),
     Pass("fold_constants", fold_constants),
     Pass("remove_noops", remove_noops),
     Pass("merge_transposes", merge_transposes),

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops.fused import _conv_pads, apply_epilogue, fused_attention
+from ..ops.fused import _conv_pads, apply_epilogue, cudnn_conv_into, fused_attention
 from ..ops.fused_cpu import Tactic
 
 
@@ -60,6 +60,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
     ("kiln", "Conv"): [
         ("torch", {}, "any", 0),
         ("onednn", {}, "cpu", 0),
+        ("onednn_gemm", {}, "cpu", 2),  # 1x1 convs as a oneDNN matmul on the NHWC [N*H*W, C] view
         ("cudnn", {"layout": "nchw"}, "cuda", 2),
         ("cudnn", {"layout": "nhwc"}, "cuda", 2),
         ("cudnn_fused", {}, "cuda", 2),  # torch.cudnn_convolution_relu / _add_relu (frozen-conv fusion)
@@ -79,6 +80,25 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("sdpa", {"backend": "cudnn"}, "cuda", 3),
         ("sdpa", {"backend": "math"}, "cuda", 4),
         ("unfused", {}, "any", 3),
+    ],
+    ("kiln", "QLinear"): [  # kiln/tune/quantized_tactics.py: Triton quantize -> 8-bit GEMM -> Triton epilogue
+        ("torch", {}, "any", 0),
+        ("int8_fast", {}, "cuda", 2),
+        ("fp8_fast", {}, "cuda", 2),
+    ],
+    ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
+        ("torch", {}, "any", 0),
+        ("int8_fast", {}, "cuda", 2),
+        ("fp8_fast", {}, "cuda", 2),
+        ("qconv_fp16", {}, "cuda", 2),
+        # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
+        ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
+        ("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
+        ("triton_qconv", {"config": [128, 256, 64, 8, 8, 3]}, "cuda", 3),
+        ("triton_qconv", {"config": [256, 128, 64, 8, 8, 3]}, "cuda", 3),
+        ("triton_qconv", {"config": [128, 128, 128, 8, 8, 3]}, "cuda", 4),
+        ("triton_qconv", {"config": [64, 128, 128, 8, 4, 4]}, "cuda", 4),
+        ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
     ],
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
@@ -117,8 +137,12 @@ def candidates(node, device: torch.device, level: int = 3) -> list[Choice]:
 
 
 def default_choice(node, device: torch.device) -> Choice:
-    """What a layer runs without tuning: oneDNN for CPU Conv/Linear (when it takes the layer), else torch."""
+    """What a layer runs without tuning: oneDNN for CPU Conv/Linear (when it takes the layer), else torch;
+    1x1 convolutions without a residual add as a oneDNN matmul (see fused_cpu.prefers_gemm)."""
     if device.type == "cpu" and (node.domain, node.op_type) in (("kiln", "Conv"), ("kiln", "Linear")):
+        from ..ops import fused_cpu
+        if node.op_type == "Conv" and fused_cpu._available() and fused_cpu.prefers_gemm(node):
+            return Choice("onednn_gemm")
         return Choice("onednn")
     return TORCH
 
@@ -145,15 +169,19 @@ def make(choice: Choice, node, constants: dict, device: torch.device, registry=N
     return Tactic(t.name + suffix, t.kernel)
 
 
-def _onednn(node, params, constants, device) -> Tactic:
-    from ..ops import fused_cpu
-    if device.type != "cpu" or not fused_cpu._available():
-        raise NotApplicable("oneDNN tactics need the CPU and a torch with mkldnn ops")
-    choose = fused_cpu._CHOOSERS.get((node.domain, node.op_type))
-    t = choose(node, constants) if choose is not None else None
-    if t is None:
-        raise NotApplicable("oneDNN does not take this layer (dtype, rank or a non-constant weight)")
-    return t
+def _onednn(tactic: str) -> Factory:
+    """The factory of a oneDNN CPU tactic family of kiln/ops/fused_cpu.py ("onednn", "onednn_gemm")."""
+    def factory(node, params, constants, device) -> Tactic:
+        from ..ops import fused_cpu
+        if device.type != "cpu" or not fused_cpu._available():
+            raise NotApplicable("oneDNN tactics need the CPU and a torch with mkldnn ops")
+        choose = fused_cpu._CHOOSERS[tactic].get((node.domain, node.op_type))
+        t = choose(node, constants) if choose is not None else None
+        if t is None:
+            raise NotApplicable(f"{tactic} does not take this layer (shape, attributes, dtype or a non-constant "
+                                f"weight)")
+        return t
+    return factory
 
 
 def _weights(node, constants):
@@ -181,12 +209,17 @@ def _cudnn(node, params, constants, device) -> Tactic:
     epi = list(attrs.get("epilogue", []))
     own = torch.channels_last if attrs.get("channels_last") else torch.contiguous_format
 
-    def kernel(ctx, inputs, attrs):
+    def kernel(ctx, inputs, attrs, out=None):
         x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
-        y = F.conv2d(x.contiguous(memory_format=fmt), w, b, strides, pads, dil, groups)
+        x = x.contiguous(memory_format=fmt)
+        if out is not None and fmt is own and cudnn_conv_into(out, x, w, b, strides, pads, dil, groups):
+            y = out
+        else:
+            y = F.conv2d(x, w, b, strides, pads, dil, groups)
         if fmt is not own:
             y = y.contiguous(memory_format=own)
         return apply_epilogue(y, epi, inputs) if epi else y
+    kernel.accepts_out = ("cuda",) if fmt is own else ()
     return Tactic("cudnn", kernel)
 
 
@@ -267,11 +300,17 @@ def _cublaslt(node, params, constants, device) -> Tactic:
     wt = w.t()
     use_gelu = act == "gelu_tanh"
 
-    def kernel(ctx, inputs, attrs):
+    def kernel(ctx, inputs, attrs, out=None):
         x = inputs[0]
-        y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), wt, use_gelu=use_gelu)
-        y = y.reshape(*x.shape[:-1], w.shape[0])
+        if out is not None and out.is_contiguous() and out.dtype == x.dtype:
+            torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), wt, use_gelu=use_gelu,
+                                    out=out.view(-1, w.shape[0]))
+            y = out
+        else:
+            y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), wt, use_gelu=use_gelu)
+            y = y.reshape(*x.shape[:-1], w.shape[0])
         return apply_epilogue(y, rest, inputs) if rest else y
+    kernel.accepts_out = ("cuda",)
     return Tactic("cublaslt", kernel)
 
 
@@ -313,9 +352,28 @@ def _unfused(node, params, constants, device) -> Tactic:
 
 
 FACTORIES: dict[str, Factory] = {
-    "onednn": _onednn, "cublaslt": _cublaslt, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
+    "onednn": _onednn("onednn"), "onednn_gemm": _onednn("onednn_gemm"),
+    "cublaslt": _cublaslt, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
     "triton_epilogue": _triton_epilogue, "triton_gemm": _triton_gemm, "sdpa": _sdpa, "unfused": _unfused,
 }
+
+
+def _quantized(name: str) -> Factory:
+    def factory(node, params, constants, device):
+        from . import quantized_tactics  # imported on first use: it pulls in the Triton backend
+        return quantized_tactics.FACTORIES[name](node, params, constants, device)
+    return factory
+
+
+FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "qconv_fp16")})
+
+
+def _triton_qconv(node, params, constants, device) -> Tactic:
+    from ..backends.triton.qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
+    return qconv_tactic(node, params, constants, device)
+
+
+FACTORIES["triton_qconv"] = _triton_qconv
 
 
 # -- at engine load ---------------------------------------------------------------------------------------------

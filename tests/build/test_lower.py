@@ -35,3 +35,15 @@ def test_layer_table_lists_kernels():
     assert "kernel" in table.splitlines()[0]
     x = np.ones((4, 8), np.float32)
     assert kiln.build(g).create_execution_context().infer({"x": x})["y"].shape == (4, 8)
+
+
+def test_concat_inputs_written_in_place_are_part_of_its_output():
+    # a = Exp(x), b = Neg(x), c = Concat(a, b), y = Abs(c): with both inputs in place, c's memory is written
+    # from step 0 on and a, b have none of their own.
+    g = _graph([helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+                helper.make_node("Concat", ["a", "b"], ["c"], axis=0), helper.make_node("Abs", ["c"], ["y"])])
+    plain, _ = lifetimes(g, propagate(g))
+    assert sorted((t.start, t.end, t.size) for t in plain) == [(0, 2, 128), (1, 2, 128), (2, 3, 256)]
+    next(n for n in g.nodes if n.op_type == "Concat").attrs["in_place"] = [0, 1]
+    fused, _ = lifetimes(g, propagate(g))
+    assert [(t.start, t.end, t.size) for t in fused] == [(0, 3, 256)]

@@ -59,9 +59,11 @@ def test_shape_chain_on_dynamic_dim_is_not_folded():
     nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
     m = model(nodes, [("x", ["batch", 3])], ["y"])
     e = kiln.build(m)
-    assert "Shape" in ops(e)
-    x = w(5, 3)
-    np.testing.assert_array_equal(e.create_execution_context().infer({"x": x})["y"], x)
+    # The batch is not folded into a number: the target becomes [-1, 3] (or Shape stays a layer).
+    assert "Shape" in ops(e) or e.report.fusions.get("constant_reshape_target") == 1
+    for b in (5, 7):
+        x = w(b, 3)
+        np.testing.assert_array_equal(e.create_execution_context().infer({"x": x})["y"], x)
 
 
 def test_noops_and_dead_code_removed():

@@ -154,9 +154,10 @@ def test_bert_tuned_fp16_correct_and_cached(bert_onnx, tmp_path, count_timings, 
 
 def test_budget_on_gpu(bert_onnx):
     path, inputs, _ = bert_onnx
-    e = kiln.build(str(path), device="cuda", fp16=True, profiles=BERT_PROFILE, tuning_budget_s=0.5)
+    # A budget no build can keep (the Triton kernels of earlier tests are cached on disk, so a real one may be kept).
+    e = kiln.build(str(path), device="cuda", fp16=True, profiles=BERT_PROFILE, tuning_budget_s=0.001)
     t = e.report.tuning
-    print(f"\n[budget 0.5s] {t}")
+    print(f"\n[budget 0.001s] {t}")
     # Honoured = the layers left when the budget ran out took their default tactic untimed (no wall-clock assert).
     assert t["budget_exceeded"] and t["untuned_for_budget"]
     feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}

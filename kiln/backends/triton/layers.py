@@ -24,6 +24,7 @@ class TritonLayer:
     """A layer's generated implementation: ``name`` for the report, ``kernel`` (itself) for the program."""
 
     name = "triton"
+    accepts_out = ("cuda",)  # generated kernels store straight into ``out`` (any strides)
 
     def __init__(self, node, fallback):
         self.label = getattr(node, "label", "")
@@ -148,6 +149,8 @@ class ReduceLayer(TritonLayer):
         self.kind = REDUCE_KINDS[node.op_type]
         self.launch = RowLaunch(self.kind)
         self.name = f"triton_reduce_{self.kind}"
+
+    accepts_out = ()  # it computes into its own buffer and would only copy into ``out``
 
     def run(self, ctx, inputs, attrs, out):
         x = inputs[0]
