@@ -10,6 +10,9 @@ dense weight is passed and oneDNN reorders it per call. A tactic kernel has the 
 and ignores the layer's weight and bias inputs. Layers a tactic cannot take keep the plain kernels of
 fused.py, which are also the oracle the tests check every tactic against.
 
+A 1x1 convolution can also run as a oneDNN matmul on the NHWC activations (``conv1x1_gemm_tactic``, the
+"onednn_gemm" tactic; ``prefers_gemm`` says when it is the default).
+
 Epilogue steps map onto oneDNN post-ops as one activation, a residual add, or (convolution only) a residual
 add then ReLU, which is what torch's fused oneDNN ops accept; whatever follows runs as the plain epilogue
 after the oneDNN call. The reordered copies cost one more set of weights in memory per input shape.
