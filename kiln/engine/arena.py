@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..build.memory import Lifetime, plan_memory
+from ..ops.shape_util import axis as axis_index
 
 
 @dataclass
@@ -175,7 +176,7 @@ def plan_layout(program, recorder: Recorder, inputs: dict, device: torch.device,
     for ci, members in by_concat.items():
         step = steps[ci]
         out = views[step.outputs[0]]
-        axis = _concat_axis(step, out.dim())
+        axis = axis_index(int(step.attrs.get("axis", 1)), out.dim())
         offsets, start = {}, 0
         for k, vid in enumerate(step.inputs):
             t = recorder.tensors.get(vid) if vid is not None else None
@@ -207,7 +208,3 @@ def plan_layout(program, recorder: Recorder, inputs: dict, device: torch.device,
             stats.allocator_ops[op] = stats.allocator_ops.get(op, 0) + 1
     return ArenaLayout(placements, stats, arena)
 
-
-def _concat_axis(step, rank: int) -> int:
-    a = int(step.attrs.get("axis", 1))
-    return a + rank if a < 0 else a

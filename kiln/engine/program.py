@@ -37,6 +37,10 @@ class Step:
     in_place: tuple = ()  # Concat: input positions whose producers write into its output's slices
 
 
+def _layer_failed(step: Step, e: Exception) -> KernelError:
+    return KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}")
+
+
 class Program:
     """Executes a graph's steps on one device. Constants are bound once (shared by all contexts).
 
@@ -78,6 +82,7 @@ class Program:
                                    reads, accepts_out(kernel, ctx.device),
                                    tuple(int(k) for k in n.attrs.get("in_place", ()))))
         self.output_ids = [v.id for v in graph.outputs]
+        self._unplaced = [None] * len(self.steps)  # the placements of a run without an arena
         self.input_ids = [v.id for v in graph.inputs]
 
     def _subgraph_runner(self):
@@ -101,18 +106,20 @@ class Program:
         env.update(self.constants)
         if hook is not None:
             return self._run_hooked(env, hook)
-        if layout is not None:
-            return self._run_placed(env, layout, keep)
+        placements = layout.placements if layout is not None else self._unplaced
         step = None
-        try:
-            for step in self.steps:  # the hot loop: one dict read per input, one write per output
+        try:  # the hot loop: one dict read per input, one write per output
+            for step, p in zip(self.steps, placements):
                 if step.ctx.run_graph is not None:
                     step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
                 args = [None if i is None else env[i] for i in step.inputs]
                 for j in step.moves:
                     if args[j] is not None:
                         args[j] = to_device(args[j], self.device, keep)
-                out = step.kernel(step.ctx, args, step.attrs)
+                if p is None:
+                    out = step.kernel(step.ctx, args, step.attrs)
+                else:
+                    out = self._run_placed_step(step, p, args, layout)
                 if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
                     vid = step.outputs[0] if step.outputs else None
                     if vid is not None:
@@ -126,8 +133,26 @@ class Program:
         except KilnError:
             raise
         except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
-            raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}") from e
+            raise _layer_failed(step, e) from e
         return [env[i] for i in self.output_ids]
+
+    @staticmethod
+    def _run_placed_step(step: Step, p, args: list, layout) -> Any:
+        """One step given its arena buffer (see arena.py); returns its (single) output."""
+        if p.concat is not None:  # its in-place inputs are already in their slices
+            for view, k in p.concat_copies:
+                view.copy_(args[k])
+            return p.concat
+        out = step.kernel(step.ctx, args, step.attrs, out=p.out) if step.accepts_out else \
+            step.kernel(step.ctx, args, step.attrs)
+        if isinstance(out, tuple):
+            out = out[0]
+        if out is not p.out and (out.data_ptr() != p.out.data_ptr() or out.stride() != p.out.stride()):
+            if p.must_land:  # the kernel kept its own buffer: the Concat slice needs the data
+                p.out.copy_(out)
+                return p.out
+            layout.missed.add(step.node.label)
+        return out
 
     def _run_hooked(self, env: dict[int, Any], hook: Callable) -> list[Any]:
         for step in self.steps:
@@ -142,8 +167,7 @@ class Program:
             except KilnError:
                 raise
             except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
-                raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: "
-                                  f"{type(e).__name__}: {e}") from e
+                raise _layer_failed(step, e) from e
             if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
                 out = (out,)
             for vid, r in zip(step.outputs, out):
@@ -152,48 +176,4 @@ class Program:
             hook(step, env)
             for vid in step.free:
                 env.pop(vid, None)
-        return [env[i] for i in self.output_ids]
-
-    def _run_placed(self, env: dict[int, Any], layout, keep: list | None) -> list[Any]:
-        """``run`` with an arena layout: placed steps write into their arena views (see arena.py)."""
-        step = None
-        try:
-            for step, p in zip(self.steps, layout.placements):
-                if step.ctx.run_graph is not None:
-                    step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
-                args = [None if i is None else env[i] for i in step.inputs]
-                for j in step.moves:
-                    if args[j] is not None:
-                        args[j] = to_device(args[j], self.device, keep)
-                if p is None:
-                    out = step.kernel(step.ctx, args, step.attrs)
-                elif p.concat is not None:  # its in-place inputs are already in their slices
-                    for view, k in p.concat_copies:
-                        view.copy_(args[k])
-                    out = p.concat
-                else:
-                    out = step.kernel(step.ctx, args, step.attrs, out=p.out) if step.accepts_out else \
-                        step.kernel(step.ctx, args, step.attrs)
-                    if isinstance(out, tuple):
-                        out = out[0]
-                    if out is not p.out and (out.data_ptr() != p.out.data_ptr() or out.stride() != p.out.stride()):
-                        if p.must_land:  # the kernel kept its own buffer: the Concat slice needs the data
-                            p.out.copy_(out)
-                            out = p.out
-                        else:
-                            layout.missed.add(step.node.label)
-                if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
-                    vid = step.outputs[0] if step.outputs else None
-                    if vid is not None:
-                        env[vid] = out
-                else:
-                    for vid, r in zip(step.outputs, out):
-                        if vid is not None:
-                            env[vid] = r
-                for vid in step.free:
-                    env.pop(vid, None)
-        except KilnError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
-            raise KernelError(f"layer {step.node.label} ({step.node.op_type}) failed: {type(e).__name__}: {e}") from e
         return [env[i] for i in self.output_ids]

@@ -28,7 +28,7 @@ from ..backends.triton.layers import TritonLayer
 from ..backends.triton.launch import _dense
 from ..backends.triton.ops import Unsupported
 from ..ops.fused import _conv_pads
-from ..ops.quantized import RANGES, STORAGE, _float_out
+from ..ops.quantized import FP8_MAX, RANGES, STORAGE, _float_out
 from .space import NotApplicable
 
 log = logging.getLogger("kiln.tune")
@@ -256,7 +256,7 @@ class QConvHalf(_Counting):
             raise NotApplicable(f"{self.spatial}-d convolution")
         zp = int(a.get("x_zero_point", 0))
         if self.fmt == "fp8e4m3":
-            xmax = 448.0
+            xmax = FP8_MAX
         else:
             lo, hi = RANGES[self.fmt]
             xmax = float(max(abs(lo - zp), abs(hi - zp)))

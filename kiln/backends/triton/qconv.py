@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...ops.quantized import FP8_MAX, RANGES
 from . import cache
 from .codegen import _emit_program, prelude
 from .epilogue import EPILOGUE_OPSET, epilogue_program
@@ -43,8 +44,6 @@ CONFIGS = [
     (64, 128, 128, 8, 4, 4),
 ]
 INTERPRET_CONFIG = (32, 16, 16, 4, 4, 1)
-FP8_MAX = 448.0
-RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 OUT_STORAGE = {"int8": torch.int8, "uint8": torch.uint8}
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import torch
 
+from ...ops.quantized import FP8_MAX, RANGES
 from . import cache
 from .codegen import parse_line, prelude
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import ElementwiseLaunch, block_config, interpreting
 from .ops import Unsupported
 
-RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
-FP8_MAX = 448.0
 _ONNX_CODE = {torch.int8: 3, torch.uint8: 2, torch.float16: 10, torch.bfloat16: 16, torch.float32: 1}
 
 # helpers the quantize kernel may use: (GPU body, interpreter body)
