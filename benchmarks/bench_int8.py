@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--explain", action="store_true",
                     help="print each engine's tactics for quantized layers (with rejected candidates) and its "
                          "ten slowest layers (per-layer profile, no CUDA graph)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="print each engine's GPU kernels by total time (torch.profiler over CUDA-graph replays)")
+    ap.add_argument("--profile-json", help="with --explain: write every layer's profile row here (per precision)")
     args = ap.parse_args(argv)
     model, sample, axes = models.MODELS[args.model]()
     size = args.seq if args.model in ("bert_base", "gpt2_small") else 224
@@ -71,9 +74,14 @@ def main(argv=None) -> int:
             quant = sum(1 for l in engine.report.layers if l.precision in ("i8", "int8", "f8e4m3fn", "fp8"))
             rows.append((prec, ms, args.batch / ms * 1e3, cos, build_s, quant, len(engine.report.layers)))
             print(rows[-1], flush=True)
+            if args.kernels:
+                kernel_table(ctx, feed, args.device)
             if args.explain:
                 print("  context notes:", ctx.notes, "load notes:", engine.load_notes[:3])
-                explain(engine, {n: x.numpy() for n, x in zip(names, held_out)})
+                prof = explain(engine, {n: x.numpy() for n, x in zip(names, held_out)})
+                if args.profile_json:
+                    import json
+                    Path(f"{args.profile_json}.{prec}.json").write_text(json.dumps(prof, indent=0, default=str))
     base = next((r for r in rows if r[0] == "fp16"), rows[0])
     print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | {args.model} "
           f"batch {args.batch}")
@@ -82,6 +90,28 @@ def main(argv=None) -> int:
     for p, ms, ips, cos, b, q, n in rows:
         print(f"{p:>9} {ms:9.3f} {ips:10.0f} {ips / base[2]:7.2f}x {cos:12.5f} {b:8.1f} {q:>8}/{n}")
     return 0
+
+
+def kernel_table(ctx, feed, device, runs: int = 10) -> None:
+    """GPU time per kernel name over ``runs`` inferences (the context replays its CUDA graph)."""
+    from torch.profiler import ProfilerActivity, profile
+    ctx.infer(feed)
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            ctx.infer(feed)
+        torch.cuda.synchronize(device)
+    rows = [(e.key, e.device_time_total / runs / 1e3, e.count // runs) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    total = sum(r[1] for r in rows)
+    print(f"  GPU kernels per run: {total:.3f} ms")
+    for name, ms, n in sorted(rows, key=lambda r: -r[1])[:25]:
+        print(f"    {ms:8.3f} ms {n:5d}x  {name[:110]}")
+    from torch.autograd import DeviceType
+    seq = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    per_run = len(seq) // runs
+    print("  one run's kernels 20..50 in order (us):",
+          ", ".join(f"{e.name[:24]} {e.time_range.elapsed_us():.1f}" for e in seq[20:min(50, per_run)]))
 
 
 def explain(engine, feeds) -> None:
@@ -100,6 +130,7 @@ def explain(engine, feeds) -> None:
     print(f"  per-layer total {total:.3f} ms; by op: " + ", ".join(f"{k} {v:.3f}" for k, v in by_op.most_common(8)))
     for p in sorted(prof, key=lambda p: -p["ms"])[:10]:
         print(f"    {p['ms']:8.3f} ms  {p['op']:<18} {p['name']}")
+    return prof
 
 
 if __name__ == "__main__":

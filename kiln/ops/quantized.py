@@ -237,7 +237,7 @@ def kernel_label(node) -> str:
     else:
         base = f"{'fp8' if fp8 else 'int8'}.conv{node.inputs[1].const.dim() - 2 if node.inputs[1].const is not None else 2}d"
     if a.get("input_quantized"):
-        base += "[int8 in]"
+        base += f"[{'fp8' if fp8 else 'int8'} in]"
     if "out_scale" in a:
         base += "[requant out]"
     return base

@@ -3,7 +3,7 @@ become kiln::QLinear / kiln::QConv with 8-bit weights, and layers feeding only q
 requantize their output in their epilogue.
 
     Linear(x, W, b, r){epi}  ->  QLinear(x, Wq, sw, b, r){x_scale, epi'}      Wq = round(W / sw), per channel
-    QL1(x) -> y -> QL2(y), QL3(y)  ->  QL1 writes int8 y (out_scale = y's scale); QL2, QL3 read it as is
+    QL1(x) -> y -> QL2(y), QL3(y)  ->  QL1 writes 8-bit y (out_scale = y's scale); QL2, QL3 read it as is
 
 Layers are identified by ``node.meta["qid"]`` (kept by graph copies); activation quantization
 parameters by value name: ``(scale, zero_point, dtype)``.
@@ -115,17 +115,27 @@ def _shift(step: str) -> str:
 
 
 def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
+    """A quantized layer whose output feeds only quantized layers of its own kind (int8/uint8, or fp8) writes
+    that output already quantized with the consumers' input scale. fp8 chains start only at QLinear: the fp8
+    GEMM kernel (``fp8_triton``) writes fp8 from its epilogue; no fp8 convolution tactic does yet."""
     quantized = {id(n) for n in layers}
     outputs = {id(v) for v in graph.outputs}
     for n in layers:
         y = n.outputs[0]
-        if n.attrs["x_dtype"] == "fp8e4m3" or id(y) in outputs or params.get(y.name, ActParams(0)).dynamic or not y.uses or y.name not in params:
+        fp8 = n.attrs["x_dtype"] == "fp8e4m3"
+        if (fp8 and n.op_type != "QLinear") or id(y) in outputs or params.get(y.name, ActParams(0)).dynamic \
+                or not y.uses or y.name not in params:
             continue
-        if not all(id(u) in quantized and s == 0 and u.attrs["x_dtype"] != "fp8e4m3" and "smooth_input" not in u.attrs
-                   for u, s in y.uses):
+        if not all(id(u) in quantized and s == 0 and (u.attrs["x_dtype"] == "fp8e4m3") == fp8
+                   and "smooth_input" not in u.attrs and not u.attrs.get("x_dynamic") for u, s in y.uses):
             continue
         p = params[y.name]
-        n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)
+        if fp8:
+            n.attrs.update(out_scale=float(p.scale), out_zero_point=0, out_dtype="fp8e4m3")
+            dtype = DType.FLOAT8E4M3FN
+        else:
+            n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)
+            dtype = DType.UINT8 if p.dtype == "uint8" else DType.INT8
         for u, _ in y.uses:
             u.attrs["input_quantized"] = 1
-        y.type = TensorType(DType.UINT8 if p.dtype == "uint8" else DType.INT8, getattr(y.type, "shape", None))
+        y.type = TensorType(dtype, getattr(y.type, "shape", None))

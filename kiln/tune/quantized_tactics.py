@@ -9,6 +9,10 @@
   A per-channel weight scale goes through float32 and the dequantizing pass.
 - Both take kiln::QConv with a 1x1 kernel, stride 1, no padding, group 1, as the GEMM of the [N*H*W, C] view
   of a channels-last input (the output is the channels-last [N, O, H, W] view of the GEMM's [N*H*W, O]).
+- ``fp8_triton``: kiln::QLinear with fp8 X through Kiln's own fp8 GEMM (``kiln/backends/triton/fp8_gemm.py``):
+  the dequantize, bias, GELU, residual adds and an fp8 requantized output all in the GEMM's accumulator tile;
+  X is quantized by one Triton pass unless it arrives fp8 (a producer requantized it). Block configs are
+  tactic parameters.
 - ``qconv_fp16``: any other QConv through a float16 cuDNN convolution of the quantized values (see
   :class:`QConvHalf` for when that is exact).
 
@@ -137,6 +141,8 @@ class QGemm(_Counting):
         sx = float(a["x_scale"])
         steps = list(a.get("epilogue", []))
         requant = _requant(a)
+        if requant is not None and requant[2] == "fp8e4m3":
+            raise NotApplicable("an fp8 requantized output (fp8_triton writes it)")
         shape = (-1, 1, 1) if self.conv else (-1,)
         bias32 = None if bias is None else bias.to(device=device, dtype=torch.float32).reshape(-1)
         self.gemm_bias: dict = {}
@@ -225,6 +231,59 @@ class QGemm(_Counting):
             return y, self.epi is None
         y = torch._scaled_mm(a, self.wt, scale_a=self.scale_a, scale_b=self.scale_b, out_dtype=torch.float32)[:m]
         return y, False
+
+
+class Fp8GemmTriton(_Counting):
+    """kiln::QLinear (fp8 X, per-tensor or per-channel weight scale) as [Triton quantize ->] one fp8 GEMM kernel
+    with the whole epilogue and the store (float, or fp8 when the layer requantizes) fused."""
+
+    def __init__(self, node, constants: dict, device: torch.device, config: tuple):
+        super().__init__(node, _own_kernel(node))
+        from ..backends.triton.fp8_gemm import Fp8GemmLaunch
+        from ..backends.triton.quant import Quantize
+        if node.op_type != "QLinear":
+            raise NotApplicable("for kiln::QLinear (1x1 QConv: fp8_fast)")
+        a = node.attrs
+        self.fmt = _check_layer(node, True)
+        wq = _const(node, 1, constants, "weight")
+        w_scale = _const(node, 2, constants, "weight scale").to(torch.float32).reshape(-1)
+        bias = _const(node, 3, constants, "bias", optional=True)
+        requant = _requant(a)
+        if requant is not None and (requant[2] != "fp8e4m3" or requant[1]):
+            raise NotApplicable(f"requantization to {requant[2]} with zero point {requant[1]}")
+        sx = float(a["x_scale"])
+        scale = w_scale * torch.tensor(sx, dtype=torch.float32)  # the reference kernel's float32 product
+        try:
+            self.launch = Fp8GemmLaunch(wq.to(device), scale.to(device), None if bias is None else bias.to(device),
+                                        list(a.get("epilogue", [])), None if requant is None else requant[0],
+                                        tuple(config))
+            if device.type == "cuda":  # float outputs and residuals are 16-bit in the engines that use fp8
+                self.launch.check_fits(1 if requant else 2, [2] * len(self.launch.residuals), device)
+        except Unsupported as e:
+            raise NotApplicable(str(e)) from None
+        self.k, self.n = self.launch.k, self.launch.n
+        self.input_quantized = bool(a.get("input_quantized"))
+        self.quant = None if self.input_quantized else Quantize(sx, "fp8e4m3", 0, "q")
+        self.name = ("" if self.input_quantized else "triton_quant+") + self.launch.name
+
+    def run(self, ctx, inputs, attrs, out):
+        if out is not None:
+            raise Unsupported("writing into a given buffer")
+        x = inputs[0]
+        if x.dim() < 2 or x.shape[-1] != self.k:
+            raise Unsupported(f"an input of shape {list(x.shape)} for K={self.k}")
+        if not x.is_contiguous():
+            self._convert("non-contiguous input made contiguous (an extra pass)")
+            x = x.contiguous()
+        m = x.numel() // self.k
+        if self.input_quantized:
+            if x.dtype != torch.float8_e4m3fn:
+                raise Unsupported(f"an input_quantized layer got {x.dtype}")
+            x8 = x.view(m, self.k)
+        else:
+            x8 = self.quant(x, torch.empty((m, self.k), dtype=torch.float8_e4m3fn, device=x.device))
+        y = self.launch(x8, [inputs[i] for i in self.launch.residuals], _out_dtype(x, attrs))
+        return y.view(*x.shape[:-1], self.n)
 
 
 # -- convolution through float16 cuDNN -------------------------------------------------------------------------------
@@ -331,10 +390,19 @@ def fp8_fast(node, params, constants, device):
     return _wrap(QGemm(node, constants, device, fp8=True))
 
 
+def fp8_triton(node, params, constants, device):
+    _require_cuda(device, "fp8_triton")
+    _triton_ok(device)
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        raise NotApplicable("the fp8 TMA GEMM needs compute capability 9.0 (Hopper) or newer")
+    from ..backends.triton.fp8_gemm import CONFIGS
+    return _wrap(Fp8GemmTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0])))
+
+
 def qconv_fp16(node, params, constants, device):
     _require_cuda(device, "qconv_fp16")
     _triton_ok(device)
     return _wrap(QConvHalf(node, constants, device))
 
 
-FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "qconv_fp16": qconv_fp16}
+FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "fp8_triton": fp8_triton, "qconv_fp16": qconv_fp16}

@@ -85,6 +85,11 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("torch", {}, "any", 0),
         ("int8_fast", {}, "cuda", 2),
         ("fp8_fast", {}, "cuda", 2),
+        # Kiln's fp8 GEMM with the epilogue fused (kiln/backends/triton/fp8_gemm.py), configs = fp8_gemm.CONFIGS
+        ("fp8_triton", {"config": [128, 128, 128, 8, 8, 4]}, "cuda", 2),
+        ("fp8_triton", {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
+        ("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
+        ("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
     ],
     ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
         ("torch", {}, "any", 0),
@@ -365,7 +370,7 @@ def _quantized(name: str) -> Factory:
     return factory
 
 
-FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "qconv_fp16")})
+FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "qconv_fp16")})
 
 
 def _triton_qconv(node, params, constants, device) -> Tactic:

@@ -142,13 +142,21 @@ def tolerance(dtype: torch.dtype, device: torch.device, tf32: bool) -> float:
     return 0.0  # integers and bools: exact
 
 
-QUANTIZED_STEP_SHARE = 0.01  # requantized 8-bit outputs: share of elements allowed one step off
+# requantized 8-bit outputs: share of elements allowed one step off. int8: 1%. fp8 e4m3 has 8 codes per binade
+# (steps of 6-12%), and Hopper's fp8 tensor-core sums (wgmma accumulates e4m3 products in reduced precision,
+# as cuBLASLt's fast mode does) differ from cuBLASLt's exact mode by ~5e-4 relative: ~1-2% of the codes
+# land on the neighbouring step (measured on BERT-base's FFN: 1.02%). Codes are log-spaced: near zero a
+# tiny absolute difference spans many codes, so fp8 values within FP8_NOISE_FLOOR of the largest one agree.
+QUANTIZED_STEP_SHARE = {torch.float8_e4m3fn: 0.03}
+FP8_NOISE_FLOOR = 2.0 ** -8
+INT8_STEP_SHARE = 0.01
 
 
 def mismatch(got, ref, device: torch.device, tf32: bool, quantized: bool = False) -> str | None:
     """Why ``got`` is not ``ref`` within tolerance, or None. ``quantized``: the layer requantizes its output
     (kiln::QLinear/QConv with ``out_scale``), where another order of the multiply-adds may round a value at a
-    step boundary the other way: one step off on at most 1% of the elements is the same result."""
+    step boundary the other way: one step off on a small share of the elements (QUANTIZED_STEP_SHARE) is the
+    same result."""
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     ref = list(ref) if isinstance(ref, (tuple, list)) else [ref]
     if len(got) < len(ref):
@@ -187,17 +195,32 @@ def mismatch(got, ref, device: torch.device, tf32: bool, quantized: bool = False
 
 
 def _quantized_mismatch(g: torch.Tensor, r: torch.Tensor) -> str | None:
-    if r.dtype == torch.float8_e4m3fn:  # steps: neighbouring codes of the same sign
-        gi, ri = g.view(torch.int8).to(torch.int16), r.view(torch.int8).to(torch.int16)
-    else:
-        gi, ri = g.to(torch.int16), r.to(torch.int16)
-    d = (gi - ri).abs()
-    if d.numel() == 0:
+    if g.numel() == 0:
         return None
+    if r.dtype == torch.float8_e4m3fn:
+        return _fp8_mismatch(g.float(), r.float())
+    d = (g.to(torch.int16) - r.to(torch.int16)).abs()
     worst, share = int(d.max()), float((d > 0).float().mean())
-    if worst > 1 or share > QUANTIZED_STEP_SHARE:
+    if worst > 1 or share > INT8_STEP_SHARE:
         return (f"quantized values differ by up to {worst} steps on {share:.2%} of the elements (allowed: one step "
-                f"on {QUANTIZED_STEP_SHARE:.0%})")
+                f"on {INT8_STEP_SHARE:.0%})")
+    return None
+
+
+def _fp8_mismatch(g: torch.Tensor, r: torch.Tensor) -> str | None:
+    if not torch.equal(torch.isnan(g), torch.isnan(r)):
+        return "NaN where the reference has none, or the other way round"
+    g, r = g.nan_to_num(0.0), r.nan_to_num(0.0)
+    def step(v):  # the e4m3 spacing at |v| (subnormals: 2**-9)
+        return torch.exp2(torch.floor(torch.log2(v.abs().clamp(min=2.0 ** -6))) - 3)
+    d = (g - r).abs()
+    floor = FP8_NOISE_FLOOR * float(r.abs().max())
+    far = d > torch.maximum(torch.maximum(step(g), step(r)), torch.full_like(d, floor))
+    allowed = QUANTIZED_STEP_SHARE[torch.float8_e4m3fn]
+    share = float((d > 0).float().mean())
+    if bool(far.any()) or share > allowed:
+        return (f"fp8 values differ on {share:.2%} of the elements (allowed: {allowed:.0%}), "
+                f"{int(far.sum())} of them by more than one step (largest difference {float(d.max()):.4g})")
     return None
 
 

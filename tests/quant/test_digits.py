@@ -157,6 +157,9 @@ def test_fp8_and_dynamic_int8(digits):
     path, cal, xte, yte, acc32 = digits
     e = kiln.build(path, fp8=True, int8_calibrator=cal)  # E4M3, emulated on the CPU (torch._scaled_mm on GPU)
     assert [l.precision for l in quantized_layers(e)] == ["fp8"] * 5
+    # the GEMM feeding the next GEMM writes fp8 from its epilogue (no float tensor between them)
+    chained = [n for n in e.graph.nodes if n.op_type == "QLinear" and n.attrs.get("out_dtype") == "fp8e4m3"]
+    assert chained and all(u.attrs.get("input_quantized") for n in chained for u, _ in n.outputs[0].uses)
     assert accuracy(e, xte, yte) >= acc32 - 0.5
     e = kiln.build(path, int8=True, int8_activations="dynamic", int8_calibrator=cal)
     assert len(quantized_layers(e)) == 5  # convolutions calibrated, GEMMs with per-row scales at run time

@@ -71,8 +71,8 @@ def quantize_source(dtype: str, zero_point: int, out: str, interpret: bool) -> s
         gpu, cpu = _HELPERS[name]
         head += ["", "", "@triton.jit", f"def {name}({_HELPER_ARGS.get(name, 'x')}):",
                  "    " + (cpu if interpret else gpu)]
-    src = head + ["", "", "@triton.jit", "def kernel(x_ptr, out_ptr, N, scale, BLOCK: tl.constexpr):"]
-    return "\n".join(src + ["    " + ln for ln in lines]) + "\n"
+    src = head + ["", "", "@triton.jit", "def kiln_quantize(x_ptr, out_ptr, N, scale, BLOCK: tl.constexpr):"]
+    return "\n".join(src + ["    " + ln for ln in lines] + ["", "", "kernel = kiln_quantize"]) + "\n"
 
 
 class Quantize:

@@ -1,0 +1,220 @@
+"""An fp8 (e4m3) GEMM for kiln::QLinear on Hopper, with the layer's whole epilogue in the accumulator tile:
+``y = (X8 @ W8^T) * (sx * sw) + bias``, the epilogue steps (GELU, ``add:I`` residuals, ...), then the store:
+float16/bfloat16/float32, or requantized to fp8 for the next quantized layer (``out_scale``).
+
+Why not ``torch._scaled_mm``: cuBLASLt fuses only the bias there, so every GELU and residual add costs a pass
+of its own over a float16 [M, N] tensor, and a requantized output another; on BERT-base those passes cost as
+much as the GEMMs saved (benchmarks/results/2026-11-21-h200-int8.md).
+
+The kernel: persistent (one program per SM walks the output tiles, grouped along M for L2 reuse), operands
+and output through tensor descriptors (TMA: the loads zero-fill past the edges and the stores clip, so no
+operand is padded), ``tl.dot`` on fp8 operands (wgmma e4m3, float32 accumulator). X and W are both K-major
+([M, K] and [N, K], K contiguous), which is what 8-bit wgmma takes. Under ``TRITON_INTERPRET=1`` it is one
+program per tile (the interpreter cannot loop over a program-id range) with K a compile-time constant.
+
+The epilogue is arithmetic-bound (it does not overlap the tensor-core work of the next tile): the requantizing
+store multiplies by the float32 reciprocal of the output scale, and GELU's erf is the short A&S form
+(``ops._ERF_GELU``, |error| < 1.5e-7).
+
+Block configurations (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) are tactic parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...ops.quantized import FP8_MAX
+from . import cache
+from .codegen import _emit_program, prelude
+from .epilogue import EPILOGUE_OPSET, epilogue_program
+from .launch import interpreting
+from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): the best of each BERT-base / ResNet-50 1x1
+# shape on the H200 (benchmarks/bench_fp8_gemm.py)
+CONFIGS = [
+    (128, 128, 128, 8, 8, 4),
+    (128, 256, 128, 8, 8, 3),
+    (256, 128, 128, 8, 8, 3),
+    (128, 256, 64, 8, 8, 4),
+]
+INTERPRET_CONFIG = (32, 32, 32, 4, 4, 1)
+FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class Fp8GemmSpec:
+    """Everything the generated source depends on (sizes, scales and pointers are launch arguments)."""
+    per_channel: bool             # the dequantizing scale is a [N] vector (else one number)
+    bias_dtype: torch.dtype | None
+    program: tuple                # the epilogue program (i0 = the dequantized accumulator, i1 = bias, then residuals)
+    attrs: tuple
+    residual_dtypes: tuple
+    out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
+    persistent: bool
+    k_const: int | None           # K as a compile-time constant (the interpreter's loops need it)
+
+
+# float32 -> e4m3, round to nearest even. The interpreter's own conversion (Triton 3.6) drops the carry when
+# the mantissa rounds into the next binade, so there the value is first rounded onto the e4m3 grid exactly.
+_FP8_GPU = ["@triton.jit", "def _to_fp8(x):", "    return x.to(tl.float8e4nv)"]
+_FP8_INTERPRET = ["@triton.jit", "def _to_fp8(x):",
+                  "    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)",
+                  "    quantum = tl.exp2((e - 3).to(tl.float32))",
+                  "    return (_rint(x / quantum) * quantum).to(tl.float8e4nv)"]
+
+
+def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
+    helpers: set[str] = set()
+    res = range(len(spec.residual_dtypes))
+    args = ["a_desc", "w_desc", "out_desc"] + (["scale_ptr"] if spec.per_channel else []) + \
+        (["b_ptr"] if spec.bias_dtype else []) + [f"r{j}_desc" for j in res] + \
+        ["M", "N", "K: tl.constexpr" if spec.k_const else "K", "scale", "inv_out_scale"] + \
+        [f"{n}: tl.constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "NUM_SMS")]
+    body = ["num_m = tl.cdiv(M, BLOCK_M)", "num_n = tl.cdiv(N, BLOCK_N)", "group = GROUP_M * num_n"]
+    if spec.persistent:
+        body += ["for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):"]
+    else:
+        body += ["if True:", "    tile = tl.program_id(0)"]
+    t = ["first_m = (tile // group) * GROUP_M", "size_m = tl.minimum(num_m - first_m, GROUP_M)",
+         "pid_m = first_m + ((tile % group) % size_m)", "pid_n = (tile % group) // size_m",
+         "om = pid_m * BLOCK_M", "on = pid_n * BLOCK_N",
+         "acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)",
+         "for k0 in range(0, K, BLOCK_K):",
+         "    a = a_desc.load([om, k0])",
+         "    w = w_desc.load([on, k0])",
+         "    acc = tl.dot(a, w.T, acc)",
+         "rn = on + tl.arange(0, BLOCK_N)"]
+    if spec.per_channel:
+        t.append("acc = acc * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]")
+    else:
+        t.append("acc = acc * scale")
+    ops = [Operand("acc", torch.float32)]
+    if spec.bias_dtype:
+        t.append(f"bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
+        ops.append(Operand("bias", spec.bias_dtype))
+    for j, dt in enumerate(spec.residual_dtypes):
+        cvt = "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
+        t.append(f"e{j} = r{j}_desc.load([om, on]){cvt}")
+        ops.append(Operand(f"e{j}", dt))
+    last = "acc"
+    if spec.program:
+        lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
+        t += lines
+        last = f"t{len(spec.program) - 1}"
+    if spec.out_dtype == torch.float8_e4m3fn:
+        # quantize(): clamp(y / out_scale, +-448) -> e4m3 (RNE). A multiply by the float32 reciprocal, not the
+        # correctly rounded division (which cost 40% of BERT's FFN1 here: the epilogue is arithmetic-bound); it
+        # differs only within one float32 ulp of a rounding boundary.
+        t.append(f"q = tl.minimum(tl.maximum({last}.to(tl.float32) * inv_out_scale, -{FP8_MAX}), {FP8_MAX})")
+        t.append("out_desc.store([om, on], _to_fp8(q))")
+    else:
+        t.append(f"out_desc.store([om, on], {last}.to({TL_DTYPE[spec.out_dtype]}))")
+    body += ["    " + ln for ln in t]
+    fp8 = []
+    if spec.out_dtype == torch.float8_e4m3fn:
+        interp = spec.k_const is not None
+        if interp:
+            helpers.add("_rint")
+        fp8 = ["", ""] + (_FP8_INTERPRET if interp else _FP8_GPU)
+    # named for profiles (Triton names the GPU kernel after the function); the module's entry is ``kernel``
+    src = prelude(helpers, spec.k_const is not None) + fp8 + ["", "", "@triton.jit",
+                                                               f"def kiln_fp8_gemm({', '.join(args)}):"]
+    return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_gemm"]) + "\n"
+
+
+def _descriptor(t: torch.Tensor, block: list[int]):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return TensorDescriptor.from_tensor(t, block)
+
+
+def _smem_limit(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 232448))
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """A 2-d operand TMA takes: unit inner stride, 16-byte aligned base and row stride."""
+    return t.dim() == 2 and t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 \
+        and t.data_ptr() % 16 == 0
+
+
+class Fp8GemmLaunch:
+    """``x8 [M, K] @ w8 [N, K]^T`` then the epilogue, into a new [M, N] tensor; both operands float8_e4m3fn."""
+
+    def __init__(self, w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, steps: list[str],
+                 out_scale: float | None, config: tuple):
+        if w8.dtype != torch.float8_e4m3fn or w8.dim() != 2:
+            raise Unsupported(f"an fp8 GEMM weight of {w8.dtype}{list(w8.shape)}")
+        self.n, self.k = w8.shape
+        if self.k % 16 or self.n % 8:
+            raise Unsupported(f"K={self.k} must be a multiple of 16 and N={self.n} of 8 (TMA's 16-byte rows)")
+        self.w8 = w8.contiguous()
+        self.scale = scale.reshape(-1).to(torch.float32).contiguous()
+        if self.scale.numel() not in (1, self.n):
+            raise Unsupported(f"{self.scale.numel()} scales for N={self.n}")
+        self.bias = None if bias is None else bias.reshape(-1).contiguous()
+        self.steps = list(steps)
+        program, eattrs, self.operands = epilogue_program(self.steps, bias is not None)
+        if any(isinstance(r, tuple) for r in self.operands):
+            raise Unsupported("a scale:S epilogue step")
+        self.program = tuple(program)
+        self.eattrs = tuple(tuple(sorted(a.items())) for a in eattrs)
+        self.residuals = [r for r in self.operands if isinstance(r, int)]
+        self.out_scale = out_scale
+        self._inv_out_scale = 1.0 if out_scale is None else float(1.0 / torch.tensor(out_scale, dtype=torch.float32))
+        self.config = tuple(int(v) for v in config)
+        self._scale_value = float(self.scale[0]) if self.scale.numel() == 1 else 1.0
+        self._w_desc = None
+
+    def check_fits(self, out_bytes: int, residual_bytes: list[int], device: torch.device) -> None:
+        """Unsupported when the config's shared memory (the pipeline's operand tiles, plus the output and
+        residual tiles TMA stages) exceeds what one block may use on ``device``."""
+        bm, bn, bk, _, _, stages = self.config
+        smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
+        limit = _smem_limit(device)
+        if smem > limit:
+            raise Unsupported(f"config {self.config} needs ~{smem} bytes of shared memory, the GPU has {limit}")
+
+    @property
+    def name(self) -> str:
+        epi = "+".join((["bias"] if self.bias is not None else []) + self.steps) or "none"
+        return f"triton_fp8_gemm[{epi}{',requant' if self.out_scale is not None else ''}]"
+
+    def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+        m = x8.shape[0]
+        if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != self.k or not _tma_ok(x8):
+            raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()}")
+        if out_dtype not in FLOAT_OUT and out_dtype != torch.float8_e4m3fn:
+            raise Unsupported(f"an output of {out_dtype}")
+        out = torch.empty((m, self.n), dtype=out_dtype, device=x8.device)
+        if m == 0:
+            return out
+        res2 = []
+        for r in residuals:
+            r2 = r.reshape(m, self.n) if r.is_contiguous() else None
+            if r2 is None or not _tma_ok(r2) or r2.dtype not in FLOAT_OUT:
+                raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants "
+                                  "contiguous rows)")
+            res2.append(r2)
+        interp = interpreting()
+        bm, bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config
+        if not interp:
+            self.check_fits(out.element_size(), [r.element_size() for r in res2], x8.device)
+        spec = Fp8GemmSpec(self.scale.numel() > 1, None if self.bias is None else self.bias.dtype, self.program,
+                           self.eattrs, tuple(r.dtype for r in res2), out_dtype, not interp,
+                           self.k if interp else None)
+        mod = cache.load(cache.digest("fp8_gemm", spec), lambda: fp8_gemm_source(spec))
+        if self._w_desc is None or self._w_desc[0] != (bn, bk):
+            self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
+        tiles = -(-m // bm) * -(-self.n // bn)
+        sms = tiles if interp else torch.cuda.get_device_properties(x8.device).multi_processor_count
+        grid = (tiles if interp else min(sms, tiles),)
+        extra = ([self.scale] if spec.per_channel else []) + ([self.bias] if self.bias is not None else [])
+        mod.kernel[grid](_descriptor(x8, [bm, bk]), self._w_desc[1], _descriptor(out, [bm, bn]), *extra,
+                         *[_descriptor(r, [bm, bn]) for r in res2], m, self.n, self.k, self._scale_value,
+                         self._inv_out_scale,
+                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, NUM_SMS=sms,
+                         num_warps=warps, num_stages=stages)
+        return out
