@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 
 pytest.importorskip("triton")
 
-from kiln.backends.triton import aot, cache  # noqa: E402
+from kiln.backends.triton import aot  # noqa: E402
 from kiln.backends.triton.fp8_gemm import CONFIGS, INTERPRET_CONFIG, Fp8GemmSpec, fp8_gemm_source  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
@@ -26,12 +26,6 @@ from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 CPU = torch.device("cpu")
 CTX = KernelContext(opset=21, device=CPU)
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory):
-    cache.set_cache_dir(tmp_path_factory.getbasetemp() / "kiln-triton")
-    yield
 
 
 def layer_node(k, n, epilogue, per_channel=False, bias=True, seed=0, **extra):

@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 
 pytest.importorskip("triton")
 
-from kiln.backends.triton import aot, cache  # noqa: E402
+from kiln.backends.triton import aot  # noqa: E402
 from kiln.backends.triton.qconv import CONFIGS, QConvLaunch, qconv_source, qconv_tactic  # noqa: E402
 from kiln.errors import KernelError  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
@@ -26,12 +26,6 @@ from kiln.tune.space import NotApplicable  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on masked-off lanes
 CPU = torch.device("cpu")
 SMALL = (32, 16, 16, 4, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory):
-    cache.set_cache_dir(tmp_path_factory.getbasetemp() / "kiln-triton")
-    yield
 
 
 def ctx():

@@ -17,7 +17,6 @@ import torch.nn.functional as F  # noqa: E402
 
 pytest.importorskip("triton")
 
-from kiln.backends.triton import cache  # noqa: E402
 from kiln.backends.triton.quant import DequantEpilogue, Quantize, dequant_program, quantize_source  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
@@ -28,12 +27,6 @@ from kiln.tune.quantized_tactics import QConvHalf, QGemm  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 CPU = torch.device("cpu")
 CTX = KernelContext(opset=21, device=CPU)
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory):
-    cache.set_cache_dir(tmp_path_factory.getbasetemp() / "kiln-triton")
-    yield
 
 
 def rel(got, ref) -> float:

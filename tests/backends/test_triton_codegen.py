@@ -32,12 +32,6 @@ CPU = torch.device("cpu")
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory):
-    cache.set_cache_dir(tmp_path_factory.getbasetemp() / "kiln-triton")
-    yield
-
-
 def ctx(opset=17, n_out=1):
     return KernelContext(opset=opset, device=CPU, num_outputs=n_out)
 

@@ -20,13 +20,14 @@ Block configurations (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from ...ops.quantized import FP8_MAX
 from . import cache
-from .codegen import _emit_program, prelude
+from .codegen import _emit_program, prelude, to_fp8_source
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
@@ -54,15 +55,6 @@ class Fp8GemmSpec:
     out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
     persistent: bool
     k_const: int | None           # K as a compile-time constant (the interpreter's loops need it)
-
-
-# float32 -> e4m3, round to nearest even. The interpreter's own conversion (Triton 3.6) drops the carry when
-# the mantissa rounds into the next binade, so there the value is first rounded onto the e4m3 grid exactly.
-_FP8_GPU = ["@triton.jit", "def _to_fp8(x):", "    return x.to(tl.float8e4nv)"]
-_FP8_INTERPRET = ["@triton.jit", "def _to_fp8(x):",
-                  "    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)",
-                  "    quantum = tl.exp2((e - 3).to(tl.float32))",
-                  "    return (_rint(x / quantum) * quantum).to(tl.float8e4nv)"]
 
 
 def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
@@ -117,7 +109,7 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
         interp = spec.k_const is not None
         if interp:
             helpers.add("_rint")
-        fp8 = ["", ""] + (_FP8_INTERPRET if interp else _FP8_GPU)
+        fp8 = to_fp8_source(interp)
     # named for profiles (Triton names the GPU kernel after the function); the module's entry is ``kernel``
     src = prelude(helpers, spec.k_const is not None) + fp8 + ["", "", "@triton.jit",
                                                                f"def kiln_fp8_gemm({', '.join(args)}):"]
@@ -129,9 +121,15 @@ def _descriptor(t: torch.Tensor, block: list[int]):
     return TensorDescriptor.from_tensor(t, block)
 
 
-def _smem_limit(device: torch.device) -> int:
-    props = torch.cuda.get_device_properties(device)
-    return int(getattr(props, "shared_memory_per_block_optin", 232448))
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int]:
+    """(streaming multiprocessors, shared memory one block may use) of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, int(getattr(props, "shared_memory_per_block_optin", 232448))
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -173,7 +171,7 @@ class Fp8GemmLaunch:
         residual tiles TMA stages) exceeds what one block may use on ``device``."""
         bm, bn, bk, _, _, stages = self.config
         smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
-        limit = _smem_limit(device)
+        limit = _device_limits(_index(device))[1]
         if smem > limit:
             raise Unsupported(f"config {self.config} needs ~{smem} bytes of shared memory, the GPU has {limit}")
 
@@ -209,7 +207,7 @@ class Fp8GemmLaunch:
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
         tiles = -(-m // bm) * -(-self.n // bn)
-        sms = tiles if interp else torch.cuda.get_device_properties(x8.device).multi_processor_count
+        sms = tiles if interp else _device_limits(_index(x8.device))[0]
         grid = (tiles if interp else min(sms, tiles),)
         extra = ([self.scale] if spec.per_channel else []) + ([self.bias] if self.bias is not None else [])
         mod.kernel[grid](_descriptor(x8, [bm, bk]), self._w_desc[1], _descriptor(out, [bm, bn]), *extra,

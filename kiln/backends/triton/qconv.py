@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ...ops.quantized import FP8_MAX, RANGES
 from . import cache
-from .codegen import _emit_program, prelude
+from .codegen import _emit_program, prelude, to_fp8_source
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import interpreting
 from .aot import TY as _AOT_TY
@@ -87,16 +87,6 @@ def _x_tile_lines(spec: QConvSpec) -> list[str]:
                 f"a = (tl.minimum(tl.maximum(q, {float(lo)}), {float(hi)}) - {float(spec.centre)}).to(tl.int8)"]
 
 
-# float32 -> e4m3 rounding to nearest even. The interpreter's own conversion (Triton 3.6) drops the carry when
-# the mantissa rounds up into the next binade (31.6 -> 16, not 32), so there the value is first rounded
-# exactly to a multiple of its e4m3 quantum (2^(exponent - 3), subnormals below 2^-6), which it then keeps.
-_FP8_GPU = ["@triton.jit", "def _to_fp8(x):", "    return x.to(tl.float8e4nv)"]
-_FP8_INTERPRET = ["@triton.jit", "def _to_fp8(x):",
-                  "    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)",
-                  "    quantum = tl.exp2((e - 3).to(tl.float32))",
-                  "    return (_rint(x / quantum) * quantum).to(tl.float8e4nv)"]
-
-
 def qconv_source(spec: QConvSpec, interpret: bool) -> str:
     helpers: set[str] = {"_rint"}
     res = range(len(spec.residual_dtypes))
@@ -133,7 +123,7 @@ def qconv_source(spec: QConvSpec, interpret: bool) -> str:
     b.append("acc = acc.to(tl.float32) * tl.load(scale_ptr + rn, mask=n_ok, other=0.0)[None, :]")
     b += _epilogue_lines(spec, helpers)
     b.append("tl.store(out_ptr + (nb * son + oh * soh + ow * sow)[:, None] + rn[None, :] * soc, out, mask=mask)")
-    fp8_helper = ["", ""] + (_FP8_INTERPRET if interpret else _FP8_GPU) if spec.fp8 and spec.x_float else []
+    fp8_helper = to_fp8_source(interpret) if spec.fp8 and spec.x_float else []
     src = prelude(helpers, interpret) + fp8_helper + ["", "", "@triton.jit", f"def kernel({', '.join(args)}):"] + \
         ["    " + ln for ln in b]
     return "\n".join(src) + "\n"
