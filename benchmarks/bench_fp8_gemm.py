@@ -32,7 +32,7 @@ SHAPES = {
 }
 EPI = {"f16": 0, "gelu_q": 1, "res": 2, "gelu_h": 3, "q": 4, "gelu_fast_q": 5}
 FP8_OUT = ("gelu_q", "q", "gelu_fast_q")
-KINDS = ["ptr", "tma", "tma_p", "tma_pt", "tma_t", "tma_pt2", "kiln", "kiln16"]
+KINDS = ["ptr", "tma", "tma_p", "tma_pt", "tma_t", "tma_pt2", "kiln", "kiln16", "kiln_q+"]
 CONFIGS = [(128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (128, 128, 64, 8, 4, 4), (64, 128, 128, 8, 4, 4),
            (128, 64, 128, 8, 4, 4), (256, 128, 128, 8, 8, 3), (128, 256, 64, 8, 8, 4),
            (128, 128, 128, 8, 8, 2), (128, 128, 64, 8, 8, 3), (128, 128, 128, 8, 4, 2), (128, 256, 64, 8, 8, 2),
@@ -156,18 +156,30 @@ def k_tma_pt(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N, K, scale, out_s
             out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(tl.float16))
 
 
-def triton_call(kind, cfg, a, w, bias, res, scale, out_scale, epi):
+def kiln_call(kind, cfg, a, w, bias, res, scale, out_scale, epi, x16):
+    """Kiln's kernel: ``kiln`` (fp8 X), ``kiln16`` (float16 bias), ``kiln_q+`` (Kiln's quantize pass over the
+    float16 X, then the GEMM: what a QLinear with a float input runs)."""
+    sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+    from kiln.backends.triton.fp8_gemm import Fp8GemmLaunch
+    from kiln.backends.triton.quant import Quantize
+    steps = {"f16": [], "res": ["add:4"], "gelu_q": ["gelu"], "gelu_fast_q": ["gelu"], "gelu_h": ["gelu"],
+             "q": []}[epi]
+    x16_t, sx = x16
+    launch = Fp8GemmLaunch(w, torch.tensor([scale], device=a.device), bias.half() if kind == "kiln16" else bias,
+                           steps, out_scale if epi in FP8_OUT else None, cfg[:6])
+    out_dtype = torch.float8_e4m3fn if epi in FP8_OUT else torch.float16
+    residuals = [res] if res is not None else []
+    if kind == "kiln_q+":
+        quant = Quantize(sx, "fp8e4m3", 0, "q")
+        a8 = torch.empty_like(a)
+        return lambda: launch(quant(x16_t, a8), residuals, out_dtype)
+    return lambda: launch(a, residuals, out_dtype)
+
+
+def triton_call(kind, cfg, a, w, bias, res, scale, out_scale, epi, x16=None):
     from triton.tools.tensor_descriptor import TensorDescriptor
-    if kind in ("kiln", "kiln16"):  # the engine's kernel (kiln/backends/triton/fp8_gemm.py) with the same epilogue
-        sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
-        from kiln.backends.triton.fp8_gemm import Fp8GemmLaunch
-        steps = {"f16": [], "res": ["add:4"], "gelu_q": ["gelu"], "gelu_fast_q": ["gelu"], "gelu_h": ["gelu"],
-                 "q": []}[epi]
-        launch = Fp8GemmLaunch(w, torch.tensor([scale], device=a.device), bias.half() if kind == "kiln16" else bias,
-                               steps,
-                               out_scale if epi in FP8_OUT else None, cfg[:6])
-        out_dtype = torch.float8_e4m3fn if epi in FP8_OUT else torch.float16
-        return lambda: launch(a, [res] if res is not None else [], out_dtype)
+    if kind.startswith("kiln"):  # the engine's kernel (kiln/backends/triton/fp8_gemm.py) with the same epilogue
+        return kiln_call(kind, cfg, a, w, bias, res, scale, out_scale, epi, x16)
     bm, bn, bk, gm, warps, stages = cfg
     M, K = a.shape
     N = w.shape[0]
@@ -233,7 +245,8 @@ def bench(name, M, K, N, epi, iters, rows, configs):
     x = torch.randn(M, K, device=dev, generator=g)
     wf = torch.randn(N, K, device=dev, generator=g) / K ** 0.5
     sx, sw, out_scale = float(x.abs().max()) / 448, float(wf.abs().max()) / 448, 0.02
-    a = (x / sx).clamp(-448, 448).to(torch.float8_e4m3fn)
+    x16 = (x.half().float().clamp(-448 * sx, 448 * sx)).half()
+    a = (x16.float() / sx).to(torch.float8_e4m3fn)
     w = (wf / sw).clamp(-448, 448).to(torch.float8_e4m3fn)
     bias = torch.randn(N, device=dev, generator=g) * 0.1
     res = torch.randn(M, N, device=dev, generator=g).half() if epi == "res" else None
@@ -289,7 +302,12 @@ def bench(name, M, K, N, epi, iters, rows, configs):
                 rows.append((name, f"scaled_mm fast={int(fast)}", "-", None, None, str(e)[:80]))
     for kind in KINDS:
         for cfg in configs:
-            record(f"triton {kind}", triton_call(kind, cfg, a, w, bias, res, sx * sw, out_scale, epi), cfg)
+            try:
+                call = triton_call(kind, cfg, a, w, bias, res, sx * sw, out_scale, epi, (x16, sx))
+            except Exception as e:  # noqa: BLE001 - e.g. a config that does not fit shared memory
+                rows.append((name, f"triton {kind}", cfg, None, None, f"{type(e).__name__}: {str(e)[:80]}"))
+                continue
+            record(f"triton {kind}", call, cfg)
 
 
 def main() -> int:

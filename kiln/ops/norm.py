@@ -123,12 +123,17 @@ def _stat_output_dtype(ctx, i: int, attrs: dict) -> torch.dtype:
 @ops.op("LayerNormalization")
 def layer_normalization(ctx, inputs, attrs):
     """LayerNormalization: normalized over dims axis..rank-1; optional outputs Mean and InvStdDev."""
+    return layer_norm(inputs, attrs, ctx if ctx.num_outputs > 1 else None)
+
+
+def layer_norm(inputs: list, attrs: dict, stats_ctx=None):
+    """Y of LayerNormalization; with ``stats_ctx`` (a KernelContext) also Mean and InvStdDev in its types."""
     x, scale = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     axis = attrs.get("axis", -1) % x.dim()
     norm_shape = x.shape[axis:]
     eps = attrs.get("epsilon", 1e-5)
-    if ctx.num_outputs == 1 and scale.shape == norm_shape and (bias is None or bias.shape == norm_shape) \
+    if stats_ctx is None and scale.shape == norm_shape and (bias is None or bias.shape == norm_shape) \
             and _stash_dtype(x, attrs) in (torch.float32, x.dtype):
         # torch's fused kernel computes its statistics in at least float32, as stash_type asks
         return F.layer_norm(x, norm_shape, scale, bias, eps)
@@ -138,9 +143,9 @@ def layer_normalization(ctx, inputs, attrs):
     y = ((xs - mean) * inv_std).to(x.dtype) * scale
     if bias is not None:
         y = y + bias
-    if ctx.num_outputs == 1:
+    if stats_ctx is None:
         return y
-    return y, mean.to(_stat_output_dtype(ctx, 1, attrs)), inv_std.to(_stat_output_dtype(ctx, 2, attrs))
+    return y, mean.to(_stat_output_dtype(stats_ctx, 1, attrs)), inv_std.to(_stat_output_dtype(stats_ctx, 2, attrs))
 
 
 @ops.op("RMSNormalization")

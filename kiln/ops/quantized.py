@@ -3,6 +3,9 @@
 - ``kiln::QLinear(X, Wq[N,K], w_scale[N], B?[N], extra...)``: like kiln::Linear with an 8-bit weight.
 - ``kiln::QConv(X, Wq[O,C/g,*k], w_scale[O], B?[O], extra...)``: like kiln::Conv (ONNX conv attributes).
 - ``kiln::FakeQuant(X){scale, zero_point, dtype}``: a model's Q/DQ pair that no quantized layer absorbed.
+- ``kiln::LayerNormQuantize(X, scale, B?){axis, epsilon, q_scale, q_zero_point, q_dtype} -> (Y, Yq)``: a
+  LayerNormalization that also writes Y quantized, for the quantized layers reading Y (their
+  ``input_quantized``); made by kiln/passes/quantize_norms.py. Yq = quantize(Y) of Y in its own type.
 
 Attributes (plain data, stored in the engine):
   ``x_scale`` float, ``x_zero_point`` int (0), ``x_dtype`` "int8" | "uint8" | "fp8e4m3": how X is quantized;
@@ -127,6 +130,16 @@ def fake_quant(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     s, zp = float(attrs["scale"]), int(attrs.get("zero_point", 0))
     q = quantize(x, s, zp, attrs.get("dtype", "int8"))
     return ((q.to(torch.float32) - zp) * s).to(x.dtype)
+
+
+@ops.op("LayerNormQuantize", domain="kiln")
+def layer_norm_quantize(ctx: KernelContext, inputs: list, attrs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNormalization Y, and Y quantized (x_scale / zero point / 8-bit type of the layers reading it)."""
+    from .norm import layer_norm
+    y = layer_norm(inputs, attrs)
+    if y.device.type == "meta":
+        return y, torch.empty(y.shape, dtype=STORAGE[attrs["q_dtype"]], device=y.device)
+    return y, quantize(y, float(attrs["q_scale"]), int(attrs.get("q_zero_point", 0)), attrs["q_dtype"])
 
 
 # -- GEMM ------------------------------------------------------------------------------------------------

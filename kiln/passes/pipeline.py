@@ -26,6 +26,7 @@ from .shape_reads import read_dims_from_inputs
 from .symbolic_shapes import simplify_symbolic_shapes
 from .precision import lower_precision
 from .quantize_int8 import quantize_int8
+from .quantize_norms import quantize_norm_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
@@ -85,17 +86,21 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("quantize_int8", quantize_int8, min_level=0),
     Pass("fit_precision_target", fit_precision_target, min_level=0),  # fp16/bf16 + accuracy_target
     Pass("lower_precision", lower_precision, min_level=0),
+    # Quantize where the data is made: LayerNorms write the 8-bit copy their quantized readers take.
+    Pass("quantize_norm_outputs", quantize_norm_outputs),
     Pass("choose_layout", choose_layout),
 )
 
 
-def run_pipeline(graph: Graph, ctx: PassContext, pipeline=DEFAULT_PIPELINE,
+def run_pipeline(graph: Graph, ctx: PassContext, pipeline=None,
                  progress: Callable | None = None) -> list[tuple[str, float]]:
-    """Run ``pipeline`` on ``graph`` in place; return (pass name, seconds) for each pass run.
+    """Run ``pipeline`` (default: DEFAULT_PIPELINE) on ``graph`` in place; return (pass name, seconds) for
+    each pass run.
 
     ``progress(stage, done, total, message)``, if given, is called as each top-level step finishes
     (stage "passes"; a FixedPoint group counts as one step, since its rounds are not known ahead).
     """
+    pipeline = DEFAULT_PIPELINE if pipeline is None else pipeline
     timings: list[tuple[str, float]] = []
     done: list[str] = []
     level = ctx.config.optimization_level

@@ -108,6 +108,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
     ("", "LayerNormalization"): list(_ROWS),
+    ("kiln", "LayerNormQuantize"): list(_ROWS),
     ("", "RMSNormalization"): list(_ROWS),
     **{("", op): list(_ROWS) for op in ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceMax", "ReduceMin")},
 }

@@ -395,7 +395,7 @@ class Tuner:
                     t = make(c, node, constants, self.device)
                     kernel = ref_kernel if t is None else t.kernel
                     got = kernel(ctx, [_clone(x) for x in inputs], attrs)
-                    why = mismatch(got, ref, self.device, self.tf32, quantized="out_scale" in attrs)
+                    why = mismatch(got, ref, self.device, self.tf32, quantized="out_scale" in attrs or "q_scale" in attrs)
                     fell = getattr(getattr(t, "kernel", None), "fallbacks", None)
                     if why is None and fell:
                         why = "the generated kernel fell back to the library path: " + "; ".join(fell)

@@ -110,9 +110,11 @@ def test_requantized_fp8_output_and_fp8_input():
     ({"x_dtype": "int8"}, 32, "X is int8"),
     ({}, 40, "multiple of 16"),
     ({"out_scale": 0.1, "out_zero_point": 0, "out_dtype": "int8"}, 32, "requantization to int8"),
+    ({"out_scale": 0.1, "out_zero_point": 0, "out_dtype": "fp8e4m3", "n": 24}, 32, "multiple of 16 for an fp8"),
 ])
 def test_not_applicable(attrs, k, why):
-    node, consts = layer_node(k, 16, [], **attrs)
+    attrs = dict(attrs)
+    node, consts = layer_node(k, attrs.pop("n", 16), [], **attrs)
     with pytest.raises(space.NotApplicable, match=why):
         Fp8GemmTriton(node, consts, CPU, INTERPRET_CONFIG)
 

@@ -295,6 +295,32 @@ def test_layernorm_rows_into_slice():
     assert torch.isnan(big[:, :32]).all()
 
 
+@pytest.mark.parametrize("looped", [False, True], ids=["one-block", "looped"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("q_dtype", ["fp8e4m3", "int8"])
+def test_layernorm_quantize_rows(q_dtype, dtype, looped, monkeypatch):
+    """kiln::LayerNormQuantize: Y as the LayerNorm kernel writes it, and Y quantized from Y as stored, the same
+    codes QuantizeLinear gives for that Y (the division correctly rounded, ties to even, saturation)."""
+    from kiln.ops.quantized import quantize
+    if looped:
+        monkeypatch.setattr(rows, "INTERPRET_MAX_COLS", 32)
+    gen = torch.Generator().manual_seed(3)
+    x = rand((4, 7, 96), dtype, gen) * 3 + 1
+    w, b = rand((96,), dtype, gen), rand((96,), dtype, gen)
+    attrs = {"axis": -1, "epsilon": 1e-5, "q_scale": 0.011, "q_zero_point": 0, "q_dtype": q_dtype}
+    node = Node("LayerNormQuantize", [Value("x"), Value("w"), Value("b")], [Value("y"), Value("yq")], attrs,
+                name="lnq", domain="kiln")
+    layer, why = kt.try_compile_layer(node, CPU, opset=17)
+    assert layer is not None, why
+    y, yq = layer(ctx(17, 2), [x, w, b], attrs)
+    assert not layer.fallbacks and layer.name == "triton_layernorm+quantize"
+    ref_y = torch.nn.functional.layer_norm(x.double(), (96,), w.double(), b.double())
+    assert y.dtype == dtype and rel_err(y, ref_y) <= TOL[dtype] * 4
+    want = quantize(y, 0.011, 0, q_dtype)
+    assert yq.dtype == want.dtype and torch.equal(yq.float(), want.float())
+    assert (yq.float().abs() == (448 if q_dtype == "fp8e4m3" else 127)).any()  # some values saturate
+
+
 # -- epilogues ---------------------------------------------------------------------------------------------
 
 
@@ -377,15 +403,18 @@ def test_gpu_sources_compile_for_sm90():
         g = elementwise_source(spec, interpret=False)
         jobs.append({"source": g.source, "signature": aot.elementwise_signature(spec, g),
                      "constexprs": {"BLOCK": 2048}, "num_warps": 8})
-    for kind, looped in (("layernorm", False), ("layernorm", True), ("softmax", False), ("softmax", True),
-                         ("rmsnorm", True), ("mean", False), ("max", True)):
+    for kind, looped, q in (("layernorm", False, None), ("layernorm", True, None), ("softmax", False, None),
+                            ("softmax", True, None), ("rmsnorm", True, None), ("mean", False, None), ("max", True, None),
+                            ("layernorm", False, "fp8e4m3"), ("layernorm", True, "int8")):
         rs = rows.RowSpec(kind, torch.bfloat16, torch.bfloat16 if kind in ("layernorm", "rmsnorm") else None,
-                          torch.bfloat16 if kind == "layernorm" else None, torch.bfloat16, looped, True)
+                          torch.bfloat16 if kind == "layernorm" else None, torch.bfloat16, looped, True, q)
         sig = {"out_ptr": "*bf16", "x_ptr": "*bf16"}
         if rs.w_dtype is not None:
             sig["w_ptr"] = "*bf16"
         if rs.b_dtype is not None:
             sig["b_ptr"] = "*bf16"
+        if q is not None:
+            sig.update(q_ptr="*fp8e4nv" if q == "fp8e4m3" else "*i8", scale="fp32", inv_scale="fp32")
         sig.update({"M": "i32", "N": "i32", "x_stride": "i64", "out_stride": "i64", "eps": "fp32"})
         jobs.append({"source": rows.row_source(rs, interpret=False), "signature": sig,
                      "constexprs": {"ROWS": 1 if looped else 2, "BLOCK": 1024}, "num_warps": 8})

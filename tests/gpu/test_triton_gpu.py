@@ -83,6 +83,33 @@ def test_every_op_on_gpu():
     assert rel(got, ref) < 1e-6
 
 
+def test_gelu_absolute_error():
+    """GELU's erf form (A&S 7.1.26 through rcp/ex2.approx.ftz, kiln/backends/triton/ops.py) in float32 and
+    float64 against float64 GELU: absolute error below 5e-7 from -30 to 30 (tails: 0 and x)."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.linspace(-30, 30, 600001, device=DEV, dtype=dtype)
+        _, got, ref = run_region(["Gelu(i0)"], [x])
+        assert float((got.double() - ref).abs().max()) < 5e-7 + 2e-7 * float(x.abs().max()) * (dtype == torch.float32)
+
+
+@pytest.mark.parametrize("q_dtype", ["fp8e4m3", "int8"])
+def test_layernorm_quantize_codes_exact(q_dtype):
+    """kiln::LayerNormQuantize on the GPU: the quantized copy equals QuantizeLinear of Y (x / s correctly
+    rounded through the reciprocal + FMA form) for many scales, on BERT's [8192, 768] shape."""
+    from kiln.ops.quantized import quantize
+    x = rnd((8192, 768), torch.float16) * 3 + 0.5
+    w, b = rnd((768,), torch.float16) * 0.5 + 1, rnd((768,), torch.float16) * 0.1
+    for scale in torch.rand(12, generator=torch.Generator().manual_seed(1)).mul(0.05).add(0.001).tolist():
+        attrs = {"axis": -1, "epsilon": 1e-5, "q_scale": scale, "q_zero_point": 0, "q_dtype": q_dtype}
+        node = Node("LayerNormQuantize", [Value("x"), Value("w"), Value("b")], [Value("y"), Value("yq")], attrs,
+                    name="lnq", domain="kiln")
+        layer, why = kt.try_compile_layer(node, DEV, opset=17)
+        assert layer is not None, why
+        y, yq = layer(KernelContext(opset=17, device=DEV, num_outputs=2), [x, w, b], attrs)
+        assert not layer.fallbacks
+        assert torch.equal(yq.float(), quantize(y, scale, 0, q_dtype).float()), scale
+
+
 def test_concat_slice_written_completely():
     a, b = rnd((4096, 1024), torch.bfloat16), rnd((1024,), torch.bfloat16)
     big = torch.full((4096, 3072), float("nan"), device=DEV, dtype=torch.bfloat16)

@@ -29,7 +29,7 @@ __all__ = ["available", "compile_layer", "try_compile_layer", "choose_tactics", 
 
 SUPPORTED = {("kiln", "Elementwise"), ("", "Softmax"), ("", "LayerNormalization"), ("", "RMSNormalization"),
              ("kiln", "Linear"), ("kiln", "Conv"), ("", "ReduceSum"), ("", "ReduceMean"), ("", "ReduceSumSquare"),
-             ("", "ReduceMax"), ("", "ReduceMin")}
+             ("", "ReduceMax"), ("", "ReduceMin"), ("kiln", "LayerNormQuantize")}
 
 
 def available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -72,7 +72,7 @@ def try_compile_layer(node, device, registry=None, opset: int | None = None):
             return ElementwiseLayer(node, opdef.kernel, opset), ""
         if key[1].startswith("Reduce"):
             return ReduceLayer(node, opdef.kernel, opset), ""
-        if key[0] == "kiln":
+        if key[0] == "kiln" and key[1] != "LayerNormQuantize":
             return EpilogueLayer(node, opdef.kernel), ""
         return RowLayer(node, opdef.kernel, opset), ""
     except Unsupported as e:

@@ -97,12 +97,14 @@ def _emit_program(program, attrs, opset, inputs: list[Operand], use) -> tuple[li
     return lines, temps[-1].dtype
 
 
-# float32 -> e4m3 rounding to nearest even. The interpreter's own conversion (Triton 3.6) drops the carry when
-# the mantissa rounds up into the next binade (31.6 -> 16, not 32), so there the value is first rounded
-# exactly to a multiple of its e4m3 quantum (2^(exponent - 3), subnormals below 2^-6), which it then keeps.
-# The interpreter form calls ``_rint``: the caller adds that helper.
+# float32 -> e4m3, rounding to nearest even and saturating at +-448 (NaN stays NaN). On the GPU (sm_89+) one
+# instruction, cvt.rn.satfinite. The interpreter's own conversion (Triton 3.6) neither saturates nor keeps the
+# carry when the mantissa rounds up into the next binade (31.6 -> 16, not 32), so there the value is clamped
+# and first rounded exactly to a multiple of its e4m3 quantum (2^(exponent - 3), subnormals below 2^-6),
+# which the conversion then keeps. The interpreter form calls ``_rint``: the caller adds that helper.
 _TO_FP8_GPU = ["@triton.jit", "def _to_fp8(x):", "    return x.to(tl.float8e4nv)"]
 _TO_FP8_INTERPRET = ["@triton.jit", "def _to_fp8(x):",
+                     "    x = tl.where(x != x, x, tl.minimum(tl.maximum(x, -448.0), 448.0))",
                      "    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)",
                      "    quantum = tl.exp2((e - 3).to(tl.float32))",
                      "    return (_rint(x / quantum) * quantum).to(tl.float8e4nv)"]

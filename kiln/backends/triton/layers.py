@@ -93,21 +93,28 @@ class ElementwiseLayer(TritonLayer):
 
 
 class RowLayer(TritonLayer):
-    """Softmax (last axis; opset < 13: 2-D coercion at axis), LayerNormalization, RMSNormalization."""
+    """Softmax (last axis; opset < 13: 2-D coercion at axis), LayerNormalization, RMSNormalization, and
+    kiln::LayerNormQuantize (LayerNormalization that also writes Y quantized)."""
 
     def __init__(self, node, fallback, opset: int):
         super().__init__(node, fallback)
         op = node.op_type
-        if op in ("LayerNormalization", "RMSNormalization"):
+        quantize = None
+        if op == "LayerNormQuantize":
+            a = node.attrs
+            quantize = (float(a["q_scale"]), int(a.get("q_zero_point", 0)), a["q_dtype"])
+            op = "LayerNormalization"
+        elif op in ("LayerNormalization", "RMSNormalization"):
             extra = [o for o in node.outputs[1:] if o is not None and o.uses]
             if extra:
                 raise Unsupported(f"{op}'s Mean/InvStdDev outputs are used")
+        if op in ("LayerNormalization", "RMSNormalization"):
             if node.attrs.get("stash_type", 1) not in (1,):
                 raise Unsupported(f"stash_type {node.attrs.get('stash_type')}")
         self.op, self.opset = op, opset
         kind = {"Softmax": "softmax", "LayerNormalization": "layernorm", "RMSNormalization": "rmsnorm"}[op]
-        self.launch = RowLaunch(kind, node.attrs.get("epsilon", 1e-5))
-        self.name = f"triton_{kind}"
+        self.launch = RowLaunch(kind, node.attrs.get("epsilon", 1e-5), quantize)
+        self.name = f"triton_{kind}" + ("+quantize" if quantize else "")
 
     def run(self, ctx, inputs, attrs, out):
         x = inputs[0]

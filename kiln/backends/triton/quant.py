@@ -30,6 +30,11 @@ _ONNX_CODE = {torch.int8: 3, torch.uint8: 2, torch.float16: 10, torch.bfloat16: 
 # helpers the quantize kernel may use: (GPU body, interpreter body)
 _HELPERS = {
     "_div_rn": ("return libdevice.div_rn(x, y)", "return x / y"),
+    # x / s correctly rounded from inv = RN(1 / s) (float32): q = RN(x * inv) is within an ulp of x / s, the
+    # remainder x - q * s is exact in one FMA, and RN(q + r * inv) is then the correctly rounded quotient
+    # (Markstein's theorem; finite x). Three instructions instead of div.rn's call, where the division is on
+    # a latency-bound kernel's critical path (the LayerNorm's quantized copy).
+    "_div_by": ("q = x * inv\n    return tl.fma(tl.fma(-q, s, x), inv, q)", "return x / s"),
     "_rint": ("return libdevice.rint(x)",
               "f = tl.floor(x)\n    d = x - f\n"
               "    return tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, f + (f - 2.0 * tl.floor(f * 0.5))))"),
@@ -42,35 +47,54 @@ _HELPERS = {
                    "    r = tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, f + (f - 2.0 * tl.floor(f * 0.5))))\n"
                    "    return r * step"),
 }
-_HELPER_ARGS = {"_div_rn": "x, y"}
+_HELPER_ARGS = {"_div_rn": "x, y", "_div_by": "x, s, inv"}
 
 
-def quantize_source(dtype: str, zero_point: int, out: str, interpret: bool) -> str:
-    """Text of ``kernel(x_ptr, out_ptr, N, scale, BLOCK)``: one flat pass, ``out`` "q" or "float16"."""
-    lines = ["offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)", "mask = offs < N",
-             "x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)", "v = _div_rn(x, scale)"]
-    helpers = {"_div_rn"}
+def quantize_lines(v: str, dtype: str, zero_point: int, interpret: bool, helpers: set[str],
+                   by_reciprocal: bool = False) -> tuple[list[str], str]:
+    """(lines, expression) quantizing the float32 tensor ``v`` (a name) by the run-time ``scale``: the 8-bit
+    values in their storage type (fp8 e4m3, or int8/uint8 in int32). Adds the helpers used to ``helpers``.
+    ``by_reciprocal``: the kernel also has ``inv_scale`` (float32 1 / scale) and divides through it."""
+    div = "_div_by" if by_reciprocal else "_div_rn"
+    lines = [f"v = _div_by({v}, scale, inv_scale)" if by_reciprocal else f"v = _div_rn({v}, scale)"]
+    helpers.add(div)
     if dtype == "fp8e4m3":
         lines.append(f"v = tl.minimum(tl.maximum(v, {-FP8_MAX!r}), {FP8_MAX!r})")
         if interpret:
             helpers.add("_e4m3_grid")
             lines.append("v = _e4m3_grid(v)")
-        q = "v.to(tl.float8e4nv)"
-        lines.append(f"tl.store(out_ptr + offs, {q if out == 'q' else q + '.to(tl.float16)'}, mask=mask)")
-    else:
-        lo, hi = RANGES[dtype]
-        helpers.add("_rint")
-        lines.append(f"r = tl.minimum(tl.maximum(_rint(v) + {float(zero_point)!r}, {float(lo)!r}), {float(hi)!r})")
-        if out == "q":  # uint8 is stored centred (q - 128) as int8
-            shift = -128.0 if dtype == "uint8" else 0.0
-            lines.append(f"tl.store(out_ptr + offs, (r + {shift!r}).to(tl.int32).to(tl.int8), mask=mask)")
-        else:
-            lines.append(f"tl.store(out_ptr + offs, (r - {float(zero_point)!r}).to(tl.float16), mask=mask)")
-    head = prelude(set(), interpret)
+        return lines, "v.to(tl.float8e4nv)"
+    lo, hi = RANGES[dtype]
+    helpers.add("_rint")
+    lines.append(f"r = tl.minimum(tl.maximum(_rint(v) + {float(zero_point)!r}, {float(lo)!r}), {float(hi)!r})")
+    return lines, "r.to(tl.int32)"
+
+
+def helper_source(helpers: set[str], interpret: bool) -> list[str]:
+    """The quantize helpers' definitions (after codegen.prelude)."""
+    out = []
     for name in sorted(helpers):
         gpu, cpu = _HELPERS[name]
-        head += ["", "", "@triton.jit", f"def {name}({_HELPER_ARGS.get(name, 'x')}):",
-                 "    " + (cpu if interpret else gpu)]
+        out += ["", "", "@triton.jit", f"def {name}({_HELPER_ARGS.get(name, 'x')}):",
+                "    " + (cpu if interpret else gpu)]
+    return out
+
+
+def quantize_source(dtype: str, zero_point: int, out: str, interpret: bool) -> str:
+    """Text of ``kernel(x_ptr, out_ptr, N, scale, BLOCK)``: one flat pass, ``out`` "q" or "float16"."""
+    lines = ["offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)", "mask = offs < N",
+             "x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)"]
+    helpers: set[str] = set()
+    q_lines, q = quantize_lines("x", dtype, zero_point, interpret, helpers)
+    lines += q_lines
+    if dtype == "fp8e4m3":
+        lines.append(f"tl.store(out_ptr + offs, {q if out == 'q' else q + '.to(tl.float16)'}, mask=mask)")
+    elif out == "q":  # uint8 is stored centred (q - 128) as int8
+        shift = -128.0 if dtype == "uint8" else 0.0
+        lines.append(f"tl.store(out_ptr + offs, (r + {shift!r}).to(tl.int32).to(tl.int8), mask=mask)")
+    else:
+        lines.append(f"tl.store(out_ptr + offs, (r - {float(zero_point)!r}).to(tl.float16), mask=mask)")
+    head = prelude(set(), interpret) + helper_source(helpers, interpret)
     src = head + ["", "", "@triton.jit", "def kiln_quantize(x_ptr, out_ptr, N, scale, BLOCK: tl.constexpr):"]
     return "\n".join(src + ["    " + ln for ln in lines] + ["", "", "kernel = kiln_quantize"]) + "\n"
 

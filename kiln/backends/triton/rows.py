@@ -17,6 +17,7 @@ from . import cache
 from .codegen import prelude
 from .launch import interpreting
 from .ops import TL_DTYPE, Unsupported, compute_tl
+from .quant import helper_source, quantize_lines
 
 KINDS = ("softmax", "layernorm", "rmsnorm", "sum", "mean", "sumsquare", "max", "min")
 REDUCTIONS = ("sum", "mean", "sumsquare", "max", "min")  # one value per row (ReduceSum, ReduceMean, ...)
@@ -33,12 +34,16 @@ class RowSpec:
     out_dtype: torch.dtype
     looped: bool
     int64: bool
+    q_dtype: str | None = None  # layernorm: Y also written quantized ("fp8e4m3" | "int8") by ``scale``
+    q_zero_point: int = 0
 
 
 def row_source(spec: RowSpec, interpret: bool) -> str:
     ct = compute_tl(spec.x_dtype)
     has_w, has_b = spec.w_dtype is not None, spec.b_dtype is not None
+    q = spec.q_dtype is not None
     args = ["out_ptr", "x_ptr"] + (["w_ptr"] if has_w else []) + (["b_ptr"] if has_b else []) + \
+        (["q_ptr", "scale", "inv_scale"] if q else []) + \
         ["M", "N: tl.constexpr" if spec.looped and interpret else "N", "x_stride", "out_stride", "eps",
          "ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
     # (the interpreter cannot take a run-time loop bound with numpy >= 2.4: the row length is a constant there)
@@ -46,7 +51,7 @@ def row_source(spec: RowSpec, interpret: bool) -> str:
     b = [f"rows = {pid} * ROWS + tl.arange(0, ROWS)[:, None]",
          "rmask = rows < M",
          "xrow = x_ptr + tl.minimum(rows, M - 1) * x_stride",  # tail rows re-read the last row: no NaN
-         "orow = out_ptr + rows * out_stride"]
+         "orow = out_ptr + rows * out_stride"] + (["qrow = q_ptr + rows * N"] if q else [])
     w_load = f"tl.load(w_ptr + cols, mask=cmask, other=0.0).to({ct})"
     b_load = f"tl.load(b_ptr + cols, mask=cmask, other=0.0).to({ct})"
 
@@ -58,7 +63,13 @@ def row_source(spec: RowSpec, interpret: bool) -> str:
             out.append(f"{y} = {y} + {b_load}")
         return out
 
-    store = f"tl.store(orow + cols, y.to({TL_DTYPE[spec.out_dtype]}), mask=m)"
+    store = [f"tl.store(orow + cols, y.to({TL_DTYPE[spec.out_dtype]}), mask=m)"]
+    helpers: set[str] = set()
+    if q:  # the quantized copy of Y as stored (rounded to its type first), as QuantizeLinear of Y gives
+        q_lines, q_expr = quantize_lines("yq", spec.q_dtype, spec.q_zero_point, interpret, helpers, True)
+        store += [f"yq = y.to({TL_DTYPE[spec.out_dtype]}).to(tl.float32)"] + q_lines + \
+            [f"tl.store(qrow + cols, {q_expr}.to({'tl.float8e4nv' if spec.q_dtype == 'fp8e4m3' else 'tl.int8'}), "
+             "mask=m)"]
     if spec.kind in REDUCTIONS:
         b += _reduction_lines(spec, ct)
     elif not spec.looped:
@@ -78,7 +89,7 @@ def row_source(spec: RowSpec, interpret: bool) -> str:
             b += [f"x = tl.load(xrow + cols, mask=cmask, other=0.0).to({ct})",
                   "rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1)[:, None] / N + eps)",
                   "y = x * rstd"] + affine("y")
-        b.append(store)
+        b += store
     else:
         chunk = ["cols = c0 + tl.arange(0, BLOCK)[None, :]", "cmask = cols < N", "m = rmask & cmask"]
         if spec.kind == "softmax":
@@ -92,7 +103,7 @@ def row_source(spec: RowSpec, interpret: bool) -> str:
                   "tot = tl.sum(s * tl.where(mx == rm, 1.0, tl.exp(mx - rm)), axis=1)[:, None]",
                   "for c0 in range(0, N, BLOCK):"] + ["    " + ln for ln in chunk + [
                       f"x = tl.load(xrow + cols, mask=cmask, other=-float('inf')).to({ct})",
-                      "y = tl.exp(x - rm) / tot", store]]
+                      "y = tl.exp(x - rm) / tot"] + store]
         else:
             if spec.kind == "layernorm":
                 b += [f"acc = tl.zeros([ROWS, BLOCK], {ct})", "for c0 in range(0, N, BLOCK):"] + \
@@ -109,9 +120,9 @@ def row_source(spec: RowSpec, interpret: bool) -> str:
                 centre = "x"
             b += ["rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=1)[:, None] / N + eps)", "for c0 in range(0, N, BLOCK):"]
             b += ["    " + ln for ln in chunk + [f"x = tl.load(xrow + cols, mask=cmask, other=0.0).to({ct})",
-                                                f"y = ({centre}) * rstd"] + affine("y") + [store]]
-    src = prelude(set(), interpret) + ["", "", "@triton.jit", f"def kernel({', '.join(args)}):"] + \
-        ["    " + ln for ln in b]
+                                                f"y = ({centre}) * rstd"] + affine("y") + store]
+    src = prelude(set(), interpret) + helper_source(helpers, interpret) + \
+        ["", "", "@triton.jit", f"def kernel({', '.join(args)}):"] + ["    " + ln for ln in b]
     return "\n".join(src) + "\n"
 
 
@@ -140,12 +151,19 @@ def _pow2(n: int) -> int:
 
 
 class RowLaunch:
-    """Runs one row kernel kind; ``axis`` is where the normalized trailing dims start."""
+    """Runs one row kernel kind; ``axis`` is where the normalized trailing dims start. ``quantize`` =
+    (scale, zero_point, "fp8e4m3" | "int8"), layernorm only: the call returns (Y, Y quantized)."""
 
-    def __init__(self, kind: str, eps: float = 0.0):
+    def __init__(self, kind: str, eps: float = 0.0, quantize: tuple | None = None):
         if kind not in KINDS:
             raise ValueError(kind)
-        self.kind, self.eps = kind, float(eps)
+        if quantize is not None and (kind != "layernorm" or quantize[2] not in ("fp8e4m3", "int8")):
+            raise Unsupported(f"{kind} writing a {quantize[2]} copy")
+        self.kind, self.eps, self.quantize = kind, float(eps), quantize
+        # float32 scale, as torch divides a float32 tensor by a Python float
+        if quantize is not None:
+            s32 = torch.tensor(float(quantize[0]), dtype=torch.float32)
+            self._q_scale, self._q_inv = float(s32), float(1.0 / s32)  # the reciprocal correctly rounded
 
     def __call__(self, x: torch.Tensor, axis: int, w: torch.Tensor | None = None, b: torch.Tensor | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,8 +197,12 @@ class RowLaunch:
                 raise Unsupported("the output's rows must be contiguous")
         if n == 0 and self.kind in REDUCTIONS:
             raise Unsupported("a reduction over no elements")
+        qt = None
+        if self.quantize is not None:
+            qt = torch.empty(shape, dtype=torch.float8_e4m3fn if self.quantize[2] == "fp8e4m3" else torch.int8,
+                             device=x.device)
         if rows == 0 or n == 0:
-            return result
+            return result if qt is None else (result, qt)
         limit = INTERPRET_MAX_COLS if interpreting() else MAX_COLS
         looped = n > limit
         block = min(_pow2(n), 4096 if looped and not interpreting() else limit)
@@ -189,13 +211,17 @@ class RowLaunch:
             warps = 4
         else:
             nrows = 1 if block >= 1024 else min(_pow2(rows), max(1, 2048 // block))
+            if self.kind == "layernorm" and block == 1024:  # two rows of 4 warps (H200, bench_rows.py: [8192,
+                nrows = min(_pow2(rows), 2)                 # 768] fp16 6.9 us, one row 8.2 us)
             warps = 4 if block * nrows <= 2048 else 8 if block * nrows <= 8192 else 16
         int64 = max(rows * x2.stride(0), rows * o2.stride(0), x.numel()) >= 2 ** 31 - 1
         spec = RowSpec(self.kind, x.dtype, None if w is None else w.dtype, None if b is None else b.dtype,
-                       result.dtype, looped, int64)
+                       result.dtype, looped, int64, None if qt is None else self.quantize[2],
+                       0 if qt is None else int(self.quantize[1]))
         interp = interpreting()
         mod = cache.load(cache.digest("rows", spec, interp), lambda: row_source(spec, interp))
         grid = ((rows + nrows - 1) // nrows,)
-        mod.kernel[grid](o2, x2, *[t for t in (w, b) if t is not None], rows, n, x2.stride(0), o2.stride(0),
-                         self.eps, ROWS=nrows, BLOCK=block, num_warps=warps)
-        return result
+        q_args = [] if qt is None else [qt, self._q_scale, self._q_inv]
+        mod.kernel[grid](o2, x2, *[t for t in (w, b) if t is not None], *q_args, rows, n, x2.stride(0),
+                         o2.stride(0), self.eps, ROWS=nrows, BLOCK=block, num_warps=warps)
+        return result if qt is None else (result, qt)
