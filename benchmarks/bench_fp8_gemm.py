@@ -13,13 +13,13 @@ op 10 times). Every result is checked against float32 on the same fp8 operands f
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from run import graph_replay_ms
 
 SHAPES = {
     "bert": [("qkv", 8192, 768, 2304, "f16"), ("attn_out+res", 8192, 768, 768, "res"),
@@ -215,30 +215,6 @@ def triton_call(kind, cfg, a, w, bias, res, scale, out_scale, epi, x16=None):
     return run
 
 
-def graph_ms(fn, iters: int, inner: int = 10) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / inner)
-    return statistics.median(times)
-
-
 def bench(name, M, K, N, epi, iters, rows, configs):
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -264,7 +240,7 @@ def bench(name, M, K, N, epi, iters, rows, configs):
     def record(impl, fn, cfg="-"):
         try:
             err = check(fn())
-            ms = graph_ms(fn, iters)
+            ms = graph_replay_ms(fn, iters)
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a row, not a crash
             rows.append((name, impl, cfg, None, None, f"{type(e).__name__}: {str(e)[:80]}"))
             return
@@ -282,7 +258,7 @@ def bench(name, M, K, N, epi, iters, rows, configs):
         fp16 = lambda: torch.addmm(bh, xh, wh.t())  # noqa: E731
     ref16 = ref
     try:
-        ms = graph_ms(fp16, iters)
+        ms = graph_replay_ms(fp16, iters)
         rows.append((name, "fp16 cublas", "-", ms, flops / ms / 1e9, "(float weights)"))
     except Exception as e:  # noqa: BLE001
         rows.append((name, "fp16 cublas", "-", None, None, str(e)[:80]))
@@ -296,7 +272,7 @@ def bench(name, M, K, N, epi, iters, rows, configs):
             record(f"scaled_mm fast={int(fast)}", fn)
         else:  # the GEMM alone (the epilogue would be another pass): time only
             try:
-                ms = graph_ms(fn, iters)
+                ms = graph_replay_ms(fn, iters)
                 rows.append((name, f"scaled_mm fast={int(fast)} (no epi)", "-", ms, flops / ms / 1e9, ""))
             except Exception as e:  # noqa: BLE001
                 rows.append((name, f"scaled_mm fast={int(fast)}", "-", None, None, str(e)[:80]))

@@ -8,7 +8,6 @@ Times: median of CUDA-graph replays (each replay runs the kernel 20 times), µs 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
@@ -16,30 +15,11 @@ import torch
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from kiln.backends.triton import cache, quant, rows  # noqa: E402
 from kiln.ops.quantized import quantize  # noqa: E402
+from run import graph_replay_ms  # noqa: E402
 
 
-def graph_us(fn, iters=30, inner=20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) * 1000 / inner)
-    return statistics.median(times)
+def graph_us(fn) -> float:
+    return graph_replay_ms(fn, 30, 20) * 1000
 
 
 def row_kernel(q_dtype, nrows, warps, m, n, x, w, b, scale, tag=""):

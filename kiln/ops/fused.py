@@ -181,13 +181,13 @@ def fused_elementwise(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Te
     for i, line in enumerate(attrs["program"]):
         op, _, rest = line.partition("(")
         args = [inputs[int(a[1:])] if a[0] == "i" else temps[int(a[1:])] for a in rest.rstrip(")").split(",") if a]
-        a = _decode_sub_attrs(sub_attrs[i]) if i < len(sub_attrs) else {}
+        a = decode_sub_attrs(sub_attrs[i]) if i < len(sub_attrs) else {}
         out = reg.get("", op).kernel(ctx, args, a)
         temps.append(out if isinstance(out, torch.Tensor) else out[0])
     return temps[-1]
 
 
-def _decode_sub_attrs(items: list[str]) -> dict:
+def decode_sub_attrs(items: list[str]) -> dict:
     """Sub-node attributes are stored as "name=kind:value" strings (kind i, f or s)."""
     out = {}
     for item in items:

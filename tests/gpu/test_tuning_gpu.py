@@ -20,22 +20,10 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 import kiln  # noqa: E402
-from kiln.tune import export_choices, tuner  # noqa: E402
+from kiln.tune import export_choices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tiny_resnet.onnx"
-
-
-@pytest.fixture
-def count_timings(monkeypatch):
-    calls = []
-    real = tuner.Timer.__call__
-
-    def counted(self, fn, device):
-        calls.append(1)
-        return real(self, fn, device)
-    monkeypatch.setattr(tuner.Timer, "__call__", counted)
-    return calls
 
 
 def rel(got, ref) -> float:

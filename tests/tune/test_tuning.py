@@ -23,19 +23,6 @@ def _build(**kw):
     return kiln.build(str(EXAMPLE), device="cpu", **kw)
 
 
-@pytest.fixture
-def count_timings(monkeypatch):
-    """Counts every candidate timing the tuner makes (Timer.__call__)."""
-    calls = []
-    real = tuner.Timer.__call__
-
-    def counted(self, fn, device):
-        calls.append(1)
-        return real(self, fn, device)
-    monkeypatch.setattr(tuner.Timer, "__call__", counted)
-    return calls
-
-
 def _tuned_layers(engine):
     return [l for l in engine.report.layers if l.candidates]
 

@@ -48,16 +48,6 @@ def parse_line(line: str) -> tuple[str, list[str]]:
     return op, [a for a in rest.rstrip(")").split(",") if a]
 
 
-def decode_sub_attrs(items) -> dict:
-    """Sub-node attributes as stored in a region ("name=kind:value", kind i, f or s)."""
-    out = {}
-    for item in items:
-        name, _, rest = item.partition("=")
-        kind, _, val = rest.partition(":")
-        out[name] = int(val) if kind == "i" else float(val) if kind == "f" else val
-    return out
-
-
 def literal(value, dtype: torch.dtype) -> str | None:
     """A scalar constant as a typed Triton expression, or None when it cannot be written exactly."""
     if dtype == torch.bool:

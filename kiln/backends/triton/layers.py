@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .codegen import decode_sub_attrs, parse_line
+from ...ops.fused import decode_sub_attrs
+from .codegen import parse_line
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import ElementwiseLaunch
 from .ops import RULES, TL_DTYPE, Unsupported

@@ -51,6 +51,8 @@ _GELU_BODY = ("a = tl.abs(x)\n    t = {rcp}\n"
 _ASM = 'tl.inline_asm_elementwise("{op}.approx.ftz.f32 $0, $1;", "=r,r", [{arg}], dtype=tl.float32, is_pure=True, pack=1)'
 _GELU_T = "1.0 + 0.23164190 * a"         # 0.3275911 / sqrt(2)
 _GELU_E = "a * a * -0.7213475204444817"  # exp(-a^2 / 2) = 2^(-a^2 log2(e) / 2)
+# plain arithmetic: the interpreter's form, and float64's (no 64-bit approximate instructions)
+_GELU_PLAIN = _GELU_BODY.format(rcp=f"1.0 / ({_GELU_T})", ex2=f"tl.exp2({_GELU_E})")
 
 # -- helpers: name -> (GPU body, interpreter body); emitted into the generated module when used -----------
 HELPERS: dict[str, tuple[str, str]] = {
@@ -59,10 +61,8 @@ HELPERS: dict[str, tuple[str, str]] = {
               "e = tl.exp(-2.0 * tl.abs(x))\n    t = (1.0 - e) / (1.0 + e)\n    return tl.where(x < 0, -t, t)"),
     "_log1p": ("return libdevice.log1p(x)", "return tl.log(1.0 + x)"),
     "_gelu": (_GELU_BODY.format(rcp=_ASM.format(op="rcp", arg=_GELU_T), ex2=_ASM.format(op="ex2", arg=_GELU_E)),
-              _GELU_BODY.format(rcp=f"1.0 / ({_GELU_T})", ex2=f"tl.exp2({_GELU_E})")),
-    # float64 (no 64-bit approximate instructions): the same form in plain arithmetic
-    "_gelu64": (_GELU_BODY.format(rcp=f"1.0 / ({_GELU_T})", ex2=f"tl.exp2({_GELU_E})"),
-                _GELU_BODY.format(rcp=f"1.0 / ({_GELU_T})", ex2=f"tl.exp2({_GELU_E})")),
+              _GELU_PLAIN),
+    "_gelu64": (_GELU_PLAIN, _GELU_PLAIN),
     "_expm1": ("return libdevice.expm1(x)", "return tl.exp(x) - 1.0"),
     "_rint": ("return libdevice.rint(x)",
               # round half to even

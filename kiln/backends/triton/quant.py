@@ -55,8 +55,8 @@ def quantize_lines(v: str, dtype: str, zero_point: int, interpret: bool, helpers
     """(lines, expression) quantizing the float32 tensor ``v`` (a name) by the run-time ``scale``: the 8-bit
     values in their storage type (fp8 e4m3, or int8/uint8 in int32). Adds the helpers used to ``helpers``.
     ``by_reciprocal``: the kernel also has ``inv_scale`` (float32 1 / scale) and divides through it."""
-    div = "_div_by" if by_reciprocal else "_div_rn"
-    lines = [f"v = _div_by({v}, scale, inv_scale)" if by_reciprocal else f"v = _div_rn({v}, scale)"]
+    div, args = ("_div_by", "scale, inv_scale") if by_reciprocal else ("_div_rn", "scale")
+    lines = [f"v = {div}({v}, {args})"]
     helpers.add(div)
     if dtype == "fp8e4m3":
         lines.append(f"v = tl.minimum(tl.maximum(v, {-FP8_MAX!r}), {FP8_MAX!r})")
