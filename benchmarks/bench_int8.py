@@ -119,8 +119,10 @@ def explain(engine, feeds) -> None:
 
     from kiln.cli.layerprof import profile_layers
     q = [layer for layer in engine.report.layers if layer.op in ("kiln::QLinear", "kiln::QConv")]
-    print("  quantized layers by tactic:", dict(Counter((layer.op, layer.tactic) for layer in q)))
-    for layer in q[:3]:
+    by_tactic = Counter((layer.op, layer.tactic) for layer in q)
+    print("  quantized layers by tactic:", dict(by_tactic))
+    # the first two, and the odd ones out (the reference kernel, or a tactic only one layer took)
+    for layer in q[:2] + [x for x in q[2:] if x.tactic == "torch" or by_tactic[(x.op, x.tactic)] == 1]:
         print(f"  {layer.name}: {layer.tactic} <- {layer.candidates}")
     prof = profile_layers(engine, feeds, runs=5, warmup=2)
     total = sum(p["ms"] for p in prof)

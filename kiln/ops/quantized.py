@@ -15,6 +15,8 @@ Attributes (plain data, stored in the engine):
   ``epilogue`` as for kiln::Linear/Conv (``add:I`` / ``mul:I`` read float inputs I);
   ``out_scale``, ``out_zero_point``, ``out_dtype``: when present the layer requantizes its result
   (requantization in the epilogue), so the next quantized layer reads 8-bit data.
+  ``q_scale``, ``q_zero_point``, ``q_dtype``: when present the layer has a second output, its float result
+  (as stored) quantized, for the quantized layers among its readers (kiln/passes/quantize_outputs.py).
 
 Arithmetic: ``y = ((Xq - zx) (*) Wq) * (sx * sw[n]) + B``, then the epilogue. The integer product is exact:
 ``torch._int_mm`` (int8 x int8 -> int32) for GEMM; convolution runs the int8 values through a float
@@ -89,9 +91,12 @@ def _exact_float(terms: int, xmax: int, wmax: int) -> torch.dtype:
     return torch.float32 if terms * xmax * wmax < (1 << 24) else torch.float64
 
 
-def _meta_like(x: torch.Tensor, shape, attrs: dict) -> torch.Tensor:
+def _meta_like(x: torch.Tensor, shape, attrs: dict):
     dtype = STORAGE[attrs["out_dtype"]] if "out_scale" in attrs else _float_out(x, attrs)
-    return torch.empty(shape, dtype=dtype, device=x.device)
+    y = torch.empty(shape, dtype=dtype, device=x.device)
+    if "q_scale" in attrs:
+        return y, torch.empty(shape, dtype=STORAGE[attrs["q_dtype"]], device=x.device)
+    return y
 
 
 def _float_out(x: torch.Tensor, attrs: dict) -> torch.dtype:
@@ -118,7 +123,10 @@ def _finish(y: torch.Tensor, x: torch.Tensor, inputs: list, attrs: dict) -> torc
     y = apply_epilogue(y, attrs.get("epilogue", []), inputs)
     if "out_scale" in attrs:
         return quantize(y, float(attrs["out_scale"]), int(attrs.get("out_zero_point", 0)), attrs["out_dtype"])
-    return y.to(_float_out(x, attrs))
+    y = y.to(_float_out(x, attrs))
+    if "q_scale" in attrs:  # the second output: Y as stored, quantized (kiln/passes/quantize_outputs.py)
+        return y, quantize(y, float(attrs["q_scale"]), int(attrs.get("q_zero_point", 0)), attrs["q_dtype"])
+    return y
 
 
 @ops.op("FakeQuant", domain="kiln")
@@ -229,6 +237,8 @@ def qconv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
         wf = wq.to(ct)
     if explicit is not None:
         xs = F.pad(xs, explicit)
+    if attrs.get("channels_last") and xs.dim() == 4:  # the layout pass chose NHWC: the output follows the input
+        xs = xs.contiguous(memory_format=torch.channels_last)
     if xs.device.type == "cuda" and ct == torch.float32:
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             acc = conv(xs, wf, None, **kw)

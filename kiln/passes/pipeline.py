@@ -27,6 +27,7 @@ from .symbolic_shapes import simplify_symbolic_shapes
 from .precision import lower_precision
 from .quantize_int8 import quantize_int8
 from .quantize_norms import quantize_norm_outputs
+from .quantize_outputs import quantize_layer_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
@@ -86,8 +87,9 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("quantize_int8", quantize_int8, min_level=0),
     Pass("fit_precision_target", fit_precision_target, min_level=0),  # fp16/bf16 + accuracy_target
     Pass("lower_precision", lower_precision, min_level=0),
-    # Quantize where the data is made: LayerNorms write the 8-bit copy their quantized readers take.
+    # Quantize where the data is made: LayerNorms and fp8 layers write the 8-bit copy their quantized readers take.
     Pass("quantize_norm_outputs", quantize_norm_outputs),
+    Pass("quantize_layer_outputs", quantize_layer_outputs),
     Pass("choose_layout", choose_layout),
 )
 

@@ -8,7 +8,7 @@ LayerNorm kernel already has each row of Y in registers, so writing the 8-bit co
 (in BERT two per encoder layer: the QKV and FFN1 inputs). The values are the same: Yq is QuantizeLinear of Y
 as stored (in Y's own type), what the QLinear computed from Y.
 
-Which readers switch: kiln::QLinear at input 0, fp8 (e4m3) or int8, static per-tensor scale (not dynamic,
+Which readers switch: kiln::QLinear / QConv at input 0, fp8 (e4m3) or int8, static per-tensor scale (not dynamic,
 not smoothed), not already reading quantized data. Readers with other parameters keep reading Y (the group
 with the most readers wins). Runs after the precision passes, so Y's type is final.
 """
@@ -22,10 +22,10 @@ from .context import PassContext
 Q_DTYPES = {"fp8e4m3": DType.FLOAT8E4M3FN, "int8": DType.INT8}
 
 
-def _reader_key(node: Node, slot: int) -> tuple | None:
+def reader_key(node: Node, slot: int) -> tuple | None:
     """(scale, zero point, 8-bit type) of a reader that can take Y quantized, else None."""
     a = node.attrs
-    if node.domain != "kiln" or node.op_type != "QLinear" or slot != 0 or a.get("input_quantized") \
+    if node.domain != "kiln" or node.op_type not in ("QLinear", "QConv") or slot != 0 or a.get("input_quantized") \
             or a.get("x_dynamic") or "smooth_input" in a or a.get("x_dtype") not in Q_DTYPES:
         return None
     return float(a["x_scale"]), int(a.get("x_zero_point", 0)), a["x_dtype"]
@@ -44,7 +44,7 @@ def quantize_norm_outputs(graph: Graph, ctx: PassContext) -> bool:
             continue
         groups: dict[tuple, list] = {}
         for reader, slot in y.uses:
-            key = _reader_key(reader, slot)
+            key = reader_key(reader, slot)
             if key is not None:
                 groups.setdefault(key, []).append(reader)
         if not groups:

@@ -116,14 +116,14 @@ def _shift(step: str) -> str:
 
 def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
     """A quantized layer whose output feeds only quantized layers of its own kind (int8/uint8, or fp8) writes
-    that output already quantized with the consumers' input scale. fp8 chains start only at QLinear: the fp8
-    GEMM kernel (``fp8_triton``) writes fp8 from its epilogue; no fp8 convolution tactic does yet."""
+    that output already quantized with the consumers' input scale (on Hopper the fp8 GEMM and convolution
+    kernels, ``fp8_triton`` / ``fp8_conv``, write it from their epilogue)."""
     quantized = {id(n) for n in layers}
     outputs = {id(v) for v in graph.outputs}
     for n in layers:
         y = n.outputs[0]
         fp8 = n.attrs["x_dtype"] == "fp8e4m3"
-        if (fp8 and n.op_type != "QLinear") or id(y) in outputs or params.get(y.name, ActParams(0)).dynamic \
+        if id(y) in outputs or params.get(y.name, ActParams(0)).dynamic \
                 or not y.uses or y.name not in params:
             continue
         if not all(id(u) in quantized and s == 0 and (u.attrs["x_dtype"] == "fp8e4m3") == fp8

@@ -13,6 +13,9 @@
   the dequantize, bias, GELU, residual adds and an fp8 requantized output all in the GEMM's accumulator tile;
   X is quantized by one Triton pass unless it arrives fp8 (a producer requantized it). Block configs are
   tactic parameters.
+- ``fp8_conv``: kiln::QConv with fp8 X through Kiln's fp8 TMA implicit-GEMM convolution
+  (``kiln/backends/triton/fp8_conv.py``), or with ``gemm`` a 1x1 stride-1 layer through the fp8 GEMM above;
+  the epilogue, residual adds and an fp8 requantized output fused, so fp8 activations chain conv to conv.
 - ``qconv_fp16``: any other QConv through a float16 cuDNN convolution of the quantized values (see
   :class:`QConvHalf` for when that is exact).
 
@@ -58,8 +61,9 @@ def _const(node, slot: int, constants: dict, what: str, optional: bool = False):
     return c
 
 
-def _check_layer(node, fp8: bool | None) -> str:
-    """The layer's X format; NotApplicable for what these tactics do not take."""
+def _check_layer(node, fp8: bool | None, copy_ok: bool = False) -> str:
+    """The layer's X format; NotApplicable for what these tactics do not take (``copy_ok``: the tactic writes
+    the second, quantized output of a layer with ``q_scale``)."""
     if (node.domain, node.op_type) not in (("kiln", "QLinear"), ("kiln", "QConv")):
         raise NotApplicable("for kiln::QLinear / kiln::QConv")
     a = node.attrs
@@ -72,6 +76,8 @@ def _check_layer(node, fp8: bool | None) -> str:
         raise NotApplicable("SmoothQuant input scaling")
     if a.get("input_quantized") and fmt == "uint8":
         raise NotApplicable("uint8 data arriving quantized (needs a centring pass)")
+    if "q_scale" in a and not (copy_ok and a.get("q_dtype") == "fp8e4m3" and not int(a.get("q_zero_point", 0))):
+        raise NotApplicable(f"a second, {a.get('q_dtype')} output (fp8_triton / fp8_conv write an fp8 one)")
     return fmt
 
 
@@ -79,6 +85,11 @@ def _requant(attrs: dict) -> tuple | None:
     if "out_scale" not in attrs:
         return None
     return float(attrs["out_scale"]), int(attrs.get("out_zero_point", 0)), attrs["out_dtype"]
+
+
+def _copy_scale(attrs: dict) -> float | None:
+    """The scale of the layer's second, fp8 output (``q_scale``), or None."""
+    return float(attrs["q_scale"]) if "q_scale" in attrs else None
 
 
 def _out_dtype(x: torch.Tensor, attrs: dict) -> torch.dtype:
@@ -242,9 +253,9 @@ class Fp8GemmTriton(_Counting):
         from ..backends.triton.fp8_gemm import Fp8GemmLaunch
         from ..backends.triton.quant import Quantize
         if node.op_type != "QLinear":
-            raise NotApplicable("for kiln::QLinear (1x1 QConv: fp8_fast)")
+            raise NotApplicable("for kiln::QLinear (QConv: fp8_conv)")
         a = node.attrs
-        self.fmt = _check_layer(node, True)
+        self.fmt = _check_layer(node, True, copy_ok=True)
         wq = _const(node, 1, constants, "weight")
         w_scale = _const(node, 2, constants, "weight scale").to(torch.float32).reshape(-1)
         bias = _const(node, 3, constants, "bias", optional=True)
@@ -256,7 +267,7 @@ class Fp8GemmTriton(_Counting):
         try:
             self.launch = Fp8GemmLaunch(wq.to(device), scale.to(device), None if bias is None else bias.to(device),
                                         list(a.get("epilogue", [])), None if requant is None else requant[0],
-                                        tuple(config))
+                                        tuple(config), _copy_scale(a))
             if device.type == "cuda":  # float outputs and residuals are 16-bit in the engines that use fp8
                 self.launch.check_fits(1 if requant else 2, [2] * len(self.launch.residuals), device)
         except Unsupported as e:
@@ -283,7 +294,84 @@ class Fp8GemmTriton(_Counting):
         else:
             x8 = self.quant(x, torch.empty((m, self.k), dtype=torch.float8_e4m3fn, device=x.device))
         y = self.launch(x8, [inputs[i] for i in self.launch.residuals], _out_dtype(x, attrs))
+        if isinstance(y, tuple):
+            return tuple(t.view(*x.shape[:-1], self.n) for t in y)
         return y.view(*x.shape[:-1], self.n)
+
+
+# -- fp8 convolution ----------------------------------------------------------------------------------------------
+class Fp8ConvTriton(_Counting):
+    """kiln::QConv with fp8 X as [Triton quantize ->] one fp8 kernel with the whole epilogue and the store fused
+    (float, or fp8 when the layer requantizes, so that convolution chains pass fp8 activations): the TMA
+    implicit-GEMM convolution (``kiln/backends/triton/fp8_conv.py``), or with ``gemm`` a 1x1 stride-1 layer as
+    Kiln's fp8 GEMM (``fp8_gemm.py``) of the channels-last [N*H*W, C] view."""
+
+    def __init__(self, node, constants: dict, device: torch.device, config: tuple, gemm: bool):
+        super().__init__(node, _own_kernel(node))
+        from ..backends.triton.fp8_conv import Fp8ConvLaunch
+        from ..backends.triton.fp8_gemm import Fp8GemmLaunch
+        from ..backends.triton.quant import Quantize
+        if node.op_type != "QConv":
+            raise NotApplicable("for kiln::QConv (QLinear: fp8_triton)")
+        a = node.attrs
+        self.fmt = _check_layer(node, True, copy_ok=True)
+        wq = _const(node, 1, constants, "weight")
+        w_scale = _const(node, 2, constants, "weight scale").to(torch.float32).reshape(-1)
+        bias = _const(node, 3, constants, "bias", optional=True)
+        if wq.dim() != 4:
+            raise NotApplicable(f"a {wq.dim() - 2}-d convolution (2-d only)")
+        requant = _requant(a)
+        if requant is not None and (requant[2] != "fp8e4m3" or requant[1]):
+            raise NotApplicable(f"requantization to {requant[2]} with zero point {requant[1]}")
+        self.o, self.c = wq.shape[:2]
+        scale = (w_scale * torch.tensor(float(a["x_scale"]), dtype=torch.float32)).to(device)  # as the own kernel
+        bias = None if bias is None else bias.to(device)
+        steps, out_scale = list(a.get("epilogue", [])), None if requant is None else requant[0]
+        try:
+            if gemm:
+                if not _is_gemm_conv(node, wq):
+                    raise NotApplicable("the fp8 GEMM takes 1x1, stride-1, unpadded convolutions")
+                self.launch = Fp8GemmLaunch(wq.reshape(self.o, self.c).to(device), scale, bias, steps, out_scale,
+                                            tuple(config), _copy_scale(a))
+            else:
+                self.launch = Fp8ConvLaunch(wq.to(device), scale, bias, a, steps, out_scale, tuple(config),
+                                            _copy_scale(a))
+            if device.type == "cuda":  # float outputs and residuals are 16-bit in the engines that use fp8
+                self.launch.check_fits(1 if requant else 2, [2] * len(self.launch.residuals), device)
+        except Unsupported as e:
+            raise NotApplicable(str(e)) from None
+        self.gemm = gemm
+        self.input_quantized = bool(a.get("input_quantized"))
+        self.quant = None if self.input_quantized else Quantize(float(a["x_scale"]), "fp8e4m3", 0, "q")
+        self.name = ("" if self.input_quantized else "triton_quant+") + self.launch.name
+
+    def _channels_last(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        if t.is_contiguous(memory_format=torch.channels_last):
+            return t
+        self._convert(f"{what} converted to channels-last (an extra pass)")
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def run(self, ctx, inputs, attrs, out):
+        if out is not None:
+            raise Unsupported("writing into a given buffer")
+        x = inputs[0]
+        if x.dim() != 4 or x.shape[1] != self.c:
+            raise Unsupported(f"an input of shape {list(x.shape)} for C={self.c}")
+        x = self._channels_last(x, "the input")
+        if self.input_quantized:
+            if x.dtype != torch.float8_e4m3fn:
+                raise Unsupported(f"an input_quantized layer got {x.dtype}")
+            x8 = x
+        else:  # the same memory order as x: channels-last
+            x8 = self.quant(x, torch.empty_like(x, dtype=torch.float8_e4m3fn))
+        res = [self._channels_last(inputs[i], "a residual") for i in self.launch.residuals]
+        want = _out_dtype(x, attrs)
+        if not self.gemm:
+            return self.launch(x8, res, want)
+        n, c, h, w = x8.shape
+        y = self.launch(x8.permute(0, 2, 3, 1).reshape(n * h * w, c), [r.permute(0, 2, 3, 1) for r in res], want)
+        as_nchw = lambda t: t.view(n, h, w, self.o).permute(0, 3, 1, 2)  # noqa: E731 - the channels-last view
+        return tuple(as_nchw(t) for t in y) if isinstance(y, tuple) else as_nchw(y)
 
 
 # -- convolution through float16 cuDNN -------------------------------------------------------------------------------
@@ -307,6 +395,8 @@ class QConvHalf(_Counting):
             raise NotApplicable("for kiln::QConv")
         a = node.attrs
         self.fmt = _check_layer(node, None)
+        if (_requant(a) or (0, 0, ""))[2] == "fp8e4m3":
+            raise NotApplicable("an fp8 requantized output (fp8_conv writes it)")
         wq = _const(node, 1, constants, "weight").to(device)
         w_scale = _const(node, 2, constants, "weight scale").to(device=device, dtype=torch.float32).reshape(-1)
         bias = _const(node, 3, constants, "bias", optional=True)
@@ -399,10 +489,24 @@ def fp8_triton(node, params, constants, device):
     return _wrap(Fp8GemmTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0])))
 
 
+def fp8_conv(node, params, constants, device):
+    _require_cuda(device, "fp8_conv")
+    _triton_ok(device)
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        raise NotApplicable("the fp8 TMA convolution needs compute capability 9.0 (Hopper) or newer")
+    gemm = bool(params.get("gemm"))
+    if gemm:
+        from ..backends.triton.fp8_gemm import CONFIGS
+    else:
+        from ..backends.triton.fp8_conv import CONFIGS
+    return _wrap(Fp8ConvTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0]), gemm))
+
+
 def qconv_fp16(node, params, constants, device):
     _require_cuda(device, "qconv_fp16")
     _triton_ok(device)
     return _wrap(QConvHalf(node, constants, device))
 
 
-FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "fp8_triton": fp8_triton, "qconv_fp16": qconv_fp16}
+FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "fp8_triton": fp8_triton, "fp8_conv": fp8_conv,
+             "qconv_fp16": qconv_fp16}

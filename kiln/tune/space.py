@@ -96,6 +96,16 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("int8_fast", {}, "cuda", 2),
         ("fp8_fast", {}, "cuda", 2),
         ("qconv_fp16", {}, "cuda", 2),
+        # fp8: Kiln's TMA implicit-GEMM convolution (kiln/backends/triton/fp8_conv.py, configs = its CONFIGS) and,
+        # for 1x1 stride-1 layers, the fp8 GEMM (fp8_gemm.CONFIGS)
+        ("fp8_conv", {"config": [128, 128, 8, 8, 4]}, "cuda", 2),
+        ("fp8_conv", {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
+        ("fp8_conv", {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
+        ("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
+        ("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
+        ("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+        ("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+        ("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
         # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
         ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
         ("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
@@ -371,7 +381,7 @@ def _quantized(name: str) -> Factory:
     return factory
 
 
-FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "qconv_fp16")})
+FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "qconv_fp16")})
 
 
 def _triton_qconv(node, params, constants, device) -> Tactic:

@@ -139,7 +139,7 @@ def test_sm90_sources_compile_to_tma_and_fp8_wgmma():
         sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, {bk}]>", "w_desc": f"tensordesc<fp8e4nv[{bn}, {bk}]>",
                "out_desc": f"tensordesc<{ty[out]}[{bm}, {bn}]>", "b_ptr": "*fp32"}
         sig.update({f"r{j}_desc": f"tensordesc<{ty[dt]}[{bm}, {bn}]>" for j, dt in enumerate(res)})
-        sig.update(M="i32", N="i32", K="i32", scale="fp32", inv_out_scale="fp32")
+        sig.update(M="i32", N="i32", K="i32", scale="fp32", inv_out_scale="fp32", inv_q_scale="fp32")
         jobs.append({"source": fp8_gemm_source(spec), "signature": sig, "num_warps": warps, "num_stages": stages,
                      "constexprs": dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_SMS=132),
                      "expect": ["wgmma", "e4m3", "cp.async.bulk.tensor"]})

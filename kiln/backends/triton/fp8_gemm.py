@@ -57,14 +57,15 @@ class Fp8GemmSpec:
     out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
     persistent: bool
     k_const: int | None           # K as a compile-time constant (the interpreter's loops need it)
+    q_out: bool = False           # also store the float result quantized to fp8 (a second output)
 
 
 def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
     helpers: set[str] = set()
     res = range(len(spec.residual_dtypes))
     args = ["a_desc", "w_desc", "out_desc"] + (["scale_ptr"] if spec.per_channel else []) + \
-        (["b_ptr"] if spec.bias_dtype else []) + [f"r{j}_desc" for j in res] + \
-        ["M", "N", "K: tl.constexpr" if spec.k_const else "K", "scale", "inv_out_scale"] + \
+        (["b_ptr"] if spec.bias_dtype else []) + [f"r{j}_desc" for j in res] + (["q_desc"] if spec.q_out else []) + \
+        ["M", "N", "K: tl.constexpr" if spec.k_const else "K", "scale", "inv_out_scale", "inv_q_scale"] + \
         [f"{n}: tl.constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "NUM_SMS")]
     body = ["num_m = tl.cdiv(M, BLOCK_M)", "num_n = tl.cdiv(N, BLOCK_N)", "group = GROUP_M * num_n"]
     if spec.persistent:
@@ -103,10 +104,13 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
         # differs only within one float32 ulp of a rounding boundary. The clamp is _to_fp8's (satfinite).
         t.append(f"out_desc.store([om, on], _to_fp8({last}.to(tl.float32) * inv_out_scale))")
     else:
-        t.append(f"out_desc.store([om, on], {last}.to({TL_DTYPE[spec.out_dtype]}))")
+        t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
+        t.append("out_desc.store([om, on], y)")
+        if spec.q_out:  # quantize(Y as stored), as the reference kernel does
+            t.append("q_desc.store([om, on], _to_fp8(y.to(tl.float32) * inv_q_scale))")
     body += ["    " + ln for ln in t]
     fp8 = []
-    if spec.out_dtype == torch.float8_e4m3fn:
+    if spec.out_dtype == torch.float8_e4m3fn or spec.q_out:
         interp = spec.k_const is not None
         if interp:
             helpers.add("_rint")
@@ -115,6 +119,11 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
     src = prelude(helpers, spec.k_const is not None) + fp8 + ["", "", "@triton.jit",
                                                                f"def kiln_fp8_gemm({', '.join(args)}):"]
     return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_gemm"]) + "\n"
+
+
+def _reciprocal(scale: float | None) -> float:
+    """The float32 reciprocal of a quantization scale (what the stores multiply by), 1.0 for None."""
+    return 1.0 if scale is None else float(1.0 / torch.tensor(scale, dtype=torch.float32))
 
 
 def _descriptor(t: torch.Tensor, block: list[int]):
@@ -143,14 +152,16 @@ class Fp8GemmLaunch:
     """``x8 [M, K] @ w8 [N, K]^T`` then the epilogue, into a new [M, N] tensor; both operands float8_e4m3fn."""
 
     def __init__(self, w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, steps: list[str],
-                 out_scale: float | None, config: tuple):
+                 out_scale: float | None, config: tuple, q_scale: float | None = None):
         if w8.dtype != torch.float8_e4m3fn or w8.dim() != 2:
             raise Unsupported(f"an fp8 GEMM weight of {w8.dtype}{list(w8.shape)}")
         self.n, self.k = w8.shape
         if self.k % 16 or self.n % 8:
             raise Unsupported(f"K={self.k} must be a multiple of 16 and N={self.n} of 8 (TMA's 16-byte rows)")
-        if out_scale is not None and self.n % 16:
+        if (out_scale is not None or q_scale is not None) and self.n % 16:
             raise Unsupported(f"N={self.n} must be a multiple of 16 for an fp8 output (TMA's 16-byte rows)")
+        if out_scale is not None and q_scale is not None:
+            raise Unsupported("a requantized output and a second quantized copy")
         self.w8 = w8.contiguous()
         self.scale = scale.reshape(-1).to(torch.float32).contiguous()
         if self.scale.numel() not in (1, self.n):
@@ -164,7 +175,9 @@ class Fp8GemmLaunch:
         self.eattrs = tuple(tuple(sorted(a.items())) for a in eattrs)
         self.residuals = [r for r in self.operands if isinstance(r, int)]
         self.out_scale = out_scale
-        self._inv_out_scale = 1.0 if out_scale is None else float(1.0 / torch.tensor(out_scale, dtype=torch.float32))
+        self._inv_out_scale = _reciprocal(out_scale)
+        self.q_scale = q_scale
+        self._inv_q_scale = _reciprocal(q_scale)
         self.config = tuple(int(v) for v in config)
         self._scale_value = float(self.scale[0]) if self.scale.numel() == 1 else 1.0
         self._w_desc = None
@@ -173,6 +186,7 @@ class Fp8GemmLaunch:
         """Unsupported when the config's shared memory (the pipeline's operand tiles, plus the output and
         residual tiles TMA stages) exceeds what one block may use on ``device``."""
         bm, bn, bk, _, _, stages = self.config
+        out_bytes += 1 if self.q_scale is not None else 0
         smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
         limit = _device_limits(_index(device))[1]
         if smem > limit:
@@ -181,17 +195,22 @@ class Fp8GemmLaunch:
     @property
     def name(self) -> str:
         epi = "+".join((["bias"] if self.bias is not None else []) + self.steps) or "none"
-        return f"triton_fp8_gemm[{epi}{',requant' if self.out_scale is not None else ''}]"
+        return f"triton_fp8_gemm[{epi}{',requant' if self.out_scale is not None else ''}" \
+               f"{',+fp8 copy' if self.q_scale is not None else ''}]"
 
-    def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype):
+        """[M, N] of ``out_dtype``; with ``q_scale`` the pair (that, its fp8 copy)."""
         m = x8.shape[0]
         if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != self.k or not _tma_ok(x8):
             raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()}")
         if out_dtype not in FLOAT_OUT and out_dtype != torch.float8_e4m3fn:
             raise Unsupported(f"an output of {out_dtype}")
+        if self.q_scale is not None and out_dtype == torch.float8_e4m3fn:
+            raise Unsupported("an fp8 output with a second fp8 copy")
         out = torch.empty((m, self.n), dtype=out_dtype, device=x8.device)
+        q = None if self.q_scale is None else torch.empty((m, self.n), dtype=torch.float8_e4m3fn, device=x8.device)
         if m == 0:
-            return out
+            return out if q is None else (out, q)
         res2 = []
         for r in residuals:
             r2 = r.reshape(m, self.n) if r.is_contiguous() else None
@@ -205,7 +224,7 @@ class Fp8GemmLaunch:
             self.check_fits(out.element_size(), [r.element_size() for r in res2], x8.device)
         spec = Fp8GemmSpec(self.scale.numel() > 1, None if self.bias is None else self.bias.dtype, self.program,
                            self.eattrs, tuple(r.dtype for r in res2), out_dtype, not interp,
-                           self.k if interp else None)
+                           self.k if interp else None, q is not None)
         mod = cache.load(cache.digest("fp8_gemm", spec), lambda: fp8_gemm_source(spec))
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
@@ -214,8 +233,8 @@ class Fp8GemmLaunch:
         grid = (tiles if interp else min(sms, tiles),)
         extra = ([self.scale] if spec.per_channel else []) + ([self.bias] if self.bias is not None else [])
         mod.kernel[grid](_descriptor(x8, [bm, bk]), self._w_desc[1], _descriptor(out, [bm, bn]), *extra,
-                         *[_descriptor(r, [bm, bn]) for r in res2], m, self.n, self.k, self._scale_value,
-                         self._inv_out_scale,
+                         *[_descriptor(r, [bm, bn]) for r in res2], *([_descriptor(q, [bm, bn])] if q is not None else []),
+                         m, self.n, self.k, self._scale_value, self._inv_out_scale, self._inv_q_scale,
                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, NUM_SMS=sms,
                          num_warps=warps, num_stages=stages)
-        return out
+        return out if q is None else (out, q)

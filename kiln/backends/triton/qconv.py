@@ -228,6 +228,8 @@ class QConvLaunch:
         if any(isinstance(r, tuple) for r in self.operands):
             raise Unsupported("a scale:S epilogue step (no QConv pass emits one)")
         self.residuals = [r for r in self.operands if isinstance(r, int)]
+        if "q_scale" in attrs:
+            raise Unsupported("a second, quantized output (fp8_conv writes it)")
         self.requant = "out_scale" in attrs
         if self.requant:
             out_dtype = attrs.get("out_dtype", "int8")

@@ -1,0 +1,275 @@
+"""An fp8 (e4m3) implicit-GEMM convolution for kiln::QConv on Hopper, every operand through TMA, the layer's
+whole epilogue in the accumulator tile: ``y = conv(X8, W8) * (sx * sw[o]) + bias``, the epilogue steps (relu,
+``add:I`` residuals, ...), then the store: float16/bfloat16/float32, or requantized to fp8 for the next
+quantized layer (``out_scale``), so that convolution chains pass 8-bit activations.
+
+Why a second convolution kernel (``qconv.py`` has one): that one gathers its activation tiles with pointer
+loads, one pixel row at a time, and runs at 0.64-0.76x of cuDNN's fp16 convolutions on ResNet-50's 3x3 layers
+(H200). Here the activation tile of one filter tap is one TMA box of the channels-last input, and the
+padding is TMA's zero fill of coordinates outside the tensor (negative ones included):
+
+- stride 1: X is the 4-d [N, H, W, C] view; tap (kh, kw) of output tile (n0, oh0, ow0) is the box
+  [BB, BH, BW, BLOCK_K] at (n0, oh0 + kh - PH, ow0 + kw - PW, c0);
+- stride 2: X is the 5-d [N, H/2, 2, W/2, 2C] view (H, W even): input row 2*oh + kh - PH is row
+  ``oh + d // 2 - 1`` of parity ``d % 2`` with d = kh - PH + 2, and the column likewise, with the column's
+  parity folded into the channel coordinate (``(d % 2) * C + c0``).
+
+The output tile is BB images x BH rows x BW columns of output pixels (BLOCK_M = BB*BH*BW) by BLOCK_N output
+channels; the box is reshaped to [BLOCK_M, BLOCK_K] for the wgmma, and the output (and any residual) moves
+as the [BB, BH, BW, BLOCK_N] box of the [N, OH, OW, O] view, which TMA clips at the edges. The weight is
+packed once, at build, into [O, KH*KW*C] (tap-major, channels contiguous: K-major as 8-bit wgmma wants).
+The kernel is persistent (one program per SM walks the tiles, grouped along M). Under TRITON_INTERPRET=1
+it is one program per tile.
+
+Block configurations (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) are tactic parameters; the tile's
+pixel box is the one that wastes least on the layer's output size (``choose_tile``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import cache
+from .codegen import _emit_program, prelude, to_fp8_source
+from .epilogue import EPILOGUE_OPSET, epilogue_program
+from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal
+from .launch import interpreting
+from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
+
+# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); the tile's pixel shape follows the layer's output size
+# (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
+CONFIGS = [
+    (128, 128, 8, 8, 4),
+    (256, 128, 8, 8, 3),
+    (64, 64, 8, 4, 4),
+    (128, 64, 8, 8, 4),
+]
+INTERPRET_CONFIG = (32, 32, 4, 4, 1)
+INTERPRET_TILE = (2, 4, 4)
+
+
+def choose_tile(n: int, oh: int, ow: int, block_m: int = 128) -> tuple[int, int, int]:
+    """(BB, BH, BW), powers of two with BB*BH*BW = block_m, that waste the fewest computed pixels on an
+    [n, oh, ow] output (ResNet-50 at batch 256: 56 -> 2x8x8, 28 -> 8x4x4, 14 -> 32x2x2, 7 -> 16x1x8);
+    ties go to the squarer, wider pixel box (fewer images per tile). Boxes of at least 4 pixels."""
+    best = None
+    bh = 1
+    while bh <= block_m:
+        bw = 1
+        while bh * bw <= block_m:
+            bb = block_m // (bh * bw)
+            if bh * bw >= 4:
+                padded = -(-n // bb) * bb * -(-oh // bh) * bh * -(-ow // bw) * bw
+                key = (padded, -(bh * bw), abs(bh - bw) if bw >= bh else bh)
+                if best is None or key < best[0]:
+                    best = (key, (bb, bh, bw))
+            bw *= 2
+        bh *= 2
+    return best[1]
+@dataclass(frozen=True)
+class Fp8ConvSpec:
+    """Everything the generated source depends on (sizes, scales and descriptors are launch arguments)."""
+    stride2: bool
+    bias_dtype: torch.dtype | None
+    program: tuple
+    attrs: tuple
+    residual_dtypes: tuple
+    out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
+    persistent: bool
+    q_out: bool = False           # also store the float result quantized to fp8 (a second output)
+
+
+def fp8_conv_source(spec: Fp8ConvSpec) -> str:
+    helpers: set[str] = set()
+    res = range(len(spec.residual_dtypes))
+    args = ["x_desc", "w_desc", "out_desc", "scale_ptr"] + (["b_ptr"] if spec.bias_dtype else []) + \
+        [f"r{j}_desc" for j in res] + (["q_desc"] if spec.q_out else []) + \
+        ["NB", "OH", "OW", "O", "inv_out_scale", "inv_q_scale"] + \
+        [f"{n}: tl.constexpr" for n in ("C", "KH", "KW", "PH", "PW", "BB", "BH", "BW", "BLOCK_N", "BLOCK_K",
+                                        "GROUP_M", "NUM_SMS")]
+    body = ["BLOCK_M: tl.constexpr = BB * BH * BW", "CB: tl.constexpr = C // BLOCK_K",
+            "tiles_w = tl.cdiv(OW, BW)", "tiles_h = tl.cdiv(OH, BH)",
+            "num_m = tl.cdiv(NB, BB) * tiles_h * tiles_w", "num_n = tl.cdiv(O, BLOCK_N)",
+            "group = GROUP_M * num_n"]
+    if spec.persistent:
+        body += ["for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):"]
+    else:
+        body += ["if True:", "    tile = tl.program_id(0)"]
+    if spec.stride2:  # d = kh - PH + 2 >= 0: row oh + d // 2 - 1 of parity d % 2 (and the column likewise)
+        load = ["    dh = kh - PH + 2", "    dw = kw - PW + 2",
+                "    a = x_desc.load([n0, oh0 + dh // 2 - 1, dh % 2, ow0 + dw // 2 - 1, (dw % 2) * C + c0])"]
+    else:
+        load = ["    a = x_desc.load([n0, oh0 + kh - PH, ow0 + kw - PW, c0])"]
+    t = ["first_m = (tile // group) * GROUP_M", "size_m = tl.minimum(num_m - first_m, GROUP_M)",
+         "pid_m = first_m + ((tile % group) % size_m)", "pid_n = (tile % group) // size_m",
+         "ow0 = (pid_m % tiles_w) * BW", "oh0 = ((pid_m // tiles_w) % tiles_h) * BH",
+         "n0 = (pid_m // (tiles_w * tiles_h)) * BB", "on = pid_n * BLOCK_N",
+         "acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)",
+         "for ks in range(KH * KW * CB):",
+         "    tap = ks // CB", "    c0 = (ks % CB) * BLOCK_K", "    kh = tap // KW", "    kw = tap % KW"] + load + [
+         "    w = w_desc.load([on, ks * BLOCK_K])",
+         "    acc = tl.dot(a.reshape([BLOCK_M, BLOCK_K]), w.T, acc)",
+         "rn = on + tl.arange(0, BLOCK_N)",
+         "acc = acc * tl.load(scale_ptr + rn, mask=rn < O, other=0.0)[None, :]"]
+    ops = [Operand("acc", torch.float32)]
+    if spec.bias_dtype:
+        t.append(f"bias = tl.load(b_ptr + rn, mask=rn < O, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
+        ops.append(Operand("bias", spec.bias_dtype))
+    for j, dt in enumerate(spec.residual_dtypes):
+        cvt = "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
+        t.append(f"e{j} = r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N]){cvt}")
+        ops.append(Operand(f"e{j}", dt))
+    last = "acc"
+    if spec.program:
+        lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
+        t += lines
+        last = f"t{len(spec.program) - 1}"
+    if spec.out_dtype == torch.float8_e4m3fn:  # multiply by the reciprocal; _to_fp8's conversion saturates
+        t.append(f"y = _to_fp8({last}.to(tl.float32) * inv_out_scale)")
+    else:
+        t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
+    t.append("out_desc.store([n0, oh0, ow0, on], y.reshape([BB, BH, BW, BLOCK_N]))")
+    if spec.q_out:  # quantize(Y as stored), as the reference kernel does
+        t += ["q = _to_fp8(y.to(tl.float32) * inv_q_scale)",
+              "q_desc.store([n0, oh0, ow0, on], q.reshape([BB, BH, BW, BLOCK_N]))"]
+    body += ["    " + ln for ln in t]
+    fp8 = []
+    if spec.out_dtype == torch.float8_e4m3fn or spec.q_out:
+        if not spec.persistent:
+            helpers.add("_rint")
+        fp8 = to_fp8_source(not spec.persistent)
+    src = prelude(helpers, not spec.persistent) + fp8 + ["", "", "@triton.jit",
+                                                         f"def kiln_fp8_conv({', '.join(args)}):"]
+    return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_conv"]) + "\n"
+
+
+def _nhwc(t: torch.Tensor) -> bool:
+    """A 4-d [N, C, H, W] tensor stored channels-last, 16-byte aligned rows (what the TMA views need)."""
+    n, c, h, w = t.shape
+    return t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 == 0 \
+        and (c * t.element_size()) % 16 == 0
+
+
+def _box_view(t: torch.Tensor, box: list[int]):
+    """The [N, H, W, C] tensor descriptor of a channels-last [N, C, H, W] tensor."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    n, c, h, w = t.shape
+    return TensorDescriptor(t, [n, h, w, c], [h * w * c, w * c, c, 1], box)
+
+
+class Fp8ConvLaunch:
+    """One kiln::QConv's fp8 convolution: packed weight, per-channel scale, bias and the epilogue, bound once.
+    Takes 2-d convolutions of group 1, dilation 1, stride 1 or 2, symmetric pads (at most 2 at stride 2),
+    C a multiple of 16 and O a multiple of 16."""
+
+    def __init__(self, w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, attrs: dict,
+                 steps: list[str], out_scale: float | None, config: tuple, q_scale: float | None = None):
+        if w8.dtype != torch.float8_e4m3fn or w8.dim() != 4:
+            raise Unsupported(f"an fp8 convolution weight of {w8.dtype}{list(w8.shape)}")
+        if int(attrs.get("group", 1)) != 1 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
+            raise Unsupported(f"group {attrs.get('group', 1)} / dilations {attrs.get('dilations')}")
+        self.o, self.c, self.kh, self.kw = w8.shape
+        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+        strides = [int(s) for s in attrs.get("strides", [1, 1])]
+        if pads[:2] != pads[2:] or strides[0] != strides[1] or strides[0] not in (1, 2):
+            raise Unsupported(f"pads {pads} / strides {strides} (symmetric pads, stride 1 or 2)")
+        self.ph, self.pw = pads[:2]
+        self.stride = strides[0]
+        if self.stride == 2 and max(self.ph, self.pw) > 2:
+            raise Unsupported(f"pads {pads} at stride 2 (at most 2)")
+        if self.c % 16 or self.o % 16:
+            raise Unsupported(f"C={self.c} and O={self.o} must be multiples of 16 (TMA's 16-byte rows)")
+        self.config = tuple(int(v) for v in config)
+        bn, bk = self.config[:2]
+        if self.c % bk and not interpreting():  # (the interpreter runs INTERPRET_CONFIG, BLOCK_K 32 or 16)
+            raise Unsupported(f"C={self.c} is not a multiple of BLOCK_K={bk}")
+        self.w8 = w8.permute(0, 2, 3, 1).reshape(self.o, -1).contiguous()  # [O, KH*KW*C]
+        self.scale = scale.reshape(-1).to(torch.float32).expand(self.o).contiguous()
+        self.bias = None if bias is None else bias.reshape(-1).contiguous()
+        self.steps = list(steps)
+        program, eattrs, self.operands = epilogue_program(self.steps, bias is not None)
+        if any(isinstance(r, tuple) for r in self.operands):
+            raise Unsupported("a scale:S epilogue step")
+        self.program = tuple(program)
+        self.eattrs = tuple(tuple(sorted(a.items())) for a in eattrs)
+        self.residuals = [r for r in self.operands if isinstance(r, int)]
+        if out_scale is not None and q_scale is not None:
+            raise Unsupported("a requantized output and a second quantized copy")
+        self.out_scale, self.q_scale = out_scale, q_scale
+        self._inv_out_scale, self._inv_q_scale = _reciprocal(out_scale), _reciprocal(q_scale)
+        self._w_desc = None
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        s = self.stride
+        return (h + 2 * self.ph - self.kh) // s + 1, (w + 2 * self.pw - self.kw) // s + 1
+
+    def check_fits(self, out_bytes: int, residual_bytes: list[int], device: torch.device, bm: int = 128) -> None:
+        bn, bk, _, _, stages = self.config
+        out_bytes += 1 if self.q_scale is not None else 0
+        smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
+        limit = _device_limits(_index(device))[1]
+        if smem > limit:
+            raise Unsupported(f"config {self.config} needs ~{smem} bytes of shared memory, the GPU has {limit}")
+
+    @property
+    def name(self) -> str:
+        epi = "+".join((["bias"] if self.bias is not None else []) + self.steps) or "none"
+        return f"triton_fp8_conv[{self.kh}x{self.kw}s{self.stride},{epi}{',requant' if self.out_scale else ''}" \
+               f"{',+fp8 copy' if self.q_scale is not None else ''}]"
+
+    def _x_desc(self, x8: torch.Tensor, box: tuple):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        bb, bh, bw, bk = box
+        n, c, h, w = x8.shape
+        if self.stride == 1:
+            return _box_view(x8, [bb, bh, bw, bk])
+        if h % 2 or w % 2:
+            raise Unsupported(f"a stride-2 input of odd size {h}x{w}")
+        return TensorDescriptor(x8, [n, h // 2, 2, w // 2, 2 * c], [h * w * c, 2 * w * c, w * c, 2 * c, 1],
+                                [bb, bh, 1, bw, bk])
+
+    def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype,
+                 tile: tuple | None = None):
+        """The [N, O, OH, OW] channels-last output of ``out_dtype``; with ``q_scale`` the pair (that, its fp8
+        copy). ``tile`` = (BB, BH, BW) instead of choose_tile's (benchmarks)."""
+        if x8.dtype != torch.float8_e4m3fn or x8.dim() != 4 or x8.shape[1] != self.c or not _nhwc(x8):
+            raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()} (channels-last "
+                              f"fp8 with C={self.c})")
+        if out_dtype not in FLOAT_OUT and out_dtype != torch.float8_e4m3fn:
+            raise Unsupported(f"an output of {out_dtype}")
+        n, _, h, w = x8.shape
+        oh, ow = self.out_hw(h, w)
+        if self.q_scale is not None and out_dtype == torch.float8_e4m3fn:
+            raise Unsupported("an fp8 output with a second fp8 copy")
+        out = torch.empty((n, self.o, oh, ow), dtype=out_dtype, device=x8.device, memory_format=torch.channels_last)
+        q = None if self.q_scale is None else torch.empty_like(out, dtype=torch.float8_e4m3fn)
+        if out.numel() == 0:
+            return out if q is None else (out, q)
+        for r in residuals:
+            if tuple(r.shape) != tuple(out.shape) or not _nhwc(r) or r.dtype not in FLOAT_OUT:
+                raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants it "
+                                  f"channels-last, of the output's shape {list(out.shape)})")
+        interp = interpreting()
+        bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config
+        if interp and self.c % bk:
+            bk = 16
+        bb, bh, bw = tile or (INTERPRET_TILE if interp else choose_tile(n, oh, ow))
+        if not interp:
+            self.check_fits(out.element_size(), [r.element_size() for r in residuals], x8.device, bb * bh * bw)
+        spec = Fp8ConvSpec(self.stride == 2, None if self.bias is None else self.bias.dtype, self.program,
+                           self.eattrs, tuple(r.dtype for r in residuals), out_dtype, not interp, q is not None)
+        mod = cache.load(cache.digest("fp8_conv", spec), lambda: fp8_conv_source(spec))
+        if self._w_desc is None or self._w_desc[0] != (bn, bk):
+            self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
+        tiles = -(-n // bb) * -(-oh // bh) * -(-ow // bw) * -(-self.o // bn)
+        sms = tiles if interp else _device_limits(_index(x8.device))[0]
+        grid = (tiles if interp else min(sms, tiles),)
+        extra = [self.scale] + ([self.bias] if self.bias is not None else [])
+        mod.kernel[grid](self._x_desc(x8, (bb, bh, bw, bk)), self._w_desc[1], _box_view(out, [bb, bh, bw, bn]),
+                         *extra, *[_box_view(r, [bb, bh, bw, bn]) for r in residuals],
+                         *([_box_view(q, [bb, bh, bw, bn])] if q is not None else []), n, oh, ow, self.o,
+                         self._inv_out_scale, self._inv_q_scale,
+                         C=self.c, KH=self.kh, KW=self.kw, PH=self.ph, PW=self.pw, BB=bb, BH=bh, BW=bw,
+                         BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, NUM_SMS=sms, num_warps=warps, num_stages=stages)
+        return out if q is None else (out, q)

@@ -1,0 +1,58 @@
+"""An fp8 layer whose float output feeds quantized layers and others also writes the quantized copy itself.
+
+    Y = QConv(...){fp8};  QConv(Y){x_scale s}, QConv(Y){x_scale s}, QConv(.., residual Y)
+      ->  Y, Yq = QConv(...){q_scale s, q_dtype fp8};  QConv(Yq){input_quantized}, ..., QConv(.., residual Y)
+
+A ResNet block's output is read by the next block's first convolution (and the downsample at a stage's
+start), which quantize it, and by the next block's residual add, which needs it in float. Without this pass
+each quantized reader runs a quantize pass of its own over Y (read 2 bytes, write 1 per element, twice at a
+stage's start) before its kernel; the producer's epilogue has Y in registers, so the copy costs one extra
+byte per element. Layers whose readers are all quantized already write 8-bit data (requantization,
+kiln/quant/rewrite.py); this pass takes the mixed case. Yq is QuantizeLinear of Y as stored (in Y's type).
+
+Which producers: kiln::QConv / QLinear with fp8 X and a float output (the fp8 kernels, ``fp8_conv`` /
+``fp8_triton``, store the copy). Which readers switch: as for the LayerNorm's copy (quantize_norms.py),
+kiln::QLinear / QConv at input 0, fp8, static per-tensor scale; the group with the most readers wins.
+Runs after the precision passes, so Y's type is final.
+"""
+from __future__ import annotations
+
+from ..ir.dtype import DType
+from ..ir.graph import Graph, Value
+from ..ir.types import TensorType
+from .context import PassContext
+from .quantize_norms import Q_DTYPES, reader_key
+
+
+def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for n in graph.nodes:
+        a = n.attrs
+        if n.domain != "kiln" or n.op_type not in ("QConv", "QLinear") or a.get("x_dtype") != "fp8e4m3" \
+                or "out_scale" in a or "q_scale" in a or len(n.outputs) != 1:
+            continue
+        y = n.outputs[0]
+        y_dtype = ctx.dtype(y)
+        if y_dtype not in (DType.FLOAT16, DType.BFLOAT16, DType.FLOAT):
+            continue
+        groups: dict[tuple, list] = {}
+        for reader, slot in y.uses:
+            key = reader_key(reader, slot)
+            if key is not None and key[2] == "fp8e4m3" and not key[1]:
+                groups.setdefault(key, []).append(reader)
+        if not groups:
+            continue
+        (scale, zero_point, q_dtype), readers = max(groups.items(), key=lambda kv: len(kv[1]))
+        yq = Value(f"{y.name}.{q_dtype}", TensorType(Q_DTYPES[q_dtype], ctx.shape(y)))
+        yq.producer, yq.index = n, 1
+        n.outputs = [y, yq]
+        a.update(q_scale=scale, q_zero_point=zero_point, q_dtype=q_dtype)
+        for reader in readers:
+            reader.set_input(0, yq)
+            reader.attrs["input_quantized"] = 1
+            reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+        ctx.count(f"quantize_layer_outputs:{n.op_type}", len(readers))
+        changed = True
+    if changed:
+        ctx.invalidate()
+    return changed

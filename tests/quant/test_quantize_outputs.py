@@ -1,0 +1,101 @@
+"""kiln/passes/quantize_outputs.py and fp8 convolution chains (kiln/quant/rewrite.py): in an fp8 residual CNN
+the convolutions inside a block pass fp8 data (requantized outputs), a block's output is written in float for
+the residual add and as an fp8 copy for the next block's convolutions, and the engine computes exactly what
+it computed without the copy."""
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from kiln.ops import KernelContext
+from kiln.ops.quantized import qconv, quantize
+from kiln.passes import pipeline
+
+rng = np.random.default_rng(1)
+
+
+def resnet_blocks():
+    """stem conv -> relu -> [1x1 -> relu -> 3x3 -> relu -> 1x1 (+ block input) -> relu] x 2."""
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    nodes, inits = [], []
+
+    def conv(x, y, c, o, k, name):
+        inits.extend([numpy_helper.from_array((f(o, c, k, k) / np.sqrt(c * k * k)).astype(np.float32), f"{name}.w"),
+                      numpy_helper.from_array(0.1 * f(o), f"{name}.b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], pads=[k // 2] * 4, name=name))
+
+    conv("x", "s", 3, 32, 3, "stem")
+    nodes.append(helper.make_node("Relu", ["s"], ["h0"]))
+    for i in range(2):
+        h = f"h{i}"
+        conv(h, f"a{i}", 32, 16, 1, f"b{i}.conv1")
+        nodes.append(helper.make_node("Relu", [f"a{i}"], [f"ar{i}"]))
+        conv(f"ar{i}", f"c{i}", 16, 16, 3, f"b{i}.conv2")
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"cr{i}"]))
+        conv(f"cr{i}", f"d{i}", 16, 32, 1, f"b{i}.conv3")
+        nodes.append(helper.make_node("Add", [f"d{i}", h], [f"e{i}"]))
+        nodes.append(helper.make_node("Relu", [f"e{i}"], [f"h{i + 1}"]))
+    g = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                          [helper.make_tensor_value_info("h2", TensorProto.FLOAT, [2, 32, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def data(n=4):
+    return [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def build(model, calib, drop: str | None = None, monkeypatch=None):
+    if drop:
+        monkeypatch.setattr(pipeline, "DEFAULT_PIPELINE",
+                            tuple(p for p in pipeline.DEFAULT_PIPELINE if getattr(p, "name", "") != drop))
+    return kiln.build(model, fp8=True, int8_calibrator=calib, calibration_method="minmax")
+
+
+def test_fp8_blocks_chain_and_copy(monkeypatch):
+    model, calib, x = resnet_blocks(), data(), data(1)[0]
+    engine = build(model, calib)
+    # the stem's and block 0's outputs (each read by the next conv1 and a residual add) get the fp8 copy
+    assert engine.report.fusions.get("quantize_layer_outputs:QConv") == 2
+    got = engine.create_execution_context().infer(x)["h2"]
+    reloaded = kiln.Engine.deserialize(engine.serialize())  # the second output is plain data in the file
+    np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
+
+    plain = build(model, calib, "quantize_layer_outputs", monkeypatch)
+    assert not any(k.startswith("quantize_layer_outputs") for k in plain.report.fusions)
+    np.testing.assert_array_equal(got, plain.create_execution_context().infer(x)["h2"])  # the same arithmetic
+
+    ref = kiln.build(model).create_execution_context().infer(x)["h2"]  # fp32
+    cos = float(np.dot(got.ravel(), ref.ravel()) / np.linalg.norm(got) / np.linalg.norm(ref))
+    assert cos > 0.99, cos
+
+
+def test_chain_requantization_reaches_convolutions():
+    """conv1 -> conv2 -> conv3 inside a block: the first two write fp8 (out_scale), their readers take it as is."""
+    from kiln.quant.rewrite import ActParams, _chain_requantization
+    from kiln.ir.graph import Node, Value
+    x, y1, y2, y3 = Value("x"), Value("y1"), Value("y2"), Value("y3")
+    mk = lambda name, a, b: Node("QConv", [a], [b], {"x_dtype": "fp8e4m3", "x_scale": 0.1}, name=name,  # noqa: E731
+                                 domain="kiln")
+    n1, n2, n3 = mk("c1", x, y1), mk("c2", y1, y2), mk("c3", y2, y3)
+
+    class G:
+        outputs = [y3]
+    params = {n: ActParams(0.05, 0, "fp8e4m3") for n in ("x", "y1", "y2")}
+    _chain_requantization(G(), [n1, n2, n3], params)
+    assert n1.attrs["out_dtype"] == n2.attrs["out_dtype"] == "fp8e4m3" and "out_scale" not in n3.attrs
+    assert n2.attrs.get("input_quantized") == n3.attrs.get("input_quantized") == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_op_second_output_is_quantize_of_y_as_stored(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 5, 5, generator=g).to(dtype)
+    wq = (torch.randn(8, 16, 3, 3, generator=g) * 40).to(torch.float8_e4m3fn)
+    ws, b = torch.rand(8, generator=g) * 1e-3, torch.randn(8, generator=g)
+    attrs = {"x_scale": 0.02, "x_dtype": "fp8e4m3", "pads": [1, 1, 1, 1], "epilogue": ["relu"]}
+    ctx = KernelContext(opset=17, device=torch.device("cpu"))
+    plain = qconv(ctx, [x, wq, ws, b], attrs)
+    y, yq = qconv(ctx, [x, wq, ws, b], {**attrs, "q_scale": 0.05, "q_zero_point": 0, "q_dtype": "fp8e4m3"})
+    assert torch.equal(y, plain) and y.dtype == dtype
+    assert torch.equal(yq.float(), quantize(y, 0.05, 0, "fp8e4m3").float())
