@@ -12,7 +12,8 @@ Every fused layer is described by plain attributes (an engine stores the descrip
 An epilogue is a list of steps applied in order to the layer's own (fresh) output, in place:
 ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"gelu_tanh"``, ``"silu"``, ``"leaky_relu:A"``,
 ``"elu:A"``, ``"clip:LO:HI"``, ``"hardsigmoid:A:B"``, ``"hardswish"``, ``"softplus"``, ``"add:I"`` (add input I,
-a residual), ``"mul:I"``.
+a residual), ``"mul:I"``, ``"addq:I:S"`` (add input I stored 8-bit, with scale S: I * S; made by the fp8
+chains of kiln/quant/rewrite.py).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def apply_epilogue(y: torch.Tensor, epilogue: list[str], inputs: list) -> torch.
             y = y.add_(inputs[int(p[0])])
         elif name == "mul":
             y = y.mul_(inputs[int(p[0])])
+        elif name == "addq":  # 8-bit codes (zero point 0) dequantized in float32, then added
+            y = y.add_(inputs[int(p[0])].to(torch.float32) * float(p[1]))
         elif name == "sigmoid":
             y = y.sigmoid_()
         elif name == "tanh":

@@ -117,25 +117,39 @@ def _shift(step: str) -> str:
 def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
     """A quantized layer whose output feeds only quantized layers of its own kind (int8/uint8, or fp8) writes
     that output already quantized with the consumers' input scale (on Hopper the fp8 GEMM and convolution
-    kernels, ``fp8_triton`` / ``fp8_conv``, write it from their epilogue)."""
+    kernels, ``fp8_triton`` / ``fp8_conv``, write it from their epilogue). In fp8 a reader may also take the
+    output as its epilogue's residual (``add:I``, a ResNet block's shortcut): the step becomes ``addq:I:S``,
+    which adds the fp8 codes times the scale S, so the residual stream between blocks is fp8 too."""
     quantized = {id(n) for n in layers}
     outputs = {id(v) for v in graph.outputs}
     for n in layers:
         y = n.outputs[0]
         fp8 = n.attrs["x_dtype"] == "fp8e4m3"
-        if id(y) in outputs or params.get(y.name, ActParams(0)).dynamic \
-                or not y.uses or y.name not in params:
+        if id(y) in outputs or params.get(y.name, ActParams(0)).dynamic or not y.uses or y.name not in params:
             continue
-        if not all(id(u) in quantized and s == 0 and (u.attrs["x_dtype"] == "fp8e4m3") == fp8
-                   and "smooth_input" not in u.attrs and not u.attrs.get("x_dynamic") for u, s in y.uses):
-            continue
-        p = params[y.name]
-        if fp8:
-            n.attrs.update(out_scale=float(p.scale), out_zero_point=0, out_dtype="fp8e4m3")
-            dtype = DType.FLOAT8E4M3FN
+        residual_reads = []
+        for u, slot in y.uses:
+            if id(u) not in quantized or (u.attrs["x_dtype"] == "fp8e4m3") != fp8 or "smooth_input" in u.attrs \
+                    or u.attrs.get("x_dynamic"):
+                break
+            if slot != 0:
+                steps = u.attrs.get("epilogue", [])
+                if not fp8 or steps.count(f"add:{slot}") != 1 or \
+                        any(st.split(":")[1:2] == [str(slot)] for st in steps if st != f"add:{slot}"):
+                    break
+                residual_reads.append((u, slot))
         else:
-            n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)
-            dtype = DType.UINT8 if p.dtype == "uint8" else DType.INT8
-        for u, _ in y.uses:
-            u.attrs["input_quantized"] = 1
-        y.type = TensorType(dtype, getattr(y.type, "shape", None))
+            p = params[y.name]
+            if fp8:
+                n.attrs.update(out_scale=float(p.scale), out_zero_point=0, out_dtype="fp8e4m3")
+                dtype = DType.FLOAT8E4M3FN
+            else:
+                n.attrs.update(out_scale=float(p.scale), out_zero_point=int(p.zero_point), out_dtype=p.dtype)
+                dtype = DType.UINT8 if p.dtype == "uint8" else DType.INT8
+            for u, slot in y.uses:
+                if slot == 0:
+                    u.attrs["input_quantized"] = 1
+            for u, slot in residual_reads:
+                u.attrs["epilogue"] = [f"addq:{slot}:{float(p.scale)!r}" if st == f"add:{slot}" else st
+                                       for st in u.attrs["epilogue"]]
+            y.type = TensorType(dtype, getattr(y.type, "shape", None))

@@ -151,9 +151,13 @@ def test_space_rows_and_factory_needs_cuda():
 
 def test_sm90_sources_compile_to_tma_and_fp8_wgmma():
     jobs = []
-    for stride2, out, res in [(False, torch.float8_e4m3fn, ()), (True, torch.float16, (torch.float16,))]:
-        program = ("Add(i0,i1)", "Relu(t0)") + (("Add(t1,i2)",) if res else ())
-        spec = Fp8ConvSpec(stride2, torch.float32, program, ((),) * len(program), res, out, True)
+    for stride2, out, res, q_out in [(False, torch.float8_e4m3fn, (), False), (True, torch.float16, (torch.float16,), True),
+                                     (False, torch.float8_e4m3fn, (torch.float8_e4m3fn,), False)]:
+        if res and res[0] == torch.float8_e4m3fn:  # addq: the fp8 shortcut times its scale
+            program, extras = ("Add(i0,i1)", "Mul(i2,i3)", "Add(t0,t1)", "Relu(t2)"), (0, 0.0625)
+        else:
+            program, extras = ("Add(i0,i1)", "Relu(t0)") + (("Add(t1,i2)",) if res else ()), (0,) if res else ()
+        spec = Fp8ConvSpec(stride2, torch.float32, program, ((),) * len(program), res, out, True, q_out, extras)
         ty = {torch.float16: "fp16", torch.float8_e4m3fn: "fp8e4nv"}
         bb, bh, bw = 2, 8, 8
         bn, bk, gm, warps, stages = CONFIGS[0]
@@ -161,6 +165,8 @@ def test_sm90_sources_compile_to_tma_and_fp8_wgmma():
         sig = {"x_desc": f"tensordesc<fp8e4nv{xbox}>", "w_desc": f"tensordesc<fp8e4nv[{bn}, {bk}]>",
                "out_desc": f"tensordesc<{ty[out]}[{bb}, {bh}, {bw}, {bn}]>", "scale_ptr": "*fp32", "b_ptr": "*fp32"}
         sig.update({f"r{j}_desc": f"tensordesc<{ty[dt]}[{bb}, {bh}, {bw}, {bn}]>" for j, dt in enumerate(res)})
+        if q_out:
+            sig["q_desc"] = f"tensordesc<fp8e4nv[{bb}, {bh}, {bw}, {bn}]>"
         sig.update(NB="i32", OH="i32", OW="i32", O="i32", inv_out_scale="fp32", inv_q_scale="fp32")
         jobs.append({"source": fp8_conv_source(spec), "signature": sig, "num_warps": warps, "num_stages": stages,
                      "constexprs": dict(C=128, KH=3, KW=3, PH=1, PW=1, BB=bb, BH=bh, BW=bw, BLOCK_N=bn, BLOCK_K=bk,
@@ -183,3 +189,23 @@ def test_second_fp8_copy_of_a_float_output(gemm):
     assert yq.is_contiguous(memory_format=torch.channels_last) and layer.name.endswith(",+fp8 copy]")
     assert rel(y, own_y.double()) < 2e-3 and _quantized_mismatch(yq, own_q) is None
     assert torch.equal(yq.float(), quantize(y, 0.05, 0, "fp8e4m3").float())  # the copy of what was stored
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_fp8_shortcut_addq(gemm):
+    """The residual stream in fp8: the shortcut arrives as fp8 codes, ``addq:4:S`` adds codes * S in the tile,
+    and the block output is requantized for the next block."""
+    k = 1 if gemm else 3
+    node, consts = conv_node(16, 32, k, 1, ["addq:4:0.0625", "relu"], input_quantized=1, x_scale=0.05,
+                             out_scale=0.05, out_zero_point=0, out_dtype="fp8e4m3")
+    x = nhwc(torch.randn(2, 16, 6, 6) * 4).to(torch.float8_e4m3fn)
+    r = nhwc(torch.randn(2, 32, 6, 6) * 8).to(torch.float8_e4m3fn)
+    layer = Fp8ConvTriton(node, consts, CPU, (128, 128, 128, 8, 8, 3) if gemm else CONV_CFG, gemm=gemm)
+    got = layer(CTX, inputs_of(node, x, r), node.attrs)
+    own = qconv(CTX, inputs_of(node, x, r), node.attrs)
+    assert got.dtype == own.dtype == torch.float8_e4m3fn and _quantized_mismatch(got, own) is None
+    a = node.attrs
+    y = F.conv2d(x.double(), node.inputs[1].const.double(), padding=k // 2) * \
+        (node.inputs[2].const.double() * a["x_scale"]).view(1, -1, 1, 1) + node.inputs[3].const.double().view(1, -1, 1, 1)
+    ref = quantize(F.relu(y + r.double() * 0.0625).float(), 0.05, 0, "fp8e4m3")
+    assert _quantized_mismatch(got, ref) is None

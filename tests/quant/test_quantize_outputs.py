@@ -1,7 +1,7 @@
-"""kiln/passes/quantize_outputs.py and fp8 convolution chains (kiln/quant/rewrite.py): in an fp8 residual CNN
-the convolutions inside a block pass fp8 data (requantized outputs), a block's output is written in float for
-the residual add and as an fp8 copy for the next block's convolutions, and the engine computes exactly what
-it computed without the copy."""
+"""fp8 convolution chains (kiln/quant/rewrite.py) and kiln/passes/quantize_outputs.py: in an fp8 residual CNN
+the convolutions pass fp8 data (requantized outputs), the shortcut too (``addq`` epilogue steps); a block
+output that something reads in float is written in float and as an fp8 copy for the next block's
+convolutions, and the engine computes exactly what it computed without the copy."""
 import numpy as np
 import pytest
 import torch
@@ -15,8 +15,9 @@ from kiln.passes import pipeline
 rng = np.random.default_rng(1)
 
 
-def resnet_blocks():
-    """stem conv -> relu -> [1x1 -> relu -> 3x3 -> relu -> 1x1 (+ block input) -> relu] x 2."""
+def resnet_blocks(expose_block0: bool = False):
+    """stem conv -> relu -> [1x1 -> relu -> 3x3 -> relu -> 1x1 (+ block input) -> relu] x 2; with
+    ``expose_block0`` block 0's output is a model output too (a reader that wants float)."""
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     nodes, inits = [], []
 
@@ -36,8 +37,10 @@ def resnet_blocks():
         conv(f"cr{i}", f"d{i}", 16, 32, 1, f"b{i}.conv3")
         nodes.append(helper.make_node("Add", [f"d{i}", h], [f"e{i}"]))
         nodes.append(helper.make_node("Relu", [f"e{i}"], [f"h{i + 1}"]))
+    outs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 32, 8, 8])
+            for h in (["h2", "h1"] if expose_block0 else ["h2"])]
     g = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
-                          [helper.make_tensor_value_info("h2", TensorProto.FLOAT, [2, 32, 8, 8])], inits)
+                          outs, inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -52,22 +55,37 @@ def build(model, calib, drop: str | None = None, monkeypatch=None):
     return kiln.build(model, fp8=True, int8_calibrator=calib, calibration_method="minmax")
 
 
-def test_fp8_blocks_chain_and_copy(monkeypatch):
+def cosine(a, b) -> float:
+    return float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_fp8_blocks_pass_fp8_between_them():
     model, calib, x = resnet_blocks(), data(), data(1)[0]
     engine = build(model, calib)
-    # the stem's and block 0's outputs (each read by the next conv1 and a residual add) get the fp8 copy
-    assert engine.report.fusions.get("quantize_layer_outputs:QConv") == 2
+    kernels = {layer.name: layer.kernel for layer in engine.report.layers}
+    assert all("requant" in kernels[f"b0.{c}"] for c in ("conv1", "conv2", "conv3")), kernels
+    assert "addq" in kernels["b1.conv3"] and "requant" not in kernels["b1.conv3"]  # the model's output: float
+    assert not any(k.startswith("quantize_layer_outputs") for k in engine.report.fusions)
     got = engine.create_execution_context().infer(x)["h2"]
-    reloaded = kiln.Engine.deserialize(engine.serialize())  # the second output is plain data in the file
+    reloaded = kiln.Engine.deserialize(engine.serialize())
     np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
+    assert cosine(got, kiln.build(model).create_execution_context().infer(x)["h2"]) > 0.99
 
+
+def test_block_output_read_in_float_gets_an_fp8_copy(monkeypatch):
+    model, calib, x = resnet_blocks(expose_block0=True), data(), data(1)[0]
+    engine = build(model, calib)
+    assert engine.report.fusions.get("quantize_layer_outputs:QConv") == 1  # block 0's output
+    assert "addq" not in {layer.name: layer.kernel for layer in engine.report.layers}["b1.conv3"]
+    got = engine.create_execution_context().infer(x)
+    reloaded = kiln.Engine.deserialize(engine.serialize())  # the second output is plain data in the file
+    for k, v in reloaded.create_execution_context().infer(x).items():
+        np.testing.assert_array_equal(v, got[k])
     plain = build(model, calib, "quantize_layer_outputs", monkeypatch)
     assert not any(k.startswith("quantize_layer_outputs") for k in plain.report.fusions)
-    np.testing.assert_array_equal(got, plain.create_execution_context().infer(x)["h2"])  # the same arithmetic
-
-    ref = kiln.build(model).create_execution_context().infer(x)["h2"]  # fp32
-    cos = float(np.dot(got.ravel(), ref.ravel()) / np.linalg.norm(got) / np.linalg.norm(ref))
-    assert cos > 0.99, cos
+    want = plain.create_execution_context().infer(x)
+    for k in ("h1", "h2"):
+        np.testing.assert_array_equal(got[k], want[k])  # the same arithmetic, only in another kernel
 
 
 def test_chain_requantization_reaches_convolutions():

@@ -31,7 +31,8 @@ def epilogue_program(steps: list[str], has_bias: bool) -> tuple[list[str], list[
     """(program, attrs per line, operands) for y [+ bias] then ``steps``.
 
     Operands: "y" (the GEMM/conv output, i0), "bias" (i1 when present), then layer input indices for
-    ``add:I``/``mul:I`` steps and ("const", value) for ``scale:S`` steps, in the order they appear.
+    ``add:I``/``mul:I``/``addq:I:S`` steps and ("const", value) for ``scale:S`` / ``addq`` steps, in the order
+    they appear.
 
     Besides fused.py's steps this takes ``scale:S`` and ``cast:T`` (T an ONNX element type code), which
     ``apply_epilogue`` (the plain kernel, and so the fallback) must learn before a pass emits them."""
@@ -56,6 +57,12 @@ def epilogue_program(steps: list[str], has_bias: bool) -> tuple[list[str], list[
         name, *p = step.split(":")
         if name in ("add", "mul"):
             emit(f"{'Add' if name == 'add' else 'Mul'}({cur},{operand(int(p[0]))})", {})
+            continue
+        if name == "addq":  # add input I stored 8-bit (fp8 codes): dequantized, times its scale S, first
+            before, r = cur, operand(int(p[0]))
+            operands.append(("const", float(p[1])))
+            emit(f"Mul({r},i{len(operands) - 1})", {})
+            emit(f"Add({before},{cur})", {})
             continue
         if name == "scale":  # multiply by a number, written into the source
             operands.append(("const", float(p[0])))

@@ -33,7 +33,7 @@ import torch
 from . import cache
 from .codegen import _emit_program, prelude, to_fp8_source
 from .epilogue import EPILOGUE_OPSET, epilogue_program
-from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal
+from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal, epilogue_operands, extra_operands
 from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
 
@@ -74,10 +74,11 @@ class Fp8ConvSpec:
     bias_dtype: torch.dtype | None
     program: tuple
     attrs: tuple
-    residual_dtypes: tuple
+    residual_dtypes: tuple        # float, or float8_e4m3fn for an ``addq`` residual (dequantized in the program)
     out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
     persistent: bool
     q_out: bool = False           # also store the float result quantized to fp8 (a second output)
+    extras: tuple = ()            # the program's operands after acc/bias: residual j (int) or a constant (float)
 
 
 def fp8_conv_source(spec: Fp8ConvSpec) -> str:
@@ -116,10 +117,9 @@ def fp8_conv_source(spec: Fp8ConvSpec) -> str:
     if spec.bias_dtype:
         t.append(f"bias = tl.load(b_ptr + rn, mask=rn < O, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
         ops.append(Operand("bias", spec.bias_dtype))
-    for j, dt in enumerate(spec.residual_dtypes):
-        cvt = "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
-        t.append(f"e{j} = r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N]){cvt}")
-        ops.append(Operand(f"e{j}", dt))
+    lines, extra = epilogue_operands(spec, lambda j: f"r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N])")
+    t += lines
+    ops += extra
     last = "acc"
     if spec.program:
         lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
@@ -189,11 +189,9 @@ class Fp8ConvLaunch:
         self.bias = None if bias is None else bias.reshape(-1).contiguous()
         self.steps = list(steps)
         program, eattrs, self.operands = epilogue_program(self.steps, bias is not None)
-        if any(isinstance(r, tuple) for r in self.operands):
-            raise Unsupported("a scale:S epilogue step")
         self.program = tuple(program)
         self.eattrs = tuple(tuple(sorted(a.items())) for a in eattrs)
-        self.residuals = [r for r in self.operands if isinstance(r, int)]
+        self.residuals, self.extras = extra_operands(self.operands)
         if out_scale is not None and q_scale is not None:
             raise Unsupported("a requantized output and a second quantized copy")
         self.out_scale, self.q_scale = out_scale, q_scale
@@ -247,7 +245,7 @@ class Fp8ConvLaunch:
         if out.numel() == 0:
             return out if q is None else (out, q)
         for r in residuals:
-            if tuple(r.shape) != tuple(out.shape) or not _nhwc(r) or r.dtype not in FLOAT_OUT:
+            if tuple(r.shape) != tuple(out.shape) or not _nhwc(r) or r.dtype not in FLOAT_OUT + (torch.float8_e4m3fn,):
                 raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants it "
                                   f"channels-last, of the output's shape {list(out.shape)})")
         interp = interpreting()
@@ -258,7 +256,8 @@ class Fp8ConvLaunch:
         if not interp:
             self.check_fits(out.element_size(), [r.element_size() for r in residuals], x8.device, bb * bh * bw)
         spec = Fp8ConvSpec(self.stride == 2, None if self.bias is None else self.bias.dtype, self.program,
-                           self.eattrs, tuple(r.dtype for r in residuals), out_dtype, not interp, q is not None)
+                           self.eattrs, tuple(r.dtype for r in residuals), out_dtype, not interp, q is not None,
+                           self.extras)
         mod = cache.load(cache.digest("fp8_conv", spec), lambda: fp8_conv_source(spec))
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))

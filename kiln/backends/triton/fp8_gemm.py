@@ -53,11 +53,40 @@ class Fp8GemmSpec:
     bias_dtype: torch.dtype | None
     program: tuple                # the epilogue program (i0 = the dequantized accumulator, i1 = bias, then residuals)
     attrs: tuple
-    residual_dtypes: tuple
+    residual_dtypes: tuple        # float, or float8_e4m3fn for an ``addq`` residual (dequantized in the program)
     out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
     persistent: bool
     k_const: int | None           # K as a compile-time constant (the interpreter's loops need it)
     q_out: bool = False           # also store the float result quantized to fp8 (a second output)
+    extras: tuple = ()            # the program's operands after acc/bias: residual j (int) or a constant (float)
+
+
+def epilogue_operands(spec, load) -> tuple[list[str], list[Operand]]:
+    """(lines loading the residual tiles, Operands of the program's inputs after acc and bias) for an fp8 kernel
+    ``spec`` (fields residual_dtypes, extras); ``load(j)`` is the expression of residual j's tile. An fp8
+    residual (an ``addq`` step's 8-bit input) is loaded as float32 codes; the program multiplies by its scale,
+    an inlined constant."""
+    lines = []
+    for j, dt in enumerate(spec.residual_dtypes):
+        cvt = ".to(tl.float32)" if dt == torch.float8_e4m3fn else \
+            "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
+        lines.append(f"e{j} = {load(j)}{cvt}")
+    ops = []
+    for e in spec.extras:
+        if isinstance(e, int):
+            dt = spec.residual_dtypes[e]
+            ops.append(Operand(f"e{e}", torch.float32 if dt == torch.float8_e4m3fn else dt))
+        else:
+            ops.append(Operand(repr(float(e)), torch.float32, float(e)))
+    return lines, ops
+
+
+def extra_operands(operands: list) -> tuple[list[int], tuple]:
+    """(layer inputs read as residuals, the spec's ``extras``) from an epilogue program's operand list."""
+    residuals = [r for r in operands if isinstance(r, int)]
+    extras = tuple(residuals.index(r) if isinstance(r, int) else float(r[1]) for r in operands
+                   if r not in ("y", "bias"))
+    return residuals, extras
 
 
 def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
@@ -89,10 +118,9 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
     if spec.bias_dtype:
         t.append(f"bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
         ops.append(Operand("bias", spec.bias_dtype))
-    for j, dt in enumerate(spec.residual_dtypes):
-        cvt = "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
-        t.append(f"e{j} = r{j}_desc.load([om, on]){cvt}")
-        ops.append(Operand(f"e{j}", dt))
+    lines, extra = epilogue_operands(spec, lambda j: f"r{j}_desc.load([om, on])")
+    t += lines
+    ops += extra
     last = "acc"
     if spec.program:
         lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
@@ -169,11 +197,9 @@ class Fp8GemmLaunch:
         self.bias = None if bias is None else bias.reshape(-1).contiguous()
         self.steps = list(steps)
         program, eattrs, self.operands = epilogue_program(self.steps, bias is not None)
-        if any(isinstance(r, tuple) for r in self.operands):
-            raise Unsupported("a scale:S epilogue step")
         self.program = tuple(program)
         self.eattrs = tuple(tuple(sorted(a.items())) for a in eattrs)
-        self.residuals = [r for r in self.operands if isinstance(r, int)]
+        self.residuals, self.extras = extra_operands(self.operands)
         self.out_scale = out_scale
         self._inv_out_scale = _reciprocal(out_scale)
         self.q_scale = q_scale
@@ -214,7 +240,7 @@ class Fp8GemmLaunch:
         res2 = []
         for r in residuals:
             r2 = r.reshape(m, self.n) if r.is_contiguous() else None
-            if r2 is None or not _tma_ok(r2) or r2.dtype not in FLOAT_OUT:
+            if r2 is None or not _tma_ok(r2) or r2.dtype not in FLOAT_OUT + (torch.float8_e4m3fn,):
                 raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants "
                                   "contiguous rows)")
             res2.append(r2)
@@ -224,7 +250,7 @@ class Fp8GemmLaunch:
             self.check_fits(out.element_size(), [r.element_size() for r in res2], x8.device)
         spec = Fp8GemmSpec(self.scale.numel() > 1, None if self.bias is None else self.bias.dtype, self.program,
                            self.eattrs, tuple(r.dtype for r in res2), out_dtype, not interp,
-                           self.k if interp else None, q is not None)
+                           self.k if interp else None, q is not None, self.extras)
         mod = cache.load(cache.digest("fp8_gemm", spec), lambda: fp8_gemm_source(spec))
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
