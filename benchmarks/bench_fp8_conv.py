@@ -51,10 +51,11 @@ SHAPES = {
     "s4_1x1_2048_512": (7, 2048, 512, 1, 1, 2),
     "s4_3x3": (7, 512, 512, 3, 1, 2),
 }
-TILES = {56: [(2, 8, 8), (1, 8, 16)], 28: [(8, 4, 4), (4, 4, 8), (2, 8, 8)], 14: [(32, 2, 2), (8, 2, 8), (2, 8, 8)],
-         7: [(16, 1, 8), (2, 8, 8)]}
-# (BLOCK_N, BLOCK_K, num_warps, num_stages)
-INNER = [(128, 128, 8, 4), (128, 64, 8, 4), (64, 64, 4, 4), (256, 128, 8, 3)]
+# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M]) of fp8_conv.CONFIGS plus candidates; the pixel
+# box is choose_tile's for the config's BLOCK_M
+INNER = [(128, 128, 8, 8, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4), (256, 128, 8, 8, 3), (64, 64, 8, 4, 6, 64),
+         (64, 64, 8, 8, 4, 256), (64, 64, 8, 4, 3), (128, 64, 8, 8, 4, 256), (64, 128, 8, 4, 4)]
+GEMM_EXTRA = [(128, 128, 64, 8, 8, 4), (256, 64, 64, 8, 4, 4), (128, 64, 128, 8, 4, 4), (64, 256, 64, 8, 4, 4)]
 OUT_SCALE = 0.05
 
 
@@ -91,12 +92,11 @@ def bench_shape(name: str, batch: int, iters: int, only_best: bool) -> list[dict
     rows.append(dict(shape=name, kind="cudnn fp16", config="", ms=ms, tflops=flops / ms / 1e9, ok=True, count=count))
     scale = sw.float()
     attrs = dict(pads=[pad] * 4, strides=[s, s])
-    cands = []
-    for tile in TILES[h // s]:
-        for bn, bk, warps, stages in INNER:
-            cands.append(("conv", (bn, bk, 8, warps, stages), tile))
+    from kiln.backends.triton.fp8_conv import choose_tile
+    oh = (h + 2 * pad - k) // s + 1
+    cands = [("conv", cfg, choose_tile(batch, oh, oh, cfg[5] if len(cfg) == 6 else 128)) for cfg in INNER]
     if k == 1 and s == 1:
-        cands += [("gemm", cfg, None) for cfg in GEMM_CONFIGS]
+        cands = [("gemm", cfg, None) for cfg in list(GEMM_CONFIGS) + GEMM_EXTRA]
     for kind, cfg, tile in cands:
         try:
             if kind == "conv":

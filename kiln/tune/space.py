@@ -90,6 +90,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("fp8_triton", {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
         ("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
         ("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
+        ("fp8_triton", {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
     ],
     ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
         ("torch", {}, "any", 0),
@@ -102,10 +103,13 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("fp8_conv", {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
         ("fp8_conv", {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
         ("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
+        ("fp8_conv", {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
+        ("fp8_conv", {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
         ("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
+        ("fp8_conv", {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
         # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
         ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
         ("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
@@ -115,6 +119,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("triton_qconv", {"config": [64, 128, 128, 8, 4, 4]}, "cuda", 4),
         ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
     ],
+    ("", "MaxPool"): [("torch", {}, "any", 0), ("triton_pool", {}, "cuda", 2)],  # backends/triton/pool.py
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
     ("", "LayerNormalization"): list(_ROWS),
@@ -390,6 +395,28 @@ def _triton_qconv(node, params, constants, device) -> Tactic:
 
 
 FACTORIES["triton_qconv"] = _triton_qconv
+
+
+def _triton_pool(node, params, constants, device) -> Tactic:
+    from ..backends import triton as kt
+    ok, why = kt.available(device)
+    if not ok:
+        raise NotApplicable(why)
+    if (node.domain, node.op_type) != ("", "MaxPool"):
+        raise NotApplicable("the Triton pool takes MaxPool")
+    if any(o is not None for o in node.outputs[1:]):
+        raise NotApplicable("the Indices output")
+    from ..backends.triton.ops import Unsupported
+    from ..backends.triton.pool import MaxPoolLayer
+    from ..ops import default_registry
+    try:
+        layer = MaxPoolLayer(node, default_registry().get("", "MaxPool").kernel)
+    except Unsupported as e:
+        raise NotApplicable(str(e)) from None
+    return Tactic(layer.name, layer)
+
+
+FACTORIES["triton_pool"] = _triton_pool
 
 
 # -- at engine load ---------------------------------------------------------------------------------------------

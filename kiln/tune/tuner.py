@@ -262,7 +262,10 @@ def input_specs(node, facts, constants: dict) -> list:
                 raise NotApplicable(f"input {v.name!r} has dtype {t.dtype}") from None
             if dt.is_complex:
                 raise NotApplicable("complex inputs")
-            out.append(InputSpec(tuple(t.shape), dt, cl and len(t.shape) == 4))
+            # channels-last where the layer wants it or its producer writes it (a convolution the layout
+            # pass marked): what the layer will receive in the engine
+            made_cl = v.producer is not None and bool(v.producer.attrs.get("channels_last"))
+            out.append(InputSpec(tuple(t.shape), dt, (cl or made_cl) and len(t.shape) == 4))
     return out
 
 

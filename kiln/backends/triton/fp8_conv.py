@@ -37,13 +37,15 @@ from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciproca
 from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
 
-# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); the tile's pixel shape follows the layer's output size
-# (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
+# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M = 128]); the tile's pixel box follows the
+# layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
 CONFIGS = [
     (128, 128, 8, 8, 4),
     (256, 128, 8, 8, 3),
     (64, 64, 8, 4, 4),
     (128, 64, 8, 8, 4),
+    (64, 64, 8, 8, 4, 256),   # stage 1's 3x3 (C = O = 64): 0.21 -> 0.14 ms
+    (128, 64, 8, 8, 4, 256),  # stage 2's 3x3
 ]
 INTERPRET_CONFIG = (32, 32, 4, 4, 1)
 INTERPRET_TILE = (2, 4, 4)
@@ -181,6 +183,9 @@ class Fp8ConvLaunch:
         if self.c % 16 or self.o % 16:
             raise Unsupported(f"C={self.c} and O={self.o} must be multiples of 16 (TMA's 16-byte rows)")
         self.config = tuple(int(v) for v in config)
+        if len(self.config) not in (5, 6):
+            raise Unsupported(f"config {self.config}: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M])")
+        self.block_m = self.config[5] if len(self.config) == 6 else 128
         bn, bk = self.config[:2]
         if self.c % bk and not interpreting():  # (the interpreter runs INTERPRET_CONFIG, BLOCK_K 32 or 16)
             raise Unsupported(f"C={self.c} is not a multiple of BLOCK_K={bk}")
@@ -203,7 +208,7 @@ class Fp8ConvLaunch:
         return (h + 2 * self.ph - self.kh) // s + 1, (w + 2 * self.pw - self.kw) // s + 1
 
     def check_fits(self, out_bytes: int, residual_bytes: list[int], device: torch.device, bm: int = 128) -> None:
-        bn, bk, _, _, stages = self.config
+        bn, bk, _, _, stages = self.config[:5]
         out_bytes += 1 if self.q_scale is not None else 0
         smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
         limit = _device_limits(_index(device))[1]
@@ -249,10 +254,10 @@ class Fp8ConvLaunch:
                 raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants it "
                                   f"channels-last, of the output's shape {list(out.shape)})")
         interp = interpreting()
-        bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config
+        bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config[:5]
         if interp and self.c % bk:
             bk = 16
-        bb, bh, bw = tile or (INTERPRET_TILE if interp else choose_tile(n, oh, ow))
+        bb, bh, bw = tile or (INTERPRET_TILE if interp else choose_tile(n, oh, ow, self.block_m))
         if not interp:
             self.check_fits(out.element_size(), [r.element_size() for r in residuals], x8.device, bb * bh * bw)
         spec = Fp8ConvSpec(self.stride == 2, None if self.bias is None else self.bias.dtype, self.program,

@@ -41,6 +41,7 @@ CONFIGS = [
     (128, 256, 128, 8, 8, 3),
     (256, 128, 128, 8, 8, 3),
     (128, 256, 64, 8, 8, 4),
+    (256, 64, 64, 8, 4, 4),  # N = 64 (ResNet-50 stage 1's 1x1 reductions): 0.087 -> 0.066 ms
 ]
 INTERPRET_CONFIG = (32, 32, 32, 4, 4, 1)
 FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)

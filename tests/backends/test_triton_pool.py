@@ -1,0 +1,85 @@
+"""The Triton max-pool (kiln/backends/triton/pool.py, tactic ``triton_pool``) on the CPU through
+TRITON_INTERPRET=1 against the MaxPool op's own kernel: window geometries, edges and padding, NaN, what it
+refuses; and its GPU form compiled for sm_90."""
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from kiln.backends.triton import aot  # noqa: E402
+from kiln.backends.triton.ops import Unsupported  # noqa: E402
+from kiln.backends.triton.pool import MaxPoolLayer, max_pool_source  # noqa: E402
+from kiln.ir.graph import Node, Value  # noqa: E402
+from kiln.ops import KernelContext, default_registry  # noqa: E402
+from kiln.tune import space  # noqa: E402
+
+CTX = KernelContext(opset=17, device=torch.device("cpu"))
+OWN = default_registry().get("", "MaxPool").kernel
+
+
+def node(**attrs):
+    return Node("MaxPool", [Value("x")], [Value("y")], attrs, name="pool")
+
+
+def nhwc(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("attrs,shape", [
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, (2, 70, 9, 11)),  # ResNet's stem pool
+    ({"kernel_shape": [2, 2], "strides": [2, 2]}, (1, 8, 6, 6)),
+    ({"kernel_shape": [3, 2], "strides": [1, 2], "pads": [1, 0, 1, 0]}, (3, 5, 7, 4)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_matches_the_op(attrs, shape, dtype):
+    n = node(**attrs)
+    layer = MaxPoolLayer(n, OWN)
+    x = nhwc(torch.randn(shape).to(dtype))
+    got = layer(CTX, [x], n.attrs)
+    want = OWN(CTX, [x], n.attrs)
+    assert not layer.fallbacks and got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+
+
+def test_nan_propagates_and_plain_layout_falls_back_counted():
+    n = node(kernel_shape=[2, 2], strides=[2, 2])
+    layer = MaxPoolLayer(n, OWN)
+    x = nhwc(torch.randn(1, 4, 4, 4))
+    x[0, 1, 0, 0] = float("nan")
+    got = layer(CTX, [x], n.attrs)
+    assert torch.isnan(got[0, 1, 0, 0]) and not torch.isnan(got).sum() > 1
+    plain = layer(CTX, [torch.randn(1, 4, 4, 4)], n.attrs)  # NCHW: the op's own kernel, counted
+    assert plain.shape == (1, 4, 2, 2) and layer.fallbacks == {"an input that is not channels-last": 1}
+
+
+@pytest.mark.parametrize("attrs,why", [
+    ({"kernel_shape": [3]}, "1-d"), ({"kernel_shape": [2, 2], "dilations": [2, 2]}, "dilations"),
+    ({"kernel_shape": [2, 2], "ceil_mode": 1}, "ceil_mode"), ({"kernel_shape": [2, 2], "pads": [0, 0, 1, 1]}, "asym"),
+    ({"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER"}, "auto_pad"),
+])
+def test_refuses(attrs, why):
+    with pytest.raises(Unsupported, match=why):
+        MaxPoolLayer(node(**attrs), OWN)
+
+
+def test_factory_and_space_row():
+    t = space.make(space.Choice("triton_pool"), node(kernel_shape=[2, 2]), {}, torch.device("cpu"))  # interpreter
+    assert t.name == "triton_max_pool"
+    two = Node("MaxPool", [Value("x")], [Value("y"), Value("i")], {"kernel_shape": [2, 2]}, name="p")
+    with pytest.raises(space.NotApplicable, match="Indices"):
+        space.make(space.Choice("triton_pool"), two, {}, torch.device("cpu"))
+    assert [c.name for c in space.candidates(two, torch.device("cuda"))] == ["torch", "triton_pool"]
+
+
+def test_sm90_source_compiles():
+    sig = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
+    sig.update({k: "i32" for k in ("P", "H", "W", "OH", "OW", "C", "sxn", "sxh", "sxw", "son", "soh", "sow")})
+    job = {"source": max_pool_source(False), "signature": sig, "num_warps": 4, "num_stages": 3,
+           "constexprs": dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK_P=32, BLOCK_C=64), "expect": ["ld.global"]}
+    assert aot.compile_in_subprocess([job]) == [""]
