@@ -40,11 +40,12 @@ def _format_for(node: Node, ctx: PassContext, explicit: dict) -> tuple[str | Non
         return None, "weights are not a float constant"
     if ctx.dtype(x) is not None and not ctx.dtype(x).is_float:
         return None, "input is not a float tensor"
-    if want is None and not explicit and cfg.is_cuda and node.op_type == "Conv" \
+    if want is None and not explicit and cfg.is_cuda and (cfg.fp16 or cfg.bf16) and node.op_type == "Conv" \
             and w.const.dim() == 4 and w.const.shape[1] < 16:
         # a network's first convolution (RGB: 3 channels): no 8-bit tensor-core kernel takes it, and quantized
-        # values through cuDNN's float16 convolution cost ~2x the float16 layer (ResNet-50's stem on the H200)
-        return None, f"{w.const.shape[1]} input channels: no 8-bit tensor-core kernel (kept in float)"
+        # values through cuDNN's float16 convolution cost ~2x the float16 layer (ResNet-50's stem on the H200).
+        # Only with float16/bfloat16 enabled: without, an INT8 engine quantizes the same layers on every device.
+        return None, f"{w.const.shape[1]} input channels: no 8-bit tensor-core kernel (kept in float16)"
     if explicit:
         if want is None and x.name not in explicit:
             return None, "the Q/DQ model does not quantize this layer's input"

@@ -117,3 +117,22 @@ def test_op_second_output_is_quantize_of_y_as_stored(dtype):
     y, yq = qconv(ctx, [x, wq, ws, b], {**attrs, "q_scale": 0.05, "q_zero_point": 0, "q_dtype": "fp8e4m3"})
     assert torch.equal(y, plain) and y.dtype == dtype
     assert torch.equal(yq.float(), quantize(y, 0.05, 0, "fp8e4m3").float())
+
+
+@pytest.mark.parametrize("fp16,device,kept", [(True, "cuda", True), (False, "cuda", False), (True, "cpu", False)])
+def test_first_convolution_stays_float16_on_cuda(fp16, device, kept):
+    """A 3-channel convolution has no 8-bit tensor-core kernel: with float16 enabled on CUDA it is not
+    quantized (and says why); without float16, or on the CPU, it is (the same layers on every device)."""
+    from kiln.build.config import BuilderConfig
+    from kiln.ir.graph import Node, Value
+    from kiln.passes.quantize_int8 import _format_for
+
+    class Ctx:
+        config = BuilderConfig(device=device, fp16=fp16, int8=True)
+
+        def dtype(self, v):
+            return None
+    w = Value("w", const=torch.randn(16, 3, 7, 7))
+    fmt, why = _format_for(Node("Conv", [Value("x"), w], [Value("y")], {}, name="stem", domain="kiln"), Ctx(), {})
+    assert (fmt is None) == kept
+    assert ("3 input channels" in why) == kept
