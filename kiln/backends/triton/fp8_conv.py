@@ -15,7 +15,9 @@ padding is TMA's zero fill of coordinates outside the tensor (negative ones incl
   parity folded into the channel coordinate (``(d % 2) * C + c0``).
 
 The output tile is BB images x BH rows x BW columns of output pixels (BLOCK_M = BB*BH*BW) by BLOCK_N output
-channels; the box is reshaped to [BLOCK_M, BLOCK_K] for the wgmma, and the output (and any residual) moves
+channels; the box is reshaped to [BLOCK_M, BLOCK_K] for the wgmma (Triton 3.6 lowers this reshape through
+registers: the wgmma reads A from registers, 2 LDS per K step; still 1.3-2x cuDNN fp16 on ResNet-50's 3x3
+layers on the H200, benchmarks/bench_fp8_conv.py), and the output (and any residual) moves
 as the [BB, BH, BW, BLOCK_N] box of the [N, OH, OW, O] view, which TMA clips at the edges. The weight is
 packed once, at build, into [O, KH*KW*C] (tap-major, channels contiguous: K-major as 8-bit wgmma wants).
 The kernel is persistent (one program per SM walks the tiles, grouped along M). Under TRITON_INTERPRET=1
