@@ -53,9 +53,12 @@ SHAPES = {
 }
 # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M]) of fp8_conv.CONFIGS plus candidates; the pixel
 # box is choose_tile's for the config's BLOCK_M
-INNER = [(128, 128, 8, 8, 4), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4), (256, 128, 8, 8, 3), (64, 64, 8, 4, 6, 64),
-         (64, 64, 8, 8, 4, 256), (64, 64, 8, 4, 3), (128, 64, 8, 8, 4, 256), (64, 128, 8, 4, 4)]
-GEMM_EXTRA = [(128, 128, 64, 8, 8, 4), (256, 64, 64, 8, 4, 4), (128, 64, 128, 8, 4, 4), (64, 256, 64, 8, 4, 4)]
+INNER = [(128, 128, 8, 8, 4), (256, 128, 8, 8, 3), (64, 64, 8, 4, 4), (128, 64, 8, 8, 4), (64, 64, 8, 8, 4, 256),
+         (128, 64, 8, 8, 4, 256),
+         # two programs per SM
+         (64, 64, 8, 8, 3, 256, 2), (128, 64, 8, 8, 3, 256, 2), (128, 128, 8, 8, 2, 128, 2), (64, 64, 8, 4, 4, 128, 2),
+         (256, 128, 8, 8, 2, 128, 2)]
+GEMM_EXTRA = [(128, 256, 64, 8, 8, 2, 2), (128, 128, 64, 8, 8, 2, 2), (128, 256, 128, 8, 8, 2, 2)]
 OUT_SCALE = 0.05
 
 
@@ -94,7 +97,7 @@ def bench_shape(name: str, batch: int, iters: int, only_best: bool) -> list[dict
     attrs = dict(pads=[pad] * 4, strides=[s, s])
     from kiln.backends.triton.fp8_conv import choose_tile
     oh = (h + 2 * pad - k) // s + 1
-    cands = [("conv", cfg, choose_tile(batch, oh, oh, cfg[5] if len(cfg) == 6 else 128)) for cfg in INNER]
+    cands = [("conv", cfg, choose_tile(batch, oh, oh, cfg[5] if len(cfg) >= 6 else 128)) for cfg in INNER]
     if k == 1 and s == 1:
         cands = [("gemm", cfg, None) for cfg in list(GEMM_CONFIGS) + GEMM_EXTRA]
     for kind, cfg, tile in cands:

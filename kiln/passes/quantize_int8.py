@@ -145,8 +145,9 @@ def _activation_params(graph: Graph, ctx: PassContext, chosen: dict[int, str], i
             del need[name]
     if need:
         smooth_w = _smoothing_candidates(graph, ctx, chosen, inputs_of, need)
-        cal = _calibration(graph, ctx, sorted(need), data, smooth_w)
-        for name, fmt in need.items():
+        shortcuts = _fp8_shortcut_outputs(graph, chosen, need)
+        cal = _calibration(graph, ctx, sorted(need), data, smooth_w, optional=sorted(shortcuts))
+        for name, fmt in list(need.items()) + [(n, "fp8e4m3") for n in shortcuts]:
             s = cal.scale(name, fmt)
             if s is not None:
                 sm = cal.smoothing.get(name) if name in smooth_w else None
@@ -154,6 +155,24 @@ def _activation_params(graph: Graph, ctx: PassContext, chosen: dict[int, str], i
     # Outputs of quantized layers that feed other quantized layers already have their scale (the reader's
     # input scale), so requantization needs nothing more.
     return params
+
+
+def _fp8_shortcut_outputs(graph: Graph, chosen: dict[int, str], need: dict[str, str]) -> set[str]:
+    """Outputs of fp8 layers read only as the residual (``add:I``) of other fp8 layers' epilogues, e.g. a ResNet
+    stage's downsample convolution: no layer quantizes them as its input, so they get a scale of their own
+    (optional: a calibration cache without them leaves them float), and the rewrite stores them in fp8."""
+    outputs = {id(v) for v in graph.outputs}
+    out = set()
+    for n in graph.nodes:
+        if chosen.get(n.meta.get("qid")) != "fp8e4m3" or not n.outputs or n.outputs[0] is None:
+            continue
+        y = n.outputs[0]
+        if id(y) in outputs or y.name in need or not y.uses:
+            continue
+        if all(s != 0 and chosen.get(u.meta.get("qid")) == "fp8e4m3" and u.attrs.get("epilogue", []).count(f"add:{s}") == 1
+               for u, s in y.uses):
+            out.add(y.name)
+    return out
 
 
 def _linear_only_inputs(graph: Graph, chosen: dict[int, str], inputs_of: dict[int, str]) -> set[str]:
@@ -191,8 +210,9 @@ def _smooth_factors(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> l
 
 
 def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data",
-                 smooth_w: dict[str, torch.Tensor] | None = None) -> Calibration:
-    """The scales of ``names``: from the cache when it has them all, else by running the data."""
+                 smooth_w: dict[str, torch.Tensor] | None = None, optional: list[str] = ()) -> Calibration:
+    """The scales of ``names`` (and of ``optional`` when calibrating anyway): from the cache when it has all of
+    ``names``, else by running the data."""
     cfg = ctx.config
     smooth_w = smooth_w or {}
     source = cfg.int8_calibrator
@@ -214,7 +234,8 @@ def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data",
             if name in x_max and x_max[name].shape == w_max.shape:
                 smoothing[name] = _smooth_factors(x_max[name], w_max, cfg.int8_smoothing)
                 multipliers[name] = 1.0 / torch.tensor(smoothing[name])
-    cal = calibrate(graph, batches, names, cfg.calibration_method, cfg.device, ctx.registry, multipliers)
+    cal = calibrate(graph, batches, list(names) + [n for n in optional if n not in names], cfg.calibration_method,
+                    cfg.device, ctx.registry, multipliers)
     cal.smoothing = smoothing
     ctx.notes.append(f"int8: calibrated {len(cal.scales)} tensors on {len(batches)} batches "
                      f"({cfg.calibration_method})")

@@ -91,6 +91,8 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
         ("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
         ("fp8_triton", {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
+        ("fp8_triton", {"config": [128, 128, 64, 8, 4, 2, 2]}, "cuda", 3),
+        ("fp8_triton", {"config": [256, 64, 64, 8, 4, 2, 2]}, "cuda", 3),
     ],
     ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
         ("torch", {}, "any", 0),
@@ -105,11 +107,14 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
         ("fp8_conv", {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
         ("fp8_conv", {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
+        ("fp8_conv", {"config": [64, 64, 8, 4, 4, 128, 2]}, "cuda", 2),
         ("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
         ("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
         ("fp8_conv", {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
+        ("fp8_conv", {"config": [128, 128, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
+        ("fp8_conv", {"config": [256, 64, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
         # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
         ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
         ("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),

@@ -15,9 +15,10 @@ from kiln.passes import pipeline
 rng = np.random.default_rng(1)
 
 
-def resnet_blocks(expose_block0: bool = False):
+def resnet_blocks(expose_block0: bool = False, downsample: bool = False):
     """stem conv -> relu -> [1x1 -> relu -> 3x3 -> relu -> 1x1 (+ block input) -> relu] x 2; with
-    ``expose_block0`` block 0's output is a model output too (a reader that wants float)."""
+    ``expose_block0`` block 0's output is a model output too (a reader that wants float); with ``downsample``
+    block 0's shortcut is a 1x1 convolution (read only by the residual add)."""
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     nodes, inits = [], []
 
@@ -35,6 +36,9 @@ def resnet_blocks(expose_block0: bool = False):
         conv(f"ar{i}", f"c{i}", 16, 16, 3, f"b{i}.conv2")
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"cr{i}"]))
         conv(f"cr{i}", f"d{i}", 16, 32, 1, f"b{i}.conv3")
+        if downsample and i == 0:
+            conv(h, "ds0", 32, 32, 1, "b0.downsample")
+            h = "ds0"
         nodes.append(helper.make_node("Add", [f"d{i}", h], [f"e{i}"]))
         nodes.append(helper.make_node("Relu", [f"e{i}"], [f"h{i + 1}"]))
     outs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 32, 8, 8])
@@ -69,6 +73,23 @@ def test_fp8_blocks_pass_fp8_between_them():
     got = engine.create_execution_context().infer(x)["h2"]
     reloaded = kiln.Engine.deserialize(engine.serialize())
     np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
+    assert cosine(got, kiln.build(model).create_execution_context().infer(x)["h2"]) > 0.99
+
+
+def test_downsample_output_is_fp8_with_its_own_scale(tmp_path):
+    """A shortcut convolution's output is read only by the residual add: it gets a scale of its own at
+    calibration (kept in the cache: a build from the cache alone is the same engine) and is stored in fp8."""
+    model, calib, x = resnet_blocks(downsample=True), data(), data(1)[0]
+    cache = tmp_path / "calib.json"
+    engine = kiln.build(model, fp8=True, int8_calibrator=calib, calibration_method="minmax",
+                        calibration_cache=str(cache))
+    kernels = {layer.name: layer.kernel for layer in engine.report.layers}
+    host = "b0.downsample" if "addq" in kernels["b0.downsample"] else "b0.conv3"  # the add fuses into one
+    residual = "b0.conv3" if host == "b0.downsample" else "b0.downsample"
+    assert "addq" in kernels[host] and "[requant out]" in kernels[residual], kernels
+    got = engine.create_execution_context().infer(x)["h2"]
+    again = kiln.build(model, fp8=True, calibration_cache=str(cache))  # no data: every scale from the cache
+    np.testing.assert_array_equal(again.create_execution_context().infer(x)["h2"], got)
     assert cosine(got, kiln.build(model).create_execution_context().infer(x)["h2"]) > 0.99
 
 

@@ -39,8 +39,8 @@ from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciproca
 from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
 
-# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M = 128]); the tile's pixel box follows the
-# layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
+# (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M = 128[, programs per SM = 1]]); the tile's
+# pixel box follows the layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
 CONFIGS = [
     (128, 128, 8, 8, 4),
     (256, 128, 8, 8, 3),
@@ -48,6 +48,7 @@ CONFIGS = [
     (128, 64, 8, 8, 4),
     (64, 64, 8, 8, 4, 256),   # stage 1's 3x3 (C = O = 64): 0.21 -> 0.14 ms
     (128, 64, 8, 8, 4, 256),  # stage 2's 3x3
+    (64, 64, 8, 4, 4, 128, 2),  # stage 1's 3x3, two programs per SM: 0.141 -> 0.127 ms
 ]
 INTERPRET_CONFIG = (32, 32, 4, 4, 1)
 INTERPRET_TILE = (2, 4, 4)
@@ -185,9 +186,11 @@ class Fp8ConvLaunch:
         if self.c % 16 or self.o % 16:
             raise Unsupported(f"C={self.c} and O={self.o} must be multiples of 16 (TMA's 16-byte rows)")
         self.config = tuple(int(v) for v in config)
-        if len(self.config) not in (5, 6):
-            raise Unsupported(f"config {self.config}: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M])")
-        self.block_m = self.config[5] if len(self.config) == 6 else 128
+        if len(self.config) not in (5, 6, 7):
+            raise Unsupported(f"config {self.config}: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M"
+                              "[, programs per SM]])")
+        self.block_m = self.config[5] if len(self.config) >= 6 else 128
+        self.per_sm = self.config[6] if len(self.config) == 7 else 1
         bn, bk = self.config[:2]
         if self.c % bk and not interpreting():  # (the interpreter runs INTERPRET_CONFIG, BLOCK_K 32 or 16)
             raise Unsupported(f"C={self.c} is not a multiple of BLOCK_K={bk}")
@@ -213,7 +216,7 @@ class Fp8ConvLaunch:
         bn, bk, _, _, stages = self.config[:5]
         out_bytes += 1 if self.q_scale is not None else 0
         smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
-        limit = _device_limits(_index(device))[1]
+        limit = _device_limits(_index(device))[1] // self.per_sm
         if smem > limit:
             raise Unsupported(f"config {self.config} needs ~{smem} bytes of shared memory, the GPU has {limit}")
 
@@ -269,7 +272,7 @@ class Fp8ConvLaunch:
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
         tiles = -(-n // bb) * -(-oh // bh) * -(-ow // bw) * -(-self.o // bn)
-        sms = tiles if interp else _device_limits(_index(x8.device))[0]
+        sms = tiles if interp else _device_limits(_index(x8.device))[0] * self.per_sm  # persistent programs
         grid = (tiles if interp else min(sms, tiles),)
         extra = [self.scale] + ([self.bias] if self.bias is not None else [])
         mod.kernel[grid](self._x_desc(x8, (bb, bh, bw, bk)), self._w_desc[1], _box_view(out, [bb, bh, bw, bn]),

@@ -34,14 +34,18 @@ from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): the best of each BERT-base / ResNet-50 1x1
-# shape on the H200 (benchmarks/bench_fp8_gemm.py)
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, programs per SM = 1]): the best of each
+# BERT-base / ResNet-50 1x1 shape on the H200 (benchmarks/bench_fp8_gemm.py, benchmarks/bench_fp8_conv.py)
 CONFIGS = [
     (128, 128, 128, 8, 8, 4),
     (128, 256, 128, 8, 8, 3),
     (256, 128, 128, 8, 8, 3),
     (128, 256, 64, 8, 8, 4),
     (256, 64, 64, 8, 4, 4),  # N = 64 (ResNet-50 stage 1's 1x1 reductions): 0.087 -> 0.066 ms
+    # two programs per SM: one's epilogue overlaps the other's loads where K is one tile (ResNet-50 stage 1's
+    # 64 -> 256 expansion: 0.122 -> 0.099 ms)
+    (128, 128, 64, 8, 4, 2, 2),
+    (256, 64, 64, 8, 4, 2, 2),
 ]
 INTERPRET_CONFIG = (32, 32, 32, 4, 4, 1)
 FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
@@ -206,16 +210,20 @@ class Fp8GemmLaunch:
         self.q_scale = q_scale
         self._inv_q_scale = _reciprocal(q_scale)
         self.config = tuple(int(v) for v in config)
+        if len(self.config) not in (6, 7):
+            raise Unsupported(f"config {self.config}: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages"
+                              "[, programs per SM])")
+        self.per_sm = self.config[6] if len(self.config) == 7 else 1
         self._scale_value = float(self.scale[0]) if self.scale.numel() == 1 else 1.0
         self._w_desc = None
 
     def check_fits(self, out_bytes: int, residual_bytes: list[int], device: torch.device) -> None:
         """Unsupported when the config's shared memory (the pipeline's operand tiles, plus the output and
         residual tiles TMA stages) exceeds what one block may use on ``device``."""
-        bm, bn, bk, _, _, stages = self.config
+        bm, bn, bk, _, _, stages = self.config[:6]
         out_bytes += 1 if self.q_scale is not None else 0
         smem = stages * (bm + bn) * bk + bm * bn * (out_bytes + sum(residual_bytes))
-        limit = _device_limits(_index(device))[1]
+        limit = _device_limits(_index(device))[1] // self.per_sm
         if smem > limit:
             raise Unsupported(f"config {self.config} needs ~{smem} bytes of shared memory, the GPU has {limit}")
 
@@ -246,7 +254,7 @@ class Fp8GemmLaunch:
                                   "contiguous rows)")
             res2.append(r2)
         interp = interpreting()
-        bm, bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config
+        bm, bn, bk, gm, warps, stages = INTERPRET_CONFIG if interp else self.config[:6]
         if not interp:
             self.check_fits(out.element_size(), [r.element_size() for r in res2], x8.device)
         spec = Fp8GemmSpec(self.scale.numel() > 1, None if self.bias is None else self.bias.dtype, self.program,
@@ -256,7 +264,7 @@ class Fp8GemmLaunch:
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))
         tiles = -(-m // bm) * -(-self.n // bn)
-        sms = tiles if interp else _device_limits(_index(x8.device))[0]
+        sms = tiles if interp else _device_limits(_index(x8.device))[0] * self.per_sm  # persistent programs
         grid = (tiles if interp else min(sms, tiles),)
         extra = ([self.scale] if spec.per_channel else []) + ([self.bias] if self.bias is not None else [])
         mod.kernel[grid](_descriptor(x8, [bm, bk]), self._w_desc[1], _descriptor(out, [bm, bn]), *extra,
