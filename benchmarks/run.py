@@ -3,6 +3,7 @@
     python benchmarks/run.py                                  # CPU: Kiln vs PyTorch eager vs onnxruntime
     python benchmarks/run.py --device cuda --fp16             # GPU: Kiln vs eager vs torch.compile
     python benchmarks/run.py --models resnet50 --batches 1,256 --json out.json
+    python benchmarks/run.py --device cuda --fp16 --quant fp8 --models resnet50 --batches 256   # FP8 (+fp16) engine
 
 Models come from benchmarks/models.py (random weights), exported with torch.onnx.export (TorchScript
 exporter). Latency: median over --iters runs after warm-up, CUDA events on the GPU. Kiln's engines are
@@ -96,7 +97,8 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     names = list(axes)
     dtype = torch.float16 if args.fp16 else torch.float32
     dev_inputs = tuple(x.to(device) for x in inputs)
-    row: dict = {"model": name + (" (torchvision)" if built else ""), "batch": batch, "device": device, "precision": "fp16" if args.fp16 else "fp32",
+    row: dict = {"model": name + (" (torchvision)" if built else ""), "batch": batch, "device": device,
+                 "precision": (args.quant + "+" if args.quant else "") + ("fp16" if args.fp16 else "fp32"),
                  "export_s": round(export_s, 2)}
 
     # PyTorch eager (the reference output too).
@@ -113,9 +115,13 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
 
     # Kiln.
     shapes = {n: tuple(x.shape) for n, x in zip(names, inputs)}
+    quant = {}
+    if args.quant:  # MinMax calibration on a few random batches (speed, not accuracy on real data)
+        calib = [dict(zip(names, (x.numpy() for x in sample(max(1, batch // 8), size, g)))) for _ in range(4)]
+        quant = {args.quant: True, "int8_calibrator": calib, "calibration_method": "minmax"}
     config = kiln.BuilderConfig(device=device, fp16=args.fp16, profiles=(kiln.Profile.fixed(shapes),),
                                 timing_cache=str(workdir / "timing.cache") if args.timing_cache else None,
-                                optimization_level=args.opt_level, tuning_budget_s=args.tuning_budget)
+                                optimization_level=args.opt_level, tuning_budget_s=args.tuning_budget, **quant)
     t0 = time.perf_counter()
     engine = kiln.build(path, config)
     row["kiln_build_s"] = round(time.perf_counter() - t0, 2)
@@ -190,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tuning-budget", type=float, help="BuilderConfig.tuning_budget_s")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--quant", choices=["int8", "fp8"], help="build Kiln's engine with INT8 / FP8 layers (MinMax "
+                    "calibration on random batches; with --fp16 the other layers run fp16)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every runtime (0: torch's default)")

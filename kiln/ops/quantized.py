@@ -3,6 +3,8 @@
 - ``kiln::QLinear(X, Wq[N,K], w_scale[N], B?[N], extra...)``: like kiln::Linear with an 8-bit weight.
 - ``kiln::QConv(X, Wq[O,C/g,*k], w_scale[O], B?[O], extra...)``: like kiln::Conv (ONNX conv attributes).
 - ``kiln::FakeQuant(X){scale, zero_point, dtype}``: a model's Q/DQ pair that no quantized layer absorbed.
+- ``kiln::MaxPoolQuantize(X){MaxPool's attributes, q_scale, q_zero_point, q_dtype}``: quantize(MaxPool(X)), for
+  a pool whose readers all quantize its output (kiln/passes/quantize_outputs.py).
 - ``kiln::LayerNormQuantize(X, scale, B?){axis, epsilon, q_scale, q_zero_point, q_dtype} -> (Y, Yq)``: a
   LayerNormalization that also writes Y quantized, for the quantized layers reading Y (their
   ``input_quantized``); made by kiln/passes/quantize_norms.py. Yq = quantize(Y) of Y in its own type.
@@ -148,6 +150,18 @@ def layer_norm_quantize(ctx: KernelContext, inputs: list, attrs: dict) -> tuple[
     if y.device.type == "meta":
         return y, torch.empty(y.shape, dtype=STORAGE[attrs["q_dtype"]], device=y.device)
     return y, quantize(y, float(attrs["q_scale"]), int(attrs.get("q_zero_point", 0)), attrs["q_dtype"])
+
+
+@ops.op("MaxPoolQuantize", domain="kiln")
+def max_pool_quantize(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
+    """MaxPool (its ONNX attributes) of x, quantized (q_scale / q_zero_point / q_dtype): made where every reader
+    of the pool quantizes its output (kiln/passes/quantize_outputs.py)."""
+    from .pool import max_pool
+    pool_attrs = {k: v for k, v in attrs.items() if not k.startswith("q_")}
+    y = max_pool(ctx, inputs, pool_attrs)
+    if y.device.type == "meta":
+        return torch.empty(y.shape, dtype=STORAGE[attrs["q_dtype"]], device=y.device)
+    return quantize(y, float(attrs["q_scale"]), int(attrs.get("q_zero_point", 0)), attrs["q_dtype"])
 
 
 # -- GEMM ------------------------------------------------------------------------------------------------

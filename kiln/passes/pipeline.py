@@ -27,7 +27,7 @@ from .symbolic_shapes import simplify_symbolic_shapes
 from .precision import lower_precision
 from .quantize_int8 import quantize_int8
 from .quantize_norms import quantize_norm_outputs
-from .quantize_outputs import quantize_layer_outputs
+from .quantize_outputs import quantize_layer_outputs, quantize_pool_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
@@ -90,6 +90,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     # Quantize where the data is made: LayerNorms and fp8 layers write the 8-bit copy their quantized readers take.
     Pass("quantize_norm_outputs", quantize_norm_outputs),
     Pass("quantize_layer_outputs", quantize_layer_outputs),
+    Pass("quantize_pool_outputs", quantize_pool_outputs),
     Pass("choose_layout", choose_layout),
 )
 

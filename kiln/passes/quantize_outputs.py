@@ -14,11 +14,16 @@ Which producers: kiln::QConv / QLinear with fp8 X and a float output (the fp8 ke
 ``fp8_triton``, store the copy). Which readers switch: as for the LayerNorm's copy (quantize_norms.py),
 kiln::QLinear / QConv at input 0, fp8, static per-tensor scale; the group with the most readers wins.
 Runs after the precision passes, so Y's type is final.
+
+``quantize_pool_outputs``: a MaxPool whose readers all quantize its output the same way (fp8; ResNet's stem
+pool, read by the first block's 1x1 and shortcut convolutions) becomes ``kiln::MaxPoolQuantize`` and writes the
+codes once (quantization is monotonic: the max of the codes is the code of the max), instead of a float output
+and one quantize pass per reader.
 """
 from __future__ import annotations
 
 from ..ir.dtype import DType
-from ..ir.graph import Graph, Value
+from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
 from .context import PassContext
 from .quantize_norms import Q_DTYPES, reader_key
@@ -56,3 +61,41 @@ def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
     if changed:
         ctx.invalidate()
     return changed
+
+
+def quantize_pool_outputs(graph: Graph, ctx: PassContext) -> bool:
+    outputs = {id(v) for v in graph.outputs}
+    changed = False
+    for n in graph.nodes:
+        if n.domain or n.op_type != "MaxPool" or len([o for o in n.outputs if o is not None]) != 1:
+            continue
+        y = n.outputs[0]
+        if id(y) in outputs or not y.uses or ctx.dtype(y) not in (DType.FLOAT16, DType.BFLOAT16, DType.FLOAT):
+            continue
+        keys = {reader_key(reader, slot) for reader, slot in y.uses}
+        if len(keys) != 1 or None in keys:
+            continue
+        scale, zero_point, q_dtype = keys.pop()
+        if q_dtype != "fp8e4m3" or zero_point:
+            continue
+        y_dtype = ctx.dtype(y)
+        readers = _readers(y)
+        n.op_type, n.domain = "MaxPoolQuantize", "kiln"
+        n.attrs.update(q_scale=scale, q_zero_point=0, q_dtype=q_dtype)
+        y.type = TensorType(Q_DTYPES[q_dtype], ctx.shape(y))
+        for reader in readers:
+            reader.attrs["input_quantized"] = 1
+            reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+        ctx.count("quantize_pool_outputs", len(readers))
+        changed = True
+    if changed:
+        ctx.invalidate()
+    return changed
+
+
+def _readers(v: Value) -> list[Node]:
+    out: list[Node] = []
+    for reader, _ in v.uses:
+        if reader not in out:
+            out.append(reader)
+    return out

@@ -125,6 +125,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
     ],
     ("", "MaxPool"): [("torch", {}, "any", 0), ("triton_pool", {}, "cuda", 2)],  # backends/triton/pool.py
+    ("kiln", "MaxPoolQuantize"): [("torch", {}, "any", 0), ("triton_pool", {}, "cuda", 2)],
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
     ("", "LayerNormalization"): list(_ROWS),
@@ -407,15 +408,15 @@ def _triton_pool(node, params, constants, device) -> Tactic:
     ok, why = kt.available(device)
     if not ok:
         raise NotApplicable(why)
-    if (node.domain, node.op_type) != ("", "MaxPool"):
-        raise NotApplicable("the Triton pool takes MaxPool")
+    if (node.domain or "", node.op_type) not in (("", "MaxPool"), ("kiln", "MaxPoolQuantize")):
+        raise NotApplicable("the Triton pool takes MaxPool / kiln::MaxPoolQuantize")
     if any(o is not None for o in node.outputs[1:]):
         raise NotApplicable("the Indices output")
     from ..backends.triton.ops import Unsupported
     from ..backends.triton.pool import MaxPoolLayer
     from ..ops import default_registry
     try:
-        layer = MaxPoolLayer(node, default_registry().get("", "MaxPool").kernel)
+        layer = MaxPoolLayer(node, default_registry().get(node.domain or "", node.op_type).kernel)
     except Unsupported as e:
         raise NotApplicable(str(e)) from None
     return Tactic(layer.name, layer)

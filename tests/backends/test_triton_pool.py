@@ -47,6 +47,20 @@ def test_matches_the_op(attrs, shape, dtype):
     assert torch.equal(got, want)
 
 
+def test_fp8_output_of_max_pool_quantize():
+    from kiln.ops.quantized import max_pool_quantize
+    from kiln.tune.tuner import _quantized_mismatch
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "q_scale": 0.02, "q_zero_point": 0,
+             "q_dtype": "fp8e4m3"}
+    n = Node("MaxPoolQuantize", [Value("x")], [Value("y")], attrs, name="pq", domain="kiln")
+    layer = MaxPoolLayer(n, max_pool_quantize)
+    x = nhwc(torch.randn(2, 16, 9, 9).half() * 3)
+    got = layer(CTX, [x], attrs)
+    want = max_pool_quantize(CTX, [x], attrs)
+    assert not layer.fallbacks and got.dtype == want.dtype == torch.float8_e4m3fn and layer.name.endswith("[fp8 out]")
+    assert _quantized_mismatch(got, want) is None
+
+
 def test_nan_propagates_and_plain_layout_falls_back_counted():
     n = node(kernel_shape=[2, 2], strides=[2, 2])
     layer = MaxPoolLayer(n, OWN)
@@ -77,9 +91,13 @@ def test_factory_and_space_row():
     assert [c.name for c in space.candidates(two, torch.device("cuda"))] == ["torch", "triton_pool"]
 
 
-def test_sm90_source_compiles():
-    sig = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
-    sig.update({k: "i32" for k in ("P", "H", "W", "OH", "OW", "C", "sxn", "sxh", "sxw", "son", "soh", "sow")})
-    job = {"source": max_pool_source(False), "signature": sig, "num_warps": 4, "num_stages": 3,
-           "constexprs": dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK_P=32, BLOCK_C=64), "expect": ["ld.global"]}
-    assert aot.compile_in_subprocess([job]) == [""]
+def test_sm90_sources_compile():
+    jobs = []
+    for fp8 in (False, True):
+        sig = {"x_ptr": "*fp16", "out_ptr": "*fp8e4nv" if fp8 else "*fp16"}
+        sig.update({k: "i32" for k in ("P", "H", "W", "OH", "OW", "C", "sxn", "sxh", "sxw", "son", "soh", "sow")})
+        sig["inv_q_scale"] = "fp32"
+        jobs.append({"source": max_pool_source(False, fp8), "signature": sig, "num_warps": 4, "num_stages": 3,
+                     "constexprs": dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK_P=32, BLOCK_C=64),
+                     "expect": ["ld.global"] + (["e4m3"] if fp8 else [])})
+    assert aot.compile_in_subprocess(jobs) == ["", ""]

@@ -15,10 +15,11 @@ from kiln.passes import pipeline
 rng = np.random.default_rng(1)
 
 
-def resnet_blocks(expose_block0: bool = False, downsample: bool = False):
+def resnet_blocks(expose_block0: bool = False, downsample: bool = False, pool: bool = False):
     """stem conv -> relu -> [1x1 -> relu -> 3x3 -> relu -> 1x1 (+ block input) -> relu] x 2; with
     ``expose_block0`` block 0's output is a model output too (a reader that wants float); with ``downsample``
-    block 0's shortcut is a 1x1 convolution (read only by the residual add)."""
+    block 0's shortcut is a 1x1 convolution (read only by the residual add); with ``pool`` a 3x3 stride-2
+    max-pool follows the stem."""
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     nodes, inits = [], []
 
@@ -28,7 +29,10 @@ def resnet_blocks(expose_block0: bool = False, downsample: bool = False):
         nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], pads=[k // 2] * 4, name=name))
 
     conv("x", "s", 3, 32, 3, "stem")
-    nodes.append(helper.make_node("Relu", ["s"], ["h0"]))
+    nodes.append(helper.make_node("Relu", ["s"], ["sr" if pool else "h0"]))
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["sr"], ["h0"], kernel_shape=[3, 3], strides=[2, 2],
+                                      pads=[1, 1, 1, 1], name="pool"))
     for i in range(2):
         h = f"h{i}"
         conv(h, f"a{i}", 32, 16, 1, f"b{i}.conv1")
@@ -41,7 +45,8 @@ def resnet_blocks(expose_block0: bool = False, downsample: bool = False):
             h = "ds0"
         nodes.append(helper.make_node("Add", [f"d{i}", h], [f"e{i}"]))
         nodes.append(helper.make_node("Relu", [f"e{i}"], [f"h{i + 1}"]))
-    outs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 32, 8, 8])
+    side = 4 if pool else 8
+    outs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, [2, 32, side, side])
             for h in (["h2", "h1"] if expose_block0 else ["h2"])]
     g = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
                           outs, inits)
@@ -91,6 +96,21 @@ def test_downsample_output_is_fp8_with_its_own_scale(tmp_path):
     again = kiln.build(model, fp8=True, calibration_cache=str(cache))  # no data: every scale from the cache
     np.testing.assert_array_equal(again.create_execution_context().infer(x)["h2"], got)
     assert cosine(got, kiln.build(model).create_execution_context().infer(x)["h2"]) > 0.99
+
+
+def test_pool_read_only_by_fp8_convolutions_writes_fp8(monkeypatch):
+    """The stem's max-pool, read by block 0's 1x1 and shortcut convolutions, writes their fp8 input itself
+    (kiln::MaxPoolQuantize): the same codes as the readers' own quantization."""
+    model, calib, x = resnet_blocks(downsample=True, pool=True), data(), data(1)[0]
+    engine = build(model, calib)
+    assert engine.report.fusions.get("quantize_pool_outputs") == 2
+    assert "kiln::MaxPoolQuantize" in {layer.op for layer in engine.report.layers}
+    got = engine.create_execution_context().infer(x)["h2"]
+    reloaded = kiln.Engine.deserialize(engine.serialize())
+    np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
+    plain = build(model, calib, "quantize_pool_outputs", monkeypatch)
+    assert "MaxPool" in {layer.op for layer in plain.report.layers}
+    np.testing.assert_array_equal(got, plain.create_execution_context().infer(x)["h2"])
 
 
 def test_block_output_read_in_float_gets_an_fp8_copy(monkeypatch):

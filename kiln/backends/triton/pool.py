@@ -5,13 +5,17 @@ Why: torch's channels-last max-pool kernel took 0.83 ms for ResNet-50's stem poo
 ~0.1 ms of memory traffic. Here a program takes BLOCK_P output pixels by BLOCK_C channels: each window tap is
 one [BLOCK_P, BLOCK_C] load of contiguous channel runs (padding reads -inf), and the max keeps NaN as torch
 does. Neighbouring windows overlap (3x3 stride 2 reads each input pixel ~2.25 times); L2 serves the repeats.
-Takes float inputs, no dilation, ceil_mode 0, one output (no Indices).
+Takes float inputs, no dilation, ceil_mode 0, one output (no Indices). For ``kiln::MaxPoolQuantize`` (made by
+kiln/passes/quantize_outputs.py where every reader quantizes the pool's output to fp8) it stores the fp8 codes
+of the max instead: quantization is monotonic, so that is the max of the codes the readers would compute.
 """
 from __future__ import annotations
 
 import torch
 
 from . import cache
+from .codegen import prelude, to_fp8_source
+from .fp8_gemm import _reciprocal
 from .launch import interpreting
 from .layers import TritonLayer
 from .ops import Unsupported
@@ -19,14 +23,15 @@ from .ops import Unsupported
 BLOCK_P, BLOCK_C = 32, 64
 
 
-def max_pool_source(interpret: bool) -> str:
-    del interpret  # the same text under the interpreter
-    return '''import triton
-import triton.language as tl
+def max_pool_source(interpret: bool, fp8_out: bool = False) -> str:
+    store = "_to_fp8(acc * inv_q_scale)" if fp8_out else "acc.to(out_ptr.dtype.element_ty)"
+    head = prelude({"_rint"} if fp8_out and interpret else set(), interpret) + \
+        (to_fp8_source(interpret) if fp8_out else [])
+    return "\n".join(head) + '''
 
 
 @triton.jit
-def kiln_max_pool(x_ptr, out_ptr, P, H, W, OH, OW, C, sxn, sxh, sxw, son, soh, sow,
+def kiln_max_pool(x_ptr, out_ptr, P, H, W, OH, OW, C, sxn, sxh, sxw, son, soh, sow, inv_q_scale,
                   KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr,
                   PW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     rp = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -46,18 +51,20 @@ def kiln_max_pool(x_ptr, out_ptr, P, H, W, OH, OW, C, sxn, sxh, sxw, son, soh, s
             v = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + rc[None, :], mask=ok[:, None] & c_ok,
                         other=float("-inf")).to(tl.float32)
             acc = tl.where((v > acc) | (v != v), v, acc)
-    tl.store(out_ptr + (n * son + oh * soh + ow * sow)[:, None] + rc[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=p_ok[:, None] & c_ok)
+    tl.store(out_ptr + (n * son + oh * soh + ow * sow)[:, None] + rc[None, :], STORE, mask=p_ok[:, None] & c_ok)
 
 
 kernel = kiln_max_pool
-'''
+'''.replace("STORE", store)
 
 
 class MaxPoolLaunch:
     """One MaxPool layer's kernel (geometry bound at build from the node's attributes)."""
 
     def __init__(self, attrs: dict):
+        self.q_scale = float(attrs["q_scale"]) if "q_scale" in attrs else None
+        if self.q_scale is not None and (attrs.get("q_dtype") != "fp8e4m3" or int(attrs.get("q_zero_point", 0))):
+            raise Unsupported(f"a {attrs.get('q_dtype')} output (fp8 only)")
         kernel = [int(k) for k in attrs.get("kernel_shape", [])]
         if len(kernel) != 2:
             raise Unsupported(f"a {len(kernel)}-d pool (2-d only)")
@@ -81,17 +88,19 @@ class MaxPoolLaunch:
             raise Unsupported("an input that is not channels-last")
         n, c, h, w = x.shape
         oh, ow = (h + 2 * self.ph - self.kh) // self.sh + 1, (w + 2 * self.pw - self.kw) // self.sw + 1
-        out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        dtype = x.dtype if self.q_scale is None else torch.float8_e4m3fn
+        out = torch.empty((n, c, oh, ow), dtype=dtype, device=x.device, memory_format=torch.channels_last)
         p = n * oh * ow
         if out.numel() == 0:
             return out
         if x.numel() >= 2 ** 31:
             raise Unsupported("more than 2**31 elements (32-bit offsets)")
         interp = interpreting()
-        mod = cache.load(cache.digest("max_pool", interp), lambda: max_pool_source(interp))
+        fp8 = self.q_scale is not None
+        mod = cache.load(cache.digest("max_pool", interp, fp8), lambda: max_pool_source(interp, fp8))
         grid = (-(-p // BLOCK_P), -(-c // BLOCK_C))
         mod.kernel[grid](x, out, p, h, w, oh, ow, c, x.stride(0), x.stride(2), x.stride(3),
-                         out.stride(0), out.stride(2), out.stride(3), KH=self.kh, KW=self.kw, SH=self.sh,
+                         out.stride(0), out.stride(2), out.stride(3), _reciprocal(self.q_scale), KH=self.kh, KW=self.kw, SH=self.sh,
                          SW=self.sw, PH=self.ph, PW=self.pw, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
         return out
 
@@ -104,7 +113,7 @@ class MaxPoolLayer(TritonLayer):
     def __init__(self, node, fallback):
         super().__init__(node, fallback)
         self.launch = MaxPoolLaunch(node.attrs)
-        self.name = "triton_max_pool"
+        self.name = "triton_max_pool" + ("[fp8 out]" if self.launch.q_scale is not None else "")
 
     def run(self, ctx, inputs, attrs, out):
         if out is not None:
