@@ -169,8 +169,8 @@ def _fp8_shortcut_outputs(graph: Graph, chosen: dict[int, str], need: dict[str, 
         y = n.outputs[0]
         if id(y) in outputs or y.name in need or not y.uses:
             continue
-        if all(s != 0 and chosen.get(u.meta.get("qid")) == "fp8e4m3" and u.attrs.get("epilogue", []).count(f"add:{s}") == 1
-               for u, s in y.uses):
+        if all(s != 0 and chosen.get(u.meta.get("qid")) == "fp8e4m3"
+               and u.attrs.get("epilogue", []).count(f"add:{s}") == 1 for u, s in y.uses):
             out.add(y.name)
     return out
 

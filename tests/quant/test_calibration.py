@@ -31,7 +31,9 @@ def test_percentile_of_uniform():
 
 @pytest.mark.parametrize("method", ["entropy", "entropy2"])
 def test_entropy_clips_a_dense_tail(method):
-    x = torch.distributions.Laplace(0.0, 1.0).sample((400000,))
+    with torch.random.fork_rng():  # a fixed sample: the global generator's state depends on the tests before
+        torch.manual_seed(0)
+        x = torch.distributions.Laplace(0.0, 1.0).sample((400000,))
     amax = compute_amax(observed(x), method)
     assert 4 < amax < 0.95 * float(x.abs().max()), amax
 

@@ -16,6 +16,9 @@ def w(*shape):
 
 
 def mlp():
+    """The same weights whichever tests ran before it (pytest-xdist schedules them differently from run to run)."""
+    global rng
+    rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["m1"], name="fc1"), helper.make_node("Add", ["m1", "b1"], ["a1"]),
              helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
              helper.make_node("MatMul", ["r1", "W2"], ["m2"], name="fc2"),

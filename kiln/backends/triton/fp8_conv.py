@@ -40,7 +40,8 @@ from .launch import interpreting
 from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
 
 # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M = 128[, programs per SM = 1]]); the tile's
-# pixel box follows the layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the H200 (benchmarks/bench_fp8_conv.py).
+# pixel box follows the layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the
+# H200 (benchmarks/bench_fp8_conv.py).
 CONFIGS = [
     (128, 128, 8, 8, 4),
     (256, 128, 8, 8, 3),

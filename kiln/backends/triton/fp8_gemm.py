@@ -268,7 +268,8 @@ class Fp8GemmLaunch:
         grid = (tiles if interp else min(sms, tiles),)
         extra = ([self.scale] if spec.per_channel else []) + ([self.bias] if self.bias is not None else [])
         mod.kernel[grid](_descriptor(x8, [bm, bk]), self._w_desc[1], _descriptor(out, [bm, bn]), *extra,
-                         *[_descriptor(r, [bm, bn]) for r in res2], *([_descriptor(q, [bm, bn])] if q is not None else []),
+                         *[_descriptor(r, [bm, bn]) for r in res2],
+                         *([_descriptor(q, [bm, bn])] if q is not None else []),
                          m, self.n, self.k, self._scale_value, self._inv_out_scale, self._inv_q_scale,
                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, NUM_SMS=sms,
                          num_warps=warps, num_stages=stages)

@@ -100,7 +100,8 @@ class MaxPoolLaunch:
         mod = cache.load(cache.digest("max_pool", interp, fp8), lambda: max_pool_source(interp, fp8))
         grid = (-(-p // BLOCK_P), -(-c // BLOCK_C))
         mod.kernel[grid](x, out, p, h, w, oh, ow, c, x.stride(0), x.stride(2), x.stride(3),
-                         out.stride(0), out.stride(2), out.stride(3), _reciprocal(self.q_scale), KH=self.kh, KW=self.kw, SH=self.sh,
+                         out.stride(0), out.stride(2), out.stride(3), _reciprocal(self.q_scale),
+                         KH=self.kh, KW=self.kw, SH=self.sh,
                          SW=self.sw, PH=self.ph, PW=self.pw, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
         return out
 
