@@ -31,6 +31,16 @@ def reader_key(node: Node, slot: int) -> tuple | None:
     return float(a["x_scale"]), int(a.get("x_zero_point", 0)), a["x_dtype"]
 
 
+def switch_readers(readers: list[Node], yq: Value | None, y_dtype: DType) -> None:
+    """The quantized readers of Y read ``yq`` (Y's quantized copy; None: Y itself became quantized) as is. Their
+    float output type came from X's; it stays Y's type."""
+    for reader in readers:
+        if yq is not None:
+            reader.set_input(0, yq)
+        reader.attrs["input_quantized"] = 1
+        reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+
+
 def quantize_norm_outputs(graph: Graph, ctx: PassContext) -> bool:
     changed = False
     for n in graph.nodes:
@@ -58,11 +68,7 @@ def quantize_norm_outputs(graph: Graph, ctx: PassContext) -> bool:
         n.outputs = [y, yq]
         n.op_type, n.domain = "LayerNormQuantize", "kiln"
         n.attrs.update(q_scale=scale, q_zero_point=zero_point, q_dtype=q_dtype)
-        for reader in readers:
-            reader.set_input(0, yq)
-            reader.attrs["input_quantized"] = 1
-            # the float output type came from X's; it stays Y's type
-            reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+        switch_readers(readers, yq, y_dtype)
         ctx.count(f"quantize_norm_outputs:{q_dtype}", len(readers))
         changed = True
     if changed:

@@ -23,10 +23,10 @@ and one quantize pass per reader.
 from __future__ import annotations
 
 from ..ir.dtype import DType
-from ..ir.graph import Graph, Node, Value
+from ..ir.graph import Graph, Value
 from ..ir.types import TensorType
 from .context import PassContext
-from .quantize_norms import Q_DTYPES, reader_key
+from .quantize_norms import Q_DTYPES, reader_key, switch_readers
 
 
 def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
@@ -52,10 +52,7 @@ def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
         yq.producer, yq.index = n, 1
         n.outputs = [y, yq]
         a.update(q_scale=scale, q_zero_point=zero_point, q_dtype=q_dtype)
-        for reader in readers:
-            reader.set_input(0, yq)
-            reader.attrs["input_quantized"] = 1
-            reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+        switch_readers(readers, yq, y_dtype)
         ctx.count(f"quantize_layer_outputs:{n.op_type}", len(readers))
         changed = True
     if changed:
@@ -70,7 +67,8 @@ def quantize_pool_outputs(graph: Graph, ctx: PassContext) -> bool:
         if n.domain or n.op_type != "MaxPool" or len([o for o in n.outputs if o is not None]) != 1:
             continue
         y = n.outputs[0]
-        if id(y) in outputs or not y.uses or ctx.dtype(y) not in (DType.FLOAT16, DType.BFLOAT16, DType.FLOAT):
+        y_dtype = ctx.dtype(y)
+        if id(y) in outputs or not y.uses or y_dtype not in (DType.FLOAT16, DType.BFLOAT16, DType.FLOAT):
             continue
         keys = {reader_key(reader, slot) for reader, slot in y.uses}
         if len(keys) != 1 or None in keys:
@@ -78,24 +76,14 @@ def quantize_pool_outputs(graph: Graph, ctx: PassContext) -> bool:
         scale, zero_point, q_dtype = keys.pop()
         if q_dtype != "fp8e4m3" or zero_point:
             continue
-        y_dtype = ctx.dtype(y)
-        readers = _readers(y)
+        readers = [reader for reader, _ in y.uses]
         n.op_type, n.domain = "MaxPoolQuantize", "kiln"
         n.attrs.update(q_scale=scale, q_zero_point=0, q_dtype=q_dtype)
         y.type = TensorType(Q_DTYPES[q_dtype], ctx.shape(y))
-        for reader in readers:
-            reader.attrs["input_quantized"] = 1
-            reader.attrs.setdefault("float_dtype", str(y_dtype.torch).replace("torch.", ""))
+        switch_readers(readers, None, y_dtype)
         ctx.count("quantize_pool_outputs", len(readers))
         changed = True
     if changed:
         ctx.invalidate()
     return changed
 
-
-def _readers(v: Value) -> list[Node]:
-    out: list[Node] = []
-    for reader, _ in v.uses:
-        if reader not in out:
-            out.append(reader)
-    return out

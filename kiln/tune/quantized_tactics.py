@@ -244,16 +244,12 @@ class QGemm(_Counting):
         return y, False
 
 
-class Fp8GemmTriton(_Counting):
-    """kiln::QLinear (fp8 X, per-tensor or per-channel weight scale) as [Triton quantize ->] one fp8 GEMM kernel
-    with the whole epilogue and the store (float, or fp8 when the layer requantizes) fused."""
+class _Fp8Layer(_Counting):
+    """What the fp8 kernel layers share: the layer's parts, the bound launch, and X's quantize pass."""
 
-    def __init__(self, node, constants: dict, device: torch.device, config: tuple):
-        super().__init__(node, _own_kernel(node))
-        from ..backends.triton.fp8_gemm import Fp8GemmLaunch
-        from ..backends.triton.quant import Quantize
-        if node.op_type != "QLinear":
-            raise NotApplicable("for kiln::QLinear (QConv: fp8_conv)")
+    def _parts(self, node, constants: dict, device: torch.device) -> tuple:
+        """(weight, dequantizing scale, bias, launch keywords) for an fp8 kernel; NotApplicable for what they do
+        not take. The scale is w_scale * sx as the own kernel's float32 product."""
         a = node.attrs
         self.fmt = _check_layer(node, True, copy_ok=True)
         wq = _const(node, 1, constants, "weight")
@@ -262,20 +258,39 @@ class Fp8GemmTriton(_Counting):
         requant = _requant(a)
         if requant is not None and (requant[2] != "fp8e4m3" or requant[1]):
             raise NotApplicable(f"requantization to {requant[2]} with zero point {requant[1]}")
-        sx = float(a["x_scale"])
-        scale = w_scale * torch.tensor(sx, dtype=torch.float32)  # the reference kernel's float32 product
+        scale = (w_scale * torch.tensor(float(a["x_scale"]), dtype=torch.float32)).to(device)
+        kw = dict(steps=list(a.get("epilogue", [])), out_scale=None if requant is None else requant[0],
+                  q_scale=_copy_scale(a))
+        return wq, scale, None if bias is None else bias.to(device), kw
+
+    def _bind(self, node, make_launch, device: torch.device) -> None:
+        """self.launch = make_launch() (its shared memory checked on CUDA), the quantize pass, the name."""
+        from ..backends.triton.quant import Quantize
         try:
-            self.launch = Fp8GemmLaunch(wq.to(device), scale.to(device), None if bias is None else bias.to(device),
-                                        list(a.get("epilogue", [])), None if requant is None else requant[0],
-                                        tuple(config), _copy_scale(a))
+            self.launch = make_launch()
             if device.type == "cuda":  # float outputs and residuals are 16-bit in the engines that use fp8
-                self.launch.check_fits(1 if requant else 2, [2] * len(self.launch.residuals), device)
+                self.launch.check_fits(1 if self.launch.out_scale is not None else 2,
+                                       [2] * len(self.launch.residuals), device)
         except Unsupported as e:
             raise NotApplicable(str(e)) from None
-        self.k, self.n = self.launch.k, self.launch.n
+        a = node.attrs
         self.input_quantized = bool(a.get("input_quantized"))
-        self.quant = None if self.input_quantized else Quantize(sx, "fp8e4m3", 0, "q")
+        self.quant = None if self.input_quantized else Quantize(float(a["x_scale"]), "fp8e4m3", 0, "q")
         self.name = ("" if self.input_quantized else "triton_quant+") + self.launch.name
+
+
+class Fp8GemmTriton(_Fp8Layer):
+    """kiln::QLinear (fp8 X, per-tensor or per-channel weight scale) as [Triton quantize ->] one fp8 GEMM kernel
+    with the whole epilogue and the store (float, or fp8 when the layer requantizes) fused."""
+
+    def __init__(self, node, constants: dict, device: torch.device, config: tuple):
+        super().__init__(node, _own_kernel(node))
+        from ..backends.triton.fp8_gemm import Fp8GemmLaunch
+        if node.op_type != "QLinear":
+            raise NotApplicable("for kiln::QLinear (QConv: fp8_conv)")
+        wq, scale, bias, kw = self._parts(node, constants, device)
+        self._bind(node, lambda: Fp8GemmLaunch(wq.to(device), scale, bias, config=tuple(config), **kw), device)
+        self.k, self.n = self.launch.k, self.launch.n
 
     def run(self, ctx, inputs, attrs, out):
         if out is not None:
@@ -300,7 +315,7 @@ class Fp8GemmTriton(_Counting):
 
 
 # -- fp8 convolution ----------------------------------------------------------------------------------------------
-class Fp8ConvTriton(_Counting):
+class Fp8ConvTriton(_Fp8Layer):
     """kiln::QConv with fp8 X as [Triton quantize ->] one fp8 kernel with the whole epilogue and the store fused
     (float, or fp8 when the layer requantizes, so that convolution chains pass fp8 activations): the TMA
     implicit-GEMM convolution (``kiln/backends/triton/fp8_conv.py``), or with ``gemm`` a 1x1 stride-1 layer as
@@ -310,40 +325,21 @@ class Fp8ConvTriton(_Counting):
         super().__init__(node, _own_kernel(node))
         from ..backends.triton.fp8_conv import Fp8ConvLaunch
         from ..backends.triton.fp8_gemm import Fp8GemmLaunch
-        from ..backends.triton.quant import Quantize
         if node.op_type != "QConv":
             raise NotApplicable("for kiln::QConv (QLinear: fp8_triton)")
-        a = node.attrs
-        self.fmt = _check_layer(node, True, copy_ok=True)
-        wq = _const(node, 1, constants, "weight")
-        w_scale = _const(node, 2, constants, "weight scale").to(torch.float32).reshape(-1)
-        bias = _const(node, 3, constants, "bias", optional=True)
+        wq, scale, bias, kw = self._parts(node, constants, device)
         if wq.dim() != 4:
             raise NotApplicable(f"a {wq.dim() - 2}-d convolution (2-d only)")
-        requant = _requant(a)
-        if requant is not None and (requant[2] != "fp8e4m3" or requant[1]):
-            raise NotApplicable(f"requantization to {requant[2]} with zero point {requant[1]}")
         self.o, self.c = wq.shape[:2]
-        scale = (w_scale * torch.tensor(float(a["x_scale"]), dtype=torch.float32)).to(device)  # as the own kernel
-        bias = None if bias is None else bias.to(device)
-        steps, out_scale = list(a.get("epilogue", [])), None if requant is None else requant[0]
-        try:
+        if gemm and not _is_gemm_conv(node, wq):
+            raise NotApplicable("the fp8 GEMM takes 1x1, stride-1, unpadded convolutions")
+
+        def make():
             if gemm:
-                if not _is_gemm_conv(node, wq):
-                    raise NotApplicable("the fp8 GEMM takes 1x1, stride-1, unpadded convolutions")
-                self.launch = Fp8GemmLaunch(wq.reshape(self.o, self.c).to(device), scale, bias, steps, out_scale,
-                                            tuple(config), _copy_scale(a))
-            else:
-                self.launch = Fp8ConvLaunch(wq.to(device), scale, bias, a, steps, out_scale, tuple(config),
-                                            _copy_scale(a))
-            if device.type == "cuda":  # float outputs and residuals are 16-bit in the engines that use fp8
-                self.launch.check_fits(1 if requant else 2, [2] * len(self.launch.residuals), device)
-        except Unsupported as e:
-            raise NotApplicable(str(e)) from None
+                return Fp8GemmLaunch(wq.reshape(self.o, self.c).to(device), scale, bias, config=tuple(config), **kw)
+            return Fp8ConvLaunch(wq.to(device), scale, bias, node.attrs, config=tuple(config), **kw)
+        self._bind(node, make, device)
         self.gemm = gemm
-        self.input_quantized = bool(a.get("input_quantized"))
-        self.quant = None if self.input_quantized else Quantize(float(a["x_scale"]), "fp8e4m3", 0, "q")
-        self.name = ("" if self.input_quantized else "triton_quant+") + self.launch.name
 
     def _channels_last(self, t: torch.Tensor, what: str) -> torch.Tensor:
         if t.is_contiguous(memory_format=torch.channels_last):

@@ -95,24 +95,12 @@ def test_requantized_bottleneck_chain():
     assert float((y3.double() - own3.double()).norm() / own3.double().norm()) < 2e-3
 
 
-def test_captured_in_a_cuda_graph():
+def test_captured_in_a_cuda_graph(graph_replay):
     node, consts = layer(64, 64, 3, 1, ["relu"])
     t = space.make(space.Choice("fp8_conv", {"config": list(CONFIGS[2])}), node, consts, CUDA)
     x = nhwc(torch.randn(4, 64, 20, 20, device=CUDA).half())
     ins = [x] + [consts[v.id] for v in node.inputs[1:4]] + [None]
-    eager = t.kernel(CTX, list(ins), node.attrs)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        t.kernel(CTX, list(ins), node.attrs)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = t.kernel(CTX, list(ins), node.attrs)
-    x.copy_(torch.randn_like(x))
-    g.replay()
-    fresh = t.kernel(CTX, list(ins), node.attrs)
-    torch.cuda.synchronize()
+    eager, y, fresh = graph_replay(lambda: t.kernel(CTX, list(ins), node.attrs), x)
     assert torch.equal(y, fresh) and not torch.equal(y, eager)
 
 

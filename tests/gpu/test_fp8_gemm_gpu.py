@@ -73,22 +73,10 @@ def test_requantized_chain():
     assert float((got.double() - own.double()).norm() / own.double().norm()) < 2e-3
 
 
-def test_captured_in_a_cuda_graph():
+def test_captured_in_a_cuda_graph(graph_replay):
     node, consts = layer(256, 256, ["gelu"])
     t = space.make(space.Choice("fp8_triton", {"config": list(CONFIGS[0])}), node, consts, CUDA)
     x = torch.randn(300, 256, device=CUDA).half()
     ins = [x] + [consts[v.id] for v in node.inputs[1:4]] + [None]
-    eager = t.kernel(CTX, list(ins), node.attrs)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        t.kernel(CTX, list(ins), node.attrs)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = t.kernel(CTX, list(ins), node.attrs)
-    x.copy_(torch.randn_like(x))
-    g.replay()
-    fresh = t.kernel(CTX, list(ins), node.attrs)
-    torch.cuda.synchronize()
+    eager, y, fresh = graph_replay(lambda: t.kernel(CTX, list(ins), node.attrs), x)
     assert torch.equal(y, fresh) and not torch.equal(y, eager)

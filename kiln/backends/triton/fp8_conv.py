@@ -28,16 +28,17 @@ pixel box is the one that wastes least on the layer's output size (``choose_tile
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from . import cache
-from .codegen import _emit_program, prelude, to_fp8_source
-from .epilogue import EPILOGUE_OPSET, epilogue_program
-from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal, epilogue_operands, extra_operands
+from .codegen import prelude
+from .epilogue import epilogue_program
+from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal, extra_operands, tile_epilogue
 from .launch import interpreting
-from .ops import TL_DTYPE, Operand, Unsupported, compute_tl
+from .ops import Unsupported
 
 # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, BLOCK_M = 128[, programs per SM = 1]]); the tile's
 # pixel box follows the layer's output size (choose_tile). The best of each ResNet-50 shape at batch 256 on the
@@ -55,6 +56,7 @@ INTERPRET_CONFIG = (32, 32, 4, 4, 1)
 INTERPRET_TILE = (2, 4, 4)
 
 
+@functools.lru_cache(maxsize=256)  # asked on every call: the answer depends on the shape alone
 def choose_tile(n: int, oh: int, ow: int, block_m: int = 128) -> tuple[int, int, int]:
     """(BB, BH, BW), powers of two with BB*BH*BW = block_m, that waste the fewest computed pixels on an
     [n, oh, ow] output (ResNet-50 at batch 256: 56 -> 2x8x8, 28 -> 8x4x4, 14 -> 32x2x2, 7 -> 16x1x8);
@@ -119,32 +121,11 @@ def fp8_conv_source(spec: Fp8ConvSpec) -> str:
          "    acc = tl.dot(a.reshape([BLOCK_M, BLOCK_K]), w.T, acc)",
          "rn = on + tl.arange(0, BLOCK_N)",
          "acc = acc * tl.load(scale_ptr + rn, mask=rn < O, other=0.0)[None, :]"]
-    ops = [Operand("acc", torch.float32)]
-    if spec.bias_dtype:
-        t.append(f"bias = tl.load(b_ptr + rn, mask=rn < O, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
-        ops.append(Operand("bias", spec.bias_dtype))
-    lines, extra = epilogue_operands(spec, lambda j: f"r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N])")
-    t += lines
-    ops += extra
-    last = "acc"
-    if spec.program:
-        lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
-        t += lines
-        last = f"t{len(spec.program) - 1}"
-    if spec.out_dtype == torch.float8_e4m3fn:  # multiply by the reciprocal; _to_fp8's conversion saturates
-        t.append(f"y = _to_fp8({last}.to(tl.float32) * inv_out_scale)")
-    else:
-        t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
-    t.append("out_desc.store([n0, oh0, ow0, on], y.reshape([BB, BH, BW, BLOCK_N]))")
-    if spec.q_out:  # quantize(Y as stored), as the reference kernel does
-        t += ["q = _to_fp8(y.to(tl.float32) * inv_q_scale)",
-              "q_desc.store([n0, oh0, ow0, on], q.reshape([BB, BH, BW, BLOCK_N]))"]
-    body += ["    " + ln for ln in t]
-    fp8 = []
-    if spec.out_dtype == torch.float8_e4m3fn or spec.q_out:
-        if not spec.persistent:
-            helpers.add("_rint")
-        fp8 = to_fp8_source(not spec.persistent)
+    epi, fp8 = tile_epilogue(spec, helpers, "O",
+                             lambda j: f"r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N])",
+                             lambda desc, v: f"{desc}.store([n0, oh0, ow0, on], {v}.reshape([BB, BH, BW, BLOCK_N]))",
+                             not spec.persistent)
+    body += ["    " + ln for ln in t + epi]
     src = prelude(helpers, not spec.persistent) + fp8 + ["", "", "@triton.jit",
                                                          f"def kiln_fp8_conv({', '.join(args)}):"]
     return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_conv"]) + "\n"

@@ -66,7 +66,7 @@ class Fp8GemmSpec:
     extras: tuple = ()            # the program's operands after acc/bias: residual j (int) or a constant (float)
 
 
-def epilogue_operands(spec, load) -> tuple[list[str], list[Operand]]:
+def _epilogue_operands(spec, load) -> tuple[list[str], list[Operand]]:
     """(lines loading the residual tiles, Operands of the program's inputs after acc and bias) for an fp8 kernel
     ``spec`` (fields residual_dtypes, extras); ``load(j)`` is the expression of residual j's tile. An fp8
     residual (an ``addq`` step's 8-bit input) is loaded as float32 codes; the program multiplies by its scale,
@@ -84,6 +84,38 @@ def epilogue_operands(spec, load) -> tuple[list[str], list[Operand]]:
         else:
             ops.append(Operand(repr(float(e)), torch.float32, float(e)))
     return lines, ops
+
+
+def tile_epilogue(spec, helpers: set, n: str, load, store, interpret: bool) -> tuple[list[str], list[str]]:
+    """(lines, fp8 helper source) of an fp8 kernel's epilogue on ``acc`` (dequantized): bias, residuals and the
+    program, then the stores: float ``y``, or fp8 requantized (multiplied by the float32 reciprocal of the
+    scale: the correctly rounded division cost 40% of BERT's FFN1, the epilogue being arithmetic-bound; _to_fp8's
+    conversion saturates), plus the fp8 copy of y as stored with ``q_out``. ``n``: the output-channel count's
+    name (masks); ``load(j)``: residual j's tile; ``store(desc, value)``: a store line. Needs ``rn``."""
+    t, ops = [], [Operand("acc", torch.float32)]
+    if spec.bias_dtype:
+        t.append(f"bias = tl.load(b_ptr + rn, mask=rn < {n}, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
+        ops.append(Operand("bias", spec.bias_dtype))
+    lines, extra = _epilogue_operands(spec, load)
+    t += lines
+    ops += extra
+    last = "acc"
+    if spec.program:
+        lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
+        t += lines
+        last = f"t{len(spec.program) - 1}"
+    if spec.out_dtype == torch.float8_e4m3fn:
+        t.append(f"y = _to_fp8({last}.to(tl.float32) * inv_out_scale)")
+    else:
+        t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
+    t.append(store("out_desc", "y"))
+    if spec.q_out:  # quantize(Y as stored), as the reference kernel does
+        t += ["q = _to_fp8(y.to(tl.float32) * inv_q_scale)", store("q_desc", "q")]
+    if spec.out_dtype != torch.float8_e4m3fn and not spec.q_out:
+        return t, []
+    if interpret:
+        helpers.add("_rint")
+    return t, to_fp8_source(interpret)
 
 
 def extra_operands(operands: list) -> tuple[list[int], tuple]:
@@ -119,36 +151,9 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
         t.append("acc = acc * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]")
     else:
         t.append("acc = acc * scale")
-    ops = [Operand("acc", torch.float32)]
-    if spec.bias_dtype:
-        t.append(f"bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0).to({compute_tl(spec.bias_dtype)})[None, :]")
-        ops.append(Operand("bias", spec.bias_dtype))
-    lines, extra = epilogue_operands(spec, lambda j: f"r{j}_desc.load([om, on])")
-    t += lines
-    ops += extra
-    last = "acc"
-    if spec.program:
-        lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
-        t += lines
-        last = f"t{len(spec.program) - 1}"
-    if spec.out_dtype == torch.float8_e4m3fn:
-        # quantize(): clamp(y / out_scale, +-448) -> e4m3 (RNE). A multiply by the float32 reciprocal, not the
-        # correctly rounded division (which cost 40% of BERT's FFN1 here: the epilogue is arithmetic-bound); it
-        # differs only within one float32 ulp of a rounding boundary. The clamp is _to_fp8's (satfinite).
-        t.append(f"out_desc.store([om, on], _to_fp8({last}.to(tl.float32) * inv_out_scale))")
-    else:
-        t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
-        t.append("out_desc.store([om, on], y)")
-        if spec.q_out:  # quantize(Y as stored), as the reference kernel does
-            t.append("q_desc.store([om, on], _to_fp8(y.to(tl.float32) * inv_q_scale))")
-    body += ["    " + ln for ln in t]
-    fp8 = []
-    if spec.out_dtype == torch.float8_e4m3fn or spec.q_out:
-        interp = spec.k_const is not None
-        if interp:
-            helpers.add("_rint")
-        fp8 = to_fp8_source(interp)
-    # named for profiles (Triton names the GPU kernel after the function); the module's entry is ``kernel``
+    epi, fp8 = tile_epilogue(spec, helpers, "N", lambda j: f"r{j}_desc.load([om, on])",
+                             lambda desc, v: f"{desc}.store([om, on], {v})", spec.k_const is not None)
+    body += ["    " + ln for ln in t + epi]
     src = prelude(helpers, spec.k_const is not None) + fp8 + ["", "", "@triton.jit",
                                                                f"def kiln_fp8_gemm({', '.join(args)}):"]
     return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_gemm"]) + "\n"

@@ -65,6 +65,7 @@ class MaxPoolLaunch:
         self.q_scale = float(attrs["q_scale"]) if "q_scale" in attrs else None
         if self.q_scale is not None and (attrs.get("q_dtype") != "fp8e4m3" or int(attrs.get("q_zero_point", 0))):
             raise Unsupported(f"a {attrs.get('q_dtype')} output (fp8 only)")
+        self._inv_q_scale = _reciprocal(self.q_scale)
         kernel = [int(k) for k in attrs.get("kernel_shape", [])]
         if len(kernel) != 2:
             raise Unsupported(f"a {len(kernel)}-d pool (2-d only)")
@@ -100,7 +101,7 @@ class MaxPoolLaunch:
         mod = cache.load(cache.digest("max_pool", interp, fp8), lambda: max_pool_source(interp, fp8))
         grid = (-(-p // BLOCK_P), -(-c // BLOCK_C))
         mod.kernel[grid](x, out, p, h, w, oh, ow, c, x.stride(0), x.stride(2), x.stride(3),
-                         out.stride(0), out.stride(2), out.stride(3), _reciprocal(self.q_scale),
+                         out.stride(0), out.stride(2), out.stride(3), self._inv_q_scale,
                          KH=self.kh, KW=self.kw, SH=self.sh,
                          SW=self.sw, PH=self.ph, PW=self.pw, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=4)
         return out
