@@ -5,6 +5,7 @@ the op registry by name, never imported or evaluated.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -48,13 +49,39 @@ def _float(x: float):
     return x if math.isfinite(x) else {"float": repr(x)}
 
 
+def _content_key(t: torch.Tensor) -> tuple:
+    """dtype, shape and a digest of the bytes: equal keys mean interchangeable constants."""
+    flat = t.reshape(-1)
+    raw = flat.view(torch.uint8) if flat.numel() and flat.dtype != torch.bool else flat.to(torch.uint8)
+    return str(t.dtype), tuple(t.shape), hashlib.sha256(raw.numpy().data).digest()
+
+
 class _Encoder:
+    """Collects the weights; each distinct constant is stored once and referenced by its key.
+
+    Tied, aliased and identical constants (tied embeddings, equal LayerNorm weights, an initializer read by
+    several subgraphs) share one entry, so the file never depends on how torch happened to lay them out
+    (safetensors refuses tensors that share memory), and decoding hands every reader the same tensor.
+    """
+
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
+        self._by_content: dict[tuple, str] = {}
+        self._storages: set[int] = set()
 
     def tensor(self, t: torch.Tensor, hint: str) -> str:
+        t = t.detach().cpu().contiguous()
+        content = _content_key(t)
+        key = self._by_content.get(content)
+        if key is not None:
+            return key
         key = f"t{len(self.tensors)}:{hint}"
-        self.tensors[key] = t.detach().cpu().contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in self._storages:
+            t = t.clone()  # a different view of a storage already stored: safetensors needs its own memory
+        if t.numel():
+            self._storages.add(t.untyped_storage().data_ptr())
+        self.tensors[key] = t
+        self._by_content[content] = key
         return key
 
     def attr(self, v: Any, hint: str) -> dict:

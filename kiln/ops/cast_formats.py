@@ -106,6 +106,21 @@ def wrap_subbyte(v: torch.Tensor, dst: DType) -> torch.Tensor:
     return v.to(dst.torch)
 
 
+def float_to_subbyte(x: torch.Tensor, dst: DType) -> torch.Tensor:
+    """Float -> int4/uint4/int2/uint2: truncate toward zero; a value outside the type's range, NaN or
+    Inf gives 0.
+
+    ONNX leaves float -> fixed-point overflow undefined; the node suite's expected data (onnx 1.23)
+    fixes it to 0, so Kiln writes that rule down here instead of inheriting whatever the installed
+    ml_dtypes does (its 0.7 release changed it from wrapping to 0).
+    """
+    bits, signed = SUBBYTE_INTS[dst]
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    t = torch.trunc(x.to(torch.float64))
+    inside = (t >= lo) & (t <= hi)  # False for NaN too
+    return torch.where(inside, t, 0.0).to(torch.int64).to(dst.torch)
+
+
 def _as_computable(x: torch.Tensor) -> torch.Tensor:
     """Widen float8 / e8m0 storage, which torch can hardly compute with, to float32 (exactly)."""
     if x.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz) or \
@@ -125,7 +140,7 @@ def convert(x: torch.Tensor, dst: DType, saturate: bool = True, round_mode: str 
     if dst == DType.FLOAT8E8M0:
         return to_e8m0(x, saturate, round_mode)
     if dst in SUBBYTE_INTS:
-        return wrap_subbyte(_to_int64(x), dst)
+        return float_to_subbyte(x, dst) if _is_float(x) else wrap_subbyte(_to_int64(x), dst)
     if dst.is_int:
         return _to_int64(x).to(target) if _is_float(x) else x.to(target)
     if dst in FLOAT8 or dst == DType.FLOAT4E2M1:
