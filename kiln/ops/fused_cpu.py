@@ -49,7 +49,9 @@ def _available() -> bool:
 def _unary(step: str) -> tuple[str, list, str] | None:
     """One epilogue step as oneDNN's (attr, scalars, algorithm), or None when it has no post-op."""
     name, *p = step.split(":")
-    if name in ("relu", "sigmoid", "tanh", "hardswish"):
+    # oneDNN's relu and clip ("hardtanh") post-ops turn NaN into 0 (max/min drop it); ONNX and torch keep
+    # NaN, so those steps run as the plain in-place epilogue after the oneDNN call (one pass over the output).
+    if name in ("sigmoid", "tanh", "hardswish"):
         return name, [], ""
     if name == "silu":
         return "swish", [], ""
@@ -59,25 +61,21 @@ def _unary(step: str) -> tuple[str, list, str] | None:
         return "gelu", [], "tanh"
     if name == "leaky_relu":
         return "leaky_relu", [float(p[0])], ""
-    if name == "clip" and p[0] != "" and p[1] != "":
-        return "hardtanh", [float(p[0]), float(p[1])], ""
     return None
 
 
-def split_epilogue(epilogue: list[str], unary_after_add: tuple[str, ...] = ("relu",)):
+def split_epilogue(epilogue: list[str]):
     """``epilogue`` as (residual input index or None, unary post-op or None, remaining plain steps).
 
-    oneDNN (through torch) fuses a unary step after the residual add only for ``unary_after_add``."""
+    A residual add is oneDNN's binary post-op; torch's fused op could follow it only with ReLU, which
+    drops NaN (see ``_unary``), so whatever follows an add runs as plain steps."""
     rest = list(epilogue)
-    add = None
     if rest and rest[0].startswith("add:"):
-        add = int(rest.pop(0)[4:])
-        if not rest or rest[0] not in unary_after_add:
-            return add, None, rest
+        return int(rest.pop(0)[4:]), None, rest
     unary = _unary(rest[0]) if rest else None
     if unary is not None:
         rest.pop(0)
-    return add, unary, rest
+    return None, unary, rest
 
 
 class _PerShape:
@@ -154,7 +152,7 @@ def linear_tactic(node, constants: dict) -> Tactic | None:
     weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_linear_weight(dense, _rows(shape)), dense)
     bias = None if b is None else b.contiguous()
     # oneDNN's linear takes either a residual add or one activation as its post-op, not both.
-    add, unary, rest = split_epilogue(list(node.attrs.get("epilogue", [])), unary_after_add=())
+    add, unary, rest = split_epilogue(list(node.attrs.get("epilogue", [])))
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
     linear = torch.ops.mkldnn._linear_pointwise.default
     linear_add = torch.ops.mkldnn._linear_pointwise.binary
@@ -217,7 +215,7 @@ def conv1x1_gemm_tactic(node, constants: dict) -> Tactic | None:
     dense = w.reshape(cout, -1).contiguous()
     weight = _PerShape(lambda rows: torch.ops.mkldnn._reorder_linear_weight(dense, rows), dense)
     bias = None if b is None else b.contiguous()
-    add, unary, rest = split_epilogue(list(attrs.get("epilogue", [])), unary_after_add=())
+    add, unary, rest = split_epilogue(list(attrs.get("epilogue", [])))
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
     linear = torch.ops.mkldnn._linear_pointwise.default
     linear_add = torch.ops.mkldnn._linear_pointwise.binary

@@ -292,6 +292,27 @@ def materialize(specs: list, device: torch.device, seed: int) -> list:
     return out
 
 
+def with_special_values(inputs: list, specs: list) -> list | None:
+    """The inputs with a NaN, a +Inf and a -Inf planted in each float activation (constants untouched),
+    or None when the layer reads no float activation. ONNX says where NaN and Inf go; a tactic whose
+    fusion drops them (a max-based ReLU post-op) must lose to one that does not."""
+    out, planted = [], False
+    for x, s in zip(inputs, specs):
+        if s is None or s.const is not None or not s.dtype.is_floating_point or x.numel() < 3:
+            out.append(x)
+            continue
+        y = x.clone()
+        flat = y.view(-1) if y.is_contiguous() else y.permute(0, 2, 3, 1).reshape(-1) if _is_cl(y) else None
+        if flat is None:
+            y = y.contiguous()
+            flat = y.view(-1)
+        n = flat.numel()
+        flat[0], flat[n // 2], flat[n - 1] = float("nan"), float("inf"), float("-inf")
+        out.append(y)
+        planted = True
+    return out if planted else None
+
+
 def layer_inputs(node, facts, constants: dict, device: torch.device, seed: int) -> list:
     return materialize(input_specs(node, facts, constants), device, seed)
 
@@ -372,8 +393,10 @@ class Tuner:
             return LayerResult(node.label, default, source="default", note=str(e))
         key = make_key(signature(node, specs, cands, self.device_desc, self.versions, self.tf32))
         hit = self.cache.get(key)
-        if hit is not None:
-            choice = Choice.from_json(hit["tactic"])
+        choice = None if hit is None else Choice.from_json(hit["tactic"])
+        # the cache file is untrusted: a hit may only pick one of this layer's candidates (each one a checked
+        # kernel); any other tactic or parameters are never run unchecked, the layer is timed again instead
+        if choice is not None and choice.label in {c.label for c in cands}:
             return LayerResult(node.label, choice, hit.get("times", {}).get(choice.label), dict(hit.get("times", {})),
                                dict(hit.get("rejected", {})), source="cache")
         if not budget_left:
@@ -393,12 +416,23 @@ class Tuner:
             except Exception as e:  # noqa: BLE001 - the layer's own kernel cannot run on random data
                 return LayerResult(node.label, default, source="default",
                                    note=f"reference failed on random inputs: {type(e).__name__}: {e}")
+            quantized = "out_scale" in attrs or "q_scale" in attrs
+            special = None if quantized else with_special_values(inputs, specs)
+            if special is not None:
+                try:
+                    ref_special = ref_kernel(ctx, [_clone(x) for x in special], attrs)
+                except Exception:  # noqa: BLE001 - a layer whose reference refuses NaN: nothing to compare
+                    special = None
             for c in cands:
                 try:
                     t = make(c, node, constants, self.device)
                     kernel = ref_kernel if t is None else t.kernel
                     got = kernel(ctx, [_clone(x) for x in inputs], attrs)
-                    why = mismatch(got, ref, self.device, self.tf32, quantized="out_scale" in attrs or "q_scale" in attrs)
+                    why = mismatch(got, ref, self.device, self.tf32, quantized=quantized)
+                    if why is None and special is not None and t is not None:
+                        why = mismatch(kernel(ctx, [_clone(x) for x in special], attrs), ref_special, self.device,
+                                       self.tf32)
+                        why = None if why is None else f"with NaN/Inf inputs: {why}"
                     fell = getattr(getattr(t, "kernel", None), "fallbacks", None)
                     if why is None and fell:
                         why = "the generated kernel fell back to the library path: " + "; ".join(fell)
