@@ -22,6 +22,7 @@ from ..ir.graph import Graph
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from . import device_info
+from .buffers import check_output_buffers, check_output_shape
 from ..runtime.interpreter import as_tensor, inputs_by_name
 from .placement import is_host_constant
 from .program import Program
@@ -324,12 +325,10 @@ class ExecutionContext:
         for info, x in zip(self.engine.outputs, outs):
             if out_buffers is not None and info.name in out_buffers:
                 buf = out_buffers[info.name]
+                check_output_shape(info.name, buf, tuple(x.shape))
                 if isinstance(buf, np.ndarray):
                     buf[...] = torch_to_numpy(x, info.dtype)
                 else:
-                    if tuple(buf.shape) != tuple(x.shape):
-                        raise ShapeError(f"output buffer for {info.name!r} has shape {list(buf.shape)}, "
-                                         f"the output has shape {list(x.shape)}")
                     buf.copy_(x)
                 result[info.name] = buf
             elif as_numpy and isinstance(x, torch.Tensor):
@@ -346,6 +345,7 @@ class ExecutionContext:
 
     def infer_async(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None) -> InferHandle:
         """Enqueue on this context's stream and return at once (on CPU the work is done on return)."""
+        check_output_buffers(outputs, self.engine.outputs, self.device)
         feed, as_numpy = self._prepare(inputs)
         with self._lock:
             if self.stream is None:

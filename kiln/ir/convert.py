@@ -38,6 +38,8 @@ def _contiguous(array: np.ndarray) -> np.ndarray:
 def numpy_to_torch(array: np.ndarray) -> tuple[torch.Tensor, DType]:
     """A torch tensor holding ``array`` in Kiln's storage for its element type, and that type."""
     array = np.asarray(array)
+    if not array.dtype.isnative:  # big-endian data (read from a file or another machine): torch needs native
+        array = array.astype(array.dtype.newbyteorder("="))
     dtype = DType.from_numpy(array.dtype)
     if dtype is DType.STRING:
         raise TypeError("string tensors are not supported")

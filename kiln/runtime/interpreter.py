@@ -154,7 +154,7 @@ def as_tensor(name: str, x: Any) -> tuple[torch.Tensor, DType]:
             return numpy_to_torch(np.asarray(x))
         if isinstance(x, torch.Tensor):
             return x, DType.from_torch(x.dtype)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise InputError(f"input {name!r}: {e}") from None
     raise InputError(f"input {name!r}: expected a numpy array or torch tensor, got {type(x).__name__}")
 
