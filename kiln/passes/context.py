@@ -7,7 +7,7 @@ from typing import Any
 from ..build.config import BuilderConfig
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
-from .propagate import Facts, choose_probes, propagate
+from .propagate import Facts, choose_probes, endpoint_probes, propagate
 
 
 @dataclass
@@ -33,7 +33,8 @@ class PassContext:
     notes: list[str] = field(default_factory=list)  # fallbacks and other things the report must show
     _facts: Facts | None = None
     _cache: dict = field(default_factory=dict)  # propagate's per-node memo, kept across invalidations
-    _ref_cache: dict = field(default_factory=dict)  # the same for the reference run (other probe values)
+    _ref_cache: dict = field(default_factory=dict)  # the same for the reference runs (other probe values)
+    _ref_high_cache: dict = field(default_factory=dict)
     caches: dict = field(default_factory=dict)  # name -> propagate memo, for passes' own propagations
 
     @property
@@ -43,10 +44,17 @@ class PassContext:
             bounds = self.symbol_bounds()
             probes = choose_probes(self.graph, self.input_shapes, bounds)
             reference = None
-            if probes:  # a second run with other probe values tells dims derived from symbols (2 * seq)
+            if probes:
+                # Other runs tell dims derived from symbols (2 * seq): at each end of the profile range where
+                # there is one (so no stride maps every run to one size), else at other free probe values.
                 other = choose_probes(self.graph, self.input_shapes, bounds, avoid=set(probes.values()))
+                low = {**other, **endpoint_probes(probes, bounds, low=True)}
+                high = {**other, **endpoint_probes(probes, bounds, low=False)}
+                if high != low and high != probes:
+                    reference = propagate(self.graph, self.input_shapes, self.registry, cache=self._ref_high_cache,
+                                          probes=high)
                 reference = propagate(self.graph, self.input_shapes, self.registry, cache=self._ref_cache,
-                                      probes=other)
+                                      probes=low, reference=reference)
             self._facts = propagate(self.graph, self.input_shapes, self.registry, cache=self._cache, probes=probes,
                                     reference=reference)
         return self._facts

@@ -14,11 +14,14 @@ def _same_shape(ctx: PassContext, node: Node) -> bool:
     a, b = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
     if a is None or b is None or not all(isinstance(d, int) for d in a) or tuple(a) != tuple(b):
         return False
-    ref = ctx.facts.reference
-    ra, rb = (ref.shape(node.inputs[0]), ref.shape(node.outputs[0])) if ref is not None else (None, None)
-    if ra is None or rb is None:  # no second run to compare: only shapes free of probe dims count as equal
+    runs = ctx.facts.reference_runs()
+    if not runs:  # no second run to compare: only shapes free of probe dims count as equal
         return not any(ctx.facts.is_probe(d) for d in a)
-    return tuple(ra) == tuple(rb)
+    for ref in runs:
+        ra, rb = ref.shape(node.inputs[0]), ref.shape(node.outputs[0])
+        if ra is None or rb is None or tuple(ra) != tuple(rb):
+            return False
+    return True
 
 
 def _same_type(ctx: PassContext, node: Node) -> bool:

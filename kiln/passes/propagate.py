@@ -43,6 +43,14 @@ class Facts:
     # value id -> bool tensor: which elements of a dynamic small int value depend on probes (absent: all)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def reference_runs(self) -> list["Facts"]:
+        """The other propagations, nearest first (the chain of ``reference``)."""
+        out, r = [], self.reference
+        while r is not None and len(out) < 4:
+            out.append(r)
+            r = r.reference
+        return out
+
     def is_probe(self, d) -> bool:
         return isinstance(d, int) and d in self.symbols
 
@@ -156,7 +164,7 @@ def _node_key(node: Node, facts: Facts) -> tuple[tuple, list]:
     outs = tuple((o.id, o.type) if o is not None else None for o in node.outputs)
     ref = None
     if node.op_type in ("Shape", "Size") and facts.reference is not None and node.inputs:
-        ref = facts.reference.type_of(node.inputs[0])
+        ref = tuple(r.type_of(node.inputs[0]) for r in facts.reference_runs())
     return (node.domain, node.op_type, _attr_key(node.attrs), tuple(ins), outs, ref), keep
 
 
@@ -218,6 +226,23 @@ def choose_probes(graph: Graph, input_shapes, bounds, avoid: set[int] = frozense
     return out
 
 
+def endpoint_probes(probes: dict[str, int], bounds, low: bool) -> dict[str, int]:
+    """Each probed symbol at the low (or high) end of its profile range, where the profile gives one.
+
+    Shape arithmetic of real networks (strided convolutions and pools, resizes, integer division) is
+    monotone in each input dim, so a derived dim equal at both ends of the range and at the probe is constant
+    over the whole range; two nearby probes can both fall into one stride's bucket (1277 and 1279 both give
+    159 after a stride of 8) and bake a dynamic dim into the engine. The low end is at least 2: at 1,
+    broadcasting would make unrelated shapes differ."""
+    out = {}
+    for name, p in probes.items():
+        lo, hi = (bounds or {}).get(name, (None, None))
+        if lo is None or hi is None:
+            continue
+        out[name] = max(int(lo), 2) if low else max(int(hi), 2)
+    return out
+
+
 def _probed(shape, facts: Facts) -> bool:
     return shape is not None and any(facts.is_probe(d) for d in shape)
 
@@ -227,10 +252,13 @@ def _dynamic_dims(v: Value | None, facts: Facts) -> list[int]:
     shape = facts.shape(v) if v is not None else None
     if shape is None:
         return []
-    ref = facts.reference.shape(v) if facts.reference is not None else None
-    if ref is not None and len(ref) != len(shape):
-        return [1] * len(shape)
-    return [1 if facts.is_probe(d) or (ref is not None and ref[i] != d) else 0 for i, d in enumerate(shape)]
+    dims = [1 if facts.is_probe(d) else 0 for d in shape]
+    for run in facts.reference_runs():
+        ref = run.shape(v)
+        if ref is None or len(ref) != len(shape):  # unknown or another rank there: nothing is provably static
+            return [1] * len(shape)
+        dims = [1 if dyn or ref[i] != d else 0 for i, (d, dyn) in enumerate(zip(shape, dims))]
+    return dims
 
 
 # Ops that move or select elements: the dynamic mask of the output is the kernel applied to the masks of

@@ -31,14 +31,14 @@ RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 
 def _shapes(facts: Facts, v: Value) -> list[tuple] | None:
     """v's shape at the probes and, when there is one, in the reference run; None if any is unknown."""
-    runs = [facts] + ([facts.reference] if facts.reference is not None else [])
+    runs = [facts] + facts.reference_runs()
     out = [r.shape(v) for r in runs]
     return None if any(s is None or not all(isinstance(d, int) for d in s) for s in out) else [tuple(s) for s in out]
 
 
 def _values(facts: Facts, v: Value) -> list[torch.Tensor] | None:
     """v's data at the probes and in the reference run (computed even when it depends on symbols)."""
-    runs = [facts] + ([facts.reference] if facts.reference is not None else [])
+    runs = [facts] + facts.reference_runs()
     out = [v.const if v.const is not None else r.values.get(v.id) for r in runs]
     return None if any(t is None for t in out) else out
 
