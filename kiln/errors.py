@@ -44,3 +44,8 @@ class DeviceMismatchError(KilnError):
 
 class BuildError(KilnError):
     """The builder could not produce an engine (the message names the pass or layer)."""
+
+
+class CalibrationCacheError(KilnError):
+    """A calibration cache cannot be used: malformed, or a scale that cannot work (zero, negative, NaN,
+    infinite, subnormal, or a range past float32). The message names the file and the tensor."""

@@ -1,4 +1,5 @@
-"""ONNX -> kiln Graph. The only module that imports onnx.
+"""ONNX -> kiln Graph. The only module that imports onnx (with external_data.py, which reads tensors' data
+files for it).
 
 Handles: paths, bytes and ModelProtos; external data; initializers (dense and sparse); Constant
 nodes (become graph constants); subgraph attributes (If/Loop/Scan bodies, reading outer-scope
@@ -25,6 +26,7 @@ from ..ir.dtype import DType
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import OptionalType, SequenceType, TensorType, ValueType
 from ..ops import Registry, default_registry
+from .external_data import load_external
 
 MIN_OPSET = 1
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -62,7 +64,7 @@ def load_model(model: "str | os.PathLike | bytes | onnx.ModelProto", base_dir: s
     bad = _bad_string_field(proto)
     if bad:
         raise ModelFormatError(f"{where} is corrupt: string field {bad} is not valid UTF-8")
-    _load_external(proto, base_dir)
+    load_external(proto, base_dir)
     return proto
 
 
@@ -85,35 +87,6 @@ def _bad_string_field(msg, path: str = "model") -> str | None:
                 if bad:
                     return bad
     return None
-
-
-def _load_external(proto: onnx.ModelProto, base_dir: str | None) -> None:
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-    tensors = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
-    if not tensors:
-        return
-    if base_dir is None:
-        raise ModelFormatError("the model uses external data files, but was given as bytes/ModelProto without "
-                               "base_dir: pass base_dir= (the folder holding the data files) or a file path")
-    base = Path(base_dir).resolve()
-    for t in tensors:
-        info = {e.key: e.value for e in t.external_data}
-        loc = info.get("location", "")
-        target = (base / loc).resolve()
-        if base not in target.parents and target != base:
-            raise ModelFormatError(f"tensor {t.name!r}: external data location {loc!r} points outside {str(base)!r}")
-        if not target.is_file():
-            raise ModelFormatError(f"tensor {t.name!r}: external data file {str(target)!r} is missing")
-        offset, length = int(info.get("offset", 0) or 0), info.get("length")
-        with open(target, "rb") as f:
-            f.seek(offset)
-            raw = f.read(int(length)) if length is not None else f.read()
-        if length is not None and len(raw) != int(length):
-            raise ModelFormatError(f"tensor {t.name!r}: external data file {str(target)!r} is truncated "
-                                   f"(wanted {length} bytes at offset {offset}, got {len(raw)})")
-        t.raw_data = raw
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
 
 
 def parse(model: "str | os.PathLike | bytes | onnx.ModelProto", *, registry: Registry | None = None,

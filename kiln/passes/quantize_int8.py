@@ -217,6 +217,8 @@ def _calibration(graph: Graph, ctx: PassContext, names: list[str], data: "Data",
     smooth_w = smooth_w or {}
     source = cfg.int8_calibrator
     cached = _read_cache(cfg.calibration_cache, source)
+    if cached is not None:  # scales the cache check flagged (outliers): the build report shows them
+        ctx.notes += [f"calibration cache: {w}" for w in cached.flagged]
     if cached is not None and all(n in cached for n in names) and all(n in cached.smoothing for n in smooth_w):
         ctx.notes.append(f"int8: scales of {len(names)} tensors read from the calibration cache")
         return cached

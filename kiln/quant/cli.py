@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def quantize(model: str, output: str, calib_data: str | None, calib_method: str, cache: str | None) -> int:
     """Calibrate (or read ``cache``) and write the Q/DQ model; returns the exit status."""
+    from ..errors import KilnError
     from .cache import Calibration
     from .qdq_export import calibrate_model, write_qdq_model
     try:
@@ -46,7 +47,7 @@ def quantize(model: str, output: str, calib_data: str | None, calib_method: str,
                   file=sys.stderr)
             return 2
         _, skipped = write_qdq_model(model, cal, output, calib_method)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KilnError) as e:  # (a bad cache is a CalibrationCacheError)
         print(f"kiln quantize: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {output} ({len(cal.scales)} calibrated tensors"

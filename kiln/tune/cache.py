@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("kiln.tune")
 
@@ -30,8 +31,11 @@ class TimingCache:
         self._new: set[str] = set()
 
     # -- lookup ----------------------------------------------------------------------------------
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str, accept: Callable[[dict], bool] | None = None) -> dict | None:
+        """The entry of ``key``; None (a miss) also when ``accept`` refuses it."""
         e = self.entries.get(key)
+        if e is not None and accept is not None and not accept(e):
+            e = None
         if e is None:
             self.misses += 1
         else:
@@ -74,26 +78,54 @@ class TimingCache:
         os.replace(tmp, p)
 
 
+MAX_FILE_BYTES = 256 << 20  # entries are a few hundred bytes per layer: far past any real model's cache
+
+
 def read_entries(path, quiet: bool = False) -> dict:
+    """The well-formed entries of the cache file ``path``. A timing cache is only speed, so anything wrong with
+    it (unreadable, too big, nested too deep, not a timing cache) is a warning and an empty cache; entries
+    that are not {tactic: {name, params}, times, rejected} are dropped, with a warning."""
     p = Path(path)
     if not p.exists():
         return {}
     why = None
     try:
-        d = json.loads(p.read_text())
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"over {MAX_FILE_BYTES >> 20} MiB")
+        d = json.loads(data.decode("utf-8"))
         if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("entries"), dict):
             why = "it is not a Kiln timing cache"
         elif d.get("version") != VERSION:
             why = f"it has format version {d.get('version')!r}, this Kiln reads {VERSION}"
         else:
-            return {k: v for k, v in d["entries"].items() if isinstance(v, dict) and isinstance(v.get("tactic"), dict)}
+            good = {k: v for k, v in d["entries"].items() if _well_formed(v)}
+            if len(good) < len(d["entries"]) and not quiet:
+                _warn(f"timing cache {str(p)!r}: {len(d['entries']) - len(good)} malformed entries are ignored; "
+                      f"those layers are timed again")
+            return good
+    except RecursionError:  # json's parser recurses per nesting level: a hostile file can exhaust the stack
+        why = "it is nested too deeply to be a timing cache"
     except (OSError, UnicodeDecodeError, ValueError) as e:
         why = f"it cannot be read ({type(e).__name__}: {e})"
     if not quiet:
-        msg = f"timing cache {str(p)!r} is ignored: {why}; every layer is timed again and the file rewritten"
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        log.warning(msg)
+        _warn(f"timing cache {str(p)!r} is ignored: {why}; every layer is timed again and the file rewritten")
     return {}
+
+
+def _well_formed(e) -> bool:
+    """What the tuner reads from a hit: {"tactic": {"name": str, "params": dict}, "times": dict, "rejected": dict}."""
+    if not isinstance(e, dict):
+        return False
+    t = e.get("tactic")
+    return (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("params", {}), dict)
+            and isinstance(e.get("times", {}), dict) and isinstance(e.get("rejected", {}), dict))
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+    log.warning(msg)
 
 
 def make_key(signature: dict) -> str:

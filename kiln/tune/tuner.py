@@ -392,11 +392,12 @@ class Tuner:
         except NotApplicable as e:
             return LayerResult(node.label, default, source="default", note=str(e))
         key = make_key(signature(node, specs, cands, self.device_desc, self.versions, self.tf32))
-        hit = self.cache.get(key)
-        choice = None if hit is None else Choice.from_json(hit["tactic"])
         # the cache file is untrusted: a hit may only pick one of this layer's candidates (each one a checked
         # kernel); any other tactic or parameters are never run unchecked, the layer is timed again instead
-        if choice is not None and choice.label in {c.label for c in cands}:
+        labels = {c.label for c in cands}
+        hit = self.cache.get(key, lambda e: Choice.from_json(e["tactic"]).label in labels)
+        if hit is not None:
+            choice = Choice.from_json(hit["tactic"])
             return LayerResult(node.label, choice, hit.get("times", {}).get(choice.label), dict(hit.get("times", {})),
                                dict(hit.get("rejected", {})), source="cache")
         if not budget_left:

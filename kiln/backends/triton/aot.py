@@ -3,13 +3,13 @@
 the GPU form of every generated kernel compiles, libdevice calls included, where no GPU is available."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .cache import exec_source
 from .codegen import ElementwiseSpec, Generated
 
 TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
@@ -46,11 +46,8 @@ def compile_source(source: str, signature: dict[str, str], constexprs: dict, arc
 def _compile(triton, GPUTarget, source, signature, constexprs, arch, num_warps, num_stages):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "kiln_aot_kernel.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location("kiln_aot_kernel", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        fn = mod.kernel
+        path.write_text(source)  # (for the file name in Triton's line info; the text itself is run below)
+        fn = exec_source(source, str(path), "kiln_aot_kernel").kernel  # never imported: no .pyc is ever read
         src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
         return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps,
                                                                                  "num_stages": num_stages})

@@ -1,18 +1,27 @@
 """Compiled kernels, cached: in memory by the hash of what they were generated from, on disk by the hash of
 their source text.
 
-Triton's ``@jit`` reads a kernel's source from its file, so generated text is written to
-``<cache dir>/<sha256 of the text>.py`` and imported from there; Triton then caches the binaries itself
-(keyed by that source, the device and its own version) in its own cache directory. A file whose content does
-not hash to its name is rewritten before use: the cache can save work, never change what runs.
+Triton's ``@jit`` reads a kernel's source (``inspect.getsource``), so generated text is written to
+``<cache dir>/<sha256 of the text>.py``; Triton then caches the binaries itself (keyed by that source, the device
+and its own version) in its own cache directory. A file whose content does not hash to its name is rewritten
+before use: the cache can save work, never change what runs.
 The text always comes from the generator (at engine load, from the stored description), never from the
 engine file.
+
+The cache folder is untrusted until checked. The module is compiled from the verified text in memory and its
+lines are handed to ``linecache`` for Triton to read, never imported: Python's importer would run a matching
+``__pycache__/*.pyc`` instead of the text, and anyone able to write the folder could plant one. The folder is
+made 0700 and used only when it is a real directory (not a symlink) of this user that no one else can write;
+otherwise a fresh private temporary folder (``tempfile.mkdtemp``) is used, with a logged warning.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import linecache
+import logging
 import os
+import stat
+import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +30,9 @@ from typing import Callable
 _lock = threading.Lock()
 _memory: dict[str, ModuleType] = {}
 _cache_dir: Path | None = None
+_dir_lock = threading.Lock()  # (load holds _lock while it imports: usable_dir has its own)
+_fallback: dict[Path, Path] = {}  # refused folder -> the private temporary folder used instead (warned once)
+log = logging.getLogger("kiln.backends")
 stats = {"generated": 0, "memory_hits": 0, "disk_hits": 0, "disk_writes": 0}
 
 
@@ -72,14 +84,7 @@ def load(key: str, generate: Callable[[], str]) -> ModuleType:
 
 def _import(source: str) -> ModuleType:
     name = hashlib.sha256(source.encode()).hexdigest()
-    d = cache_dir()
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError:  # an unwritable home: a private directory under the system's temp dir
-        import tempfile
-        d = Path(tempfile.gettempdir()) / f"kiln-triton-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        d.mkdir(parents=True, exist_ok=True)
-    path = d / f"kiln_{name[:32]}.py"
+    path = usable_dir(cache_dir()) / f"kiln_{name[:32]}.py"
     try:
         ok = path.read_text() == source
     except OSError:
@@ -91,8 +96,52 @@ def _import(source: str) -> ModuleType:
         tmp.write_text(source)
         os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
         stats["disk_writes"] += 1
-    spec = importlib.util.spec_from_file_location(f"kiln_triton_{name[:32]}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    mod = exec_source(source, str(path), f"kiln_triton_{name[:32]}")
     mod.__kiln_source__ = source  # type: ignore[attr-defined]
     return mod
+
+
+def exec_source(source: str, filename: str, module_name: str) -> ModuleType:
+    """A module made by running ``source`` itself, never through the import system (which would prefer a
+    ``.pyc`` beside ``filename``). Its lines go to ``linecache`` under ``filename``, so ``inspect.getsource``
+    (Triton's ``@jit``) reads this text, not whatever the file holds by then."""
+    # mtime None: linecache.checkcache leaves the entry alone instead of re-reading the file
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    code = compile(source, filename, "exec", dont_inherit=True)
+    mod = ModuleType(module_name)
+    mod.__file__ = filename
+    exec(code, mod.__dict__)  # noqa: S102 - Kiln's own generated text, checked above, not the file's
+    return mod
+
+
+def usable_dir(d: Path) -> Path:
+    """``d``, created 0700 when missing, if it is safe to keep kernels in; else a private temporary folder."""
+    why = _unsafe(d)
+    if why is None:
+        return d
+    with _dir_lock:
+        alt = _fallback.get(d)
+        if alt is None or _unsafe(alt) is not None:
+            alt = _fallback[d] = Path(tempfile.mkdtemp(prefix="kiln-triton-"))
+            log.warning("Triton kernel cache %r is not used (%s); kernels go to the private folder %r instead",
+                        str(d), why, str(alt))
+        return alt
+
+
+def _unsafe(d: Path) -> str | None:
+    """Why ``d`` must not hold kernels (None: it may): a kernel file there could be swapped between the check
+    and Triton reading it unless only this user can write the folder."""
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(d)
+    except OSError as e:
+        return f"cannot create it: {e}"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"it is owned by uid {st.st_uid}, not this user ({os.getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others can write it (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
