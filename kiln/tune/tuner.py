@@ -396,10 +396,17 @@ class Tuner:
         # kernel); any other tactic or parameters are never run unchecked, the layer is timed again instead
         labels = {c.label for c in cands}
         hit = self.cache.get(key, lambda e: Choice.from_json(e["tactic"]).label in labels)
+        recheck_note = None
         if hit is not None:
             choice = Choice.from_json(hit["tactic"])
-            return LayerResult(node.label, choice, hit.get("times", {}).get(choice.label), dict(hit.get("times", {})),
-                               dict(hit.get("rejected", {})), source="cache")
+            # ...and the chosen kernel is run once against the reference: a wrong cache costs time, never results
+            why = self._check_once(node, choice, specs, constants, opset, seed)
+            if why is None:
+                return LayerResult(node.label, choice, hit.get("times", {}).get(choice.label),
+                                   dict(hit.get("times", {})), dict(hit.get("rejected", {})), source="cache")
+            recheck_note = f"timing cache chose {choice.label}, which failed its check here ({why}); tuned again"
+            log.warning("%s: %s", node.label, recheck_note)
+            cands = [c for c in cands if c.label != choice.label] or [TORCH]
         if not budget_left:
             return LayerResult(node.label, default, source="default", note="tuning budget exceeded")
         inputs = materialize(specs, self.device, seed)
@@ -456,10 +463,35 @@ class Tuner:
                 chosen = default.label
             res.choice = next(c for c in cands if c.label == chosen)
             res.time_ms = res.times[chosen]
+        if recheck_note is not None:
+            res.note = recheck_note if not res.note else f"{recheck_note}; {res.note}"
         what = f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in specs]}"
         self.cache.put(key, {"what": what,
                              "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected})
         return res
+
+    def _check_once(self, node, choice: Choice, specs: list, constants: dict, opset: int, seed: int) -> str | None:
+        """Why ``choice`` does not reproduce the layer's reference on one random input, or None."""
+        if choice.name == "torch":
+            return None
+        from ..ops import default_registry
+        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
+        ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
+                            output_types=[o.type if o is not None else None for o in node.outputs], node_name=node.label)
+        attrs = node.attrs
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                inputs = materialize(specs, self.device, seed)
+                ref = ref_kernel(ctx, [_clone(x) for x in inputs], attrs)
+            except Exception:  # noqa: BLE001 - the reference cannot run on random data: nothing to check against
+                return None
+            try:
+                t = make(choice, node, constants, self.device)
+                got = (ref_kernel if t is None else t.kernel)(ctx, [_clone(x) for x in inputs], attrs)
+            except Exception as e:  # noqa: BLE001 - a cached choice that cannot run here
+                return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            return mismatch(got, ref, self.device, self.tf32, quantized="out_scale" in attrs or "q_scale" in attrs)
 
 
 def _clone(x):

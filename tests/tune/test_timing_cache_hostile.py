@@ -68,3 +68,26 @@ def test_foreign_tactic_in_a_hit_is_timed_again(tmp_path, count_timings):
     assert again.report.tuning["timed"] > 0
     assert not any("block" in v.get("params", {}) for v in again.tactic_choices.values())
     assert set(again.tactic_choices) == set(first.tactic_choices)
+
+
+def test_cached_choice_that_fails_its_check_is_tuned_again(tmp_path, count_timings):
+    """A hit naming one of the layer's own candidates is still run once against the reference: onednn_gemm
+    (1x1 convolutions only) written for every layer fails that check on the 3x3 layers, which are timed again,
+    and the engine computes what the first one did."""
+    import numpy as np
+    path = tmp_path / "timing.json"
+    first = _build(timing_cache=str(path))
+    d = json.loads(path.read_text())
+    for e in d["entries"].values():
+        e["tactic"] = {"name": "onednn_gemm", "params": {}}
+    path.write_text(json.dumps(d))
+    count_timings.clear()
+    again = _build(timing_cache=str(path))
+    assert count_timings and again.report.tuning["timed"] > 0
+    assert any("failed its check" in n for n in again.report.notes + [str(l) for l in again.report.layers]) or \
+        again.report.tuning["cache_hits"] < len(d["entries"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = first.create_execution_context().infer({"image": x})
+    got = again.create_execution_context().infer({"image": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
