@@ -46,8 +46,15 @@ def run(args) -> int:
     if args.onnx_out:
         import onnx
         from ..frontend.onnx_export import export_onnx
-        info = {l["name"]: f"kernel: {l['kernel']}\nprecision: {l['precision']}" for l in doc["layers"]}
-        onnx.save(export_onnx(engine.graph, engine.output_names, info), args.onnx_out)
+        from ..passes.propagate import propagate, symbolic_types
+        times = {r["name"]: r["ms"] for r in doc.get("profile") or []}  # with --profile
+        info = {l["name"]: {"kernel": l["kernel"], "precision": l["precision"],
+                            **({"time_ms": times[l["name"]]} if times.get(l["name"]) is not None else {})}
+                for l in doc["layers"]}
+        types = symbolic_types(engine.graph, propagate(engine.graph, registry=engine.registry))
+        model = export_onnx(engine.graph, engine.output_names, info, types)
+        onnx.checker.check_model(model)  # what Netron and other tools expect
+        onnx.save(model, args.onnx_out)
     if args.json:
         print(json.dumps(doc, indent=1, default=str))
         return 0

@@ -65,9 +65,30 @@ def test_inspect_profile_json_and_onnx_export(work):
     m = onnx.load(str(d / "opt.onnx"))
     kiln_nodes = [n for n in m.graph.node if n.domain == "kiln"]
     assert kiln_nodes and any("residual" in n.doc_string for n in kiln_nodes)
-    covers = {n.name: [s.decode() for a in n.attribute if a.name == "kiln_covers" for s in a.strings]
-              for n in m.graph.node}
+    onnx.checker.check_model(m)
+    covers = {n.name: [p.value for p in n.metadata_props if p.key == "kiln.covers"] for n in m.graph.node}
     assert all(covers[n] for n in covers)
+    assert all(any(p.key == "kiln.time_ms" for p in n.metadata_props) for n in m.graph.node if n.name in layers)
+    shaped = {vi.name for vi in list(m.graph.value_info) + list(m.graph.output) if vi.type.tensor_type.HasField("shape")}
+    assert {o.name for o in m.graph.output} <= shaped and len(m.graph.value_info) >= len(m.graph.node) - 2
+
+
+def test_inspect_onnx_export_of_a_horizontally_fused_engine(tmp_path):
+    """The QKV-style merge leaves a Split that covers no ONNX node; exporting it once crashed."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", f"W{i}"], [f"y{i}"]) for i in range(3)]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), f"W{i}") for i in range(3)]
+    g = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 4, 16])],
+                          [helper.make_tensor_value_info(f"y{i}", TP.FLOAT, None) for i in range(3)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "qkv.onnx"))
+    kiln("inspect", "qkv.onnx", "--onnx-out", "qkv_opt.onnx", cwd=tmp_path)
+    m = onnx.load(str(tmp_path / "qkv_opt.onnx"))
+    onnx.checker.check_model(m)
+    assert [n.op_type for n in m.graph.node] == ["Linear", "Split"]
+    assert all(o.type.tensor_type.shape.dim[2].dim_value == 16 for o in m.graph.output)
 
 
 def test_inspect_text_and_plot(work):
