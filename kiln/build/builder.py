@@ -42,6 +42,11 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     _check_profiles(graph, config)
     static_shapes = _static_input_shapes(graph, config)
     ctx = PassContext(graph, config, registry, static_shapes)
+    unbounded = _unbounded_dims(graph, config)
+    if unbounded:
+        msg = _no_profile_message(unbounded)
+        log.warning(msg)
+        ctx.notes.append(msg)
     timings = run_pipeline(graph, ctx, progress=progress)
     graph.toposort()
     graph.verify()
@@ -184,6 +189,29 @@ def _check_profiles(graph: Graph, config: BuilderConfig) -> None:
                     if len(s) != len(declared) or any(isinstance(d, int) and d != x for d, x in zip(declared, s)):
                         raise ShapeError(f"profile {i} {which} shape {list(s)} for input {n!r} does not fit the "
                                          f"model's declared shape {list(declared)}")
+
+
+def _unbounded_dims(graph: Graph, config: BuilderConfig) -> dict[str, list]:
+    """input name -> its dynamic dims (names or positions) that no profile gives shapes for."""
+    covered = {n for p in config.profiles for n in p.names()}
+    out = {}
+    for v in graph.inputs:
+        shape = getattr(v.type, "shape", None)
+        if v.name in covered or shape is None:
+            continue
+        dyn = [d if isinstance(d, str) else f"dim {i}" for i, d in enumerate(shape) if not isinstance(d, int)]
+        if dyn:
+            out[v.name] = dyn
+    return out
+
+
+def _no_profile_message(unbounded: dict[str, list]) -> str:
+    dims = "; ".join(f"{name!r}: {', '.join(map(str, d))}" for name, d in unbounded.items())
+    example = next(iter(unbounded))
+    return (f"dynamic input dims without an optimization profile ({dims}): layers whose shapes depend on them are "
+            f"not tuned and their memory is not planned ahead. Give the shapes the engine will see: "
+            f"BuilderConfig(profiles=(Profile.of({example}=(min_shape, opt_shape, max_shape)),)), or on the CLI "
+            f"--min-shapes/--opt-shapes/--max-shapes {example}:1x...  (--shapes {example}:... for one fixed shape)")
 
 
 def _static_input_shapes(graph: Graph, config: BuilderConfig) -> dict[str, tuple]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, Node, Value
 from .context import PassContext
-from .rewrite import fuse_into, merge_covers, only_use
+from .rewrite import fuse_into, merge_covers, only_use, several_readers_reason
 
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal", "Relu", "Sigmoid", "Tanh",
@@ -44,7 +44,12 @@ def fuse_elementwise(graph: Graph, ctx: PassContext) -> bool:
             continue  # not the head of its chain
         chain = [start]
         while True:
-            nxt = only_use(chain[-1].outputs[0])
+            last = chain[-1].outputs[0]
+            nxt = only_use(last)
+            if nxt is None and len(last.uses) > 1:
+                fusable = [n for n, _ in last.uses if _is_elementwise(n, graph)]
+                if fusable:
+                    ctx.reject("fuse_elementwise", [chain[-1], *fusable], several_readers_reason(last))
             if not _is_elementwise(nxt, graph):
                 break
             chain.append(nxt)

@@ -15,7 +15,7 @@ import torch
 
 from ..ir.graph import Graph, Node
 from .context import PassContext
-from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
+from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar, several_readers_reason
 
 
 def _activation(node: Node, ctx: PassContext) -> str | None:
@@ -171,6 +171,11 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
     out = node.outputs[0]
     while True:
         nxt = only_use(out)
+        if nxt is None and out.uses:
+            why = several_readers_reason(out)
+            fusable = [n for n, _ in out.uses if n.op_type in ("Add", "Sum") or _activation(n, ctx) is not None]
+            if why is not None and fusable:
+                ctx.reject("fuse_epilogues", [node, *fusable], why)
         if nxt is None or nxt.graph is not graph:
             break
         if nxt.op_type in ("Add", "Sum") and len(nxt.inputs) == 2:

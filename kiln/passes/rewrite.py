@@ -14,6 +14,18 @@ def only_use(v: Value) -> Node | None:
     return v.uses[0][0]
 
 
+def several_readers_reason(v: Value) -> str | None:
+    """Why a fusion cannot absorb the readers of ``v`` when it is read more than once (or is a graph output):
+    the value must still be written for the other readers. None when it has one reader."""
+    if is_output(v):
+        return f"{v.name!r} is a graph output, so it must be written"
+    if len(v.uses) > 1:
+        readers = sorted({n.label for n, _ in v.uses})
+        return f"{v.name!r} has {len(v.uses)} readers ({', '.join(readers[:4])}{', ...' if len(readers) > 4 else ''}), " \
+               f"so it must be written; fusion absorbs a value read once"
+    return None
+
+
 def is_output(v: Value) -> bool:
     g = v.producer.graph if v.producer is not None else None
     return g is not None and any(o is v for o in g.outputs)

@@ -235,3 +235,20 @@ def test_reduced_precision_keeps_float32_io(flag, dtype):
     np.testing.assert_allclose(out, ref, rtol=3e-2, atol=3e-2)
     precisions = {l.precision for l in e.report.layers if l.op == "kiln::Linear"}
     assert precisions == {"f16" if flag == "fp16" else "bf16"}
+
+
+def test_several_readers_rejection_names_the_readers():
+    # Conv output read by the Relu and the Add: neither can be absorbed, and the report says why.
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "c"], ["y"])]
+    e = check(model(nodes, [("x", [1, 2, 4, 4])], ["y"], [("W", w(2, 2, 1, 1))]), {"x": w(1, 2, 4, 4)})
+    reasons = [r["reason"] for r in e.report.rejections if r["rule"] == "fuse_epilogues"]
+    assert any("'c' has 2 readers" in r and "read once" in r for r in reasons), reasons
+
+
+def test_elementwise_chain_with_a_shared_intermediate_says_why():
+    nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Sqrt", ["a"], ["b"]),
+             helper.make_node("Neg", ["a"], ["c"]), helper.make_node("Mul", ["b", "c"], ["y"])]
+    e = check(model(nodes, [("x", [3, 4])], ["y"]), {"x": np.abs(w(3, 4))})
+    reasons = [r["reason"] for r in e.report.rejections if r["rule"] == "fuse_elementwise"]
+    assert any("'a' has 2 readers" in r for r in reasons), e.report.rejections
