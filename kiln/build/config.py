@@ -92,7 +92,11 @@ class BuilderConfig:
     int8_smoothing: float = 0.0  # SmoothQuant alpha (e.g. 0.5) for INT8 GEMM inputs; 0: off
     int8_activations: str = "static"  # "dynamic": GEMM inputs get per-row scales at run time (no calibration)
     calibration_cache: str | None = None  # read when it exists (no data needed); written after calibrating
-    accuracy_target: dict | None = None  # {"min_cosine": 0.99} and/or {"max_rel_error": 0.05}, vs float32
+    # Reduced precision (fp16/bf16/int8/fp8) is measured against float32 and held to this target by keeping
+    # the most sensitive layers in higher precision (reported): {"min_cosine": 0.99} and/or
+    # {"max_rel_error": 0.05}; "default": a target per precision (kiln.quant.accuracy.DEFAULT_TARGETS);
+    # None: no check.
+    accuracy_target: dict | str | None = "default"
     validation_data: Any = field(default=None, compare=False)  # for accuracy_target; default: calibration data
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ import torch
 
 from ..ir.graph import Graph
 from ..ops import KernelContext
-from ..quant.accuracy import AccuracyTarget, compare
+from ..quant.accuracy import compare, resolve_target
 from ..quant.calibrate import copy_graph, run_graph
 from .context import PassContext
 from .precision import lower_precision, target_dtype
@@ -23,17 +23,31 @@ MAX_STEPS = 24  # layers put back to float32 at most, one measurement each
 def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
     cfg = ctx.config
     t = target_dtype(ctx)
-    if cfg.accuracy_target is None or t is None or "quantization" in graph.meta:
+    target = None if t is None else resolve_target(cfg.accuracy_target, t.short)
+    if target is None or "quantization" in graph.meta:
         return False  # no target, nothing lowered, or the int8 pass measured already
     from .quantize_int8 import Data
     batches = Data(graph, ctx).validation()
-    target = AccuracyTarget.parse(cfg.accuracy_target)
     info: dict = {"target": {k: v for k, v in vars(target).items() if v is not None}, "precision": t.short}
     if not batches:
-        ctx.notes.append("accuracy target not checked: no validation_data or int8_calibrator data")
+        # No data given: a generated sample still catches what fp16 breaks for any input (overflow, a kernel
+        # wrong in low precision); real inputs measure better, and the report says which was used.
+        batches = generated_sample(graph, ctx)
+        info["data"] = "generated sample (random inputs at the opt shapes): give validation_data for real data"
+    if not batches:
+        ctx.notes.append("accuracy target not checked: no validation_data, no int8_calibrator data, and no "
+                         "sample could be generated (inputs without static shapes at the opt profile)")
         graph.meta["quantization"] = {"accuracy": {**info, "checked": False}}
         return False
-    ref = run_graph(graph, batches, cfg.device, ctx.registry)
+    try:
+        ref = run_graph(graph, batches, cfg.device, ctx.registry)
+    except Exception as e:  # noqa: BLE001 - a generated sample the model rejects (ids out of a table's range)
+        if "data" not in info:
+            raise
+        ctx.notes.append(f"accuracy target not checked: the model cannot run on a generated sample "
+                         f"({type(e).__name__}); give validation_data")
+        graph.meta["quantization"] = {"accuracy": {**info, "checked": False}}
+        return False
 
     def measure(pinned: list[str]) -> dict:
         g = copy_graph(graph)
@@ -60,6 +74,30 @@ def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
                      + (f"; kept in fp32: {', '.join(pinned)}" if pinned else ""))
     _pin(graph, pinned)
     return bool(pinned)
+
+
+def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[dict]:
+    """Random inputs at the first profile's opt shapes (or the static shapes): normal floats, zero integers
+    (valid indices for any table), False booleans. [] when an input's shape is not known."""
+    shapes = dict(ctx.input_shapes or {})
+    for p in ctx.config.profiles[:1]:
+        shapes.update(p.opt)
+    dev = torch.device(ctx.config.device)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(batches):
+        feed = {}
+        for v in graph.inputs:
+            shape, dtype = shapes.get(v.name), getattr(v.type, "dtype", None)
+            if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
+                return []
+            if dtype.is_float:
+                x = torch.randn(tuple(shape), generator=gen).to(dtype.torch)
+            else:
+                x = torch.zeros(tuple(shape), dtype=dtype.torch)
+            feed[v.name] = x.to(dev)
+        out.append(feed)
+    return out
 
 
 def _pin(graph: Graph, names: list[str]) -> None:

@@ -58,6 +58,23 @@ class AccuracyTarget:
         return b
 
 
+# What "never silently wrong" means per precision when the user names no target (BuilderConfig's
+# accuracy_target="default"): the smallest per-sample cosine to float32. fp16 keeps ~3 decimal digits and
+# rarely costs more than 1e-4 of cosine; 8-bit layers lose more, and 0.99 is where classifiers start to flip
+# decisions. A user who knows better sets a target, or accuracy_target=None to switch the check off.
+DEFAULT_TARGETS = {"f16": {"min_cosine": 0.999}, "bf16": {"min_cosine": 0.995}, "int8": {"min_cosine": 0.99},
+                   "fp8": {"min_cosine": 0.99}}
+
+
+def resolve_target(spec, precision: str) -> AccuracyTarget | None:
+    """The target a build holds for ``precision`` ("f16", "bf16", "int8", "fp8"): None when switched off."""
+    if spec is None:
+        return None
+    if spec == "default":
+        return AccuracyTarget.parse(DEFAULT_TARGETS.get(precision, {"min_cosine": 0.99}))
+    return AccuracyTarget.parse(spec)
+
+
 def compare(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> dict:
     """{"cosine": min per-sample cosine, "max_rel_error": max error / output range} over batches."""
     cos, rel = 1.0, 0.0

@@ -13,5 +13,5 @@ def check_quant_fields(config) -> None:
     parse_method(config.calibration_method)
     if config.int8_activations not in ("static", "dynamic"):
         raise ValueError(f"int8_activations must be 'static' or 'dynamic', got {config.int8_activations!r}")
-    if config.accuracy_target is not None:
+    if config.accuracy_target is not None and config.accuracy_target != "default":
         AccuracyTarget.parse(config.accuracy_target)

@@ -1,0 +1,55 @@
+"""Reduced precision is never silently wrong: every fp16/bf16 build is measured against float32 by default
+(on the validation/calibration data, else a generated sample) and layers out of tolerance stay in float32."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+import kiln
+
+
+def _overflowing_model() -> onnx.ModelProto:
+    """A MatMul whose intermediate (~3e5) overflows float16's 65504, scaled back down afterwards."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 16)) * 3e4).astype(np.float32)
+    w2 = (rng.standard_normal((16, 8)) * 1e-5).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("x", TP.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [4, 8])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_overflow_is_caught_by_default_and_kept_in_float32():
+    model = _overflowing_model()
+    e = kiln.build(model, fp16=True)
+    acc = e.report.quantization["accuracy"]
+    assert acc["checked"] and acc["met"] and acc["kept"], acc
+    assert "generated sample" in acc["data"]
+    assert any("kept in fp32" in n for n in e.report.notes)
+    x = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
+    got = e.create_execution_context().infer({"x": x})["y"]
+    want = x @ onnx.numpy_helper.to_array(model.graph.initializer[0]) @ \
+        onnx.numpy_helper.to_array(model.graph.initializer[1])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
+
+
+def test_check_can_be_switched_off():
+    e = kiln.build(_overflowing_model(), fp16=True, accuracy_target=None)
+    assert "accuracy" not in e.report.quantization
+    x = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
+    assert not np.isfinite(e.create_execution_context().infer({"x": x})["y"]).all()  # what the check prevents
+
+
+def test_default_target_is_recorded_in_the_engine(tmp_path):
+    e = kiln.build(_overflowing_model(), fp16=True)
+    e.save(tmp_path / "m.engine")
+    loaded = kiln.Engine.load(tmp_path / "m.engine")
+    assert loaded.report.quantization["accuracy"]["target"] == {"min_cosine": 0.999}
+
+
+def test_bad_target_still_refused():
+    with pytest.raises(ValueError, match="accuracy_target"):
+        kiln.BuilderConfig(accuracy_target={"cos": 0.9})
