@@ -22,7 +22,10 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-data", metavar="DIR", help="folder of .npz input batches to calibrate int8 with")
     g.add_argument("--calib-method", metavar="NAME",
                    help="minmax, entropy, entropy2 (default) or percentile[:P]")
-    g.add_argument("--no-tf32", action="store_true", help="forbid TF32 in float32 matmuls/convolutions (CUDA)")
+    g.add_argument("--tf32", action="store_true",
+                   help="allow TF32 in float32 matmuls/convolutions on CUDA (faster; off by default, as in "
+                        "onnxruntime: fp32 engines then match float32 references)")
+    g.add_argument("--no-tf32", action="store_true", help="forbid TF32 (the default; kept for old scripts)")
     g.add_argument("--shapes", metavar="SPEC",
                    help="fixed input shapes, e.g. x:1x3x224x224,mask:1x128 (a profile with min=opt=max)")
     g.add_argument("--min-shapes", metavar="SPEC", action="append", default=[],
@@ -87,7 +90,8 @@ def config_from_args(args, **extra):
     profiles = profiles_from_args(args)
     try:
         return BuilderConfig(
-            device=resolve_device(args.device), fp16=args.fp16, bf16=args.bf16, tf32=not args.no_tf32,
+            device=resolve_device(args.device), fp16=args.fp16, bf16=args.bf16,
+            tf32=args.tf32 and not args.no_tf32,
             workspace_bytes=None if args.workspace is None else int(args.workspace * (1 << 20)),
             profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,
             tuning_budget_s=getattr(args, "tuning_budget", None), tactic_replay=getattr(args, "tactic_replay", None),

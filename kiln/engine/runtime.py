@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..build.config import BuilderConfig, Profile
-from ..errors import DeviceMismatchError, EngineFormatError, InputError, ShapeError
+from ..errors import DeviceMismatchError, EngineFormatError, InputError, KilnError, ShapeError
 from ..ir.convert import torch_to_numpy
 from ..ir.dtype import DType
 from ..ir.graph import Graph
@@ -23,6 +23,7 @@ from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from . import device_info
 from .buffers import check_output_buffers, check_output_shape
+from .precision_flags import float32_precision
 from ..runtime.interpreter import as_tensor, inputs_by_name
 from .placement import is_host_constant
 from .program import Program
@@ -108,24 +109,49 @@ class Engine:
 
     @staticmethod
     def deserialize(data: bytes, where: str = "engine bytes") -> "Engine":
-        from ..build.report import BuildReport
-        from .format import unpack
-        from .graph_json import decode_graph
-        header, plan, weights = unpack(bytes(data), where)
-        for key in ("config", "output_names", "device", "versions"):
-            if key not in header:
-                raise EngineFormatError(f"{where}: header lacks {key!r}")
-        device_info.check_compatible(header["device"], header["versions"], where)
-        graph = decode_graph(plan, weights)
-        report = BuildReport.from_json(header["report"]) if "report" in header else None
-        return Engine(graph, header, report)
+        """An engine from the bytes of an engine file, which are treated as hostile: validated (format.py,
+        validate.py) before anything is built from them. Every failure is a KilnError."""
+        try:
+            return Engine._deserialize(bytes(data), where)
+        except KilnError:
+            raise
+        except Exception as e:  # noqa: BLE001 - belt and braces: what validation missed is still a bad file
+            raise EngineFormatError(f"{where} could not be loaded: {type(e).__name__}: {e}") from e
 
     @staticmethod
-    def load(path: str | Path) -> "Engine":
+    def _deserialize(data: bytes, where: str) -> "Engine":
+        from .format import unpack
+        from .graph_json import decode_graph
+        from .validate import check_engine, read_report
+        header, plan, weights = unpack(data, where)  # the header is checked against its schema here
+        device_info.check_compatible(header["device"], header["versions"], where)
+        registry = default_registry()
+        check_engine(header, plan, weights, registry, where)
+        try:
+            report = read_report(header)
+        except EngineFormatError as e:
+            raise EngineFormatError(f"{where}: {e}") from None
+        graph = decode_graph(plan, weights)
+        return Engine(graph, header, report, registry)
+
+    @staticmethod
+    def load(path: str | Path, max_bytes: int | None = None) -> "Engine":
+        """Load an engine file; one larger than ``max_bytes`` (default ``format.MAX_FILE_BYTES``, 64 GiB) is
+        refused before it is read."""
+        from .format import MAX_FILE_BYTES
+        limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
         p = Path(path)
         if not p.is_file():
             raise EngineFormatError(f"engine file {str(p)!r} does not exist")
-        return Engine.deserialize(p.read_bytes(), f"engine file {str(p)!r}")
+        size = p.stat().st_size
+        if size > limit:
+            raise EngineFormatError(f"engine file {str(p)!r} is {size} bytes, over the limit of {limit} bytes "
+                                    f"(Engine.load's max_bytes)")
+        with p.open("rb") as f:
+            data = f.read(size + 1)  # never more than the limit, even if the file grew since stat
+        if len(data) != size:
+            raise EngineFormatError(f"engine file {str(p)!r} changed size while it was read")
+        return Engine.deserialize(data, f"engine file {str(p)!r}")
 
     def __repr__(self) -> str:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"
@@ -191,10 +217,18 @@ class ExecutionContext:
         self._input_shapes: dict[str, tuple] = {}
         # Dynamic tensor memory (arena.py): one arena, sized at build for the largest profile shapes.
         self.use_arena = bool(arena) and bool(engine.header.get("arena"))
-        self._arena = torch.empty(max(int(engine.arena_bytes or 0), 1), dtype=torch.uint8, device=self.device) \
-            if self.use_arena else None
+        self._arena = self._allocate_arena() if self.use_arena else None
         self._layouts: dict[tuple, Any] = {}
         self._last_layout = None
+
+    def _allocate_arena(self) -> torch.Tensor:
+        size = max(int(self.engine.arena_bytes or 0), 1)
+        try:
+            return torch.empty(size, dtype=torch.uint8, device=self.device)
+        except (RuntimeError, MemoryError) as e:  # the size comes from the engine file (header 'arena_bytes')
+            raise DeviceMismatchError(f"cannot allocate this engine's activation arena of {size} bytes (header "
+                                      f"field 'arena_bytes') on {self.device}: {str(e).splitlines()[0][:200]}; "
+                                      f"create_execution_context(arena=False) runs without one") from None
 
     # -- TensorRT-style shape setting (optional) ------------------------------------------
     def set_input_shape(self, name: str, shape) -> None:
@@ -247,6 +281,10 @@ class ExecutionContext:
 
     # -- running -----------------------------------------------------------------------------
     def _eager(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
+        with float32_precision(self.device, self.engine.config.tf32):
+            return self._launch(feed, keep)
+
+    def _launch(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
         env = {v.id: feed[v.name] for v in self.engine.graph.inputs}
         program = self.engine.program
         with torch.inference_mode():

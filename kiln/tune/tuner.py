@@ -24,6 +24,8 @@ from ..ops import KernelContext
 from .cache import TimingCache, make_key
 from .space import TORCH, Choice, NotApplicable, candidates, default_choice, make
 
+from ..engine.precision_flags import float32_precision
+
 log = logging.getLogger("kiln.tune")
 
 MARGIN = 0.03  # a candidate must beat the default by 3% to replace it (GPU: CUDA-event timings are stable)
@@ -417,7 +419,7 @@ class Tuner:
                             node_name=node.label)
         attrs = node.attrs
         res = LayerResult(node.label, default)
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), float32_precision(self.device, self.tf32):
             warnings.simplefilter("ignore")  # e.g. SDPA explaining why a backend cannot run: the reason is kept
             try:
                 ref = ref_kernel(ctx, [_clone(x) for x in inputs], attrs)
@@ -479,7 +481,7 @@ class Tuner:
         ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
                             output_types=[o.type if o is not None else None for o in node.outputs], node_name=node.label)
         attrs = node.attrs
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), float32_precision(self.device, self.tf32):
             warnings.simplefilter("ignore")
             try:
                 inputs = materialize(specs, self.device, seed)
