@@ -47,8 +47,29 @@ def is_host_constant(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.is_complex() and t.numel() <= MAX_HOST_CONSTANT
 
 
+def host_constants(graph: Graph) -> set[int]:
+    """Ids of the constants of ``graph`` (not its subgraphs) that live on the host (see plan_placement)."""
+    return plan_placement(graph).host_values & {v.id for v in graph.constants.values()}
+
+
 def plan_placement(graph: Graph) -> Placement:
-    host: set[int] = {v.id for v in graph.constants.values() if is_host_constant(v.const)}
+    """Small integer constants live on the host; so do small float ones (Resize's scales, a divisor of a
+    size computed from Shape) as long as every reader takes them as Python values or runs on the host: on
+    the device, a kernel reading them would synchronize, and CUDA graph capture failed on every model with
+    a Resize. Float candidates read as data by a device layer go back to the device, until none is left."""
+    floats = {v.id for v in graph.constants.values()
+              if not is_host_constant(v.const) and v.const.numel() <= MAX_HOST_CONSTANT and not v.const.is_complex()}
+    while True:
+        placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats)
+        demoted = {v.id for n in graph.nodes if id(n) in placement.moves
+                   for i in placement.moves[id(n)] if (v := n.inputs[i]).id in floats}
+        if not demoted:
+            return placement
+        floats -= demoted
+
+
+def _place(graph: Graph, host_consts: set[int]) -> Placement:
+    host: set[int] = set(host_consts)
     host_nodes: set[int] = set()
     moves: dict[int, tuple[int, ...]] = {}
     for n in graph.nodes:

@@ -100,8 +100,12 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
             # Whole-number upsampling that repeats each element: a broadcast copy beats a gather.
             wide = x.unsqueeze(axis + 1).expand(*x.shape[:axis + 1], reps, *x.shape[axis + 1:])
             return wide.flatten(axis, axis + 1)
-        y = x[lead + (idx.to(x.device),)]
-        outside = None if outside is None else outside.to(x.device)
+        if x.device.type != "cpu":
+            # The indices again, made on the device: copying the host ones would be a pageable copy, which
+            # synchronizes and is refused inside CUDA graph capture.
+            coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
+            idx = nearest_index(coords, p["nearest_mode"], scale, in_len)
+        y = x[lead + (idx,)]
     else:
         coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
         idx, w = tap_weights(coords, in_len, p["mode"], scale, p["antialias"], p["cubic_a"], p["exclude_outside"])

@@ -1,0 +1,94 @@
+"""Reliability on the GPU: recurrent models in fp16 with state inputs, CUDA-graph capture of models with
+Resize, recurrent and control-flow ops, fp32 engines that compute in float32 (no TF32 unless asked for)."""
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+import kiln
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(16, 32, batch_first=True)
+        self.fc = torch.nn.Linear(32, 5)
+        self.cell = cell
+
+    def forward(self, x, h, *c):
+        y, state = self.rnn(x, (h, c[0]) if self.cell == "lstm" else h)
+        return (self.fc(y),) + (tuple(state) if self.cell == "lstm" else (state,))
+
+
+def _export(module, args, names) -> onnx.ModelProto:
+    f = io.BytesIO()
+    torch.onnx.export(module.eval(), args, f, input_names=names, dynamo=False)
+    return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("fp16", [False, True])
+def test_recurrent_with_state_inputs_runs_under_cuda_graphs(cell, fp16):
+    torch.manual_seed(0)
+    m = _Recurrent(cell)
+    x, h, c = torch.randn(2, 20, 16), torch.randn(1, 2, 32), torch.randn(1, 2, 32)
+    args = (x, h, c) if cell == "lstm" else (x, h)
+    names = ["x", "h", "c"][:len(args)]
+    engine = kiln.build(_export(m, args, names), device="cuda", fp16=fp16)
+    ctx = engine.create_execution_context()
+    feed = {n: a.numpy() for n, a in zip(names, args)}
+    with torch.no_grad():
+        want = [t.numpy() for t in m(*args)]
+    for _ in range(2):  # the second call replays the captured graph
+        got = list(ctx.infer(feed).values())
+    tol = 2e-2 if fp16 else 1e-4
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max())))
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
+def _resize_model(mode: str) -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "scales"], ["y"], mode=mode)]
+    g = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TP.FLOAT, ["n", 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_is_captured_in_a_cuda_graph(mode):
+    model = _resize_model(mode)
+    engine = kiln.build(model, device="cuda", profiles=(kiln.Profile.of(x=((1, 3, 16, 16), (2, 3, 32, 32),
+                                                                             (4, 3, 64, 64))),))
+    ctx = engine.create_execution_context()
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in [(2, 3, 32, 32), (2, 3, 32, 32), (1, 3, 16, 24)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ctx.infer({"x": x})["y"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
+def test_fp32_conv_engine_is_float32_accurate():
+    """TF32 (10-bit mantissa) gives ~1e-3 relative error on a wide convolution; float32 stays near 1e-6."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 256, 3, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "wide",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [1, 256, 32, 32])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 256, 32, 32)).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), padding=1).numpy()
+    got = kiln.build(model, device="cuda").create_execution_context().infer({"x": x})["y"]
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    fast = kiln.build(model, device="cuda", tf32=True).create_execution_context().infer({"x": x})["y"]
+    assert np.abs(fast - want).max() / np.abs(want).max() < 5e-3  # allowed, and measurably less exact
