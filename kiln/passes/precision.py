@@ -57,7 +57,22 @@ def node_precision(node: Node, ctx: PassContext, default: DType) -> DType:
         return DType.FLOAT
     if want is None and node.domain == "" and node.op_type in KEEP_FLOAT32:
         return DType.FLOAT
+    if want is None and _scales_a_float32_sum(node):
+        return DType.FLOAT
     return default
+
+
+def _scales_a_float32_sum(node: Node) -> bool:
+    """Div/Mul of a KEEP_FLOAT32 reduction by a constant: a mean or variance written out (Sum(x*x) / n). The
+    sum may exceed float16's 65504 where the mean does not, so the division joins the sum in float32 and
+    the cast to T comes after it (a pre-trained file-type classifier's LayerNorm gave inf otherwise)."""
+    if node.domain != "" or node.op_type not in ("Div", "Mul") or len(node.inputs) != 2:
+        return False
+    a, b = node.inputs
+    if a is None or b is None or b.const is None:
+        return False
+    p = a.producer
+    return p is not None and p.domain == "" and p.op_type in KEEP_FLOAT32
 
 
 def _cast(value: Value, to: DType, name: str) -> tuple[Node, Value]:

@@ -264,15 +264,32 @@ class Data:
         dtypes = {v.name: v.dtype for v in self.graph.inputs}
         return list(iter_batches(source, names, shapes, dtypes, device=self.ctx.config.device))
 
-    def calibration(self) -> list[dict]:
+    # Without validation_data, every HOLD_OUT-th calibration batch (from 4 batches on) is kept out of the
+    # ranges and used to check the accuracy target: measured on the batches that set the ranges, an engine
+    # can look right and still flip decisions on the next input.
+    HOLD_OUT = 4
+
+    def _all_calibration(self) -> list[dict]:
         if self._cal is None:
             self._cal = self._read(self.ctx.config.int8_calibrator)
         return self._cal
 
+    def _held_out(self) -> bool:
+        return self.ctx.config.validation_data is None and len(self._all_calibration()) >= self.HOLD_OUT
+
+    def calibration(self) -> list[dict]:
+        batches = self._all_calibration()
+        if self._held_out():
+            return [b for i, b in enumerate(batches) if i % self.HOLD_OUT != self.HOLD_OUT - 1]
+        return batches
+
     def validation(self) -> list[dict]:
         if self.ctx.config.validation_data is not None:
             return self._read(self.ctx.config.validation_data)
-        return self.calibration()
+        batches = self._all_calibration()
+        if self._held_out():
+            return [b for i, b in enumerate(batches) if i % self.HOLD_OUT == self.HOLD_OUT - 1]
+        return batches
 
 
 def _read_cache(path: str | None, source) -> Calibration | None:

@@ -76,9 +76,27 @@ def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
     return bool(pinned)
 
 
+def _index_range(graph: Graph, v) -> int | None:
+    """How many rows the tables that integer input ``v`` indexes have (the smallest over its Gather
+    readers, through Casts), or None when it indexes none: ids, bytes and tokens then cover their range."""
+    sizes, frontier = [], [v]
+    while frontier:
+        x = frontier.pop()
+        for n, slot in x.uses:
+            if n.op_type == "Cast" and n.outputs and n.outputs[0] is not None:
+                frontier.append(n.outputs[0])
+            elif n.op_type == "Gather" and slot == 1 and n.inputs[0] is not None and n.inputs[0].const is not None:
+                table = n.inputs[0].const
+                axis = int(n.attrs.get("axis", 0))
+                if table.dim() and -table.dim() <= axis < table.dim():
+                    sizes.append(int(table.shape[axis]))
+    return min(sizes) if sizes else None
+
+
 def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[dict]:
-    """Random inputs at the first profile's opt shapes (or the static shapes): normal floats, zero integers
-    (valid indices for any table), False booleans. [] when an input's shape is not known."""
+    """Random inputs at the first profile's opt shapes (or the static shapes): normal floats; integers
+    uniform over the rows of the tables they index (embeddings, byte tables), else zeros (a valid index
+    anywhere); False booleans. [] when an input's shape is not known."""
     shapes = dict(ctx.input_shapes or {})
     for p in ctx.config.profiles[:1]:
         shapes.update(p.opt)
@@ -91,8 +109,11 @@ def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[d
             shape, dtype = shapes.get(v.name), getattr(v.type, "dtype", None)
             if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
                 return []
+            rows = None if dtype.is_float or dtype.torch == torch.bool else _index_range(graph, v)
             if dtype.is_float:
                 x = torch.randn(tuple(shape), generator=gen).to(dtype.torch)
+            elif rows:
+                x = torch.randint(0, rows, tuple(shape), generator=gen).to(dtype.torch)
             else:
                 x = torch.zeros(tuple(shape), dtype=dtype.torch)
             feed[v.name] = x.to(dev)

@@ -3,7 +3,10 @@
 - ``cosine``: the smallest cosine similarity between reduced-precision and float32 results, taken per
   sample (row of the first axis) of every output over all batches;
 - ``max_rel_error``: the largest |got - ref| of every output divided by that output's largest |ref|
-  (normalizing by the output's range keeps near-zero elements from dominating), over all batches.
+  (normalizing by the output's range keeps near-zero elements from dominating), over all batches;
+- ``top1``: for classifier-shaped outputs ([N, C], C >= 2), the share of decisive samples whose argmax
+  agrees with float32 (decisive: float32's top two differ by at least DECISIVE of the output's range). Cosine is
+  loose on a 2-class softmax: 0.99 allows a clear decision to flip; this counts the decisions themselves.
 """
 from __future__ import annotations
 
@@ -12,10 +15,14 @@ from dataclasses import dataclass
 import torch
 
 
+DECISIVE = 0.05
+
+
 @dataclass(frozen=True)
 class AccuracyTarget:
     min_cosine: float | None = None
     max_rel_error: float | None = None
+    min_top1: float | None = None
 
     @staticmethod
     def parse(spec) -> "AccuracyTarget":
@@ -29,22 +36,30 @@ class AccuracyTarget:
                     out["min_cosine"] = float(part[8:])
                 elif part.startswith("rel<="):
                     out["max_rel_error"] = float(part[5:])
+                elif part.startswith("top1>="):
+                    out["min_top1"] = float(part[6:])
                 else:
-                    raise ValueError(f"accuracy target {spec!r}: write 'cosine>=0.99' and/or 'rel<=0.05'")
+                    raise ValueError(f"accuracy target {spec!r}: write 'cosine>=0.99', 'rel<=0.05' and/or "
+                                     f"'top1>=0.99'")
             spec = out
-        if not isinstance(spec, dict) or not spec or set(spec) - {"min_cosine", "max_rel_error"}:
-            raise ValueError(f"accuracy_target must be a dict with min_cosine and/or max_rel_error, got {spec!r}")
+        if not isinstance(spec, dict) or not spec or set(spec) - {"min_cosine", "max_rel_error", "min_top1"}:
+            raise ValueError(f"accuracy_target must be a dict with min_cosine, max_rel_error and/or min_top1, "
+                             f"got {spec!r}")
         t = AccuracyTarget(**{k: float(v) for k, v in spec.items()})
         if t.min_cosine is not None and not -1 <= t.min_cosine <= 1:
             raise ValueError(f"min_cosine must be in [-1, 1], got {t.min_cosine}")
         if t.max_rel_error is not None and t.max_rel_error < 0:
             raise ValueError(f"max_rel_error must be >= 0, got {t.max_rel_error}")
+        if t.min_top1 is not None and not 0 <= t.min_top1 <= 1:
+            raise ValueError(f"min_top1 must be in [0, 1], got {t.min_top1}")
         return t
 
     def met(self, m: dict) -> bool:
         if self.min_cosine is not None and not m["cosine"] >= self.min_cosine:
             return False
         if self.max_rel_error is not None and not m["max_rel_error"] <= self.max_rel_error:
+            return False
+        if self.min_top1 is not None and not m.get("top1", 1.0) >= self.min_top1:
             return False
         return True
 
@@ -55,15 +70,19 @@ class AccuracyTarget:
             b += 1.0 - m["cosine"]
         if self.max_rel_error is not None:
             b += m["max_rel_error"]
+        if self.min_top1 is not None:
+            b += 1.0 - m.get("top1", 1.0)
         return b
 
 
 # What "never silently wrong" means per precision when the user names no target (BuilderConfig's
 # accuracy_target="default"): the smallest per-sample cosine to float32. fp16 keeps ~3 decimal digits and
 # rarely costs more than 1e-4 of cosine; 8-bit layers lose more, and 0.99 is where classifiers start to flip
-# decisions. A user who knows better sets a target, or accuracy_target=None to switch the check off.
-DEFAULT_TARGETS = {"f16": {"min_cosine": 0.999}, "bf16": {"min_cosine": 0.995}, "int8": {"min_cosine": 0.99},
-                   "fp8": {"min_cosine": 0.99}}
+# decisions, so 8-bit builds also keep the classifier decisions (top1). No default bound on the max error: one pixel of a deep detector's fp16 map is 4% off with no
+# single layer to blame (ranking by local error then pins 24 layers and still misses). A user who knows
+# better sets a target, or accuracy_target=None to switch the check off.
+DEFAULT_TARGETS = {"f16": {"min_cosine": 0.999}, "bf16": {"min_cosine": 0.995},
+                   "int8": {"min_cosine": 0.99, "min_top1": 0.99}, "fp8": {"min_cosine": 0.99, "min_top1": 0.99}}
 
 
 def resolve_target(spec, precision: str) -> AccuracyTarget | None:
@@ -77,7 +96,7 @@ def resolve_target(spec, precision: str) -> AccuracyTarget | None:
 
 def compare(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> dict:
     """{"cosine": min per-sample cosine, "max_rel_error": max error / output range} over batches."""
-    cos, rel = 1.0, 0.0
+    cos, rel, agree, decisive = 1.0, 0.0, 0, 0
     for rb, gb in zip(ref, got):
         for r, g in zip(rb, gb):
             if not isinstance(r, torch.Tensor) or not r.dtype.is_floating_point:
@@ -92,4 +111,10 @@ def compare(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> dic
             scale = float(r.abs().max()) if r.numel() else 0.0
             err = float((g - r).abs().max()) if r.numel() else 0.0
             rel = max(rel, err / scale if scale > 0 else (0.0 if err == 0 else float("inf")))
-    return {"cosine": cos, "max_rel_error": rel}
+            if r.dim() == 2 and r.shape[1] >= 2 and r.numel():
+                top2 = r.topk(2, dim=1).values
+                span = float(r.max() - r.min()) or 1e-30  # the output's range (a 2-class row's own is its gap)
+                clear = (top2[:, 0] - top2[:, 1]) >= DECISIVE * span
+                decisive += int(clear.sum())
+                agree += int((r.argmax(1) == g.argmax(1))[clear].sum())
+    return {"cosine": cos, "max_rel_error": rel, "top1": agree / decisive if decisive else 1.0}

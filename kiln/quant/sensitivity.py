@@ -99,7 +99,8 @@ def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, A
     info["measured"] = _rounded(m)
     info["met"] = target.met(m)
     kept = [k["layer"] for k in info["kept"]]
-    ctx.notes.append(f"accuracy: cosine {m['cosine']:.6f}, max relative error {m['max_rel_error']:.6f} vs float32 "
+    ctx.notes.append(f"accuracy: cosine {m['cosine']:.6f}, max relative error {m['max_rel_error']:.6f}, top-1 "
+                     f"agreement {m.get('top1', 1.0):.4f} vs float32 "
                      f"on {len(batches)} batches; target {info['target']} "
                      f"{'met' if info['met'] else 'NOT met even with every layer in float'}"
                      + (f"; kept in float: {', '.join(kept)}" if kept else ""))

@@ -53,3 +53,28 @@ def test_default_target_is_recorded_in_the_engine(tmp_path):
 def test_bad_target_still_refused():
     with pytest.raises(ValueError, match="accuracy_target"):
         kiln.BuilderConfig(accuracy_target={"cos": 0.9})
+
+
+def test_top1_counts_decisive_flips_that_cosine_lets_through():
+    import torch
+    from kiln.quant.accuracy import AccuracyTarget, compare, resolve_target
+    ref = torch.tensor([[0.56, 0.44], [0.9, 0.1], [0.2, 0.8], [0.505, 0.495]])
+    got = torch.tensor([[0.44, 0.56], [0.9, 0.1], [0.2, 0.8], [0.495, 0.505]])  # rows 0 and 3 flip
+    m = compare([[ref]], [[got]])
+    assert m["cosine"] > 0.96 and m["top1"] == 2 / 3  # row 3's gap is under DECISIVE of its range: not counted
+    assert not resolve_target("default", "int8").met(m)
+    assert resolve_target("default", "f16") == AccuracyTarget(min_cosine=0.999)
+    assert AccuracyTarget.parse("top1>=0.95,cosine>=0.9") == AccuracyTarget(min_cosine=0.9, min_top1=0.95)
+
+
+def test_int8_validates_on_held_out_calibration_batches():
+    from kiln.passes.context import PassContext
+    from kiln.passes.quantize_int8 import Data
+    graph = kiln.parse(_overflowing_model())
+    batches = [{"x": np.full((4, 16), i, np.float32)} for i in range(8)]
+    ctx = PassContext(graph, kiln.BuilderConfig(int8=True, int8_calibrator=batches), None, None)
+    data = Data(graph, ctx)
+    seen = lambda bs: sorted(int(b["x"].flatten()[0]) for b in bs)  # noqa: E731
+    assert seen(data.calibration()) == [0, 1, 2, 4, 5, 6] and seen(data.validation()) == [3, 7]
+    few = Data(graph, PassContext(graph, kiln.BuilderConfig(int8=True, int8_calibrator=batches[:3]), None, None))
+    assert seen(few.calibration()) == seen(few.validation()) == [0, 1, 2]  # too few to hold any out
