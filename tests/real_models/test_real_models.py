@@ -46,14 +46,19 @@ def row(request) -> ModelRow:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def model_path(row):
+def fetch_or_skip(row: ModelRow):
+    """The model's path; a skip when the index cannot be reached, a failure for anything else."""
     try:
         return fetch(row)
     except ModelUnavailable as e:
         pytest.skip(str(e))
     except ModelFetchError as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def model_path(row):
+    return fetch_or_skip(row)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 import kiln
-from real_models.registry import (BY_NAME, MODELS, Case, ModelFetchError, ModelRow, ModelUnavailable, fetch,
-                                  make_inputs)
-from real_models.test_real_models import normalized_error
+from real_models.registry import BY_NAME, MODELS, Case, ModelRow, make_inputs
+from real_models.test_real_models import fetch_or_skip, normalized_error
 
 pytestmark = pytest.mark.real_models
 
@@ -70,12 +69,7 @@ def _print_tables():
 
 
 def _path(row: ModelRow):
-    try:
-        return fetch(row)
-    except ModelUnavailable as e:
-        pytest.skip(str(e))
-    except ModelFetchError as e:
-        pytest.fail(str(e))
+    return fetch_or_skip(row)
 
 
 def _session(path):
