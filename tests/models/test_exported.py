@@ -119,6 +119,30 @@ def make_gpt2():
         {"input_ids": {0: "batch", 1: "seq"}}, [(2, 16), (1, 7)]
 
 
+def make_distilbert():
+    from transformers import DistilBertConfig, DistilBertModel
+
+    class DistilBert(nn.Module):  # the last hidden state, as a tensor (the model returns a ModelOutput)
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    cfg = DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64,
+                           attn_implementation="eager")
+    model = DistilBert(DistilBertModel(cfg))
+
+    def sample(b, s, g):
+        ids = torch.randint(0, 100, (b, s), generator=g)
+        mask = torch.ones(b, s, dtype=torch.int64)
+        mask[0, s // 2:] = 0
+        return ids, mask
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    return model, sample, ["input_ids", "attention_mask"], ["last_hidden_state"], axes, [(2, 16), (1, 9)]
+
+
 def make_decoder():
     return CausalDecoder(), _ids_sample, ["input_ids"], ["hidden"], {"input_ids": {0: "batch", 1: "seq"}}, \
         [(2, 16), (3, 5)]
@@ -128,7 +152,7 @@ def _ids_sample(b, s, g):
     return (torch.randint(0, 100, (b, s), generator=g),)
 
 
-MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2, "decoder": make_decoder}
+MODELS = {"cnn": make_cnn, "bert": make_bert, "gpt2": make_gpt2, "distilbert": make_distilbert, "decoder": make_decoder}
 EXPORTERS = {"torchscript": False, "dynamo": True}
 
 
@@ -169,6 +193,31 @@ def test_exported_model(exported):
         for o, w in zip(out_names, want):
             np.testing.assert_allclose(got[o], w.numpy(), rtol=RTOL, atol=ATOL,
                                        err_msg=f"{name} output {o} at batch={batch}, size={size}")
+
+
+def test_exported_model_engine_saves_loads_and_matches(exported, tmp_path):
+    """Build, save, load, run at both shapes: tied embeddings and equal LayerNorm weights (BERT, GPT-2 and
+    DistilBERT from transformers) once made engine.save crash."""
+    name, model, sample, in_names, out_names, shapes, path = exported
+    axes = {}
+    for batch, size in shapes:
+        args = sample(batch, size, torch.Generator().manual_seed(0))
+        for n, a in zip(in_names, args):
+            lo, hi = axes.get(n, (a.shape, a.shape))
+            axes[n] = (tuple(map(min, lo, a.shape)), tuple(map(max, hi, a.shape)))
+    profile = kiln.Profile.of(**{n: (lo, hi, hi) for n, (lo, hi) in axes.items()})
+    engine = kiln.build(path, kiln.BuilderConfig(device=DEVICE, profiles=(profile,)))
+    engine.save(tmp_path / "m.engine")
+    ctx = kiln.Engine.load(tmp_path / "m.engine").create_execution_context()
+    for i, (batch, size) in enumerate(shapes):
+        args = sample(batch, size, torch.Generator().manual_seed(20 + i))
+        with torch.no_grad():
+            want = model(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        got = ctx.infer({n: a.numpy() for n, a in zip(in_names, args)})
+        for o, w in zip(out_names, want):
+            np.testing.assert_allclose(got[o], w.numpy(), rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} engine output {o} at batch={batch}, size={size}")
 
 
 def _host(outputs: dict) -> dict:
