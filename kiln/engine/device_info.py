@@ -1,7 +1,15 @@
-"""What an engine records about where it was built, and the check made when it is loaded."""
+"""What an engine records about where it was built, and the checks made when it is loaded.
+
+The device record says what the engine was built and tuned for: a GPU by name and compute capability; a
+CPU by machine architecture (``platform.machine()``) and the instruction-set level torch dispatches to
+(``torch.backends.cpu.get_cpu_capability()``). The versions record names the Kiln and torch that wrote it.
+Loading refuses a different architecture, a lower instruction-set level, a newer Kiln (major/minor) and
+another torch major. Fields that engines written before a check existed lack are not checked.
+"""
 from __future__ import annotations
 
 import platform
+import re
 
 import torch
 
@@ -17,7 +25,20 @@ def describe(device: str) -> dict:
         props = torch.cuda.get_device_properties(idx)
         return {"type": "cuda", "name": props.name, "capability": list(torch.cuda.get_device_capability(idx)),
                 "memory_bytes": props.total_memory, "cuda": torch.version.cuda}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "machine": platform.machine()}
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), "machine": platform.machine(),
+            "cpu_capability": cpu_capability()}
+
+
+def cpu_capability() -> str:
+    """The CPU instruction-set level torch's kernels dispatch to here ("AVX512", "AVX2", "DEFAULT", ...)."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else "DEFAULT"
+
+
+# Instruction-set levels by what they add, per architecture family (the machine check keeps families apart).
+# A level not listed here (from a newer torch) is compared for equality only.
+_CAPABILITY_RANK = {"DEFAULT": 0, "NO AVX": 0, "AVX2": 1, "AVX512": 2, "VSX": 1, "Z VECTOR": 1, "ZVECTOR": 1,
+                    "SVE": 1, "SVE128": 1, "SVE256": 2}
 
 
 def versions() -> dict:
@@ -25,10 +46,42 @@ def versions() -> dict:
     return {"kiln": __version__, "torch": torch.__version__.split("+")[0]}
 
 
+def _release(text, field: str, where: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "2.13.0", "2.4.0a0" or "0.1.0.dev3"."""
+    m = re.match(r"(\d{1,6})\.(\d{1,6})", text) if isinstance(text, str) else None
+    if m is None:
+        raise EngineFormatError(f"{where}: header field {field} is not a version string: {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_versions(built_with: dict, where: str) -> None:
+    """Refuse an engine written by a newer Kiln (major or minor: in 0.x a minor may change what a file means)
+    or with another torch major (stored dtypes and tactics are torch's). Older Kiln engines of the same file
+    format keep loading; a newer Kiln patch release writes the same engines."""
+    from .. import __version__
+    if not isinstance(built_with, dict):
+        raise EngineFormatError(f"{where}: header field versions must be an object, got {type(built_with).__name__}")
+    if "kiln" in built_with:
+        theirs, ours = _release(built_with["kiln"], "versions.kiln", where), _release(__version__, "kiln", where)
+        if theirs > ours:
+            raise EngineFormatError(f"{where} was written by Kiln {built_with['kiln']}, newer than this Kiln "
+                                    f"({__version__}) (header field versions.kiln): upgrade Kiln or rebuild the "
+                                    f"engine with this one")
+    if "torch" in built_with:
+        theirs = _release(built_with["torch"], "versions.torch", where)
+        ours = _release(torch.__version__, "torch", where)
+        if theirs[0] != ours[0]:
+            raise EngineFormatError(f"{where} was built with torch {built_with['torch']}, this is torch "
+                                    f"{torch.__version__} (header field versions.torch): engines do not move "
+                                    f"between torch major versions; rebuild it here")
+
+
 def check_compatible(built_on: dict, built_with: dict, where: str) -> None:
-    """Raise DeviceMismatchError if this machine cannot run an engine built on ``built_on``."""
+    """Raise DeviceMismatchError if this machine cannot run an engine built on ``built_on``; EngineFormatError
+    if the record is malformed or the engine comes from a Kiln or torch whose engines this one does not read."""
     if not isinstance(built_on, dict) or "type" not in built_on:
         raise EngineFormatError(f"{where}: device record is malformed")
+    check_versions(built_with, where)  # unpack checked these already; a caller may come without unpack
     if built_on["type"] == "cuda":
         if not torch.cuda.is_available():
             raise DeviceMismatchError(f"{where} was built for GPU {built_on.get('name')!r} (compute capability "
@@ -39,5 +92,22 @@ def check_compatible(built_on: dict, built_with: dict, where: str) -> None:
         if cap != list(built_on.get("capability", [])) or here.name != built_on.get("name"):
             raise DeviceMismatchError(f"{where} was built for {built_on.get('name')!r} (compute capability "
                                       f"{built_on.get('capability')}), this GPU is {here.name!r} ({cap}); rebuild it here")
-    elif built_on["type"] != "cpu":
+    elif built_on["type"] == "cpu":
+        _check_cpu(built_on, where)
+    else:
         raise DeviceMismatchError(f"{where} was built for an unknown device type {built_on['type']!r}")
+
+
+def _check_cpu(built_on: dict, where: str) -> None:
+    machine = built_on.get("machine")
+    if machine is not None and machine != platform.machine():
+        raise DeviceMismatchError(f"{where} was built for a {machine} CPU (header field device.machine), this "
+                                  f"machine is {platform.machine()}; rebuild the engine here")
+    needed = built_on.get("cpu_capability")
+    here = cpu_capability()
+    if needed is None or needed == here:
+        return
+    rank_needed, rank_here = _CAPABILITY_RANK.get(needed), _CAPABILITY_RANK.get(here)
+    if rank_needed is not None and rank_here is not None and rank_here < rank_needed:
+        raise DeviceMismatchError(f"{where} was built for a CPU with {needed} (header field device.cpu_capability), "
+                                  f"this CPU offers {here}; rebuild the engine here")

@@ -10,22 +10,29 @@ Layout::
     weights                      safetensors
     sha256                       32 bytes over everything before it
 
-Loading parses JSON and safetensors only: no pickle, no eval, no code taken from the file.
+Loading parses JSON and safetensors only: no pickle, no eval, no code taken from the file. The file is
+hostile data (the sha256 is unkeyed: an edited file carries a valid one), so section sizes are checked
+against the file before anything is sliced or allocated, JSON is parsed with a bounded nesting depth, the
+header is checked against its schema (validate.py) and the weights' stored dtypes and shapes against the
+header; the plan is checked by Engine.deserialize, which has the op registry.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from typing import Any
 
 import torch
 
 from ..errors import EngineFormatError
+from . import bounded_json, device_info, validate
 
 MAGIC = b"KILNENG\0"
 FORMAT_VERSION = 1
 _DIGEST = 32
+MAX_FILE_BYTES = 64 << 30  # Engine.load's default limit: a larger file is refused before it is read
 
 # safetensors has no code for these dtypes: stored as raw bytes, dtype recorded in the header.
 _AS_BYTES = {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.uint16, torch.uint32, torch.uint64}
@@ -70,18 +77,30 @@ def unpack(data: bytes, where: str = "engine") -> tuple[dict, dict, dict[str, to
         raise EngineFormatError(f"{where} is truncated (header claims {hlen} bytes)")
     if hashlib.sha256(body).digest() != digest:
         raise EngineFormatError(f"{where} is corrupt or was modified: checksum mismatch (truncated or tampered file)")
+    header = _json(body[20:20 + hlen], "the header", where)
+    if isinstance(header, dict) and "versions" in header:  # first: a newer Kiln's header may not fit ours
+        device_info.check_versions(header["versions"], where)
     try:
-        header = json.loads(body[20:20 + hlen])
-        p0 = 20 + hlen
-        p1 = p0 + int(header["plan_bytes"])
-        p2 = p1 + int(header["weights_bytes"])
-        if p2 != len(body):
-            raise EngineFormatError(f"{where}: section sizes do not add up to the file size")
-        plan = json.loads(body[p0:p1])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise EngineFormatError(f"{where} has a malformed header or plan: {e}") from None
+        validate.check_header(header)
+    except EngineFormatError as e:
+        raise EngineFormatError(f"{where}: {e}") from None
+    p0 = 20 + hlen
+    p1 = p0 + header["plan_bytes"]
+    p2 = p1 + header["weights_bytes"]
+    if p2 != len(body):  # before any slice: a section size past the file allocates nothing
+        raise EngineFormatError(f"{where}: section sizes do not add up to the file size (header fields "
+                                f"'plan_bytes' {header['plan_bytes']} and 'weights_bytes' "
+                                f"{header['weights_bytes']}; {len(body) - p0} bytes follow the header)")
+    plan = _json(body[p0:p1], "the plan", where)
     weights = _load_weights(body[p1:p2], header.get("raw_dtypes", {}), where)
     return header, plan, weights
+
+
+def _json(text: bytes, what: str, where: str) -> Any:
+    try:
+        return bounded_json.loads(text, validate.MAX_JSON_DEPTH, what)
+    except EngineFormatError as e:
+        raise EngineFormatError(f"{where}: {e}") from None
 
 
 def _load_weights(blob: bytes, raw_dtypes: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
@@ -92,8 +111,15 @@ def _load_weights(blob: bytes, raw_dtypes: dict[str, Any], where: str) -> dict[s
         tensors = load(blob)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise EngineFormatError(f"{where}: weights section is not valid safetensors: {e}") from None
-    for k, (dtype_name, shape) in raw_dtypes.items():
+    for k, (dtype_name, shape) in raw_dtypes.items():  # types checked by validate.check_header
         if k not in tensors or dtype_name not in _DTYPE_NAMES:
-            raise EngineFormatError(f"{where}: weight {k!r} has an unknown stored dtype {dtype_name!r}")
-        tensors[k] = tensors[k].view(_DTYPE_NAMES[dtype_name]).reshape(shape)
+            raise EngineFormatError(f"{where}: weight {k!r} has an unknown stored dtype {dtype_name!r} "
+                                    f"(header field 'raw_dtypes')")
+        dtype, stored = _DTYPE_NAMES[dtype_name], tensors[k]
+        want = math.prod(shape) * dtype.itemsize
+        if stored.dtype != torch.uint8 or stored.dim() != 1 or stored.numel() != want:
+            raise EngineFormatError(f"{where}: weight {k!r} is declared {dtype_name} {shape} (header field "
+                                    f"'raw_dtypes', {want} bytes), but {stored.numel() * stored.element_size()} "
+                                    f"bytes of {stored.dtype} are stored")
+        tensors[k] = stored.view(dtype).reshape(shape) if want else torch.empty(shape, dtype=dtype)
     return tensors

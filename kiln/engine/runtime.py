@@ -25,7 +25,7 @@ from . import device_info
 from .buffers import check_output_buffers, check_output_shape
 from .precision_flags import float32_precision
 from ..runtime.interpreter import as_tensor, inputs_by_name
-from .placement import is_host_constant
+from .placement import host_constants
 from .program import Program
 
 log = logging.getLogger("kiln.runtime")
@@ -163,9 +163,10 @@ def bind_constants(graph: Graph, device: torch.device) -> dict[int, torch.Tensor
     nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
             if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
     out = {}
+    on_host = host_constants(graph) if device.type == "cuda" else set()
     for g in graph.walk_graphs():
         for v in g.constants.values():
-            if device.type == "cuda" and g is graph and is_host_constant(v.const):
+            if g is graph and v.id in on_host:
                 out[v.id] = v.const.pin_memory()
                 continue
             t = v.const.to(device)
