@@ -8,7 +8,7 @@ from typing import Any, Callable
 from ..errors import BuildError, ShapeError
 from ..ir.graph import Graph
 from ..ir.types import TensorType
-from ..ops import default_registry
+from ..ops import Registry, default_registry
 from ..passes.context import PassContext
 from ..passes.pipeline import run_pipeline
 from .config import BuilderConfig, Profile
@@ -63,7 +63,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report.notes = list(ctx.notes)
     report.quantization = graph.meta.pop("quantization", {})
     report_progress("layers", 1, 1, f"{len(report.layers)} layers")
-    tuned = _tune(graph, config, facts_opt, device, progress)
+    tuned = _tune(graph, config, facts_opt, device, progress, registry)
     if tuned is not None:
         report.tuning = tuned.to_json()
         if tuned.budget_exceeded:
@@ -80,7 +80,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     _report_tactics(report, engine, tuned)
     report.notes += engine.load_notes
     report_progress("memory", 0, 1, "planning activation memory")
-    in_place, rejections = mark_concats_in_place(graph, engine.program)
+    in_place, rejections = mark_concats_in_place(graph, engine.program, registry)
     if in_place:
         report.fusions["concat_in_place"] = in_place
         by_name = {layer.name: layer for layer in report.layers}
@@ -106,7 +106,8 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     return engine
 
 
-def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progress: Callable | None):
+def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progress: Callable | None,
+          registry: Registry):
     """Choose each layer's tactic (kiln.tune): replayed, from the timing cache, or timed on the device.
     The choices are stored in node.meta["tactic"]; layers left at their default store nothing."""
     replay = None
@@ -132,11 +133,11 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
     cache = TimingCache.load(config.timing_cache)
     tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
                   device_desc=device_desc, versions=versions)
-    constants = bind_constants(graph, dev)
+    constants = bind_constants(graph, dev, registry)
     skip = None
     if dev.type == "cuda":  # layers placed on the host (shape arithmetic) keep the op's own kernel
         from ..engine.placement import plan_placement
-        skip = set(plan_placement(graph).host_nodes)
+        skip = set(plan_placement(graph, registry).host_nodes)
     result = tuner.tune_graph(graph, facts, constants, progress, replay, skip)
     del constants
     for n in graph.nodes:

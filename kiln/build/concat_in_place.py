@@ -9,11 +9,12 @@ of the Concat's output (kiln/build/lower.py) and the runtime hands their produce
 """
 from __future__ import annotations
 
-from .lower import VIEW_OPS
+from ..ops import Registry, default_registry
 
 
-def mark_concats_in_place(graph, program) -> tuple[int, list[dict]]:
+def mark_concats_in_place(graph, program, registry: Registry | None = None) -> tuple[int, list[dict]]:
     """Mark Concat layers; returns (inputs written in place, rejections as report JSON)."""
+    views = (registry or default_registry()).ops_with("view")
     steps = {id(s.node): s for s in program.steps}
     outputs = {v.id for v in graph.outputs}
     marked, rejections = 0, []
@@ -29,7 +30,7 @@ def mark_concats_in_place(graph, program) -> tuple[int, list[dict]]:
             continue
         picks, reasons = [], []
         for k, v in enumerate(n.inputs):
-            why = _why_not(v, n, outputs, steps)
+            why = _why_not(v, n, outputs, steps, views)
             if why is None:
                 picks.append(k)
             else:
@@ -43,7 +44,7 @@ def mark_concats_in_place(graph, program) -> tuple[int, list[dict]]:
     return marked, rejections
 
 
-def _why_not(v, concat, outputs, steps) -> str | None:
+def _why_not(v, concat, outputs, steps, views) -> str | None:
     if v is None or v.const is not None:
         return "a constant"
     p = v.producer
@@ -53,7 +54,7 @@ def _why_not(v, concat, outputs, steps) -> str | None:
         return "a graph output"
     if len(v.uses) != 1 or v.uses[0][0] is not concat:
         return "read by other layers too"
-    if not p.domain and p.op_type in VIEW_OPS:
+    if not p.domain and p.op_type in views:
         return f"made by {p.op_type}, a view of another tensor"
     if len([o for o in p.outputs if o is not None]) != 1:
         return f"{p.op_type} has several outputs"

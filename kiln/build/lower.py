@@ -4,36 +4,20 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, Node
 from ..ir.types import TensorType
-from ..ops import Registry
+from ..ops import Registry, default_registry
 from ..passes.propagate import Facts, propagate
 from .memory import Lifetime, MemoryPlan, plan_memory
 from .report import LayerInfo
 
 
 def kernel_name(node: Node, registry: Registry) -> str:
+    """The layer's kernel as the build report names it: the op's label rule (kiln::Conv's "torch.conv2d+bias"),
+    else "kiln.Op" for Kiln's own ops and "family.Op" for ONNX ops."""
+    label = registry.traits(node.domain, node.op_type).label
+    if label is not None:
+        return label(node)
     if node.domain == "kiln":
-        if node.op_type == "Conv":
-            w = node.inputs[1].const
-            base = f"torch.conv{w.dim() - 2 if w is not None else 2}d"
-            if node.attrs.get("channels_last"):
-                base += "[nhwc]"
-        elif node.op_type == "Linear":
-            base = "torch.linear"
-        elif node.op_type in ("QLinear", "QConv"):
-            from ..ops.quantized import kernel_label
-            base = kernel_label(node)
-        elif node.op_type == "Attention":
-            return "torch.scaled_dot_product_attention"
-        elif node.op_type == "Elementwise":
-            return f"elementwise[{'+'.join(p.split('(')[0] for p in node.attrs['program'])}]"
-        else:
-            return f"kiln.{node.op_type}"
-        b = 3 if node.op_type in ("QLinear", "QConv") else 2
-        if len(node.inputs) > b and node.inputs[b] is not None:
-            base += "+bias"
-        for step in node.attrs.get("epilogue", []):
-            base += "+" + ("residual" if step.startswith("add:") else step.split(":")[0])
-        return base
+        return f"kiln.{node.op_type}"
     family = registry.families.get(("", node.op_type), "?")
     return f"{family}.{node.op_type}"
 
@@ -62,15 +46,13 @@ def describe_layers(graph: Graph, facts: Facts, registry: Registry) -> list[Laye
     return layers
 
 
-# Layers whose output is a view of their first input at run time (torch returns views): no memory of their own.
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Split", "Transpose", "Slice"})
-
-
-def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
+def lifetimes(graph: Graph, facts: Facts, registry: Registry | None = None) -> tuple[list[Lifetime], list[str]]:
     """Intermediate tensors (not inputs, constants or outputs) with sizes at ``facts``' shapes.
 
     A view's reads extend the life of the tensor it views; a tensor viewed by a graph output is output memory.
+    Layers whose op has the ``view`` trait (torch returns a view of input 0) have no memory of their own.
     Returns the lifetimes and the names of values whose size is unknown (data-dependent shapes)."""
+    views = (registry or default_registry()).ops_with("view")
     outputs = {v.id for v in graph.outputs}
     root: dict[int, int] = {}  # value id -> id of the value whose memory it uses
     index = {}
@@ -86,7 +68,7 @@ def lifetimes(graph: Graph, facts: Facts) -> tuple[list[Lifetime], list[str]]:
         for o in n.outputs:
             if o is None:
                 continue
-            if n.op_type in VIEW_OPS and n.domain == "" and n.inputs and n.inputs[0] is not None:
+            if n.op_type in views and n.domain == "" and n.inputs and n.inputs[0] is not None:
                 src = root.get(n.inputs[0].id, n.inputs[0].id)
                 root[o.id] = src
                 if o.id in outputs:
@@ -131,7 +113,7 @@ def plan_activation_memory(graph: Graph, max_shapes: dict[str, tuple] | None,
            for d in t.shape if isinstance(d, int)):
         return None, notes + ["memory plan: some input dims are dynamic and no profile bounds them, so the arena "
                               "is sized at run time for each input shape"], not undetermined
-    lts, unknown = lifetimes(graph, facts)
+    lts, unknown = lifetimes(graph, facts, registry)
     if unknown and not undetermined:
         notes.append(f"memory plan: {len(unknown)} tensors of unknown size are left out of the plan "
                      f"(e.g. {', '.join(unknown[:3])})")

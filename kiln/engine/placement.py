@@ -3,8 +3,10 @@
 Kernels read shape-like inputs (Reshape's target shape, Slice's starts, axes, ...) as Python ints. If those
 values lived on the GPU, every read would synchronize the device and CUDA graph capture would fail. So:
 - small integer constants and the outputs of Shape/Size are host values;
-- an integer-arithmetic node whose inputs are all host values runs on the host;
-- a device layer that reads a host value in a data slot gets it copied from pinned memory (capturable).
+- a node of an op with the ``host`` trait (integer / shape arithmetic) whose inputs are all host values runs on
+  the host;
+- a device layer that reads a host value in a data slot gets it copied from pinned memory (capturable); the
+  slots an op's kernel reads as Python values (its ``host_inputs`` trait) take a host value as it is.
 """
 from __future__ import annotations
 
@@ -13,28 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..ir.graph import Graph, Node
+from ..ops import Registry, default_registry
 
 MAX_HOST_CONSTANT = 64  # elements: shape vectors, axes, scalars
-
-# Ops that may run on the host when all their inputs are host values (integer / shape arithmetic).
-HOST_OPS = frozenset({
-    "Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Add", "Sub", "Mul", "Div", "Mod", "Cast",
-    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where", "Max", "Min", "Abs",
-    "Neg", "Floor", "Ceil", "Identity", "Reshape", "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Sign",
-})
-
-# (op, input slot) that kernels read as Python values: a host value there is used as it is.
-HOST_INPUT_SLOTS = frozenset({
-    ("Reshape", 1), ("Expand", 1), ("Tile", 1), ("Squeeze", 1), ("Unsqueeze", 1), ("ConstantOfShape", 0),
-    ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Pad", 1), ("Pad", 3), ("Split", 1), ("TopK", 1),
-    ("OneHot", 1), ("Resize", 1), ("Resize", 2), ("Resize", 3), ("Upsample", 1), ("CumSum", 1), ("CumProd", 1),
-    ("Trilu", 1), ("Range", 0), ("Range", 1), ("Range", 2), ("CenterCropPad", 1), ("CenterCropPad", 2),
-    ("ReduceSum", 1), ("ReduceMean", 1), ("ReduceMax", 1), ("ReduceMin", 1), ("ReduceProd", 1), ("ReduceL1", 1),
-    ("ReduceL2", 1), ("ReduceLogSum", 1), ("ReduceLogSumExp", 1), ("ReduceSumSquare", 1), ("DFT", 1), ("DFT", 2),
-    ("STFT", 1), ("STFT", 3), ("Dropout", 1), ("Dropout", 2), ("EyeLike", 0), ("NonMaxSuppression", 2),
-    ("NonMaxSuppression", 3), ("NonMaxSuppression", 4),
-})
-
 
 @dataclass
 class Placement:
@@ -47,20 +30,23 @@ def is_host_constant(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.is_complex() and t.numel() <= MAX_HOST_CONSTANT
 
 
-def host_constants(graph: Graph) -> set[int]:
+def host_constants(graph: Graph, registry: Registry | None = None) -> set[int]:
     """Ids of the constants of ``graph`` (not its subgraphs) that live on the host (see plan_placement)."""
-    return plan_placement(graph).host_values & {v.id for v in graph.constants.values()}
+    return plan_placement(graph, registry).host_values & {v.id for v in graph.constants.values()}
 
 
-def plan_placement(graph: Graph) -> Placement:
+def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:
     """Small integer constants live on the host; so do small float ones (Resize's scales, a divisor of a
     size computed from Shape) as long as every reader takes them as Python values or runs on the host: on
     the device, a kernel reading them would synchronize, and CUDA graph capture failed on every model with
     a Resize. Float candidates read as data by a device layer go back to the device, until none is left."""
+    registry = registry or default_registry()
+    host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
     floats = {v.id for v in graph.constants.values()
               if not is_host_constant(v.const) and v.const.numel() <= MAX_HOST_CONSTANT and not v.const.is_complex()}
     while True:
-        placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats)
+        placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats,
+                           host_ops, host_slots)
         demoted = {v.id for n in graph.nodes if id(n) in placement.moves
                    for i in placement.moves[id(n)] if (v := n.inputs[i]).id in floats}
         if not demoted:
@@ -68,20 +54,21 @@ def plan_placement(graph: Graph) -> Placement:
         floats -= demoted
 
 
-def _place(graph: Graph, host_consts: set[int]) -> Placement:
+def _place(graph: Graph, host_consts: set[int], host_ops: frozenset[str],
+           host_slots: frozenset[tuple[str, int]]) -> Placement:
     host: set[int] = set(host_consts)
     host_nodes: set[int] = set()
     moves: dict[int, tuple[int, ...]] = {}
     for n in graph.nodes:
         ins = [v for v in n.inputs if v is not None]
-        runs_on_host = n.domain == "" and n.op_type in HOST_OPS and not any(True for _ in n.subgraphs()) and (
+        runs_on_host = n.domain == "" and n.op_type in host_ops and not any(True for _ in n.subgraphs()) and (
             n.op_type in ("Shape", "Size") or (ins and all(v.id in host for v in ins)))
         if runs_on_host:
             host_nodes.add(id(n))
             host.update(o.id for o in n.outputs if o is not None)
             continue
         slots = tuple(i for i, v in enumerate(n.inputs)
-                      if v is not None and v.id in host and (n.op_type, i) not in HOST_INPUT_SLOTS)
+                      if v is not None and v.id in host and (n.op_type, i) not in host_slots)
         if slots:
             moves[id(n)] = slots
     return Placement(host, host_nodes, moves)

@@ -57,7 +57,7 @@ class Program:
         opset = graph.opsets.get("", 21)
         keep = {v.id for v in graph.outputs} | set(constants)
         frees = {i: [vid for vid in vids if vid not in keep] for i, vids in last_uses(graph).items()}
-        placement = plan_placement(graph) if device.type == "cuda" else None
+        placement = plan_placement(graph, registry) if device.type == "cuda" else None
         host = torch.device("cpu")
         self.steps: list[Step] = []
         for i, n in enumerate(graph.nodes):

@@ -59,7 +59,7 @@ class Engine:
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.config.profiles
-        self._constants = bind_constants(graph, self.device)
+        self._constants = bind_constants(graph, self.device, self.registry)
         # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
         # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
         from ..tune.space import bind_tactics
@@ -157,13 +157,13 @@ class Engine:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"
 
 
-def bind_constants(graph: Graph, device: torch.device) -> dict[int, torch.Tensor]:
+def bind_constants(graph: Graph, device: torch.device, registry: Registry | None = None) -> dict[int, torch.Tensor]:
     """Every constant moved to the device once; NHWC convolution weights stored channels-last; on the GPU,
     small integer constants of the main graph stay on the host, pinned (see placement.py)."""
     nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
             if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
     out = {}
-    on_host = host_constants(graph) if device.type == "cuda" else set()
+    on_host = host_constants(graph, registry) if device.type == "cuda" else set()
     for g in graph.walk_graphs():
         for v in g.constants.values():
             if g is graph and v.id in on_host:

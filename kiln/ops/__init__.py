@@ -9,7 +9,7 @@ import functools
 from . import (activation, attention, cast, control, conv, detection, elementwise, fused, index, linalg, loss,
                norm, pool, quant, quantized, reduce, resample, rnn, sequence, shape, signal)
 from .not_supported import NOT_SUPPORTED
-from .registry import InferContext, KernelContext, OpDef, OpSet, Registry
+from .registry import InferContext, KernelContext, OpDef, OpSet, Registry, Traits
 
 FAMILIES = (elementwise, activation, cast, reduce, norm, loss, linalg, conv, pool, quant, shape, index, resample,
             attention, detection, control, sequence, rnn, signal, fused, quantized)
@@ -20,4 +20,4 @@ def default_registry() -> Registry:
     return Registry((m.ops for m in FAMILIES), NOT_SUPPORTED)
 
 
-__all__ = ["OpDef", "OpSet", "Registry", "KernelContext", "InferContext", "default_registry", "FAMILIES"]
+__all__ = ["OpDef", "OpSet", "Registry", "Traits", "KernelContext", "InferContext", "default_registry", "FAMILIES"]

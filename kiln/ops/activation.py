@@ -16,22 +16,22 @@ def _f32(x: float) -> float:
     return torch.tensor(x, dtype=torch.float32).item()
 
 
-@ops.op("Relu")
+@ops.op("Relu", elementwise=True, same_shape=True)
 def relu(ctx, inputs, attrs):
     return torch.relu(inputs[0])
 
 
-@ops.op("Sigmoid")
+@ops.op("Sigmoid", elementwise=True, same_shape=True)
 def sigmoid(ctx, inputs, attrs):
     return torch.sigmoid(inputs[0])
 
 
-@ops.op("Elu")
+@ops.op("Elu", elementwise=True, same_shape=True)
 def elu(ctx, inputs, attrs):
     return F.elu(inputs[0], alpha=attrs.get("alpha", 1.0))
 
 
-@ops.op("Selu")
+@ops.op("Selu", elementwise=True, same_shape=True)
 def selu(ctx, inputs, attrs):
     """gamma * (x if x > 0 else alpha * (exp(x) - 1)); F.selu fixes alpha and gamma, ONNX does not."""
     x = inputs[0]
@@ -40,17 +40,17 @@ def selu(ctx, inputs, attrs):
     return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
 
 
-@ops.op("Celu")
+@ops.op("Celu", elementwise=True)
 def celu(ctx, inputs, attrs):
     return F.celu(inputs[0], alpha=attrs.get("alpha", 1.0))
 
 
-@ops.op("LeakyRelu")
+@ops.op("LeakyRelu", elementwise=True, same_shape=True)
 def leaky_relu(ctx, inputs, attrs):
     return F.leaky_relu(inputs[0], negative_slope=attrs.get("alpha", _f32(0.01)))
 
 
-@ops.op("PRelu")
+@ops.op("PRelu", broadcasting=True)  # not elementwise=: slopes per channel before opset 7
 def prelu(ctx, inputs, attrs):
     """x if x >= 0 else slope * x, slope broadcast to x."""
     x, slope = co_locate(*inputs)
@@ -62,33 +62,33 @@ def prelu(ctx, inputs, attrs):
     return torch.where(x < 0, x * slope, x)
 
 
-@ops.op("HardSigmoid")
+@ops.op("HardSigmoid", elementwise=True, same_shape=True)
 def hard_sigmoid(ctx, inputs, attrs):
     x = inputs[0]
     return torch.clamp(x * attrs.get("alpha", _f32(0.2)) + attrs.get("beta", 0.5), 0, 1)
 
 
-@ops.op("HardSwish")
+@ops.op("HardSwish", elementwise=True, same_shape=True)
 def hard_swish(ctx, inputs, attrs):
     return F.hardswish(inputs[0])
 
 
-@ops.op("Softplus")
+@ops.op("Softplus", elementwise=True, same_shape=True)
 def softplus(ctx, inputs, attrs):
     return F.softplus(inputs[0])
 
 
-@ops.op("Softsign")
+@ops.op("Softsign", elementwise=True)
 def softsign(ctx, inputs, attrs):
     return F.softsign(inputs[0])
 
 
-@ops.op("Mish")
+@ops.op("Mish", elementwise=True)
 def mish(ctx, inputs, attrs):
     return F.mish(inputs[0])
 
 
-@ops.op("Gelu")
+@ops.op("Gelu", elementwise=True, same_shape=True)
 def gelu(ctx, inputs, attrs):
     """Exact (erf) Gelu, or its tanh approximation with approximate='tanh'."""
     approximate = attrs.get("approximate", "none")
@@ -106,7 +106,7 @@ def _swish(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return F.silu(x) if alpha == 1.0 else x * torch.sigmoid(alpha * x)
 
 
-@ops.op("Swish")
+@ops.op("Swish", elementwise=True, same_shape=True)
 def swish(ctx, inputs, attrs):
     return _swish(inputs[0], attrs.get("alpha", 1.0))
 
@@ -118,13 +118,13 @@ def swiglu(ctx, inputs, attrs):
     return _swish(a, attrs.get("alpha", 1.0)) * b
 
 
-@ops.op("ThresholdedRelu")
+@ops.op("ThresholdedRelu", elementwise=True)
 def thresholded_relu(ctx, inputs, attrs):
     x = inputs[0]
     return torch.where(x > attrs.get("alpha", 1.0), x, 0)
 
 
-@ops.op("Shrink")
+@ops.op("Shrink", elementwise=True)
 def shrink(ctx, inputs, attrs):
     """x + bias below -lambd, x - bias above lambd, 0 between; integers computed in float64, truncated."""
     x = inputs[0]

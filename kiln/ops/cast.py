@@ -10,7 +10,7 @@ from .registry import KernelContext, OpSet
 ops = OpSet("cast")
 
 
-@ops.op("Cast")
+@ops.op("Cast", elementwise=True, host=True)
 def cast(ctx: KernelContext, inputs: list, attrs: dict):
     """Convert element values to type ``to``; ``saturate`` (opset 19+) and ``round_mode`` (24+) shape float8."""
     return convert(inputs[0], DType(attrs["to"]), bool(attrs.get("saturate", 1)), attrs.get("round_mode", "up"))

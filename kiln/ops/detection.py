@@ -60,7 +60,7 @@ def _greedy_keep(over: torch.Tensor, limit: int) -> torch.Tensor:
     return keep
 
 
-@ops.op("NonMaxSuppression")
+@ops.op("NonMaxSuppression", host_inputs=(2, 3, 4))
 def non_max_suppression(ctx, inputs, attrs):
     """Per batch and class, keeps boxes by descending score (ties: lower index first) that do not overlap
     a kept box by more than ``iou_threshold``, up to ``max_output_boxes_per_class`` (default 0: none);

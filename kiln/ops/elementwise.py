@@ -25,12 +25,12 @@ def _wrapping(fn):
     return kernel
 
 
-ops.add("Add", _wrapping(torch.add))
-ops.add("Sub", _wrapping(torch.sub))
-ops.add("Mul", _wrapping(torch.mul))
+ops.add("Add", _wrapping(torch.add), elementwise=True, broadcasting=True, host=True)
+ops.add("Sub", _wrapping(torch.sub), elementwise=True, broadcasting=True, host=True)
+ops.add("Mul", _wrapping(torch.mul), elementwise=True, broadcasting=True, host=True)
 
 
-@ops.op("Div")
+@ops.op("Div", elementwise=True, broadcasting=True, host=True)
 def div(ctx, inputs, attrs):
     """A / B; integer division truncates toward zero (division by zero gives 0)."""
     a, b = binary_args(ctx, attrs, inputs)
@@ -39,7 +39,7 @@ def div(ctx, inputs, attrs):
     return int_divmod(a, b, "div")
 
 
-@ops.op("Mod")
+@ops.op("Mod", elementwise=True, broadcasting=True, host=True)
 def mod(ctx, inputs, attrs):
     """Remainder with the sign of B (fmod=0, Python style) or of A (fmod=1, C fmod)."""
     a, b = binary_args(ctx, attrs, inputs)
@@ -53,7 +53,7 @@ def mod(ctx, inputs, attrs):
     return torch.where(r == 0, torch.copysign(torch.zeros_like(r), b), r)
 
 
-@ops.op("Pow")
+@ops.op("Pow", elementwise=True, broadcasting=True)
 def pow_(ctx, inputs, attrs):
     """X ** Y; Y may have another numeric type than X, the result has X's type."""
     x, y = binary_args(ctx, attrs, inputs)
@@ -84,21 +84,22 @@ for _name, _fn in {
     "Round": torch.round, "Sin": torch.sin, "Sinh": torch.sinh, "Sqrt": torch.sqrt, "Tan": torch.tan,
     "Tanh": torch.tanh,
 }.items():
-    ops.add(_name, _unary(_fn))
+    ops.add(_name, _unary(_fn), elementwise=True, host=_name in ("Floor", "Ceil"),
+            same_shape=_name in ("Tanh", "Erf", "Exp", "Log", "Sqrt", "Reciprocal"))
 
 
-@ops.op("Abs")
+@ops.op("Abs", elementwise=True, host=True, same_shape=True)
 def abs_(ctx, inputs, attrs):
     x = inputs[0]
     return x if is_unsigned(x.dtype) else torch.abs(x)
 
 
-@ops.op("Neg")
+@ops.op("Neg", elementwise=True, host=True, same_shape=True)
 def neg(ctx, inputs, attrs):
     return torch.neg(inputs[0])
 
 
-@ops.op("Sign")
+@ops.op("Sign", elementwise=True, host=True)
 def sign(ctx, inputs, attrs):
     x = inputs[0]
     if is_unsigned(x.dtype):
@@ -113,12 +114,12 @@ def _float8_as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype.itemsize == 1 else x
 
 
-@ops.op("IsNaN")
+@ops.op("IsNaN", elementwise=True)
 def isnan(ctx, inputs, attrs):
     return torch.isnan(_float8_as_float(inputs[0]))
 
 
-@ops.op("IsInf")
+@ops.op("IsInf", elementwise=True)
 def isinf(ctx, inputs, attrs):
     """True at +inf (detect_positive=1) and -inf (detect_negative=1)."""
     x = _float8_as_float(inputs[0])
@@ -150,25 +151,25 @@ def _extremum(fn):
     return kernel
 
 
-ops.add("Max", _extremum(torch.maximum))
-ops.add("Min", _extremum(torch.minimum))
+ops.add("Max", _extremum(torch.maximum), elementwise=True, broadcasting=True, host=True)
+ops.add("Min", _extremum(torch.minimum), elementwise=True, broadcasting=True, host=True)
 
 
-@ops.op("Sum")
+@ops.op("Sum", elementwise=True)
 def sum_(ctx, inputs, attrs):
     """Elementwise sum of any number of broadcast inputs."""
     xs = co_locate(*(x for x in inputs if x is not None))
     return narrow(_fold(torch.add, [widen(x) for x in xs]), xs[0].dtype)
 
 
-@ops.op("Mean")
+@ops.op("Mean", elementwise=True)
 def mean(ctx, inputs, attrs):
     """Elementwise mean of any number of broadcast inputs."""
     xs = co_locate(*(x for x in inputs if x is not None))
     return _fold(torch.add, xs) / len(xs)
 
 
-@ops.op("Clip")
+@ops.op("Clip", elementwise=True)
 def clip(ctx, inputs, attrs):
     """Limit to [min, max] (attributes before opset 11, optional scalar inputs after); min > max gives max."""
     x = inputs[0]
@@ -183,7 +184,7 @@ def clip(ctx, inputs, attrs):
     return unordered(torch.clamp(ordered(x), lo, hi), x.dtype)
 
 
-@ops.op("Where")
+@ops.op("Where", elementwise=True, broadcasting=True, host=True)
 def where(ctx, inputs, attrs):
     """Pick X where the condition holds, else Y, with numpy broadcasting of all three."""
     cond, x, y = co_locate(*inputs)

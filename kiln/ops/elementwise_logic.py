@@ -18,11 +18,11 @@ def _compare(fn):
     return kernel
 
 
-ops.add("Equal", _compare(torch.eq))
-ops.add("Greater", _compare(torch.gt))
-ops.add("Less", _compare(torch.lt))
-ops.add("GreaterOrEqual", _compare(torch.ge))
-ops.add("LessOrEqual", _compare(torch.le))
+ops.add("Equal", _compare(torch.eq), elementwise=True, broadcasting=True, host=True)
+ops.add("Greater", _compare(torch.gt), elementwise=True, broadcasting=True, host=True)
+ops.add("Less", _compare(torch.lt), elementwise=True, broadcasting=True, host=True)
+ops.add("GreaterOrEqual", _compare(torch.ge), elementwise=True, broadcasting=True, host=True)
+ops.add("LessOrEqual", _compare(torch.le), elementwise=True, broadcasting=True, host=True)
 
 
 def _logical(fn):
@@ -33,12 +33,12 @@ def _logical(fn):
     return kernel
 
 
-ops.add("And", _logical(torch.logical_and))
-ops.add("Or", _logical(torch.logical_or))
-ops.add("Xor", _logical(torch.logical_xor))
+ops.add("And", _logical(torch.logical_and), elementwise=True, broadcasting=True, host=True)
+ops.add("Or", _logical(torch.logical_or), elementwise=True, broadcasting=True, host=True)
+ops.add("Xor", _logical(torch.logical_xor), elementwise=True, broadcasting=True)
 
 
-@ops.op("Not")
+@ops.op("Not", elementwise=True, host=True)
 def not_(ctx, inputs, attrs):
     return torch.logical_not(inputs[0])
 
@@ -51,18 +51,18 @@ def _bitwise(fn):
     return kernel
 
 
-ops.add("BitwiseAnd", _bitwise(torch.bitwise_and))
-ops.add("BitwiseOr", _bitwise(torch.bitwise_or))
-ops.add("BitwiseXor", _bitwise(torch.bitwise_xor))
+ops.add("BitwiseAnd", _bitwise(torch.bitwise_and), elementwise=True)
+ops.add("BitwiseOr", _bitwise(torch.bitwise_or), elementwise=True)
+ops.add("BitwiseXor", _bitwise(torch.bitwise_xor), elementwise=True)
 
 
-@ops.op("BitwiseNot")
+@ops.op("BitwiseNot", elementwise=True)
 def bitwise_not(ctx, inputs, attrs):
     x = inputs[0]
     return narrow(torch.bitwise_not(as_signed_bits(x)), x.dtype)
 
 
-@ops.op("BitShift")
+@ops.op("BitShift", elementwise=True, broadcasting=True)
 def bitshift(ctx, inputs, attrs):
     """Shift X by Y bits (direction LEFT/RIGHT); right shifts of signed types are arithmetic."""
     direction = attrs.get("direction", "")

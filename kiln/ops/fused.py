@@ -28,6 +28,34 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "leaky_re
                "hardswish", "softplus")
 
 
+def layer_label(base: str, node, bias_slot: int = 2) -> str:
+    """A GEMM/convolution layer's kernel name for the build report: its base kernel, then "+bias" and one
+    "+step" per epilogue step ("+residual" for an added tensor), e.g. "torch.conv2d+bias+relu"."""
+    if len(node.inputs) > bias_slot and node.inputs[bias_slot] is not None:
+        base += "+bias"
+    for step in node.attrs.get("epilogue", []):
+        base += "+" + ("residual" if step.startswith("add:") else step.split(":")[0])
+    return base
+
+
+def _conv_label(node) -> str:
+    w = node.inputs[1].const
+    base = f"torch.conv{w.dim() - 2 if w is not None else 2}d"
+    return layer_label(base + "[nhwc]" if node.attrs.get("channels_last") else base, node)
+
+
+def _linear_label(node) -> str:
+    return layer_label("torch.linear", node)
+
+
+def _attention_label(node) -> str:
+    return "torch.scaled_dot_product_attention"
+
+
+def _elementwise_label(node) -> str:
+    return f"elementwise[{'+'.join(p.split('(')[0] for p in node.attrs['program'])}]"
+
+
 def apply_epilogue(y: torch.Tensor, epilogue: list[str], inputs: list) -> torch.Tensor:
     for step in epilogue:
         name, *p = step.split(":")
@@ -103,7 +131,7 @@ def cudnn_conv_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b, stri
     return True
 
 
-@ops.op("Conv", domain="kiln")
+@ops.op("Conv", domain="kiln", label=_conv_label)
 def fused_conv(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """Convolution with explicit pads (resolved at build), bias and epilogue. On CUDA it can compute into
     ``out`` (an arena buffer); elsewhere it returns its own tensor."""
@@ -138,7 +166,7 @@ def linear_into(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b) -> bool:
     return True
 
 
-@ops.op("Linear", domain="kiln")
+@ops.op("Linear", domain="kiln", label=_linear_label)
 def fused_linear(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """x @ W^T + b with W stored [N, K] (what cuBLAS/oneDNN want), then the epilogue; into ``out`` if given."""
     x, w, b = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
@@ -149,7 +177,7 @@ def fused_linear(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tenso
 fused_linear.accepts_out = ("cpu", "cuda")
 
 
-@ops.op("Attention", domain="kiln")
+@ops.op("Attention", domain="kiln", label=_attention_label)
 def fused_attention(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """softmax(Q @ Kt * scale + mask) @ V; Kt is K already transposed (as exporters produce it)."""
     q, kt, v = inputs[0], inputs[1], inputs[2]
@@ -171,7 +199,7 @@ def fused_attention(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tens
     return y
 
 
-@ops.op("Elementwise", domain="kiln")
+@ops.op("Elementwise", domain="kiln", label=_elementwise_label)
 def fused_elementwise(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """Runs ``program``: lines "Op(a,b)" whose operands are region inputs (iN) or earlier results (tN).
 

@@ -30,7 +30,7 @@ def _scatter(data: torch.Tensor, dim: int, index: torch.Tensor, updates: torch.T
     return from_values(out, data.dtype)
 
 
-@ops.op("Gather")
+@ops.op("Gather", host=True)
 def gather(ctx, inputs, attrs):
     """Takes whole slices along ``axis``; the output has the indices' shape in place of that axis."""
     x, idx = inputs[0], inputs[1].to(inputs[0].device)
@@ -140,7 +140,7 @@ def nonzero(ctx, inputs, attrs):
     return torch.nonzero(v).T.contiguous()
 
 
-@ops.op("OneHot")
+@ops.op("OneHot", host_inputs=(1,))
 def one_hot(ctx, inputs, attrs):
     """A new axis of size ``depth`` holding ``values[1]`` at each index and ``values[0]`` elsewhere;
     indices outside [-depth, depth-1] give all ``values[0]``."""

@@ -16,8 +16,8 @@ from .reduce_dtypes import stat_dtype
 from .registry import OpSet
 
 ops = OpSet("norm")
-ops.add("Softmax", softmax)
-ops.add("LogSoftmax", log_softmax)
+ops.add("Softmax", softmax, same_shape=True)
+ops.add("LogSoftmax", log_softmax, same_shape=True)
 ops.add("Hardmax", hardmax)
 
 
@@ -120,7 +120,7 @@ def _stat_output_dtype(ctx, i: int, attrs: dict) -> torch.dtype:
     return declared.torch if declared else DType(attrs.get("stash_type", 1)).torch
 
 
-@ops.op("LayerNormalization")
+@ops.op("LayerNormalization", same_shape=True)
 def layer_normalization(ctx, inputs, attrs):
     """LayerNormalization: normalized over dims axis..rank-1; optional outputs Mean and InvStdDev."""
     return layer_norm(inputs, attrs, ctx if ctx.num_outputs > 1 else None)

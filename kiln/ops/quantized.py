@@ -34,7 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fused import _conv_pads, apply_epilogue
+from .fused import _conv_pads, apply_epilogue, layer_label
 from .registry import KernelContext, OpSet
 
 ops = OpSet("quantized")
@@ -165,7 +165,22 @@ def max_pool_quantize(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Te
 
 
 # -- GEMM ------------------------------------------------------------------------------------------------
-@ops.op("QLinear", domain="kiln")
+def kernel_label(node) -> str:
+    """How the build report names a quantized layer's kernel (its bias and epilogue steps included)."""
+    a = node.attrs
+    fp8 = a.get("x_dtype") == "fp8e4m3"
+    if node.op_type == "QLinear":
+        base = "fp8.scaled_mm" if fp8 else "int8.int_mm"
+    else:
+        base = f"{'fp8' if fp8 else 'int8'}.conv{node.inputs[1].const.dim() - 2 if node.inputs[1].const is not None else 2}d"
+    if a.get("input_quantized"):
+        base += f"[{'fp8' if fp8 else 'int8'} in]"
+    if "out_scale" in a:
+        base += "[requant out]"
+    return layer_label(base, node, bias_slot=3)
+
+
+@ops.op("QLinear", domain="kiln", label=kernel_label)
 def qlinear(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """X @ Wq^T in 8 bits (int8 exact, or fp8 e4m3), dequantized, + bias, epilogue, optional requantize."""
     x, wq, w_scale = inputs[0], inputs[1], inputs[2]
@@ -224,7 +239,7 @@ def fp8_mm(a: torch.Tensor, wq: torch.Tensor, sx: float, w_scale: torch.Tensor) 
 
 
 # -- convolution ---------------------------------------------------------------------------------------
-@ops.op("QConv", domain="kiln")
+@ops.op("QConv", domain="kiln", label=kernel_label)
 def qconv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """Convolution of int8 activations and per-output-channel int8 weights, exact integer sums."""
     x, wq, w_scale = inputs[0], inputs[1], inputs[2]
@@ -263,18 +278,3 @@ def qconv(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     if b is not None:
         y = y + b.to(torch.float32).reshape(1, -1, *([1] * spatial))
     return _finish(y, x, inputs, attrs)
-
-
-def kernel_label(node) -> str:
-    """How the build report names a quantized layer's kernel."""
-    a = node.attrs
-    fp8 = a.get("x_dtype") == "fp8e4m3"
-    if node.op_type == "QLinear":
-        base = "fp8.scaled_mm" if fp8 else "int8.int_mm"
-    else:
-        base = f"{'fp8' if fp8 else 'int8'}.conv{node.inputs[1].const.dim() - 2 if node.inputs[1].const is not None else 2}d"
-    if a.get("input_quantized"):
-        base += f"[{'fp8' if fp8 else 'int8'} in]"
-    if "out_scale" in a:
-        base += "[requant out]"
-    return base

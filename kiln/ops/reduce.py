@@ -140,7 +140,8 @@ def _reduce_kernel(op_type: str):
 
 
 for _op in _REDUCTIONS:
-    ops.add(_op, _reduce_kernel(_op))
+    # axes (input 1, opset 13+/18+) are read as Python ints; integer sum/prod/max/min may run on the host
+    ops.add(_op, _reduce_kernel(_op), host_inputs=(1,), host=_op in ("ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,15 +193,15 @@ def _scan(fn, identity):
     return kernel
 
 
-ops.add("CumSum", _scan(torch.cumsum, 0))
-ops.add("CumProd", _scan(torch.cumprod, 1))
+ops.add("CumSum", _scan(torch.cumsum, 0), host_inputs=(1,))
+ops.add("CumProd", _scan(torch.cumprod, 1), host_inputs=(1,))
 
 
 # ---------------------------------------------------------------------------------------------
 # TopK
 
 
-@ops.op("TopK")
+@ops.op("TopK", host_inputs=(1,))
 def top_k(ctx, inputs, attrs):
     """TopK: K as attribute (opset 1) or input; axis, largest, sorted; equal values by lower index."""
     x = inputs[0]

@@ -24,12 +24,29 @@ InferRule = Callable[["InferContext", list, dict], list]
 
 
 @dataclass(frozen=True)
+class Traits:
+    """What passes, placement and lowering may assume about an op, declared beside its kernel
+    (``@ops.op("Add", elementwise=True, ...)``); the registry answers queries over them (``ops_with``)."""
+
+    elementwise: bool = False  # output element i computed from input elements i alone (after broadcasting)
+    broadcasting: bool = False  # inputs broadcast by numpy rules: an Expand feeding one may be redundant
+    view: bool = False  # output 0 is a view of input 0 at run time (torch returns one): no memory of its own
+    reshape: bool = False  # output 0 is input 0's elements in the same order, in another shape
+    same_shape: bool = False  # float op whose single output has input 0's shape and dtype (opset 13+)
+    never_fold: bool = False  # outputs must not become constants even when every input is known (random ops)
+    host: bool = False  # integer/shape arithmetic that may run on the host when all its inputs are host values
+    host_inputs: tuple[int, ...] = ()  # input slots the kernel reads as Python values (a host value is used as is)
+    label: Callable[[Any], str] | None = None  # node -> its kernel's name in the build report (default family.Op)
+
+
+@dataclass(frozen=True)
 class OpDef:
     op_type: str
     kernel: Kernel
     domain: str = ""
     infer: InferRule | None = None  # static type rule; None: types come from running the kernel on meta tensors
     doc: str = ""
+    traits: Traits = Traits()
 
 
 @dataclass
@@ -68,15 +85,21 @@ class OpSet:
         self.family = family
         self.ops: list[OpDef] = []
 
-    def op(self, *op_types: str, domain: str = "", infer: InferRule | None = None):
+    def op(self, *op_types: str, domain: str = "", infer: InferRule | None = None, **traits):
+        """Decorates a kernel for ``op_types``; keywords are the ops' ``Traits`` (an unknown one is a TypeError)."""
+        t = Traits(**traits)
+
         def register(kernel: Kernel) -> Kernel:
-            for t in op_types:
-                self.ops.append(OpDef(t, kernel, domain, infer, (kernel.__doc__ or "").strip()))
+            for name in op_types:
+                self.ops.append(OpDef(name, kernel, domain, infer, (kernel.__doc__ or "").strip(), t))
             return kernel
         return register
 
-    def add(self, op_type: str, kernel: Kernel, domain: str = "", infer: InferRule | None = None) -> None:
-        self.ops.append(OpDef(op_type, kernel, domain, infer, (kernel.__doc__ or "").strip()))
+    def add(self, op_type: str, kernel: Kernel, domain: str = "", infer: InferRule | None = None, **traits) -> None:
+        self.ops.append(OpDef(op_type, kernel, domain, infer, (kernel.__doc__ or "").strip(), Traits(**traits)))
+
+
+_NO_TRAITS = Traits()
 
 
 def _norm_domain(domain: str) -> str:
@@ -109,6 +132,22 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._ops)
+
+    def traits(self, domain: str, op_type: str) -> Traits:
+        """The op's traits; an unknown op has none (every trait false)."""
+        d = self.get(domain, op_type)
+        return d.traits if d is not None else _NO_TRAITS
+
+    def ops_with(self, trait: str, domain: str = "") -> frozenset[str]:
+        """Op types of ``domain`` whose ``trait`` is set (true, non-empty), e.g. ``ops_with("elementwise")``."""
+        if trait not in Traits.__dataclass_fields__:
+            raise ValueError(f"no op trait {trait!r}; traits: {', '.join(Traits.__dataclass_fields__)}")
+        dom = _norm_domain(domain)
+        return frozenset(t for (d, t), op in self._ops.items() if d == dom and getattr(op.traits, trait))
+
+    def host_input_slots(self) -> frozenset[tuple[str, int]]:
+        """(op type, input slot) pairs of ONNX ops whose kernels read that input as a Python value."""
+        return frozenset((t, i) for (d, t), op in self._ops.items() if d == "" for i in op.traits.host_inputs)
 
     def why_unsupported(self, domain: str, op_type: str) -> str:
         if _norm_domain(domain) == "" and op_type in self.not_supported:

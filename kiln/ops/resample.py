@@ -67,7 +67,7 @@ def _full_roi(roi, rank: int, axes) -> list | None:
     return full
 
 
-@ops.op("Resize")
+@ops.op("Resize", host_inputs=(1, 2, 3))
 def resize_op(ctx, inputs, attrs):
     """Nearest/linear/cubic N-D resize with every coordinate transform, antialias, axes and aspect policy."""
     x = inputs[0]
@@ -95,7 +95,7 @@ def resize_op(ctx, inputs, attrs):
     return resize(x, out_sizes, full_scales, _full_roi(roi, len(shape), axes), params)
 
 
-@ops.op("Upsample")
+@ops.op("Upsample", host_inputs=(1,))
 def upsample(ctx, inputs, attrs):
     """Deprecated Upsample (scales attribute before opset 9, input after): asymmetric nearest/linear."""
     x = inputs[0]

@@ -29,7 +29,7 @@ def _const_i64(vals, device) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64, device=device)
 
 
-@ops.op("Shape")
+@ops.op("Shape", host=True)
 def shape(ctx, inputs, attrs):
     """Dims of the input as int64; ``start``/``end`` (opset 15+) select a range, clamped like Python slicing."""
     x = inputs[0]
@@ -37,13 +37,13 @@ def shape(ctx, inputs, attrs):
     return _const_i64(dims, ctx.device)  # ctx.device: GPU engines keep shapes on the host
 
 
-@ops.op("Size")
+@ops.op("Size", host=True)
 def size(ctx, inputs, attrs):
     x = inputs[0]
     return _const_i64(x.numel(), ctx.device)
 
 
-@ops.op("Reshape")
+@ops.op("Reshape", view=True, reshape=True, host=True, host_inputs=(1,))
 def reshape(ctx, inputs, attrs):
     """Target shape from input 2 (opset 5+) or the ``shape`` attribute; 0 copies the input dim unless
     ``allowzero`` (opset 14+), and one -1 takes what is left."""
@@ -58,7 +58,7 @@ def reshape(ctx, inputs, attrs):
     return x.reshape(target)
 
 
-@ops.op("Flatten")
+@ops.op("Flatten", view=True, reshape=True)
 def flatten(ctx, inputs, attrs):
     x = inputs[0]
     a = attrs.get("axis", 1)
@@ -75,7 +75,7 @@ def _axes_param(ctx, inputs, attrs, since: int) -> list[int] | None:
     return None
 
 
-@ops.op("Squeeze")
+@ops.op("Squeeze", view=True, reshape=True, host=True, host_inputs=(1,))
 def squeeze(ctx, inputs, attrs):
     """Axes attribute before opset 13, optional input after; without axes every size-1 dim goes."""
     x = inputs[0]
@@ -89,7 +89,7 @@ def squeeze(ctx, inputs, attrs):
     return x.reshape([d for i, d in enumerate(x.shape) if i not in axes])
 
 
-@ops.op("Unsqueeze")
+@ops.op("Unsqueeze", view=True, reshape=True, host=True, host_inputs=(1,))
 def unsqueeze(ctx, inputs, attrs):
     """Axes (attribute before opset 13, input after) index the output's dims."""
     x = inputs[0]
@@ -104,14 +104,14 @@ def unsqueeze(ctx, inputs, attrs):
     return x.reshape(dims)
 
 
-@ops.op("Transpose")
+@ops.op("Transpose", view=True)
 def transpose(ctx, inputs, attrs):
     x = inputs[0]
     perm = attrs.get("perm") or list(range(x.dim() - 1, -1, -1))
     return x.permute([axis(p, x.dim()) for p in perm])
 
 
-@ops.op("Expand")
+@ops.op("Expand", host_inputs=(1,))
 def expand(ctx, inputs, attrs):
     """Broadcast both ways: a 1 in the requested shape keeps the input's dim."""
     x = inputs[0]
@@ -120,7 +120,7 @@ def expand(ctx, inputs, attrs):
     return x.expand(out).contiguous()
 
 
-@ops.op("Tile")
+@ops.op("Tile", host_inputs=(1,))
 def tile(ctx, inputs, attrs):
     """Repeats per dim from input 2; opset 1 instead takes a tile count and an axis as inputs 2 and 3."""
     x = inputs[0]
@@ -134,7 +134,7 @@ def tile(ctx, inputs, attrs):
     return x.repeat(reps)
 
 
-@ops.op("Concat")
+@ops.op("Concat", host=True)
 def concat(ctx, inputs, attrs, out=None):
     xs = [t for t in inputs if t is not None]
     a = axis(attrs.get("axis", 1), xs[0].dim())  # opset 1 defaults to 1; later opsets require it
@@ -146,7 +146,7 @@ def concat(ctx, inputs, attrs, out=None):
 concat.accepts_out = ("cpu", "cuda")
 
 
-@ops.op("Split")
+@ops.op("Split", view=True, host_inputs=(1,))
 def split(ctx, inputs, attrs):
     """Sizes from the ``split`` attribute (before opset 13) or input 2; otherwise equal parts, one per
     output (or ``num_outputs``, opset 18+), the last one smaller when the dim does not divide."""
@@ -187,7 +187,7 @@ def _slice_axis(x: torch.Tensor, a: int, start: int, end: int, step: int) -> tor
     return unbits(bits(x[lead + (slice(last, start + 1, -step),)]).flip(a), x.dtype)
 
 
-@ops.op("Slice")
+@ops.op("Slice", view=True, host=True, host_inputs=(1, 2, 3, 4))
 def slice_(ctx, inputs, attrs):
     """starts/ends/axes are attributes before opset 10 and inputs (plus steps) from it on. Out-of-range
     bounds clamp; negative steps walk backwards."""
@@ -203,14 +203,14 @@ def slice_(ctx, inputs, attrs):
     return x
 
 
-@ops.op("Identity")
+@ops.op("Identity", view=True, same_shape=True, host=True)
 def identity(ctx, inputs, attrs):
     """Passes tensors, sequences and optionals through unchanged."""
     x = inputs[0]
     return list(x) if isinstance(x, list) else x  # a sequence is a new value, not an alias of the input's list
 
 
-@ops.op("Dropout")
+@ops.op("Dropout", same_shape=True, host_inputs=(1, 2))
 def dropout(ctx, inputs, attrs):
     """Inference semantics: the output is the input and the mask is all true. Training mode with a
     non-zero ratio (inputs 2 and 3, opset 12+) would be random, which Kiln does not run. Opsets

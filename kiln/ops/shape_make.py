@@ -13,7 +13,7 @@ from .shape_util import bits, ints, scalar, unbits
 ops = OpSet("shape")
 
 
-@ops.op("ConstantOfShape")
+@ops.op("ConstantOfShape", host_inputs=(0,))
 def constant_of_shape(ctx, inputs, attrs):
     """Fills the shape given by input 1 with the one-element ``value`` attribute (float 0 by default)."""
     shape = ints(inputs[0])
@@ -24,7 +24,7 @@ def constant_of_shape(ctx, inputs, attrs):
     return unbits(bits(value).expand(shape).clone(), value.dtype)
 
 
-@ops.op("EyeLike")
+@ops.op("EyeLike", host_inputs=(0,))
 def eye_like(ctx, inputs, attrs):
     """Ones on diagonal ``k`` of a 2-D tensor shaped like the input; ``dtype`` defaults to the input's."""
     x = inputs[0]
@@ -41,7 +41,7 @@ def eye_like(ctx, inputs, attrs):
     return (cols - rows == attrs.get("k", 0)).to(dtype)
 
 
-@ops.op("Range")
+@ops.op("Range", host_inputs=(0, 1, 2))
 def range_(ctx, inputs, attrs):
     """``start + i * delta`` for i < max(ceil((limit - start) / delta), 0). Integers are exact; floats are
     computed in double, or for float16/bfloat16 in the ``stash_type`` (opset 27+, float by default)."""
@@ -62,7 +62,7 @@ def range_(ctx, inputs, attrs):
     return (torch.arange(n, dtype=compute, device=device) * delta + start).to(dtype)
 
 
-@ops.op("Trilu")
+@ops.op("Trilu", host_inputs=(1,))
 def trilu(ctx, inputs, attrs):
     """Keeps the upper (``upper``=1, default) or lower triangle of the last two dims, shifted by the
     optional diagonal offset ``k`` (input 2); the rest becomes zero."""

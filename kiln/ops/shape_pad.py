@@ -78,7 +78,7 @@ def pad_tensor(x: torch.Tensor, begins: list[int], ends: list[int], mode: str = 
     return unbits(y, dtype)
 
 
-@ops.op("Pad")
+@ops.op("Pad", host_inputs=(1, 3))
 def pad(ctx, inputs, attrs):
     """Pads as ``[begin_0, .., begin_n, end_0, .., end_n]``: the ``paddings`` (opset 1) or ``pads`` (2-10)
     attribute with a ``value`` attribute, or inputs 2 and 3 (11+) with ``axes`` as input 4 (18+).
@@ -104,7 +104,7 @@ def pad(ctx, inputs, attrs):
     return pad_tensor(x, begins, ends, mode, value)
 
 
-@ops.op("CenterCropPad")
+@ops.op("CenterCropPad", host_inputs=(1, 2))
 def center_crop_pad(ctx, inputs, attrs):
     """Crops or zero-pads each listed axis to the requested size, keeping the center; an odd
     difference puts the extra element at the end."""

@@ -37,7 +37,7 @@ def _from_complex(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.view_as_real(z).to(dtype)
 
 
-@ops.op("DFT")
+@ops.op("DFT", host_inputs=(1, 2))
 def dft(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """Discrete Fourier transform along one axis; onesided keeps the non-redundant half of a real input's
     spectrum, and inverse+onesided rebuilds a real signal from such a half."""
@@ -62,7 +62,7 @@ def dft(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     return _from_complex(z, x.dtype)
 
 
-@ops.op("STFT")
+@ops.op("STFT", host_inputs=(1, 3))
 def stft(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Tensor:
     """Short-time Fourier transform of (batch, length, 1|2) signals -> (batch, frames, bins, 2)."""
     signal, step = inputs[0], int(_scalar(inputs[1]))

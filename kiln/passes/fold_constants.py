@@ -24,9 +24,8 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     for node in list(graph.nodes):
         if any(True for _ in node.subgraphs()) or not node.outputs:
             continue
-        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                            "Bernoulli", "Multinomial"):
-            continue
+        if ctx.registry.traits(node.domain, node.op_type).never_fold:
+            continue  # random ops; an op without a Kiln kernel (RandomNormal, ...) cannot fold anyway
         known = [None if v is None else (v.const if v.const is not None else facts.known(v)) for v in node.inputs]
         if any(v is not None and k is None for v, k in zip(node.inputs, known)) \
                 and node.op_type not in ("Shape", "Size") and not _outputs_static(node, facts):

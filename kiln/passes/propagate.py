@@ -262,13 +262,11 @@ def _dynamic_dims(v: Value | None, facts: Facts) -> list[int]:
 
 
 # Ops that move or select elements: the dynamic mask of the output is the kernel applied to the masks of
-# the data inputs (index/axis/shape inputs must be static). Elementwise ops: the broadcast OR of the masks.
+# the data inputs (index/axis/shape inputs must be static). Ops with the elementwise trait: the broadcast OR
+# of the masks.
 _DATA_INPUTS = {"Gather": (0,), "Slice": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Reshape": (0,), "Flatten": (0,),
                 "Identity": (0,), "Cast": (0,), "Expand": (0,), "Transpose": (0,), "GatherElements": (0,),
                 "Tile": (0,), "Concat": None}
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Equal", "Less", "Greater", "LessOrEqual",
-                          "GreaterOrEqual", "Where", "Max", "Min", "Neg", "Abs", "Not", "And", "Or", "Ceil",
-                          "Floor", "Sqrt", "Pow", "Sign", "Clip"})
 
 
 def _mask(v: Value, facts: Facts, like: torch.Tensor | None) -> torch.Tensor | None:
@@ -303,7 +301,7 @@ def _output_masks(node: Node, opdef, facts: Facts, known: list, results: list, o
     if any(not isinstance(k, torch.Tensor) for v, k in zip(node.inputs, known) if v is not None):
         return None
     masks = [_mask(v, facts, k) for v, k in zip(node.inputs, known)]
-    if op in _ELEMENTWISE:
+    if opdef.traits.elementwise:
         out_shape = results[0].shape
         m = torch.zeros(out_shape, dtype=torch.bool)
         for x in masks:
@@ -365,9 +363,9 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
             results = _run(opdef, node, [stub], torch.device("cpu"), opset)
     if results is not None:
         pass
-    elif real and small and node.inputs and opdef.op_type not in _NEVER_FOLD:
+    elif real and small and node.inputs and not opdef.traits.never_fold:
         results = _run(opdef, node, [None if k is None else k.cpu() for k in known], torch.device("cpu"), opset)
-    if results is None and node.domain == "" and node.op_type in _SAME_AS_INPUT and len(node.outputs) == 1 \
+    if results is None and opdef.traits.same_shape and len(node.outputs) == 1 \
             and node.inputs and node.inputs[0] is not None:
         # Output type = input type: no need to run torch's (slow, Python) meta decomposition.
         t = facts.type_of(node.inputs[0])
@@ -426,16 +424,6 @@ def _step(node: Node, facts: Facts, registry: Registry, opset: int) -> None:
             facts.dynamic.add(o.id)
             if isinstance(m, torch.Tensor) and not m.all():
                 facts.masks[o.id] = m
-
-
-# Float ops whose single output has their first input's shape and dtype (opset 13+ semantics).
-_SAME_AS_INPUT = frozenset({"LayerNormalization", "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "Softmax", "LogSoftmax",
-                            "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softplus", "Swish", "Neg",
-                            "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Identity", "Dropout"})
-
-# Ops whose outputs must not become constants even when their inputs are known.
-_NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                         "Multinomial"})
 
 
 def _run(opdef, node: Node, args: list, device: torch.device, opset: int):

@@ -23,12 +23,6 @@ from .context import PassContext
 from .propagate import Facts
 from .rewrite import new_constant
 
-# Elementwise ops that broadcast their inputs (numpy rules): an Expand feeding them may be redundant.
-BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Where", "And", "Or", "Xor",
-                          "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "PRelu", "BitShift"})
-RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
-
 def _shapes(facts: Facts, v: Value) -> list[tuple] | None:
     """v's shape at the probes and, when there is one, in the reference run; None if any is unknown."""
     runs = [facts] + facts.reference_runs()
@@ -86,7 +80,7 @@ def collapse_reshapes(graph: Graph, node: Node, facts: Facts, ctx: PassContext) 
         return False
     inner = node.inputs[0].producer
     b = node.inputs[1].const if node.inputs[1] is not None else None
-    if inner is None or inner.graph is not graph or inner.domain != "" or inner.op_type not in RESHAPES \
+    if inner is None or inner.graph is not graph or inner.domain != "" or not ctx.registry.traits("", inner.op_type).reshape \
             or b is None or bool((b == 0).any()) or inner.inputs[0] is None:
         return False
     node.set_input(0, inner.inputs[0])
@@ -145,8 +139,9 @@ def _broadcast_keeps_shape(facts: Facts, consumer: Node, slot: int, replacement_
     return True
 
 
-def _broadcast_only_consumers(v: Value, graph: Graph) -> bool:
-    return bool(v.uses) and all(n.domain == "" and n.op_type in BROADCASTING and len(n.outputs) == 1
+def _broadcast_only_consumers(v: Value, graph: Graph, registry) -> bool:
+    """Every reader of ``v`` is an op with the ``broadcasting`` trait (numpy rules), and ``v`` is no graph output."""
+    return bool(v.uses) and all(registry.traits(n.domain, n.op_type).broadcasting and len(n.outputs) == 1
                                 for n, _ in v.uses) and not any(o is v for o in graph.outputs)
 
 
@@ -158,7 +153,7 @@ def drop_broadcast_expands(graph: Graph, node: Node, facts: Facts, ctx: PassCont
         return False
     changed = False
     for consumer, slot in list(node.outputs[0].uses):
-        if consumer.domain == "" and consumer.op_type in BROADCASTING \
+        if consumer.domain == "" and ctx.registry.traits("", consumer.op_type).broadcasting \
                 and _broadcast_keeps_shape(facts, consumer, slot, y_shapes):
             consumer.set_input(slot, y)
             ctx.count("drop_broadcast_expands")
@@ -173,7 +168,7 @@ def gather_before_expand(graph: Graph, node: Node, facts: Facts, ctx: PassContex
         return False
     exp = node.inputs[1].producer
     if exp is None or exp.graph is not graph or exp.domain != "" or exp.op_type != "Expand" \
-            or not _broadcast_only_consumers(node.outputs[0], graph):
+            or not _broadcast_only_consumers(node.outputs[0], graph, ctx.registry):
         return False
     table, i = node.inputs[0], exp.inputs[0]
     t_shapes, i_shapes = _shapes(facts, table), _shapes(facts, i) if i is not None else None

@@ -17,7 +17,7 @@ from ...ops.fused import decode_sub_attrs
 from .codegen import parse_line
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import ElementwiseLaunch
-from .ops import RULES, TL_DTYPE, Unsupported
+from .ops import TL_DTYPE, Unsupported, can_emit
 from .rows import RowLaunch
 
 
@@ -81,7 +81,7 @@ class ElementwiseLayer(TritonLayer):
         attrs = [decode_sub_attrs(sub[i]) if i < len(sub) else {} for i in range(len(program))]
         for line in program:
             op, _ = parse_line(line)
-            if op not in RULES:
+            if not can_emit(op):
                 raise Unsupported(f"{op} has no Triton generator")
         consts = {k: c for k, v in enumerate(node.inputs) if (c := _scalar_const(v)) is not None}
         self.launch = ElementwiseLaunch(program, attrs, opset, consts)

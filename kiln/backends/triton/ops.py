@@ -348,3 +348,9 @@ RULES: dict[str, OpRule] = {
     "Or": _binary("Or", "b", lambda a, b: f"({a} | {b})"),
     "Xor": _binary("Xor", "b", lambda a, b: f"({a} ^ {b})"),
 }
+
+
+def can_emit(op_type: str) -> bool:
+    """Whether the generator has a rule for ONNX op ``op_type`` (its operand types may still be refused, with
+    ``Unsupported``, when a kernel is generated)."""
+    return op_type in RULES
