@@ -252,3 +252,38 @@ def test_elementwise_chain_with_a_shared_intermediate_says_why():
     e = check(model(nodes, [("x", [3, 4])], ["y"]), {"x": np.abs(w(3, 4))})
     reasons = [r["reason"] for r in e.report.rejections if r["rule"] == "fuse_elementwise"]
     assert any("'a' has 2 readers" in r for r in reasons), e.report.rejections
+
+
+def _region_ops(engine) -> list[str]:
+    return [op for l in engine.report.layers if l.kernel.startswith("elementwise[")
+            for op in l.kernel[len("elementwise["):-1].split("+")]
+
+
+def _cast(src, dst, to=TensorProto.FLOAT):
+    return helper.make_node("Cast", [src], [dst], to=to)
+
+
+# Ops fused since fusion asks the registry (elementwise) and the Triton generator (can_emit) instead of a list
+# of its own: each in a chain whose region must hold it, with outputs equal to onnx.reference's.
+_NEWLY_FUSED = {
+    **{op: [helper.make_node("Neg", ["x"], ["a"]), helper.make_node(op, ["a"], ["b"]),
+            helper.make_node("Neg", ["b"], ["y"])]
+       for op in ("Celu", "Mish", "Round", "Selu", "Sign", "Softsign", "ThresholdedRelu")},
+    **{op: [helper.make_node("Neg", ["x"], ["a"]), helper.make_node(op, ["a", "x"], ["b"]),
+            helper.make_node("Exp", ["b"], ["y"])] for op in ("Sum", "Mean")},
+    **{op: [helper.make_node("Log", ["x"], ["a"]), helper.make_node(op, ["a"], ["b"]),
+            helper.make_node("Not", ["b"], ["c"]), _cast("c", "y")] for op in ("IsNaN", "IsInf")},
+    **{op: [helper.make_node("Neg", ["x"], ["a"]), helper.make_node(op, ["a", "x"], ["b"]), _cast("b", "y")]
+       for op in ("LessOrEqual", "GreaterOrEqual")},
+    "Xor": [helper.make_node("Neg", ["x"], ["a"]), helper.make_node("Less", ["a", "x"], ["b"]),
+            helper.make_node("Xor", ["b", "b"], ["c"]), _cast("c", "y")],
+    "Cast": [helper.make_node("Neg", ["x"], ["a"]), _cast("a", "b", TensorProto.INT32), _cast("b", "y")],
+}
+
+
+@pytest.mark.parametrize("op", sorted(_NEWLY_FUSED))
+def test_newly_fused_elementwise_ops_match_reference(op):
+    x = w(3, 4) * 3
+    x[0, :3] = [0.0, -1.0, 0.5]  # Log: -inf, NaN; Round: a half
+    e = check(model(_NEWLY_FUSED[op], [("x", [3, 4])], ["y"], opset=18), {"x": x})  # Mish: opset 18
+    assert op in _region_ops(e), e.report.layers
