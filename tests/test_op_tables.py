@@ -80,7 +80,8 @@ def test_op_names_compared_in_kiln_are_known_to_the_registry():
     reg = default_registry()
     known = {d.op_type for d in reg} | set(reg.not_supported) | set(NOT_IN_REGISTRY)
     unknown = [f"kiln/{rel}:{line}: {n!r}" for rel, line, names, _ in _comparisons() for n in names if n not in known]
-    assert not unknown, "op names the registry does not know (typo, or an op renamed or removed):\n" + "\n".join(unknown)
+    assert not unknown, ("op names the registry does not know (typo, or an op renamed or removed):\n"
+                         + "\n".join(unknown))
 
 
 # -- the trait queries themselves -----------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def _reduce_kernel(op_type: str):
 
 for _op in _REDUCTIONS:
     # axes (input 1, opset 13+/18+) are read as Python ints; integer sum/prod/max/min may run on the host
-    ops.add(_op, _reduce_kernel(_op), host_inputs=(1,), host=_op in ("ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin"))
+    ops.add(_op, _reduce_kernel(_op), host_inputs=(1,),
+            host=_op in ("ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin"))
 
 
 # ---------------------------------------------------------------------------------------------

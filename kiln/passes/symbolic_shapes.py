@@ -80,7 +80,7 @@ def collapse_reshapes(graph: Graph, node: Node, facts: Facts, ctx: PassContext) 
         return False
     inner = node.inputs[0].producer
     b = node.inputs[1].const if node.inputs[1] is not None else None
-    if inner is None or inner.graph is not graph or inner.domain != "" or not ctx.registry.traits("", inner.op_type).reshape \
+    if inner is None or inner.graph is not graph or not ctx.registry.traits(inner.domain, inner.op_type).reshape \
             or b is None or bool((b == 0).any()) or inner.inputs[0] is None:
         return False
     node.set_input(0, inner.inputs[0])
