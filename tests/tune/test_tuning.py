@@ -32,7 +32,7 @@ def test_tuning_records_tactic_time_and_candidates():
     tuned = _tuned_layers(e)
     assert len(tuned) == 12  # 11 convolutions and the classifier
     for l in tuned:
-        assert l.tactic in ("torch", "onednn") and l.time_ms is not None and l.time_ms > 0
+        assert l.tactic in ("torch", "onednn", "onednn_gemm") and l.time_ms is not None and l.time_ms > 0
         assert set(l.candidates) >= {"torch"} and l.candidates[l.tactic] == l.time_ms
     assert e.report.tuning["timed"] > 0 and not e.report.tuning["budget_exceeded"]
     assert "tactics:" in e.report.summary()
@@ -122,7 +122,7 @@ def test_wrong_candidate_is_rejected(monkeypatch):
     convs = [l for l in e.report.layers if l.op == "kiln::Conv"]
     assert convs
     for l in convs:
-        assert l.tactic in ("torch", "onednn")
+        assert l.tactic in ("torch", "onednn", "onednn_gemm")  # the 1x1 layers may time faster as a GEMM
         assert "shape" in l.candidates["wrong"]
         assert "relative error" in l.candidates["off"]
 
