@@ -4,7 +4,7 @@ from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphEr
 from .frontend.onnx import parse
 from .ir import DType, Graph, Node, OptionalType, SequenceType, TensorType, Value
 from .runtime.interpreter import interpret
-from .build import BuilderConfig, Profile, build
+from .builder import BuilderConfig, Profile, build
 from .engine import Engine, ExecutionContext
 
 __version__ = "0.1.0"

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import errors
-from .build.builder import build as _build
-from .build.config import BuilderConfig, Profile
+from .builder.builder import build as _build
+from .builder.config import BuilderConfig, Profile
 from .engine.runtime import Engine
 from .ir.dtype import DType
 

@@ -28,3 +28,16 @@ def test_trt_module_names():
                  "NetworkDefinitionCreationFlag", "TensorIOMode", "volume", "nptype", "IInt8EntropyCalibrator2",
                  "IInt8MinMaxCalibrator"):
         assert hasattr(trt, name), name
+
+
+def test_no_function_shadows_a_package():
+    """``kiln.build`` (the function) once shadowed the package of the same name: ``import kiln.build.report``
+    failed. The builder's modules live in kiln.builder."""
+    import importlib
+    import pkgutil
+
+    import kiln
+    report = importlib.import_module("kiln.builder.report")
+    assert callable(kiln.build) and hasattr(report, "BuildReport")
+    packages = {m.name for m in pkgutil.iter_modules(kiln.__path__) if m.ispkg}
+    assert not packages & set(dir(kiln)) - {p for p in packages if isinstance(getattr(kiln, p), type(kiln))}

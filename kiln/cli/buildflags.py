@@ -61,7 +61,7 @@ def resolve_device(device: str) -> str:
 
 
 def profiles_from_args(args) -> tuple:
-    from ..build.config import Profile
+    from ..builder.config import Profile
     profiles = []
     if args.shapes:
         profiles.append(Profile.fixed(parse_shapes(args.shapes, "--shapes")))
@@ -84,7 +84,7 @@ def profiles_from_args(args) -> tuple:
 
 def config_from_args(args, **extra):
     """A BuilderConfig from the parsed build flags; ``extra`` overrides fields (e.g. verbosity)."""
-    from ..build.config import BuilderConfig
+    from ..builder.config import BuilderConfig
     from ..errors import ShapeError
     quant = quant_fields(args.int8, args.fp8, args.calib_cache, args.calib_data, args.calib_method)
     profiles = profiles_from_args(args)

@@ -228,7 +228,7 @@ def _size(s: str) -> int:
 
 def _build(args, shapes, log):
     from .. import build
-    from ..build.config import BuilderConfig, Profile
+    from ..builder.config import BuilderConfig, Profile
     from ..errors import ShapeError
     from .loading import check_readable, is_engine
     from .progress import Progress

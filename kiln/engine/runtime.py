@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..build.config import BuilderConfig, Profile
+from ..builder.config import BuilderConfig, Profile
 from ..errors import DeviceMismatchError, EngineFormatError, InputError, KilnError, ShapeError
 from ..ir.convert import torch_to_numpy
 from ..ir.dtype import DType

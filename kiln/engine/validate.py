@@ -107,7 +107,7 @@ def check_fields(d: dict, cls: type, prefix: str) -> None:
 
 
 def _check_config(cfg: dict) -> None:
-    from ..build.config import BuilderConfig
+    from ..builder.config import BuilderConfig
     check_fields(cfg, BuilderConfig, "config")
     string(cfg.get("device", "cpu"), "header field 'config.device'")
     for k, p in enumerate(arr(cfg.get("profiles", []), "header field 'config.profiles'", 1024)):
@@ -124,7 +124,7 @@ def _check_config(cfg: dict) -> None:
 
 def read_report(h: dict):
     """The build report stored in the header (None when there is none), its fields checked."""
-    from ..build.report import BuildReport, LayerInfo
+    from ..builder.report import BuildReport, LayerInfo
     report = h.get("report")
     if report is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build.config import BuilderConfig
+from ..builder.config import BuilderConfig
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
 from .propagate import Facts, choose_probes, endpoint_probes, propagate

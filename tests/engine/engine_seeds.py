@@ -93,7 +93,7 @@ def control_flow():
 def build_options(name: str) -> dict:
     """BuilderConfig overrides for each seed (the MLP gets a profile so its batch is bounded)."""
     if name == "mlp":
-        from kiln.build.config import Profile
+        from kiln.builder.config import Profile
         return {"profiles": (Profile.of(x=((1, 6), (2, 6), (4, 6))),)}
     return {}
 

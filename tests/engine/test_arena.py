@@ -1,5 +1,5 @@
 """Dynamic tensor memory at run time (kiln/engine/arena.py) and Concat elimination
-(kiln/build/concat_in_place.py): placed runs give the same results as unplaced ones and as the oracle."""
+(kiln/builder/concat_in_place.py): placed runs give the same results as unplaced ones and as the oracle."""
 from __future__ import annotations
 
 import json

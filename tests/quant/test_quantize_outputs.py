@@ -164,7 +164,7 @@ def test_op_second_output_is_quantize_of_y_as_stored(dtype):
 def test_first_convolution_stays_float16_on_cuda(fp16, device, kept):
     """A 3-channel convolution has no 8-bit tensor-core kernel: with float16 enabled on CUDA it is not
     quantized (and says why); without float16, or on the CPU, it is (the same layers on every device)."""
-    from kiln.build.config import BuilderConfig
+    from kiln.builder.config import BuilderConfig
     from kiln.ir.graph import Node, Value
     from kiln.passes.quantize_int8 import _format_for
 

@@ -4,7 +4,7 @@ Runs after the tactics are bound, because it depends on them: an input qualifies
 computes into a given buffer (``accepts_out``), the input is a fresh tensor used only by this Concat, and
 neither it nor the Concat's output is a graph output. The qualifying positions are stored on the Concat as
 the attribute ``in_place`` (plain data in the engine); the memory plan then treats those inputs as parts
-of the Concat's output (kiln/build/lower.py) and the runtime hands their producers the slices
+of the Concat's output (kiln/builder/lower.py) and the runtime hands their producers the slices
 (kiln/engine/arena.py). Every Concat input that does not qualify is reported with the reason.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 
 import kiln
-from kiln.build.config import Profile
+from kiln.builder.config import Profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import models as M  # noqa: E402
