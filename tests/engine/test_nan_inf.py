@@ -23,12 +23,11 @@ def _patterns(model: onnx.ModelProto, feed: dict) -> np.ndarray:
 def _hostile_inputs(shape) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     base = rng.standard_normal(shape).astype(np.float32)
-    one_inf = base.copy()
-    one_inf[0, 1, 10, 20] = np.inf
-    one_neg_inf = base.copy()
-    one_neg_inf[-1, 2, 40, 3] = -np.inf
-    one_nan = base.copy()
-    one_nan[0, 0, 0, 0] = np.nan
+    n = base.size
+    one_inf, one_neg_inf, one_nan = base.copy(), base.copy(), base.copy()
+    one_inf.reshape(-1)[n // 3 + 7] = np.inf
+    one_neg_inf.reshape(-1)[n - n // 5] = -np.inf
+    one_nan.reshape(-1)[0] = np.nan
     return {"all NaN": np.full(shape, np.nan, np.float32), "one +Inf": one_inf, "one -Inf": one_neg_inf,
             "one NaN": one_nan}
 
@@ -54,3 +53,45 @@ def test_example_engine_keeps_nan_and_inf_pattern(example, level):
         np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}, level {level}: -Inf")
         finite = np.isfinite(want)
         np.testing.assert_allclose(got[finite], want[finite], rtol=1e-3, atol=1e-3, err_msg=f"{what}, level {level}")
+
+
+def _exported(make, shape, tmp_path):
+    import sys
+
+    import torch
+    sys.path.insert(0, str(EXAMPLE.parents[1]))
+    from benchmarks.models import export_onnx
+    model, axes = make()
+    x = torch.randn(*shape)
+    path = export_onnx(model, (x,), tmp_path / "m.onnx", axes)
+    return onnx.load(path), x.numpy()
+
+
+def _encoder():
+    import torch
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, activation="gelu", batch_first=True)
+    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), {"x": {0: "batch"}}
+
+
+def _check_patterns(model, shape, levels):
+    for level in levels:
+        ctx = kiln.build(model, kiln.BuilderConfig(device=DEVICE, optimization_level=level)).create_execution_context()
+        for what, x in _hostile_inputs(shape).items():
+            want = _patterns(model, {"x": x})
+            got = np.asarray(next(iter(ctx.infer({"x": x}).values())))
+            for name, f in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+                np.testing.assert_array_equal(f(got), f(want), err_msg=f"{what}, level {level}: {name} pattern")
+
+
+def test_transformer_encoder_keeps_nan_and_inf_pattern(tmp_path):
+    """Softmax, LayerNorm, GELU and attention fusions (the float-input part of BERT)."""
+    model, _ = _exported(_encoder, (2, 48, 64), tmp_path)
+    _check_patterns(model, (2, 48, 64), [0, 3])
+
+
+@pytest.mark.slow
+def test_resnet50_keeps_nan_and_inf_pattern_at_every_level(tmp_path):
+    from benchmarks.models import resnet50
+    model, _ = _exported(lambda: (lambda m: (m[0], m[2]))(resnet50()), (2, 3, 64, 64), tmp_path)
+    _check_patterns(model, (2, 3, 64, 64), [0, 1, 2, 3, 4, 5])
