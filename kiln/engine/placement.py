@@ -42,8 +42,12 @@ def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:
     a Resize. Float candidates read as data by a device layer go back to the device, until none is left."""
     registry = registry or default_registry()
     host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
+    # (a float read inside an If/Loop body stays on the device: bodies run on the device and get no copies)
+    in_bodies = {v.id for g in graph.walk_graphs() if g is not graph for n in g.nodes for v in n.inputs
+                 if v is not None}
     floats = {v.id for v in graph.constants.values()
-              if not is_host_constant(v.const) and v.const.numel() <= MAX_HOST_CONSTANT and not v.const.is_complex()}
+              if not is_host_constant(v.const) and v.const.numel() <= MAX_HOST_CONSTANT and not v.const.is_complex()
+              and v.id not in in_bodies}
     while True:
         placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats,
                            host_ops, host_slots)

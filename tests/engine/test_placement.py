@@ -48,3 +48,20 @@ def test_shape_arithmetic_through_float_runs_on_the_host():
     ops = {n.op_type for n in graph.nodes if id(n) in placement.host_nodes}
     assert {"Shape", "Gather", "Cast", "Div", "Concat", "Slice"} <= ops, on_host
     assert not any(n.op_type in ("Resize", "Add") for n in graph.nodes if id(n) in placement.host_nodes)
+
+
+def test_float_constant_read_inside_a_subgraph_stays_on_the_device():
+    """A Conv bias of the main graph read only inside an If branch (Silero VAD's opset-18 export) went to the
+    host, and the branch's Conv got a CPU bias on the GPU."""
+    bias = numpy_helper.from_array(np.ones(4, np.float32), "bias")
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    branch = helper.make_graph([helper.make_node("Conv", ["x", "w", "bias"], ["y_then"])], "then", [],
+                               [helper.make_tensor_value_info("y_then", TP.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TP.FLOAT, None)])
+    g = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)], "g",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [1, 3, 4, 4]),
+                           helper.make_tensor_value_info("flag", TP.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], [bias, w])
+    graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert graph.constants["bias"].id not in host_constants(graph)

@@ -68,7 +68,7 @@ def _tied_model() -> onnx.ModelProto:
                               [helper.make_tensor_value_info("ids", TP.INT64, [3]),
                                helper.make_tensor_value_info("flag", TP.BOOL, [])],
                               [helper.make_tensor_value_info("logits", TP.FLOAT, [3, 10])], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)  # older onnxruntimes
 
 
 @pytest.mark.parametrize("level", [0, 3])

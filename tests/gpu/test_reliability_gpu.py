@@ -61,7 +61,7 @@ def _resize_model(mode: str) -> onnx.ModelProto:
                           [helper.make_tensor_value_info("y", TP.FLOAT, None)],
                           [numpy_helper.from_array(w, "w"),
                            numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)  # older onnxruntimes
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
