@@ -6,6 +6,7 @@ checked once the output's shape is known. Every refusal is an InputError naming 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..errors import InputError
 from ..ir.dtype import DType
 
 
+@functools.cache  # per element type, not per inference
 def _numpy_dtype(dtype: DType) -> np.dtype | None:
     from ..ir.convert import torch_to_numpy
     try:

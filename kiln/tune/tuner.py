@@ -20,11 +20,10 @@ from typing import Callable
 import torch
 
 from ..ir.types import TensorType
+from ..engine.precision_flags import float32_precision
 from ..ops import KernelContext
 from .cache import TimingCache, make_key
 from .space import TORCH, Choice, NotApplicable, candidates, default_choice, make
-
-from ..engine.precision_flags import float32_precision
 
 log = logging.getLogger("kiln.tune")
 
@@ -412,11 +411,7 @@ class Tuner:
         if not budget_left:
             return LayerResult(node.label, default, source="default", note="tuning budget exceeded")
         inputs = materialize(specs, self.device, seed)
-        from ..ops import default_registry
-        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
-        ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
-                            output_types=[o.type if o is not None else None for o in node.outputs],
-                            node_name=node.label)
+        ref_kernel, ctx = self._reference(node, opset)
         attrs = node.attrs
         res = LayerResult(node.label, default)
         with torch.inference_mode(), warnings.catch_warnings(), float32_precision(self.device, self.tf32):
@@ -426,7 +421,7 @@ class Tuner:
             except Exception as e:  # noqa: BLE001 - the layer's own kernel cannot run on random data
                 return LayerResult(node.label, default, source="default",
                                    note=f"reference failed on random inputs: {type(e).__name__}: {e}")
-            quantized = "out_scale" in attrs or "q_scale" in attrs
+            quantized = _requantizes(attrs)
             special = None if quantized else with_special_values(inputs, specs)
             if special is not None:
                 try:
@@ -476,10 +471,7 @@ class Tuner:
         """Why ``choice`` does not reproduce the layer's reference on one random input, or None."""
         if choice.name == "torch":
             return None
-        from ..ops import default_registry
-        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
-        ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
-                            output_types=[o.type if o is not None else None for o in node.outputs], node_name=node.label)
+        ref_kernel, ctx = self._reference(node, opset)
         attrs = node.attrs
         with torch.inference_mode(), warnings.catch_warnings(), float32_precision(self.device, self.tf32):
             warnings.simplefilter("ignore")
@@ -489,11 +481,24 @@ class Tuner:
             except Exception:  # noqa: BLE001 - the reference cannot run on random data: nothing to check against
                 return None
             try:
-                t = make(choice, node, constants, self.device)
-                got = (ref_kernel if t is None else t.kernel)(ctx, [_clone(x) for x in inputs], attrs)
+                got = make(choice, node, constants, self.device).kernel(ctx, [_clone(x) for x in inputs], attrs)
             except Exception as e:  # noqa: BLE001 - a cached choice that cannot run here
                 return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-            return mismatch(got, ref, self.device, self.tf32, quantized="out_scale" in attrs or "q_scale" in attrs)
+            return mismatch(got, ref, self.device, self.tf32, quantized=_requantizes(attrs))
+
+    def _reference(self, node, opset: int):
+        """The layer's own kernel (every candidate's oracle) and the context it runs with."""
+        from ..ops import default_registry
+        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
+        ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
+                            output_types=[o.type if o is not None else None for o in node.outputs],
+                            node_name=node.label)
+        return ref_kernel, ctx
+
+
+def _requantizes(attrs: dict) -> bool:
+    """kiln::QLinear/QConv writing 8-bit codes: compared by quantization steps (see mismatch)."""
+    return "out_scale" in attrs or "q_scale" in attrs
 
 
 def _clone(x):

@@ -320,8 +320,7 @@ RULES: dict[str, OpRule] = {
     "Gelu": OpRule((1, 1), _gelu),
     "LeakyRelu": _act("LeakyRelu", "tl.where({x} < 0, {x} * {alpha}, {x})", {"alpha": _f32(0.01)}),
     # NaN must pass through the clamps (ONNX; torch does): plain tl.maximum/minimum may drop it on the GPU.
-    "HardSigmoid": _act("HardSigmoid", "tl.minimum(tl.maximum({x} * {alpha} + {beta}, 0.0, propagate_nan=tl.PropagateNan.ALL),"
-                        " 1.0, propagate_nan=tl.PropagateNan.ALL)",
+    "HardSigmoid": _act("HardSigmoid", _fmin(_fmax("{x} * {alpha} + {beta}", "0.0"), "1.0"),
                         {"alpha": _f32(0.2), "beta": 0.5}),
     "HardSwish": _act("HardSwish", "({x} * tl.minimum(tl.maximum({x} * (1.0 / 6.0) + 0.5, 0.0), 1.0))", {}),
     "Softplus": _act("Softplus", "tl.where({x} > 20.0, {x}, _log1p(tl.exp({x})))", {}, ("_log1p",)),
@@ -330,8 +329,7 @@ RULES: dict[str, OpRule] = {
     "Elu": _act("Elu", "tl.where({x} > 0, {x}, {alpha} * _expm1({x}))", {"alpha": 1.0}, ("_expm1",)),
     "Selu": _act("Selu", "({gamma} * tl.where({x} > 0, {x}, {alpha} * _expm1({x})))",
                  {"alpha": _f32(1.67326319217681884765625), "gamma": _f32(1.05070102214813232421875)}, ("_expm1",)),
-    "Celu": _act("Celu", "(tl.maximum({x}, 0.0, propagate_nan=tl.PropagateNan.ALL)"
-                         " + tl.minimum({alpha} * _expm1({x} / {alpha}), 0.0, propagate_nan=tl.PropagateNan.ALL))",
+    "Celu": _act("Celu", f"({_fmax('{x}', '0.0')} + {_fmin('{alpha} * _expm1({x} / {alpha})', '0.0')})",
                  {"alpha": 1.0}, ("_expm1",)),
     "ThresholdedRelu": _act("ThresholdedRelu", "tl.where({x} > {alpha}, {x}, 0.0)", {"alpha": 1.0}),
     "Mish": _act("Mish", "({x} * _tanh(tl.where({x} > 20.0, {x}, _log1p(tl.exp({x})))))", {}, ("_tanh", "_log1p")),
