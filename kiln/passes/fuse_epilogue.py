@@ -2,6 +2,7 @@
 
     Conv(x, W) + b              -> kiln::Conv(x, W, b)
     act(Conv(x, W, b) + r)      -> kiln::Conv(x, W, b, r) {epilogue: [add:3, act]}
+    Conv(x, W, b) * c + d       -> kiln::Conv(x, W*c, b*c + d)   (c, d constant per channel)
     MatMul(x, Wkn) + b          -> kiln::Linear(x, Wnk, b)
     Gemm(x, W, C)               -> kiln::Linear(x, alpha*W, beta*C)
 
@@ -164,6 +165,26 @@ def _same_shape(a, b) -> bool:
         x == y and x is not None for x, y in zip(a, b))
 
 
+def _scale_weights(node: Node, mul: Node, out, graph: Graph, ctx: PassContext) -> bool:
+    """layer(x) * c with c a per-channel (or scalar) constant -> the layer with W and b scaled by c (as BatchNorm
+    folding does; PP-LCNetV3's learnable affine blocks put such a scale right after each convolution)."""
+    c = const(mul.inputs[1] if mul.inputs[0] is out else mul.inputs[0])
+    if c is None or not c.dtype.is_floating_point:
+        return False
+    scale = _channel_bias(node, c, ctx)
+    if scale is None:
+        return False
+    w = const(node.inputs[1])
+    s64 = scale.to(torch.float64)
+    new_w = (w.to(torch.float64) * s64.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
+    node.set_input(1, new_constant(graph, f"{node.label}.weight", new_w))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        b = const(node.inputs[2])
+        node.set_input(2, new_constant(graph, f"{node.label}.bias", (b.to(torch.float64) * s64).to(b.dtype)))
+    ctx.count("scale_weights")
+    return True
+
+
 def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
     """Absorb single consumers into ``node``'s epilogue; return the absorbed nodes."""
     absorbed: list[Node] = []
@@ -208,6 +229,10 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
             ctx.reject("fuse_epilogues", [node, nxt], "Add is neither a per-channel constant bias nor a residual of "
                        "the same static shape and dtype")
             break
+        if nxt.op_type == "Mul" and len(nxt.inputs) == 2 and not epilogue and _scale_weights(node, nxt, out, graph, ctx):
+            absorbed.append(nxt)
+            out = nxt.outputs[0]
+            continue
         act = _activation(nxt, ctx)
         if act is not None and nxt.inputs[0] is out:
             epilogue.append(act)

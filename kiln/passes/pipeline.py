@@ -30,8 +30,8 @@ from .quantize_norms import quantize_norm_outputs
 from .quantize_outputs import quantize_layer_outputs, quantize_pool_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
-from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_layer_norm,
-                        recognize_rms_norm, recognize_silu)
+from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_hardswish,
+                        recognize_layer_norm, recognize_rms_norm, recognize_silu)
 
 log = logging.getLogger("kiln.build")
 
@@ -71,6 +71,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     # Exporters' decomposed forms back into single layers.
     Pass("recognize_gelu", recognize_gelu),
     Pass("recognize_silu", recognize_silu),
+    Pass("recognize_hardswish", recognize_hardswish),
     Pass("recognize_layer_norm", recognize_layer_norm),
     Pass("recognize_rms_norm", recognize_rms_norm),
     Pass("recognize_attention", recognize_attention),

@@ -3,6 +3,7 @@
     0.5 * x * (1 + erf(x / sqrt2))                         -> Gelu(x)
     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  -> Gelu(x, approximate="tanh")
     x * sigmoid(x)                                          -> Swish(x)            (SiLU)
+    x * clip(x + 3, 0, 6) / 6,  x * HardSigmoid(x, 1/6)     -> HardSwish(x)
     (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
     x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
     softmax(Q @ Kt * s + mask) @ V                          -> kiln::Attention(Q, Kt, V, mask)
@@ -132,8 +133,31 @@ def recognize_gelu(graph: Graph, ctx: PassContext) -> bool:
     return changed
 
 
+def _monomial(v: Value, x: Value) -> tuple[float, int, list[Node]] | None:
+    """``v`` as c * x^k built from Mul nodes (any association: x*x*x*c, ((c*x)*x)*x, c*(x*x*x)) or Pow(x, 3),
+    every intermediate read only inside: returns (c, k, nodes)."""
+    if v is x:
+        return 1.0, 1, []
+    c = scalar(v)
+    if c is not None:
+        return c, 0, []
+    node = _prod(v, "Mul", "Pow")
+    if node is None or len(node.inputs) != 2:  # (that intermediates are read only inside: _internal_only)
+        return None
+    if node.op_type == "Pow":
+        e = scalar(node.inputs[1])
+        if node.inputs[0] is not x or e is None or e != int(e):
+            return None
+        return 1.0, int(e), [node]
+    parts = [_monomial(i, x) for i in node.inputs]
+    if any(p is None for p in parts):
+        return None
+    (c1, k1, n1), (c2, k2, n2) = parts
+    return c1 * c2, k1 + k2, n1 + n2 + [node]
+
+
 def _tanh_head(pre: Node):
-    """sqrt(2/pi) * (x + 0.044715 * x^3): returns (x, nodes)."""
+    """sqrt(2/pi) * (x + 0.044715 * x^3), the cube in any Mul association or a Pow: returns (x, nodes)."""
     if pre.op_type != "Mul":
         return None
     k = math.sqrt(2 / math.pi)
@@ -146,21 +170,87 @@ def _tanh_head(pre: Node):
     if inner is None:
         return None
     for x, cube_side in ((inner.inputs[0], inner.inputs[1]), (inner.inputs[1], inner.inputs[0])):
-        m = _prod(cube_side, "Mul")
-        if m is None:
+        if x is None or cube_side is None or cube_side is x:
             continue
-        for j in (0, 1):
-            if _close(scalar(m.inputs[j]), 0.044715):
-                cube = _prod(m.inputs[1 - j], "Pow", "Mul")
-                if cube is None:
-                    continue
-                if cube.op_type == "Pow" and cube.inputs[0] is x and _close(scalar(cube.inputs[1]), 3.0):
-                    return x, [cube, m, inner, pre]
-                if cube.op_type == "Mul":  # x * x * x
-                    sq = _prod(cube.inputs[0], "Mul")
-                    if sq is not None and cube.inputs[1] is x and sq.inputs[0] is x and sq.inputs[1] is x:
-                        return x, [sq, cube, m, inner, pre]
+        term = _monomial(cube_side, x)
+        if term is not None and term[1] == 3 and _close(term[0], 0.044715) and term[2]:
+            return x, list({id(n): n for n in term[2]}.values()) + [inner, pre]
     return None
+
+
+# --- HardSwish ----------------------------------------------------------------------------------
+def _clip_bounds(node: Node, opset: int) -> tuple[float | None, float | None]:
+    if opset < 11:
+        return node.attrs.get("min"), node.attrs.get("max")
+    lo = scalar(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    hi = scalar(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    return lo, hi
+
+
+def _times_x_over_6(start: Node, x: Value) -> tuple[list[Node], Value] | None:
+    """From a node computing g(x): x * g / 6 in any order (Mul by x, then Div by 6 or Mul by 1/6, or the
+    scaling first): returns (nodes, out)."""
+    def scale(n: Node | None, v: Value) -> bool:
+        if n is None:
+            return False
+        k = scalar(_other(n, v)) if n.op_type == "Mul" else (scalar(n.inputs[1]) if n.inputs[0] is v else None)
+        return _close(k, 1 / 6 if n.op_type == "Mul" else 6.0, 1e-4)
+
+    first = _single_consumer(start.outputs[0], "Mul", "Div")
+    if first is None:
+        return None
+    if first.op_type == "Mul" and _other(first, start.outputs[0]) is x:  # (x * g) then / 6
+        second = _single_consumer(first.outputs[0], "Mul", "Div")
+        return ([first, second], second.outputs[0]) if scale(second, first.outputs[0]) else None
+    if scale(first, start.outputs[0]):  # (g / 6) then * x
+        second = _single_consumer(first.outputs[0], "Mul")
+        if second is not None and _other(second, first.outputs[0]) is x:
+            return [first, second], second.outputs[0]
+    return None
+
+
+def recognize_hardswish(graph: Graph, ctx: PassContext) -> bool:
+    """x * clip(x + 3, 0, 6) / 6 (MobileNetV3 and PP-LCNet exports; ReLU6 as Clip) and x * HardSigmoid(x)
+    with alpha 1/6 -> HardSwish(x), which fuses into the producing layer's epilogue."""
+    changed = False
+    opset = graph.opsets.get("", 21)
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.domain != "":
+            continue
+        if node.op_type == "Clip":
+            lo, hi = _clip_bounds(node, opset)
+            add = _prod(node.inputs[0], "Add")
+            if lo != 0.0 or hi != 6.0 or add is None or add.graph is not graph or len(add.inputs) != 2:
+                continue
+            x = next((a for a, b in (add.inputs, add.inputs[::-1]) if _close(scalar(b), 3.0, 1e-6)), None)
+            if x is None or only_use(add.outputs[0]) is not node:
+                continue
+            head = [add, node]
+        elif node.op_type == "HardSigmoid":
+            if not (_close(node.attrs.get("alpha", 0.2), 1 / 6, 1e-4) and _close(node.attrs.get("beta", 0.5), 0.5)):
+                continue
+            x = node.inputs[0]
+            mul = _single_consumer(node.outputs[0], "Mul")
+            if mul is None or _other(mul, node.outputs[0]) is not x:
+                continue
+            _replace(graph, ctx, "recognize_hardswish", [node, mul], "HardSwish", [x], {}, mul.outputs[0])
+            changed = True
+            continue
+        else:
+            continue
+        tail = _times_x_over_6(node, x)
+        if tail is None:
+            ctx.reject("recognize_hardswish", head, "Clip(x + 3, 0, 6) looks like HardSwish's core but is not "
+                       "followed by x * . / 6 with each intermediate read only once (a ReLU6 is kept as Clip)")
+            continue
+        nodes, out = tail
+        if not _internal_only(head + nodes, out):
+            ctx.reject("recognize_hardswish", head + nodes, "an intermediate value of the HardSwish pattern is "
+                       "used elsewhere")
+            continue
+        _replace(graph, ctx, "recognize_hardswish", head + nodes, "HardSwish", [x], {}, out)
+        changed = True
+    return changed
 
 
 # --- SiLU ---------------------------------------------------------------------------------------

@@ -298,3 +298,70 @@ def test_newly_fused_elementwise_ops_match_reference(op):
     x[0, :3] = [0.0, -1.0, 0.5]  # Log: -inf, NaN; Round: a half
     e = check(model(_NEWLY_FUSED[op], [("x", [3, 4])], ["y"], opset=18), {"x": x})  # Mish: opset 18
     assert op in _region_ops(e), e.report.layers
+
+
+def _tanh_gelu_cube_first(x: str, y: str) -> tuple[list, list]:
+    """Keras/TF's export of tanh-GELU: ((0.044715 * x) * x) * x, then 0.5 * (1 + tanh(..)) * x."""
+    k = math.sqrt(2 / math.pi)
+    nodes = [helper.make_node("Mul", ["c", x], ["cx"]), helper.make_node("Mul", [x, "cx"], ["cx2"]),
+             helper.make_node("Mul", [x, "cx2"], ["cx3"]), helper.make_node("Add", [x, "cx3"], ["inner"]),
+             helper.make_node("Mul", ["k", "inner"], ["ik"]), helper.make_node("Tanh", ["ik"], ["t"]),
+             helper.make_node("Add", ["one", "t"], ["t1"]), helper.make_node("Mul", ["half", "t1"], ["h"]),
+             helper.make_node("Mul", [x, "h"], [y])]
+    inits = [("c", np.float32(0.044715)), ("k", np.float32(k)), ("one", np.float32(1)), ("half", np.float32(0.5))]
+    return nodes, inits
+
+
+def test_tanh_gelu_with_the_constant_multiplied_first_is_recognized():
+    nodes, inits = _tanh_gelu_cube_first("x", "y")
+    e = check(model(nodes, [("x", [4, 8])], ["y"], inits), {"x": 3 * w(4, 8)})
+    assert e.report.fusions.get("recognize_gelu") == 1
+    assert e.graph.nodes[0].op_type in ("Gelu", "Elementwise") and len(e.graph.nodes) == 1
+
+
+HARDSWISH_FORMS = {
+    "clip_mul_div": [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                     helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
+    "clip_div_mul": [helper.make_node("Add", ["three", "x"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                     helper.make_node("Div", ["c", "six"], ["d"]), helper.make_node("Mul", ["d", "x"], ["y"])],
+    "clip_mul_sixth": [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                       helper.make_node("Mul", ["c", "x"], ["m"]), helper.make_node("Mul", ["m", "sixth"], ["y"])],
+    "hardsigmoid": [helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1 / 6, beta=0.5),
+                    helper.make_node("Mul", ["x", "h"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("form", sorted(HARDSWISH_FORMS))
+def test_hardswish_forms_fuse_into_the_convolution(form):
+    conv = helper.make_node("Conv", ["img", "W", "B"], ["x"], pads=[1, 1, 1, 1])
+    inits = [("W", w(8, 3, 3, 3)), ("B", w(8)), ("three", np.float32(3)), ("zero", np.float32(0)),
+             ("six", np.float32(6)), ("sixth", np.float32(1 / 6))]
+    img = 3 * w(1, 3, 8, 8)
+    img[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]  # NaN/Inf propagate as ONNX's ops do
+    e = check(model([conv] + HARDSWISH_FORMS[form], [("img", [1, 3, 8, 8])], ["y"], inits), {"img": img})
+    assert e.report.fusions.get("recognize_hardswish") == 1
+    assert [(n.op_type, n.attrs.get("epilogue")) for n in e.graph.nodes] == [("Conv", ["hardswish"])]
+
+
+def test_hardswish_with_a_shared_intermediate_is_left_alone_and_says_why():
+    nodes = HARDSWISH_FORMS["clip_mul_div"] + [helper.make_node("Add", ["c", "y"], ["z"])]
+    m = model(nodes, [("x", [2, 8])], ["z"], [("three", np.float32(3)), ("zero", np.float32(0)),
+                                                 ("six", np.float32(6))])
+    e = check(m, {"x": 4 * w(2, 8)})
+    assert not e.report.fusions.get("recognize_hardswish")
+    assert any(r["rule"] == "recognize_hardswish" and "read only once" in r["reason"] for r in e.report.rejections)
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_constant_scale_after_a_layer_folds_into_its_weights(op):
+    if op == "Conv":
+        layer = helper.make_node("Conv", ["x", "W", "B"], ["l"])
+        inits, shape, scale = [("W", w(6, 3, 1, 1)), ("B", w(6))], [2, 3, 5, 5], w(1, 6, 1, 1)
+    else:
+        layer = helper.make_node("Gemm", ["x", "W", "B"], ["l"], transB=1)
+        inits, shape, scale = [("W", w(6, 3)), ("B", w(6))], [2, 3], w(6)
+    nodes = [layer, helper.make_node("Mul", ["l", "s"], ["m"]), helper.make_node("Add", ["m", "d"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    e = check(model(nodes, [("x", shape)], ["y"], inits + [("s", scale), ("d", np.float32(0.25))]), {"x": w(*shape)})
+    assert len(e.graph.nodes) == 1 and e.graph.nodes[0].attrs["epilogue"] == ["relu"]
+    assert e.report.fusions.get("scale_weights") == 1
