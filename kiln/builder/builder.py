@@ -31,6 +31,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     from ..engine import device_info
     from ..engine.runtime import Engine
     config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
+    config, auto_note = config.resolve_auto()
     t0 = time.perf_counter()
     registry = default_registry()
     device = device_info.describe(config.device)
@@ -42,6 +43,9 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     _check_profiles(graph, config)
     static_shapes = _static_input_shapes(graph, config)
     ctx = PassContext(graph, config, registry, static_shapes)
+    if auto_note:
+        ctx.notes.append(auto_note)
+        log.info(auto_note)
     unbounded = _unbounded_dims(graph, config)
     if unbounded:
         msg = _no_profile_message(unbounded)

@@ -71,7 +71,7 @@ class BuilderConfig:
 
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     fp16: bool = False
-    bf16: bool = False
+    bf16: bool | str = False  # "auto": bf16 where the device computes it natively (as OpenVINO does), else off
     tf32: bool = False  # let float32 convolutions/matmuls run in TF32 on CUDA (faster, ~1e-3 relative error)
     int8: bool = False
     fp8: bool = False
@@ -103,6 +103,8 @@ class BuilderConfig:
         dev = self.device
         if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
         if not 0 <= self.optimization_level <= 5:
             raise ValueError(f"optimization_level must be 0..5, got {self.optimization_level}")
         for p in self.profiles:
@@ -111,6 +113,16 @@ class BuilderConfig:
             raise ValueError(f"tuning_budget_s must be >= 0 seconds or None, got {self.tuning_budget_s}")
         from ..quant.config_check import check_quant_fields
         check_quant_fields(self)
+
+    def resolve_auto(self) -> tuple["BuilderConfig", str | None]:
+        """This config with bf16="auto" decided for its device, and a note saying what was chosen and why."""
+        if self.bf16 != "auto":
+            return self, None
+        from ..engine.device_info import native_bf16
+        native, why = native_bf16(self.device)
+        note = (f"bf16='auto': bf16 layers on ({why}), held to the accuracy target" if native else
+                f"bf16='auto': float32 only ({why})")
+        return self.replace(bf16=native), note
 
     def replace(self, **changes) -> "BuilderConfig":
         return dataclasses.replace(self, **changes)

@@ -14,6 +14,9 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
                    help="device to build for: cpu, cuda or cuda:N; 'auto' (default) picks cuda when available")
     g.add_argument("--fp16", action="store_true", help="allow float16 kernels in addition to float32")
     g.add_argument("--bf16", action="store_true", help="allow bfloat16 kernels in addition to float32")
+    g.add_argument("--auto-bf16", action="store_true",
+                   help="allow bfloat16 kernels where the device computes them natively (CPU: AVX512-BF16 or AMX; "
+                        "GPU: compute capability 8.0+), else float32 only; the report says which")
     g.add_argument("--int8", action="store_true",
                    help="allow int8 layers (needs --calib-cache or --calib-data)")
     g.add_argument("--fp8", action="store_true", help="allow fp8 layers (as --int8)")
@@ -90,7 +93,8 @@ def config_from_args(args, **extra):
     profiles = profiles_from_args(args)
     try:
         return BuilderConfig(
-            device=resolve_device(args.device), fp16=args.fp16, bf16=args.bf16,
+            device=resolve_device(args.device), fp16=args.fp16,
+            bf16="auto" if args.auto_bf16 and not args.bf16 else args.bf16,
             tf32=args.tf32 and not args.no_tf32,
             workspace_bytes=None if args.workspace is None else int(args.workspace * (1 << 20)),
             profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,

@@ -35,6 +35,22 @@ def cpu_capability() -> str:
     return get() if get is not None else "DEFAULT"
 
 
+def native_bf16(device: str) -> tuple[bool, str]:
+    """Whether ``device`` computes bfloat16 natively, and what says so. CPUs: the AVX512-BF16 or AMX-BF16
+    flag (without it oneDNN emulates bf16 and it is slower than float32); GPUs: compute capability 8.0+."""
+    if device.startswith("cuda"):
+        idx = torch.device(device).index or 0
+        cap = tuple(torch.cuda.get_device_capability(idx)) if torch.cuda.is_available() else (0, 0)
+        return cap >= (8, 0), f"compute capability {cap[0]}.{cap[1]}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False, "the CPU's flags cannot be read here (no /proc/cpuinfo)"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return bool(found), (f"CPU flags {', '.join(found)}" if found else "no avx512_bf16 or amx_bf16 CPU flag")
+
+
 # Instruction-set levels by what they add, per architecture family (the machine check keeps families apart).
 # A level not listed here (from a newer torch) is compared for equality only.
 _CAPABILITY_RANK = {"DEFAULT": 0, "NO AVX": 0, "AVX2": 1, "AVX512": 2, "VSX": 1, "Z VECTOR": 1, "ZVECTOR": 1,
