@@ -5,8 +5,8 @@ of all time steps at once, per-sample sequence lengths and the outputs. Each op 
 The time loop is inherently sequential; every step is batched over samples and hidden units.
 
 The common forms (torch's gates and activations, no clip, no peepholes, every sample running the whole
-sequence) run as one call of torch's fused recurrent kernel instead (rnn_fused.py): oneDNN on the CPU,
-cuDNN on the GPU. The loop here is the general definition, for every other attribute combination.
+sequence) run as one call of torch's fused recurrent kernel instead (rnn_fused.py; oneDNN on the CPU).
+The loop here is the general definition, for every other attribute combination.
 """
 from __future__ import annotations
 
