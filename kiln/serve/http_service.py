@@ -65,6 +65,7 @@ def make_app(service: InferenceService, max_body_bytes: int = DEFAULT_MAX_BODY_B
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = ""):
+        service.model(name, version)  # an unknown model is the first thing to say, before the body's faults
         body = await _read_body(request, max_body_bytes)
         infer_request, binary_out = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
         served_version, outputs = await service.infer_async(infer_request)

@@ -133,9 +133,9 @@ class Server:
                 pass
             log.info("signal received: finishing the requests in flight, then exiting")
         finally:
+            self.stop()  # a second signal meanwhile changes nothing: the handlers stay until the end
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.stop()
 
     def __enter__(self) -> "Server":
         return self.start()
