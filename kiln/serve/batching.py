@@ -93,6 +93,10 @@ class Batcher:
             w.join()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def worker_count(self) -> int:
         return len(self._workers)
 
