@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,7 +118,8 @@ def scrape(port: int, model: str) -> dict[str, float]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     text = opener.open(f"http://{LOCAL}:{port}/metrics").read().decode()
     out = {}
-    for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"):
+    for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
+                 "kiln_execution_duration_us"):
         m = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
         out[name] = float(m.group(1)) if m else 0.0
     buckets = re.findall(rf'^kiln_batch_size_bucket{{le="([^"]+)",model="{model}",version="1"}} (\S+)$', text, re.M)
@@ -211,9 +211,10 @@ def main() -> None:
         repo = work / name
         folder = repo / name
         pool, dims = prepare(name, folder, args.seq)
-        write_config(folder, args.max_batch, True, args.delay_us, dims, args.precision, args.instances)
-        base, refs = in_process(folder, args.device, pool, args.max_batch, min(10.0, args.duration), repo)
         for mode in args.batching.split(","):
+            # The in-process ceiling right before each run: the machine's load drifts (it may be shared).
+            write_config(folder, args.max_batch, True, args.delay_us, dims, args.precision, args.instances)
+            base, refs = in_process(folder, args.device, pool, args.max_batch, min(10.0, args.duration), repo)
             write_config(folder, args.max_batch, mode == "on", args.delay_us, dims, args.precision, args.instances)
             if mode == "off":  # no dynamic_batching block at all: Triton's (and Kiln's) run-alone mode
                 text = (folder / "config.pbtxt").read_text()
@@ -221,7 +222,9 @@ def main() -> None:
             proc, ports = start_server(repo, args.device)
             try:
                 before = scrape(ports["metrics"], name)
+                t0 = time.perf_counter()
                 result = load(ports, args.protocol, name, pool, refs, args.clients, args.duration, args.warmup)
+                wall_us = (time.perf_counter() - t0) * 1e6
                 after = scrape(ports["metrics"], name)
             finally:
                 proc.send_signal(signal.SIGTERM)
@@ -232,17 +235,24 @@ def main() -> None:
                    "clients": args.clients, "seconds": args.duration, "dynamic_batching": mode,
                    "max_batch": args.max_batch, "delay_us": args.delay_us if mode == "on" else 0, **result,
                    "mean_batch": round(infs / execs, 2) if execs else None, "batch_hist": after["batch_hist"],
+                   "engine_busy_pct": round(100 * (after["kiln_execution_duration_us"]
+                                                   - before["kiln_execution_duration_us"]) / wall_us
+                                            / args.instances, 1),
+                   "engine_ms_per_inference": round((after["kiln_execution_duration_us"]
+                                                     - before["kiln_execution_duration_us"]) / 1e3 / infs, 2)
+                   if infs else None,
                    "sigterm_exit_code": rc, **base}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
-    print("| model | batching | clients | req/s | p50 ms | p99 ms | mean batch | errors | mismatches | "
-          "in-process b1 inf/s | in-process bmax inf/s | SIGTERM rc |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batching | clients | req/s | p50 ms | p99 ms | mean batch | engine busy % | engine ms/inference "
+          "| errors | mismatches | in-process b1 inf/s | in-process bmax inf/s | SIGTERM rc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         bmax = r.get(f"in_process_b{r['max_batch']}_inf_per_s")
         print(f"| {r['model']} | {r['dynamic_batching']} | {r['clients']} | {r['throughput_req_per_s']} | "
-              f"{r['p50_ms']} | {r['p99_ms']} | {r['mean_batch']} | {r['errors']} | {r['mismatches']} | "
+              f"{r['p50_ms']} | {r['p99_ms']} | {r['mean_batch']} | {r['engine_busy_pct']} | "
+              f"{r['engine_ms_per_inference']} | {r['errors']} | {r['mismatches']} | "
               f"{r['in_process_b1_inf_per_s']} | {bmax} | {r['sigterm_exit_code']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

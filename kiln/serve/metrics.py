@@ -29,6 +29,7 @@ _COUNTERS = [  # (name, help, field of VersionStats)
     ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", "queue_us"),
     ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
      "compute_us"),
+    ("kiln_execution_duration_us", "Cumulative engine execution time in microseconds, once per batch", "busy_us"),
 ]
 
 
@@ -41,6 +42,7 @@ class VersionStats:
     request_us: int = 0
     queue_us: int = 0
     compute_us: int = 0
+    busy_us: int = 0            # engine time, once per execution (Triton's compute counts it per request)
     pending: int = 0
     failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
@@ -66,6 +68,7 @@ class ModelMetrics:
             s.inferences += rows
             s.queue_us += sum(queue_us)
             s.compute_us += compute_us * len(queue_us)  # per request, as Triton counts it
+            s.busy_us += compute_us
             s.batch_rows_sum += rows
             s.batch_sizes[next((i for i, b in enumerate(BATCH_BUCKETS) if rows <= b), len(BATCH_BUCKETS))] += 1
 

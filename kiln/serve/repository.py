@@ -168,11 +168,16 @@ class Repository:
         return loaded
 
     def _engine(self, version_dir: Path, settings: ModelSettings):
-        from ..engine import Engine
-        engine_path, onnx_path = version_dir / ENGINE_FILE, version_dir / ONNX_FILE
-        if engine_path.is_file():
-            return Engine.load(engine_path), str(engine_path)
-        if onnx_path.is_file():
-            from .build import build_for_serving
-            return build_for_serving(onnx_path, settings, self.device, self.root / TIMING_CACHE), str(onnx_path)
-        raise ModelFormatError(f"model {settings.name!r}: {version_dir} holds neither {ENGINE_FILE} nor {ONNX_FILE}")
+        return load_engine(version_dir, settings, self.device, self.root / TIMING_CACHE)
+
+
+def load_engine(version_dir: Path, settings: ModelSettings, device: str, timing_cache: Path):
+    """(engine, the file it came from) for one version folder: its engine file, else its ONNX model built."""
+    from ..engine import Engine
+    engine_path, onnx_path = version_dir / ENGINE_FILE, version_dir / ONNX_FILE
+    if engine_path.is_file():
+        return Engine.load(engine_path), str(engine_path)
+    if onnx_path.is_file():
+        from .build import build_for_serving
+        return build_for_serving(onnx_path, settings, device, timing_cache), str(onnx_path)
+    raise ModelFormatError(f"model {settings.name!r}: {version_dir} holds neither {ENGINE_FILE} nor {ONNX_FILE}")

@@ -95,8 +95,11 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((o.http_address, o.http_port))
         self.http_port = sock.getsockname()[1]
+        # h11 and asyncio, named: uvicorn's "auto" would switch to httptools/uvloop wherever another package
+        # (Ray, say) installed them, and the server would differ from the one the tests ran.
         config = uvicorn.Config(make_app(self.service, o.max_body_bytes), log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=o.exit_timeout_s, lifespan="off")
+                                timeout_graceful_shutdown=o.exit_timeout_s, lifespan="off", http="h11",
+                                loop="asyncio", ws="none")
         self._uvicorn = uvicorn.Server(config)
         self._http_thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [sock]},
                                              name="kiln-http", daemon=True)
