@@ -9,7 +9,8 @@ Server speaks it), with dynamic batching and Prometheus metrics.
 Layout: config.py (config.pbtxt), repository.py (folders -> loaded models), build.py (ONNX -> engine for
 serving), model.py (one loaded version: checks, metadata), batching.py (queue, merge, split), service.py
 (protocol-free operations), http_service.py and grpc_service.py (the two wires), tensors.py (datatypes and
-bytes), status.py (error -> HTTP/gRPC status), metrics.py (Triton-named Prometheus metrics), server.py.
+bytes), status.py (error -> HTTP/gRPC status), metrics.py (Triton-named Prometheus metrics), server.py (the
+endpoints' lifecycle), ray_app.py (the same models as Ray Serve deployments; imports ray).
 """
 from .server import Server, ServerOptions
 
