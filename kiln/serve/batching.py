@@ -158,10 +158,12 @@ class Batcher:
                 self._metrics.dequeued_unrun()
                 continue
             if (item.key == key and rows + item.rows <= self.policy.max_batch_size
-                    and self._fits(_merged_shapes(batch[0], rows + item.rows))
-                    and item.future.set_running_or_notify_cancel()):
-                batch.append(item)
-                rows += item.rows
+                    and self._fits(_merged_shapes(batch[0], rows + item.rows))):
+                if item.future.set_running_or_notify_cancel():
+                    batch.append(item)
+                    rows += item.rows
+                else:  # cancelled since the check above: gone for good (a second call would raise)
+                    self._metrics.dequeued_unrun()
             else:
                 keep.append(item)
         self._queue = keep
