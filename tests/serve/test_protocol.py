@@ -146,3 +146,9 @@ def test_metrics_use_tritons_names(server, http):
         assert f'\n{name}{{' in text, name
     success = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="mixed"')]
     assert success and float(success[0].split()[-1]) >= 1
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_http_compressed_request_body(server, http, algorithm):
+    result = http.infer("mixed", _inputs(httpclient, MIXED), request_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("sum"), reference(server, "mixed", MIXED)["sum"])
