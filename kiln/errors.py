@@ -49,3 +49,26 @@ class BuildError(KilnError):
 class CalibrationCacheError(KilnError):
     """A calibration cache cannot be used: malformed, or a scale that cannot work (zero, negative, NaN,
     infinite, subnormal, or a range past float32). The message names the file and the tensor."""
+
+
+# -- serving (kiln.serve): each maps to one HTTP and one gRPC status in kiln/serve/status.py --------------
+
+class RequestError(KilnError):
+    """A serving request that cannot be read: malformed JSON or protobuf, a bad binary-data layout, an
+    unknown datatype, data that does not match its declared shape, or a body over the size limit."""
+
+
+class ModelNotFoundError(KilnError):
+    """A serving request names a model or version that the repository does not have, or that is not loaded."""
+
+
+class ServerBusyError(KilnError):
+    """A model's request queue is full, or the server is shutting down: retry later (HTTP 503 / UNAVAILABLE)."""
+
+
+class RequestTimeoutError(KilnError):
+    """A request waited in the queue past its timeout and was not run."""
+
+
+class RequestTooLargeError(RequestError):
+    """A serving request's body is over the server's size limit (HTTP 413 / RESOURCE_EXHAUSTED)."""

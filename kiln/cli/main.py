@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "compare": "compare",
     "exec": "exec",
     "quantize": "quantize",
+    "serve": "serve",
 }
 
 
