@@ -14,7 +14,7 @@ from ..passes.pipeline import run_pipeline
 from .config import BuilderConfig, Profile
 from .concat_in_place import mark_concats_in_place
 from .lower import describe_layers, plan_activation_memory
-from .report import BuildReport
+from ..engine.report import BuildReport
 
 log = logging.getLogger("kiln.build")
 

@@ -23,7 +23,7 @@ from ..ir.types import TensorType
 from ..engine.precision_flags import float32_precision
 from ..ops import KernelContext
 from .cache import TimingCache, make_key
-from .space import TORCH, Choice, NotApplicable, candidates, default_choice, make
+from ..tactics.space import TORCH, Choice, NotApplicable, candidates, default_choice, make
 
 log = logging.getLogger("kiln.tune")
 

@@ -19,8 +19,8 @@ from kiln.backends.triton.fp8_gemm import CONFIGS, INTERPRET_CONFIG, Fp8GemmSpec
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qlinear, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
-from kiln.tune.quantized_tactics import Fp8GemmTriton  # noqa: E402
+from kiln.tactics import space  # noqa: E402
+from kiln.tactics.quantized import Fp8GemmTriton  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import kiln
-from kiln.tune import Choice, TimingCache, export_choices, space, tuner
+from kiln.tactics import Choice, space
+from kiln.tune import TimingCache, export_choices, tuner
 from kiln.ops.fused import fused_attention
 from kiln.ops import KernelContext
 

@@ -7,8 +7,8 @@ description and its bound weights. ``"torch"`` is every layer's own kernel, whic
 tuner checks every other candidate against.
 
 ``SPACE`` is the table: (domain, op type) -> rows ``(name, params, device type or "any", min level)``. The
-optimization level picks the rows (2: few, 3: default, 4-5: every Triton GEMM configuration). Tests add rows
-(``SPACE[...].append``) and factories (``FACTORIES[name] = ...``) to inject candidates.
+optimization level picks the rows (2: few, 3: default, 4-5: every Triton GEMM configuration). Tests inject
+candidates with ``monkeypatch.setitem`` on ``SPACE`` and ``FACTORIES``.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
         ("sdpa", {"backend": "math"}, "cuda", 4),
         ("unfused", {}, "any", 3),
     ],
-    ("kiln", "QLinear"): [  # kiln/tune/quantized_tactics.py: Triton quantize -> 8-bit GEMM -> Triton epilogue
+    ("kiln", "QLinear"): [  # kiln/tactics/quantized.py: Triton quantize -> 8-bit GEMM -> Triton epilogue
         ("torch", {}, "any", 0),
         ("int8_fast", {}, "cuda", 2),
         ("fp8_fast", {}, "cuda", 2),
@@ -387,8 +387,8 @@ FACTORIES: dict[str, Factory] = {
 
 def _quantized(name: str) -> Factory:
     def factory(node, params, constants, device):
-        from . import quantized_tactics  # imported on first use: it pulls in the Triton backend
-        return quantized_tactics.FACTORIES[name](node, params, constants, device)
+        from . import quantized  # imported on first use: it pulls in the Triton backend
+        return quantized.FACTORIES[name](node, params, constants, device)
     return factory
 
 
@@ -396,7 +396,7 @@ FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "
 
 
 def _triton_qconv(node, params, constants, device) -> Tactic:
-    from ..backends.triton.qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
+    from .qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
     return qconv_tactic(node, params, constants, device)
 
 
@@ -423,29 +423,3 @@ def _triton_pool(node, params, constants, device) -> Tactic:
 
 
 FACTORIES["triton_pool"] = _triton_pool
-
-
-# -- at engine load ---------------------------------------------------------------------------------------------
-def bind_tactics(nodes, constants: dict, device: torch.device, notes: list | None = None,
-                 choices: dict | None = None) -> dict:
-    """{node: Tactic} for an engine being loaded: each layer's stored choice (``node.meta["tactic"]``), else its
-    default (oneDNN for CPU Conv/Linear). A stored choice that cannot be made here runs the op's own kernel
-    and says why in ``notes``. ``choices`` collects {label: Choice} actually made for layers with a space."""
-    out = {}
-    for n in nodes:
-        stored = n.meta.get("tactic")
-        if not stored and (n.domain or "", n.op_type) not in SPACE:
-            continue
-        choice = Choice.from_json(stored) if stored else default_choice(n, device)
-        try:
-            t = make(choice, n, constants, device)
-        except NotApplicable as e:
-            if stored and notes is not None:
-                notes.append(f"layer {n.label}: stored tactic {choice.label} is not available here ({e}); "
-                             f"running torch")
-            choice, t = TORCH, None
-        if choices is not None:
-            choices[n.label] = choice
-        if t is not None:
-            out[n] = t
-    return out
