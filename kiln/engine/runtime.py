@@ -45,7 +45,8 @@ class TensorInfo:
 class Engine:
     """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
 
-    def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None):
+    def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None,
+                 tactics: Any = None):
         self.graph = graph
         self.header = header
         self.report = report
@@ -66,7 +67,8 @@ class Engine:
         from ..tactics import bind_tactics
         self.load_notes: list[str] = []
         self._choices: dict = {}
-        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices)
+        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices,
+                                     tactics)  # a kiln.tactics.TacticLibrary (default: Kiln's own)
         self.program = Program(graph, self.device, self.registry, self._constants, self._tactics)
 
     # -- io description --------------------------------------------------------------------

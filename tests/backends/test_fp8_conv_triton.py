@@ -144,7 +144,7 @@ def test_space_rows_and_factory_needs_cuda():
     node, consts = conv_node(16, 16, 3, 1, [])
     with pytest.raises(space.NotApplicable, match="CUDA"):
         space.make(space.Choice("fp8_conv", {"config": list(CONFIGS[0])}), node, consts, CPU)
-    rows = [p for name, p, dev, _ in space.SPACE[("kiln", "QConv")] if name == "fp8_conv"]
+    rows = [r.params for r in space.DEFAULT.rows("kiln", "QConv") if r.name == "fp8_conv"]
     assert {tuple(p["config"]) for p in rows if not p.get("gemm")} == set(CONFIGS)
     assert {tuple(p["config"]) for p in rows if p.get("gemm")} == set(GEMM_CONFIGS)
 

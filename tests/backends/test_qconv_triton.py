@@ -209,7 +209,7 @@ def test_sm90_sources_compile_to_wgmma():
 # -- the tactic table ----------------------------------------------------------------------------------------
 def test_space_rows_and_factory():
     from kiln.tactics import space
-    rows = [p for name, p, dev, _ in space.SPACE[("kiln", "QConv")] if name == "triton_qconv"]
+    rows = [r.params for r in space.DEFAULT.rows("kiln", "QConv") if r.name == "triton_qconv"]
     assert {tuple(p["config"]) for p in rows} == set(CONFIGS)  # the rows list qconv.CONFIGS
     node, consts = make_layer(16, 16, 3, 1, 1, epilogue=["relu"])
     chosen = space.candidates(node, torch.device("cuda"), level=4)
