@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threads.py)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kiln  # noqa: E402
 import models  # noqa: E402
 from kiln.ops import KernelContext, default_registry  # noqa: E402
 from kiln.passes.propagate import propagate  # noqa: E402

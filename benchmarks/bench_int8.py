@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threads.py)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kiln  # noqa: E402
 import models  # noqa: E402
 from run import median_ms  # noqa: E402
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threads.py)
 import torch  # noqa: E402
 
-import kiln  # noqa: E402
 from real_models.registry import MODELS, ModelUnavailable, fetch, make_inputs  # noqa: E402
 
 PAUSE_S = 0.2

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threads.py)
 import torch  # noqa: E402
 
-import kiln  # noqa: E402
 from real_models.registry import MODELS, fetch, make_inputs  # noqa: E402
 
 BARS = {"fp32": 1e-3, "fp16": 2e-2}

@@ -1,4 +1,6 @@
 """Kiln: an open ONNX inference optimizer and runtime."""
+# First, before anything imports torch: the CPU thread pool's wait policy is read when torch loads (threads.py).
+from . import threads
 from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphError, InputError, KernelError,
                      KilnError, ModelFormatError, ShapeError, UnsupportedOpError)
 from .frontend.onnx import parse
@@ -6,15 +8,15 @@ from .ir import DType, Graph, Node, OptionalType, SequenceType, TensorType, Valu
 from .runtime.interpreter import interpret
 from .engine import Engine, ExecutionContext
 from .engine.profile import Profile
+from .threads import set_threads
 from .version import __version__
 
 __all__ = [
-    "__version__", "parse", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError",
     "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError",
 ]
-
 
 
 def __getattr__(name: str):

@@ -3,7 +3,7 @@ Kiln raises on purpose is a KilnError."""
 import kiln
 
 PUBLIC = {
-    "__version__", "parse", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError", "KernelError",
     "EngineFormatError", "DeviceMismatchError", "BuildError",

@@ -81,6 +81,9 @@ def run(args) -> int:
         return 0
     print(f"engine: {args.model} on {engine.device}; inputs: "
           + ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items()))
+    if engine.device.type == "cpu":
+        from ..threads import describe
+        print(f"threads: {describe()}")
     for line in summary.lines():
         print(line)
     for w in summary.warnings():

@@ -92,8 +92,9 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--sleepTime", type=float, default=0, metavar="MS", help="sleep MS ms between inferences")
     i.add_argument("--streams", type=int, metavar="N", help="N execution contexts run at once (default 1)")
     i.add_argument("--infStreams", type=int, metavar="N", help="same as --streams (newer trtexec spelling)")
-    i.add_argument("--threads", action="store_true",
-                   help="one thread per context; Kiln always drives each context from its own thread")
+    i.add_argument("--threads", nargs="?", const=0, type=int, metavar="N",
+                   help="--threads alone: trtexec's one thread per context (Kiln always drives each context from "
+                        "its own thread); --threads=N: N CPU intra-op threads for building and running")
     i.add_argument("--useCudaGraph", action="store_true", help="replay CUDA graphs (default: launch eagerly)")
     i.add_argument("--noDataTransfers", action="store_true", help="no host<->device copies during inference")
     i.add_argument("--useSpinWait", action="store_true", help="busy-wait for the GPU instead of blocking")
@@ -158,6 +159,9 @@ def _main(args, log: "_Log") -> int:
     from .shapes import parse_name_files, parse_shapes
     if bool(args.onnx) == bool(args.loadEngine):
         raise CLIError("give exactly one of --onnx=FILE (build) or --loadEngine=FILE")
+    if args.threads:  # 0: the bare trtexec flag
+        from ..threads import set_threads
+        set_threads(args.threads)
     shapes = parse_shapes(args.shapes, "--shapes") if args.shapes else None
     engine = _build(args, shapes, log) if args.onnx else _load(args, log)
     if args.dumpLayerInfo or args.exportLayerInfo:

@@ -37,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="more output: -v info logs and tracebacks on error, -vv the graph after each pass")
+    common.add_argument("--threads", type=int, metavar="N",
+                        help="CPU intra-op threads for building and running (default: torch's, one per core); "
+                             "the pool's idle threads sleep (OMP_WAIT_POLICY=PASSIVE unless you set it)")
     parser = Parser(
         prog="kiln", description="Kiln: build, run, benchmark and inspect optimized ONNX engines.",
         epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error (or a failed "
@@ -58,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[kiln] %(message)s")
     module = importlib.import_module(f".{SUBCOMMANDS[args.command]}", __package__)
-    return _guard(lambda: module.run(args), verbose=args.verbose > 0)
+    return _guard(lambda: _run(module, args), verbose=args.verbose > 0)
+
+
+def _run(module, args) -> int:
+    from ..threads import describe, set_threads
+    if args.threads is not None:
+        set_threads(args.threads)
+    logging.getLogger("kiln.threads").info(describe())
+    return module.run(args)
 
 
 def _guard(fn, verbose: bool) -> int:

@@ -28,6 +28,7 @@ from ..runtime.interpreter import as_tensor, inputs_by_name
 from .placement import host_constants
 from .program import Program
 from .spec import EngineSpec
+from ..threads import check_thread_count, warn_if_spinning
 
 log = logging.getLogger("kiln.runtime")
 
@@ -93,9 +94,11 @@ class Engine:
         input dim: the arena is then sized at run time; engines with data-dependent shapes use no arena)."""
         return self.header.get("arena_bytes")
 
-    def create_execution_context(self, arena: bool = True) -> "ExecutionContext":
-        """A context with its own arena (``arena=False``: intermediates come from torch's allocator)."""
-        return ExecutionContext(self, arena=arena)
+    def create_execution_context(self, arena: bool = True, threads: int | None = None) -> "ExecutionContext":
+        """A context with its own arena (``arena=False``: intermediates come from torch's allocator).
+        ``threads``: CPU intra-op threads for its runs (process-wide in torch, set before each run; see
+        kiln/threads.py); None keeps the process's setting."""
+        return ExecutionContext(self, arena=arena, threads=threads)
 
     # -- persistence -----------------------------------------------------------------------
     def serialize(self) -> bytes:
@@ -209,9 +212,12 @@ MAX_LAYOUTS = 64  # arena layouts kept per context (one per input-shape signatur
 class ExecutionContext:
     """Runs an engine. Own CUDA stream and CUDA graphs (one per input shape) on the GPU."""
 
-    def __init__(self, engine: Engine, arena: bool = True):
+    def __init__(self, engine: Engine, arena: bool = True, threads: int | None = None):
         self.engine = engine
         self.device = engine.device
+        self.threads = None if threads is None else check_thread_count(threads)
+        if self.device.type == "cpu":
+            warn_if_spinning()
         self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         self.use_cuda_graphs = self.device.type == "cuda" and engine.spec.cuda_graphs
         self._graphs: dict[tuple, _Captured | None] = {}
@@ -391,6 +397,8 @@ class ExecutionContext:
         feed, as_numpy = self._prepare(inputs)
         with self._lock:
             if self.stream is None:
+                if self.threads is not None and torch.get_num_threads() != self.threads:
+                    torch.set_num_threads(self.threads)
                 outs = self._run_on_device(feed)
                 return InferHandle(None, outs, lambda o: self._finish(o, as_numpy, outputs))
             self.stream.wait_stream(torch.cuda.current_stream(self.device))

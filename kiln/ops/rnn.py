@@ -3,6 +3,10 @@
 One driver handles what the three share: layouts, directions, initial states, the input projection
 of all time steps at once, per-sample sequence lengths and the outputs. Each op supplies only its cell.
 The time loop is inherently sequential; every step is batched over samples and hidden units.
+
+The common forms (torch's gates and activations, no clip, no peepholes, every sample running the whole
+sequence) run as one call of torch's fused recurrent kernel instead (rnn_fused.py): oneDNN on the CPU,
+cuDNN on the GPU. The loop here is the general definition, for every other attribute combination.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import KernelContext, OpSet
+from .rnn_fused import default_activations, torch_recurrent
 
 ops = OpSet("rnn")
 
@@ -192,6 +197,11 @@ def _recurrent(ctx: KernelContext, inputs: list, attrs: dict, gates: int, defaul
 @ops.op("RNN")
 def rnn(ctx: KernelContext, inputs: list, attrs: dict):
     """Elman RNN: H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)."""
+    acts = [a.lower() for a in attrs.get("activations") or ["Tanh"]]
+    if len(set(acts)) == 1 and acts[0] in ("tanh", "relu"):
+        fused = torch_recurrent(inputs, attrs, "rnn_" + acts[0])
+        if fused is not None:
+            return fused
     return _recurrent(ctx, inputs, attrs, 1, ["Tanh"], _rnn_step)
 
 
@@ -199,6 +209,10 @@ def rnn(ctx: KernelContext, inputs: list, attrs: dict):
 def gru(ctx: KernelContext, inputs: list, attrs: dict):
     """GRU with gates z, r, h; linear_before_reset applies the reset gate after the recurrent matmul."""
     lbr = bool(attrs.get("linear_before_reset", 0))
+    if lbr and default_activations(attrs, ["sigmoid", "tanh"]):  # torch's GRU resets after the matmul
+        fused = torch_recurrent(inputs, attrs, "gru")
+        if fused is not None:
+            return fused
     return _recurrent(ctx, inputs, attrs, 3, ["Sigmoid", "Tanh"],
                       lambda c, xw, h, s: _gru_step(c, xw, h, s, lbr))
 
@@ -207,5 +221,10 @@ def gru(ctx: KernelContext, inputs: list, attrs: dict):
 def lstm(ctx: KernelContext, inputs: list, attrs: dict):
     """LSTM with gates i, o, f, c; optional peepholes P and coupled input-forget gate."""
     coupled = bool(attrs.get("input_forget", 0))
+    peepholes = len(inputs) > 7 and inputs[7] is not None
+    if not coupled and not peepholes and default_activations(attrs, ["sigmoid", "tanh", "tanh"]):
+        fused = torch_recurrent(inputs, attrs, "lstm")
+        if fused is not None:
+            return fused
     return _recurrent(ctx, inputs, attrs, 4, ["Sigmoid", "Tanh", "Tanh"],
                       lambda c, xw, h, s: _lstm_step(c, xw, h, s, coupled), with_cell=True)

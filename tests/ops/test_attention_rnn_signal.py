@@ -302,3 +302,63 @@ def test_mel_weight_matrix(mel, dft, rate, lo, hi, dtype):
            "sample_rate": np.array(rate, np.int64), "lower_edge_hertz": np.array(lo, np.float32),
            "upper_edge_hertz": np.array(hi, np.float32)}
     check_op("MelWeightMatrix", ins, {"output_datatype": dtype}, opset=17)
+
+
+# The forms torch's fused kernels run in one call (kiln/ops/rnn_fused.py): each against onnxruntime, and the
+# fused path must be the one taken.
+FUSED_ROWS = [
+    ("RNN", "forward", 0, {"bias": True}, {}),
+    ("RNN", "bidirectional", 1, {"h0": True}, {"activations": ["Relu", "Relu"]}),
+    ("GRU", "forward", 0, {"bias": True, "h0": True}, {"linear_before_reset": 1}),
+    ("GRU", "bidirectional", 1, {"bias": True, "full_lens": True}, {"linear_before_reset": 1}),
+    ("GRU", "reverse", 0, {}, {"linear_before_reset": 1, "activations": ["Sigmoid", "Tanh"]}),
+    ("LSTM", "forward", 0, {"bias": True, "h0": True, "c0": True}, {}),
+    ("LSTM", "bidirectional", 0, {"bias": True, "full_lens": True}, {}),
+    ("LSTM", "bidirectional", 1, {"h0": True, "c0": True}, {}),
+    ("LSTM", "reverse", 1, {"bias": True}, {}),
+]
+
+
+@pytest.mark.parametrize("op,direction,layout,opts,attrs", FUSED_ROWS,
+                         ids=[f"{r[0]}-{r[1]}-{r[2]}-{i}" for i, r in enumerate(FUSED_ROWS)])
+def test_recurrent_fused_forms(op, direction, layout, opts, attrs):
+    import torch
+    from kiln.ops.rnn_fused import torch_recurrent
+    dirs, g = (2 if direction == "bidirectional" else 1), GATES[op]
+    x = rand((N, T, I) if layout else (T, N, I))
+    state_shape = (N, dirs, H) if layout else (dirs, N, H)
+    ins = {"X": x, "W": rand((dirs, g * H, I), seed=1), "R": rand((dirs, g * H, H), seed=2),
+           "B": rand((dirs, 2 * g * H), seed=3) if opts.get("bias") else None,
+           "sequence_lens": np.full(N, T, np.int32) if opts.get("full_lens") else None,
+           "initial_h": rand(state_shape, seed=4) if opts.get("h0") else None}
+    if op == "LSTM":
+        ins["initial_c"] = rand(state_shape, seed=5) if opts.get("c0") else None
+    attrs = {"hidden_size": H, "direction": direction, "layout": layout, **attrs}
+    check_recurrent(op, ins, attrs, 3 if op == "LSTM" else 2)
+    tensors = [None if v is None else torch.from_numpy(v) for v in ins.values()]
+    kind = {"RNN": "rnn_" + attrs.get("activations", ["tanh"])[0].lower(), "GRU": "gru", "LSTM": "lstm"}[op]
+    assert torch_recurrent(tensors, attrs, kind) is not None
+
+
+def test_recurrent_fused_path_declines_what_it_would_compute_otherwise():
+    import torch
+    from kiln.ops.rnn_fused import torch_recurrent
+    x, w, r = (torch.from_numpy(rand(s, seed=i)) for i, s in enumerate([(T, N, I), (1, 4 * H, I), (1, 4 * H, H)]))
+    attrs = {"hidden_size": H}
+    assert torch_recurrent([x, w, r], attrs, "lstm") is not None
+    assert torch_recurrent([x, w, r], {**attrs, "clip": 1.0}, "lstm") is None
+    assert torch_recurrent([x, w, r, None, torch.tensor([5, 2, 4], dtype=torch.int32)], attrs, "lstm") is None
+    assert torch_recurrent([x.half(), w.half(), r.half()], attrs, "lstm") is None  # no fp16 LSTM on the CPU
+    assert torch_recurrent([x, w.double(), r], attrs, "lstm") is None
+    assert torch_recurrent([x[:0], w, r], attrs, "lstm") is None
+
+
+def test_refitted_recurrent_weights_are_not_served_from_the_cache():
+    import torch
+    from kiln.ops.rnn_fused import torch_recurrent
+    x, w, r = (torch.from_numpy(rand(s, seed=i)) for i, s in enumerate([(T, N, I), (1, 3 * H, I), (1, 3 * H, H)]))
+    attrs = {"hidden_size": H, "linear_before_reset": 1}
+    first = torch_recurrent([x, w, r], attrs, "gru")[0].clone()
+    w.mul_(0.5)  # an in-place weight update, as a refit does
+    second = torch_recurrent([x, w, r], attrs, "gru")[0]
+    assert not torch.allclose(first, second)
