@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from kiln.ops import KernelContext, default_registry  # noqa: E402
 from kiln.passes.propagate import propagate  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 from kiln.tune.tuner import input_specs, layer_inputs  # noqa: E402
 
 

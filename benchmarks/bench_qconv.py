@@ -31,11 +31,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kiln.backends.triton.qconv import CONFIGS, INTERPRET_CONFIG, qconv_tactic  # noqa: E402
+from kiln.backends.triton.qconv import CONFIGS, INTERPRET_CONFIG  # noqa: E402
+from kiln.tactics.qconv import qconv_tactic  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import quantize  # noqa: E402
-from kiln.tune.space import NotApplicable  # noqa: E402
+from kiln.tactics.space import NotApplicable  # noqa: E402
 
 # (name, H=W, C, O, kernel, stride); pad = kernel // 2
 SHAPES = [

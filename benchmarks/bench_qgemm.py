@@ -1,4 +1,4 @@
-"""GPU check of the 8-bit GEMM tactics (kiln/tune/quantized_tactics.py) against fp16 F.linear.
+"""GPU check of the 8-bit GEMM tactics (kiln/tactics/quantized.py) against fp16 F.linear.
 
     python benchmarks/bench_qgemm.py [--no-graph] [--iters 50]
 
@@ -22,7 +22,7 @@ sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qconv, qlinear, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 
 BERT = [("qkv", 768, 2304, []), ("attn_out+res", 768, 768, ["add:4"]), ("ffn1+gelu", 768, 3072, ["gelu"]),
         ("ffn2+res", 3072, 768, ["add:4"])]

@@ -9,7 +9,6 @@ pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when th
 """
 from __future__ import annotations
 
-import ctypes
 import enum
 import math
 from typing import Iterable
@@ -20,6 +19,7 @@ import torch
 from . import errors
 from .builder.builder import build as _build
 from .builder.config import BuilderConfig, Profile
+from .engine.buffers import wrap_address
 from .engine.runtime import Engine
 from .ir.dtype import DType
 
@@ -459,20 +459,6 @@ class ICudaEngine:
         return IExecutionContext(self)
 
 
-def _wrap_address(ptr: int, shape: tuple, dtype: DType, device: torch.device) -> torch.Tensor:
-    """A tensor viewing ``ptr``'s memory (no copy)."""
-    tdt = dtype.torch
-    nbytes = math.prod(shape) * tdt.itemsize
-    if device.type == "cuda":
-        typestr = np.dtype(torch.empty(0, dtype=tdt).numpy().dtype).str if tdt != torch.bfloat16 else "<V2"
-        holder = type("_CudaBuffer", (), {})()
-        holder.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (int(ptr), False),
-                                           "version": 3, "strides": None}
-        return torch.as_tensor(holder, device=device)
-    buf = (ctypes.c_char * max(nbytes, 1)).from_address(int(ptr))
-    return torch.frombuffer(buf, dtype=tdt, count=math.prod(shape)).reshape(shape)
-
-
 class IExecutionContext:
     def __init__(self, engine: ICudaEngine):
         self.engine = engine
@@ -542,14 +528,14 @@ class IExecutionContext:
                   [o.name for o in eng.outputs if o.name not in self._addresses]
         if missing:
             raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address first")
-        feed = {i.name: _wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
+        feed = {i.name: wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
                 for i in eng.inputs}
         out_shapes = self._output_shapes()
         buffers = {}
         for o in eng.outputs:
             if out_shapes[o.name] is None:
                 raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape; use kiln's own API")
-            buffers[o.name] = _wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
+            buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
         self._ctx.infer(feed, outputs=buffers)
 
     def execute_async_v3(self, stream_handle: int) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import BuildError, ShapeError
 from ..ir.graph import Graph
@@ -14,16 +14,21 @@ from ..passes.pipeline import run_pipeline
 from .config import BuilderConfig, Profile
 from .concat_in_place import mark_concats_in_place
 from .lower import describe_layers, plan_activation_memory
-from .report import BuildReport
+from ..engine.report import BuildReport
+
+if TYPE_CHECKING:
+    from ..tactics import TacticLibrary
 
 log = logging.getLogger("kiln.build")
 
 
-def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None,
-          **overrides) -> "Engine":
+def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None, *,
+          tactics: TacticLibrary | None = None, pipeline: Sequence | None = None, **overrides) -> "Engine":
     """Build an engine from a model path, bytes, onnx.ModelProto or kiln Graph.
 
     ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
+    ``tactics``: the candidate implementations to tune and bind (a kiln.tactics.TacticLibrary; default:
+    kiln.tactics.DEFAULT). ``pipeline``: the graph passes to run (default: kiln.passes.pipeline.DEFAULT_PIPELINE).
     ``progress``, if given, is called as ``progress(stage, done, total, message)`` as the build advances
     (stages: "parse", "passes", "layers", "tune", "memory"); it only observes, it cannot change the build.
     """
@@ -51,7 +56,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         msg = _no_profile_message(unbounded)
         log.warning(msg)
         ctx.notes.append(msg)
-    timings = run_pipeline(graph, ctx, progress=progress)
+    timings = run_pipeline(graph, ctx, pipeline, progress=progress)
     graph.toposort()
     graph.verify()
 
@@ -67,7 +72,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report.notes = list(ctx.notes)
     report.quantization = graph.meta.pop("quantization", {})
     report_progress("layers", 1, 1, f"{len(report.layers)} layers")
-    tuned = _tune(graph, config, facts_opt, device, progress, registry)
+    tuned = _tune(graph, config, facts_opt, device, progress, registry, tactics)
     if tuned is not None:
         report.tuning = tuned.to_json()
         if tuned.budget_exceeded:
@@ -80,7 +85,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "producer": graph.meta.get("producer", ""),
     }
-    engine = Engine(graph, header, report, registry)
+    engine = Engine(graph, header, report, registry, tactics)
     _report_tactics(report, engine, tuned)
     report.notes += engine.load_notes
     report_progress("memory", 0, 1, "planning activation memory")
@@ -111,7 +116,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
 
 
 def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progress: Callable | None,
-          registry: Registry):
+          registry: Registry, tactics: TacticLibrary | None):
     """Choose each layer's tactic (kiln.tune): replayed, from the timing cache, or timed on the device.
     The choices are stored in node.meta["tactic"]; layers left at their default store nothing."""
     replay = None
@@ -136,7 +141,7 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
         versions["triton"] = None
     cache = TimingCache.load(config.timing_cache)
     tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
-                  device_desc=device_desc, versions=versions)
+                  device_desc=device_desc, versions=versions, tactics=tactics)
     constants = bind_constants(graph, dev, registry)
     skip = None
     if dev.type == "cuda":  # layers placed on the host (shape arithmetic) keep the op's own kernel

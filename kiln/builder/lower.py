@@ -6,8 +6,8 @@ from ..ir.graph import Graph, Node
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from ..passes.propagate import Facts, propagate
-from .memory import Lifetime, MemoryPlan, plan_memory
-from .report import LayerInfo
+from ..engine.memory import Lifetime, MemoryPlan, plan_memory
+from ..engine.report import LayerInfo
 
 
 def kernel_name(node: Node, registry: Registry) -> str:

@@ -4,7 +4,7 @@ For each input-shape signature, the first run of a context *records*: every valu
 dtype, and which storage it lives in) is kept until the run ends, so that storage identity shows which
 values alias which (views, a kernel returning its input, a branch returning an outer tensor). From that
 record, :func:`plan_layout` places each *placeable* storage with the build's planner
-(``kiln.builder.memory.plan_memory``, a pure function) and returns an :class:`ArenaLayout`: per step, the arena
+(``kiln.engine.memory.plan_memory``, a pure function) and returns an :class:`ArenaLayout`: per step, the arena
 view its kernel writes into (``out=``). Later runs at that signature allocate nothing for those tensors.
 
 A storage is placeable when the layer that makes it can write into a given buffer (``accepts_out``: its
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..builder.memory import Lifetime, plan_memory
 from ..ops.shape_util import axis as axis_index
+from .memory import Lifetime, plan_memory
 
 
 @dataclass

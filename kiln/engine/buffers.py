@@ -6,7 +6,9 @@ checked once the output's shape is known. Every refusal is an InputError naming 
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -71,3 +73,18 @@ def check_output_shape(name: str, buf: Any, shape: tuple) -> None:
     if tuple(buf.shape) != tuple(shape):
         raise InputError(f"output buffer for {name!r} has shape {list(buf.shape)}, the output has shape "
                          f"{list(shape)}")
+
+
+def wrap_address(ptr: int, shape: tuple, dtype: DType, device: torch.device) -> torch.Tensor:
+    """A tensor viewing ``ptr``'s memory (no copy): the raw addresses of kiln.trt's ``set_tensor_address`` and of
+    calibrators that return addresses."""
+    tdt = dtype.torch
+    nbytes = math.prod(shape) * tdt.itemsize
+    if device.type == "cuda":
+        typestr = np.dtype(torch.empty(0, dtype=tdt).numpy().dtype).str if tdt != torch.bfloat16 else "<V2"
+        holder = type("_CudaBuffer", (), {})()
+        holder.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (int(ptr), False),
+                                           "version": 3, "strides": None}
+        return torch.as_tensor(holder, device=device)
+    buf = (ctypes.c_char * max(nbytes, 1)).from_address(int(ptr))
+    return torch.frombuffer(buf, dtype=tdt, count=math.prod(shape)).reshape(shape)

@@ -58,7 +58,7 @@ _CAPABILITY_RANK = {"DEFAULT": 0, "NO AVX": 0, "AVX2": 1, "AVX512": 2, "VSX": 1,
 
 
 def versions() -> dict:
-    from .. import __version__
+    from ..version import __version__
     return {"kiln": __version__, "torch": torch.__version__.split("+")[0]}
 
 
@@ -74,7 +74,7 @@ def check_versions(built_with: dict, where: str) -> None:
     """Refuse an engine written by a newer Kiln (major or minor: in 0.x a minor may change what a file means)
     or with another torch major (stored dtypes and tactics are torch's). Older Kiln engines of the same file
     format keep loading; a newer Kiln patch release writes the same engines."""
-    from .. import __version__
+    from ..version import __version__
     if not isinstance(built_with, dict):
         raise EngineFormatError(f"{where}: header field versions must be an object, got {type(built_with).__name__}")
     if "kiln" in built_with:

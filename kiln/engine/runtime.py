@@ -14,7 +14,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..builder.config import BuilderConfig, Profile
 from ..errors import DeviceMismatchError, EngineFormatError, InputError, KilnError, ShapeError
 from ..ir.convert import torch_to_numpy
 from ..ir.dtype import DType
@@ -24,9 +23,11 @@ from ..ops import Registry, default_registry
 from . import device_info
 from .buffers import check_output_buffers, check_output_shape
 from .precision_flags import float32_precision
+from .profile import Profile
 from ..runtime.interpreter import as_tensor, inputs_by_name
 from .placement import host_constants
 from .program import Program
+from .spec import EngineSpec
 from ..threads import check_thread_count, warn_if_spinning
 
 log = logging.getLogger("kiln.runtime")
@@ -45,12 +46,13 @@ class TensorInfo:
 class Engine:
     """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
 
-    def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None):
+    def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None,
+                 tactics: Any = None):
         self.graph = graph
         self.header = header
         self.report = report
-        self.config = BuilderConfig.from_json(header["config"])
-        self.device = torch.device(self.config.device)
+        self.spec = EngineSpec.from_json(header["config"])  # what the engine reads of its build configuration
+        self.device = torch.device(self.spec.device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
         self.registry = registry or default_registry()
@@ -59,14 +61,15 @@ class Engine:
                        for v in graph.inputs]
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
-        self.profiles: tuple[Profile, ...] = self.config.profiles
+        self.profiles: tuple[Profile, ...] = self.spec.profiles
         self._constants = bind_constants(graph, self.device, self.registry)
         # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
         # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
-        from ..tune.space import bind_tactics
+        from ..tactics import bind_tactics
         self.load_notes: list[str] = []
         self._choices: dict = {}
-        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices)
+        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices,
+                                     tactics)  # a kiln.tactics.TacticLibrary (default: Kiln's own)
         self.program = Program(graph, self.device, self.registry, self._constants, self._tactics)
 
     # -- io description --------------------------------------------------------------------
@@ -216,7 +219,7 @@ class ExecutionContext:
         if self.device.type == "cpu":
             warn_if_spinning()
         self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
-        self.use_cuda_graphs = self.device.type == "cuda" and engine.config.cuda_graphs
+        self.use_cuda_graphs = self.device.type == "cuda" and engine.spec.cuda_graphs
         self._graphs: dict[tuple, _Captured | None] = {}
         self._lock = threading.Lock()
         self.notes: list[str] = []
@@ -288,7 +291,7 @@ class ExecutionContext:
 
     # -- running -----------------------------------------------------------------------------
     def _eager(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
-        with float32_precision(self.device, self.engine.config.tf32):
+        with float32_precision(self.device, self.engine.spec.tf32):
             return self._launch(feed, keep)
 
     def _launch(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:

@@ -19,6 +19,8 @@ import torch
 
 from ..errors import EngineFormatError, KilnError
 from .fields import arr, boolean, fail, integer, ints, number, obj, optional, show, string
+from .report import BuildReport, LayerInfo
+from .spec import EngineSpec
 from .validate_ops import MAX_DIM, MAX_RANK
 from .validate_plan import check_plan
 
@@ -107,8 +109,9 @@ def check_fields(d: dict, cls: type, prefix: str) -> None:
 
 
 def _check_config(cfg: dict) -> None:
-    from ..builder.config import BuilderConfig
-    check_fields(cfg, BuilderConfig, "config")
+    """The fields of the stored build configuration that the engine reads (engine/spec.py); the others are a
+    record of the build, shown by ``kiln inspect`` and not read at load."""
+    check_fields(cfg, EngineSpec, "config")
     string(cfg.get("device", "cpu"), "header field 'config.device'")
     for k, p in enumerate(arr(cfg.get("profiles", []), "header field 'config.profiles'", 1024)):
         field = f"header field 'config.profiles' {k}"
@@ -117,14 +120,13 @@ def _check_config(cfg: dict) -> None:
             for name, shape in obj(p.get(key), f"{field} {key}").items():
                 ints(shape, f"{field} {key} {name!r}", 0, MAX_DIM, MAX_RANK)
     try:
-        BuilderConfig.from_json(cfg)
+        EngineSpec.from_json(cfg)
     except (KilnError, ValueError, TypeError, KeyError, AttributeError) as e:  # its own checks, e.g. profiles
         raise fail("header field 'config'", f"is not a valid build configuration: {e}") from None
 
 
 def read_report(h: dict):
     """The build report stored in the header (None when there is none), its fields checked."""
-    from ..builder.report import BuildReport, LayerInfo
     report = h.get("report")
     if report is None:
         return None

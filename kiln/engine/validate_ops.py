@@ -6,7 +6,7 @@ runtime wraps those as KernelError naming the layer.
 A rule sees a :class:`NodeFacts`: the node's attributes as plain values, and per input its declared shape
 and its constant (weights are known at load). Each failure is an EngineFormatError naming the node and the
 attribute. ``RULES`` maps (domain, op type) to the node's rules; ``check_meta`` checks the tactic record the
-runtime binds at load (kiln/tune/space.py).
+runtime binds at load (kiln/tactics/bind.py).
 """
 from __future__ import annotations
 
@@ -351,7 +351,7 @@ def check_node(domain: str, op: str, n: NodeFacts) -> None:
         rule(n)
 
 
-# -- the tactic record (node.meta["tactic"]), bound to a kernel at load by kiln/tune/space.py ----------------
+# -- the tactic record (node.meta["tactic"]), bound to a kernel at load by kiln/tactics/bind.py ----------------
 _PARAMS = {  # parameter -> check of its value
     "config": lambda v, f: ints(v, f, 1, 4096, 8),  # Triton block sizes, warps, stages
     "layout": lambda v, f: string(v, f, ("nchw", "nhwc")),

@@ -219,6 +219,15 @@ class Graph:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes)"
 
 
+def new_constant(graph: Graph, hint: str, tensor: torch.Tensor) -> Value:
+    """A new constant of ``graph`` named ``hint`` (``hint_1``, ``hint_2``, ... when the name is taken)."""
+    name, i = hint, 0
+    while name in graph.constants:
+        i += 1
+        name = f"{hint}_{i}"
+    return graph.add_constant(name, tensor)
+
+
 def _reads(node: Node) -> Iterator[Value]:
     """Values a node reads: its inputs, and outer-scope values its subgraphs read."""
     for v in node.inputs:

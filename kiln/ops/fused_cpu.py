@@ -253,7 +253,7 @@ def _describe(add, unary, rest) -> str:
     return desc + (f"; then {','.join(rest)}" if rest else "")
 
 
-# tactic name (as kiln/tune/space.py lists it) -> {(domain, op type): chooser(node, constants) -> Tactic | None}
+# tactic name (as kiln/tactics/space.py lists it) -> {(domain, op type): chooser(node, constants) -> Tactic | None}
 _CHOOSERS = {
     "onednn": {("kiln", "Conv"): conv_tactic, ("kiln", "Linear"): linear_tactic},
     "onednn_gemm": {("kiln", "Conv"): conv1x1_gemm_tactic},

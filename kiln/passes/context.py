@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..builder.config import BuilderConfig
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
 from .propagate import Facts, choose_probes, endpoint_probes, propagate
+
+if TYPE_CHECKING:  # the builder makes the config and passes it in; the passes never import the builder
+    from ..builder.config import BuilderConfig
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Rejection:
 @dataclass
 class PassContext:
     graph: Graph
-    config: BuilderConfig = field(default_factory=BuilderConfig)
+    config: BuilderConfig
     registry: Registry = field(default_factory=default_registry)
     input_shapes: dict[str, tuple] | None = None  # static dims known at build (from profiles or the model)
     rejections: list[Rejection] = field(default_factory=list)

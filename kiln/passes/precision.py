@@ -82,6 +82,14 @@ def _cast(value: Value, to: DType, name: str) -> tuple[Node, Value]:
     return node, out
 
 
+def lower_copy(graph: Graph, ctx: PassContext) -> None:
+    """Apply the build's fp16/bf16 lowering to a copy of the graph being measured (kiln/quant/sensitivity.py),
+    so the measurement is of what will run."""
+    if target_dtype(ctx) is None and not ctx.config.layer_precisions:
+        return
+    lower_precision(graph, PassContext(graph, ctx.config, ctx.registry, ctx.input_shapes))
+
+
 def lower_precision(graph: Graph, ctx: PassContext) -> bool:
     if ctx.config.strict_types:
         return False

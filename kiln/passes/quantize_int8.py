@@ -91,7 +91,9 @@ def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
     info: dict = {"calibration": "explicit (Q/DQ model)" if explicit else cfg.calibration_method}
     if cfg.accuracy_target is not None:
         from ..quant.sensitivity import fit_to_target
-        chosen, info["accuracy"] = fit_to_target(graph, ctx, chosen, params, data.validation(), weight_hints)
+        from .precision import lower_copy
+        chosen, info["accuracy"] = fit_to_target(graph, ctx, chosen, params, data.validation(), weight_hints,
+                                                 lambda g: lower_copy(g, ctx))
     done = apply_quantization(graph, chosen, params, weight_hints)
     for n in graph.nodes:
         n.meta.pop("qid", None)

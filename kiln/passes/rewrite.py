@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ir.graph import Graph, Node, Value
+from ..ir.graph import Graph, Node, Value, new_constant  # noqa: F401 - the passes take it from here
 from ..ir.types import TensorType
 
 
@@ -41,14 +41,6 @@ def scalar(v: Value | None) -> float | None:
     if c is None or c.numel() != 1:
         return None
     return float(c.reshape(()).to(torch.float64))
-
-
-def new_constant(graph: Graph, hint: str, tensor: torch.Tensor) -> Value:
-    name, i = hint, 0
-    while name in graph.constants:
-        i += 1
-        name = f"{hint}_{i}"
-    return graph.add_constant(name, tensor)
 
 
 def fuse_into(graph: Graph, old: list[Node], new: Node, out: Value) -> None:

@@ -111,7 +111,7 @@ def _calibrator(cal, names, shapes, dtypes, device) -> Iterator[dict[str, Any]]:
 
 def _from_address(ptr: int, name: str, cal, shapes, dtypes, device: str) -> torch.Tensor:
     from ..ir.dtype import DType
-    from ..trt import _wrap_address
+    from ..engine.buffers import wrap_address
     shape = list(shapes.get(name) or ())
     if not shape or any(not isinstance(d, int) for d in shape[1:]):
         raise ValueError(f"calibrator returned an address for input {name!r} whose shape is not known at build "
@@ -119,4 +119,4 @@ def _from_address(ptr: int, name: str, cal, shapes, dtypes, device: str) -> torc
     if hasattr(cal, "get_batch_size"):
         shape[0] = int(cal.get_batch_size())
     dtype = dtypes.get(name) or DType.FLOAT
-    return _wrap_address(ptr, tuple(shape), dtype, torch.device(device)).clone()
+    return wrap_address(ptr, tuple(shape), dtype, torch.device(device)).clone()

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..ir.dtype import DType
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, new_constant
 from ..ir.types import TensorType
-from ..passes.rewrite import new_constant
 
 QUANTIZED = {"Linear": "QLinear", "Conv": "QConv"}
 FP8_MAX = 448.0

@@ -10,6 +10,7 @@ outside the target:
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -58,7 +59,10 @@ def local_sensitivity(graph: Graph, ctx, chosen: dict[int, str], params: dict[st
 
 
 def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, ActParams],
-                  batches: list[dict], hints: dict | None = None) -> tuple[dict[int, str], dict]:
+                  batches: list[dict], hints: dict | None = None,
+                  lower: Callable[[Graph], None] | None = None) -> tuple[dict[int, str], dict]:
+    """``lower``: the build's fp16/bf16 lowering, applied to each measured copy so the measurement is of what
+    will run (the caller, a pass, passes it in)."""
     cfg = ctx.config
     hints = hints or {}
     precision = "fp8" if "fp8" in chosen.values() else "int8"
@@ -79,7 +83,8 @@ def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, A
     def measure(subset) -> dict:
         g = copy_graph(graph)
         apply_quantization(g, {q: chosen[q] for q in subset}, params, hints)
-        _lower(g, ctx)
+        if lower is not None:
+            lower(g)
         return compare(ref, run_graph(g, batches, cfg.device, ctx.registry))
 
     current = set(chosen)
@@ -106,11 +111,3 @@ def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, A
                      + (f"; kept in float: {', '.join(kept)}" if kept else ""))
     return {q: chosen[q] for q in sorted(current)}, info
 
-
-def _lower(g: Graph, ctx) -> None:
-    """Apply the build's fp16/bf16 lowering to the copy too, so the measurement is of what will run."""
-    from ..passes.context import PassContext
-    from ..passes.precision import lower_precision, target_dtype
-    if target_dtype(ctx) is None and not ctx.config.layer_precisions:
-        return
-    lower_precision(g, PassContext(g, ctx.config, ctx.registry, ctx.input_shapes))

@@ -1,5 +1,6 @@
-"""Tactic selection: per-layer candidate implementations as data (``space``), a tuner that times and checks
-them on the target device (``tuner``), and a timing cache file (``cache``).
+"""Tactic selection: a tuner that times the candidates of kiln/tactics on the target device and checks them
+(``tuner``), and a timing cache file (``cache``). The candidates themselves and their kernels live in
+kiln/tactics.
 
 Choices are stored in the engine (``node.meta["tactic"]``: name + params) and applied at load; they can be
 exported (``export_choices``) and replayed at a later build (``BuilderConfig(tactic_replay=path)``).
@@ -10,11 +11,9 @@ import json
 from pathlib import Path
 
 from .cache import TimingCache
-from .space import SPACE, Choice, NotApplicable, bind_tactics, candidates, default_choice, make
 from .tuner import Timer, Tuner, TuneResult
 
-__all__ = ["TimingCache", "SPACE", "Choice", "NotApplicable", "bind_tactics", "candidates", "default_choice", "make",
-           "Timer", "Tuner", "TuneResult", "export_choices", "load_choices"]
+__all__ = ["TimingCache", "Timer", "Tuner", "TuneResult", "export_choices", "load_choices"]
 
 REPLAY_FORMAT = "kiln-tactics"
 

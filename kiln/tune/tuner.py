@@ -23,7 +23,7 @@ from ..ir.types import TensorType
 from ..engine.precision_flags import float32_precision
 from ..ops import KernelContext
 from .cache import TimingCache, make_key
-from .space import TORCH, Choice, NotApplicable, candidates, default_choice, make
+from ..tactics import DEFAULT, TORCH, Choice, NotApplicable, TacticLibrary, default_choice
 
 log = logging.getLogger("kiln.tune")
 
@@ -328,18 +328,20 @@ def signature(node, specs: list, cands: list[Choice], device_desc: dict, version
             "versions": versions, "tf32": tf32}
 
 
-def tunable(node, device: torch.device, level: int) -> list[Choice]:
+def tunable(node, device: torch.device, level: int, tactics: TacticLibrary = DEFAULT) -> list[Choice]:
     if any(True for _ in node.subgraphs()):
         return []
-    cands = candidates(node, device, level)
+    cands = tactics.candidates(node, device, level)
     return cands if len(cands) > 1 else []
 
 
 class Tuner:
     def __init__(self, device: torch.device, level: int = 3, cache: TimingCache | None = None,
                  timer: Timer | None = None, tf32: bool = True, budget_s: float | None = None,
-                 device_desc: dict | None = None, versions: dict | None = None):
+                 device_desc: dict | None = None, versions: dict | None = None,
+                 tactics: TacticLibrary | None = None):
         self.device, self.level, self.tf32, self.budget_s = device, level, tf32, budget_s
+        self.tactics = DEFAULT if tactics is None else tactics  # the candidates and their factories
         self.cache = cache if cache is not None else TimingCache()
         self.timer = timer or Timer()
         self.device_desc = device_desc or {"type": device.type}
@@ -355,7 +357,7 @@ class Tuner:
             todo = [(n, []) for n in graph.nodes if id(n) not in (skip or ()) and n.label in replay]
         else:
             todo = [(n, c) for n in graph.nodes
-                    if id(n) not in (skip or ()) and (c := tunable(n, self.device, self.level))]
+                    if id(n) not in (skip or ()) and (c := tunable(n, self.device, self.level, self.tactics))]
         opset = graph.opsets.get("", 21)
         progress("tune", 0, len(todo), f"{len(todo)} layers to tune")
         for i, (node, cands) in enumerate(todo):
@@ -380,7 +382,7 @@ class Tuner:
                                note="not in the replay file")
         choice = Choice.from_json(replay[node.label])
         try:
-            make(choice, node, constants, self.device)
+            self.tactics.make(choice, node, constants, self.device)
         except NotApplicable as e:
             return LayerResult(node.label, TORCH, source="default", note=f"replayed {choice.label} not applicable: {e}")
         return LayerResult(node.label, choice, source="replay")
@@ -430,7 +432,7 @@ class Tuner:
                     special = None
             for c in cands:
                 try:
-                    t = make(c, node, constants, self.device)
+                    t = self.tactics.make(c, node, constants, self.device)
                     kernel = ref_kernel if t is None else t.kernel
                     got = kernel(ctx, [_clone(x) for x in inputs], attrs)
                     why = mismatch(got, ref, self.device, self.tf32, quantized=quantized)
@@ -481,7 +483,8 @@ class Tuner:
             except Exception:  # noqa: BLE001 - the reference cannot run on random data: nothing to check against
                 return None
             try:
-                got = make(choice, node, constants, self.device).kernel(ctx, [_clone(x) for x in inputs], attrs)
+                t = self.tactics.make(choice, node, constants, self.device)
+                got = t.kernel(ctx, [_clone(x) for x in inputs], attrs)
             except Exception as e:  # noqa: BLE001 - a cached choice that cannot run here
                 return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
             return mismatch(got, ref, self.device, self.tf32, quantized=_requantizes(attrs))

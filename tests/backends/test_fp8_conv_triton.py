@@ -21,8 +21,8 @@ from kiln.backends.triton.fp8_gemm import CONFIGS as GEMM_CONFIGS  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qconv, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
-from kiln.tune.quantized_tactics import Fp8ConvTriton  # noqa: E402
+from kiln.tactics import space  # noqa: E402
+from kiln.tactics.quantized import Fp8ConvTriton  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -144,7 +144,7 @@ def test_space_rows_and_factory_needs_cuda():
     node, consts = conv_node(16, 16, 3, 1, [])
     with pytest.raises(space.NotApplicable, match="CUDA"):
         space.make(space.Choice("fp8_conv", {"config": list(CONFIGS[0])}), node, consts, CPU)
-    rows = [p for name, p, dev, _ in space.SPACE[("kiln", "QConv")] if name == "fp8_conv"]
+    rows = [r.params for r in space.DEFAULT.rows("kiln", "QConv") if r.name == "fp8_conv"]
     assert {tuple(p["config"]) for p in rows if not p.get("gemm")} == set(CONFIGS)
     assert {tuple(p["config"]) for p in rows if p.get("gemm")} == set(GEMM_CONFIGS)
 

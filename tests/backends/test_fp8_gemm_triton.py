@@ -19,8 +19,8 @@ from kiln.backends.triton.fp8_gemm import CONFIGS, INTERPRET_CONFIG, Fp8GemmSpec
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qlinear, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
-from kiln.tune.quantized_tactics import Fp8GemmTriton  # noqa: E402
+from kiln.tactics import space  # noqa: E402
+from kiln.tactics.quantized import Fp8GemmTriton  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -123,7 +123,7 @@ def test_factory_needs_hopper_and_space_rows_list_the_configs():
     node, consts = layer_node(32, 16, [])
     with pytest.raises(space.NotApplicable, match="CUDA"):
         space.make(space.Choice("fp8_triton", {"config": list(CONFIGS[0])}), node, consts, CPU)
-    rows = [p for name, p, dev, _ in space.SPACE[("kiln", "QLinear")] if name == "fp8_triton"]
+    rows = [r.params for r in space.DEFAULT.rows("kiln", "QLinear") if r.name == "fp8_triton"]
     assert {tuple(p["config"]) for p in rows} == set(CONFIGS)
     chosen = space.candidates(node, torch.device("cuda"), level=3)
     assert sum(c.name == "fp8_triton" for c in chosen) == len(rows)

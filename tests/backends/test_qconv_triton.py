@@ -15,13 +15,14 @@ import torch.nn.functional as F  # noqa: E402
 pytest.importorskip("triton")
 
 from kiln.backends.triton import aot  # noqa: E402
-from kiln.backends.triton.qconv import CONFIGS, QConvLaunch, qconv_source, qconv_tactic  # noqa: E402
+from kiln.backends.triton.qconv import CONFIGS, QConvLaunch, qconv_source  # noqa: E402
 from kiln.errors import KernelError  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qconv as reference_qconv  # noqa: E402
 from kiln.ops.quantized import quantize  # noqa: E402
-from kiln.tune.space import NotApplicable  # noqa: E402
+from kiln.tactics.qconv import qconv_tactic  # noqa: E402
+from kiln.tactics.space import NotApplicable  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on masked-off lanes
 CPU = torch.device("cpu")
@@ -207,8 +208,8 @@ def test_sm90_sources_compile_to_wgmma():
 
 # -- the tactic table ----------------------------------------------------------------------------------------
 def test_space_rows_and_factory():
-    from kiln.tune import space
-    rows = [p for name, p, dev, _ in space.SPACE[("kiln", "QConv")] if name == "triton_qconv"]
+    from kiln.tactics import space
+    rows = [r.params for r in space.DEFAULT.rows("kiln", "QConv") if r.name == "triton_qconv"]
     assert {tuple(p["config"]) for p in rows} == set(CONFIGS)  # the rows list qconv.CONFIGS
     node, consts = make_layer(16, 16, 3, 1, 1, epilogue=["relu"])
     chosen = space.candidates(node, torch.device("cuda"), level=4)

@@ -21,8 +21,8 @@ from kiln.backends.triton.quant import DequantEpilogue, Quantize, dequant_progra
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qconv, qlinear, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
-from kiln.tune.quantized_tactics import QConvHalf, QGemm  # noqa: E402
+from kiln.tactics import space  # noqa: E402
+from kiln.tactics.quantized import QConvHalf, QGemm  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 CPU = torch.device("cpu")

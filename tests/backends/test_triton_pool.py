@@ -17,7 +17,7 @@ from kiln.backends.triton.ops import Unsupported  # noqa: E402
 from kiln.backends.triton.pool import MaxPoolLayer, max_pool_source  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext, default_registry  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 
 CTX = KernelContext(opset=17, device=torch.device("cpu"))
 OWN = default_registry().get("", "MaxPool").kernel

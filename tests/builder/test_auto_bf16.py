@@ -14,7 +14,7 @@ PROFILE = kiln.Profile.of(image=((2, 3, 64, 64),) * 3)
 def test_auto_bf16_follows_the_cpu_and_says_so():
     native, why = native_bf16("cpu")
     engine = kiln.build(EXAMPLE, kiln.BuilderConfig(bf16="auto", profiles=(PROFILE,)))
-    assert engine.config.bf16 is native  # the stored config holds the decision, not "auto"
+    assert engine.header["config"]["bf16"] is native  # the stored config holds the decision, not "auto"
     note = next(n for n in engine.report.notes if n.startswith("bf16='auto'"))
     assert why in note
     assert any("bf16" in str(layer.precision) for layer in engine.report.layers) == native
@@ -43,4 +43,4 @@ def test_cli_auto_bf16(tmp_path):
     out = tmp_path / "m.engine"
     assert main(["build", EXAMPLE, "-o", str(out), "--auto-bf16", "--shapes", "image:2x3x64x64"]) == 0
     engine = kiln.Engine.load(out)
-    assert engine.config.bf16 is native_bf16("cpu")[0]
+    assert engine.header["config"]["bf16"] is native_bf16("cpu")[0]

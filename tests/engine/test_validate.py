@@ -271,8 +271,16 @@ def test_header_field_types(seeds, key, value):
 
 def test_config_and_report_fields(seeds):
     def config(h):
+        h["config"]["cuda_graphs"] = "yes"
+    refused(edit(seeds["mlp"], header=config), "'config.cuda_graphs'")
+
+    def device(h):
+        h["config"]["device"] = "cuda:x"
+    refused(edit(seeds["mlp"], header=device), "'config'", "cuda:x")
+
+    def record(h):  # the engine reads only its spec (engine/spec.py) of the stored build configuration
         h["config"]["optimization_level"] = "high"
-    refused(edit(seeds["mlp"], header=config), "'config.optimization_level'")
+    assert kiln.Engine.deserialize(edit(seeds["mlp"], header=record)).header["config"]["optimization_level"] == "high"
 
     def report(h):
         h["report"]["layers"][0]["covers"] = 5

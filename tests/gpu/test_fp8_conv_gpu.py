@@ -14,7 +14,7 @@ from kiln.backends.triton.fp8_gemm import CONFIGS as GEMM_CONFIGS  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qconv, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 
 CUDA = torch.device("cuda")

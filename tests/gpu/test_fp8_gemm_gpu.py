@@ -12,7 +12,7 @@ from kiln.backends.triton.fp8_gemm import CONFIGS  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qlinear, quantize  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
 
 CUDA = torch.device("cuda")

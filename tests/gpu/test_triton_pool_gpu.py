@@ -7,7 +7,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext, default_registry  # noqa: E402
-from kiln.tune import space  # noqa: E402
+from kiln.tactics import space  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

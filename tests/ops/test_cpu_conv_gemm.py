@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kiln.ops import KernelContext, fused_cpu
 from kiln.ops.fused import apply_epilogue, fused_conv
-from kiln.tune import space
+from kiln.tactics import space
 
 pytestmark = pytest.mark.skipif(not fused_cpu._available(), reason="this torch has no oneDNN ops")
 

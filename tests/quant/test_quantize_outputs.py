@@ -57,11 +57,9 @@ def data(n=4):
     return [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
 
 
-def build(model, calib, drop: str | None = None, monkeypatch=None):
-    if drop:
-        monkeypatch.setattr(pipeline, "DEFAULT_PIPELINE",
-                            tuple(p for p in pipeline.DEFAULT_PIPELINE if getattr(p, "name", "") != drop))
-    return kiln.build(model, fp8=True, int8_calibrator=calib, calibration_method="minmax")
+def build(model, calib, drop: str | None = None):
+    steps = tuple(p for p in pipeline.DEFAULT_PIPELINE if getattr(p, "name", "") != drop)
+    return kiln.build(model, fp8=True, int8_calibrator=calib, calibration_method="minmax", pipeline=steps)
 
 
 def cosine(a, b) -> float:
@@ -98,7 +96,7 @@ def test_downsample_output_is_fp8_with_its_own_scale(tmp_path):
     assert cosine(got, kiln.build(model).create_execution_context().infer(x)["h2"]) > 0.99
 
 
-def test_pool_read_only_by_fp8_convolutions_writes_fp8(monkeypatch):
+def test_pool_read_only_by_fp8_convolutions_writes_fp8():
     """The stem's max-pool, read by block 0's 1x1 and shortcut convolutions, writes their fp8 input itself
     (kiln::MaxPoolQuantize): the same codes as the readers' own quantization."""
     model, calib, x = resnet_blocks(downsample=True, pool=True), data(), data(1)[0]
@@ -108,12 +106,12 @@ def test_pool_read_only_by_fp8_convolutions_writes_fp8(monkeypatch):
     got = engine.create_execution_context().infer(x)["h2"]
     reloaded = kiln.Engine.deserialize(engine.serialize())
     np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
-    plain = build(model, calib, "quantize_pool_outputs", monkeypatch)
+    plain = build(model, calib, "quantize_pool_outputs")
     assert "MaxPool" in {layer.op for layer in plain.report.layers}
     np.testing.assert_array_equal(got, plain.create_execution_context().infer(x)["h2"])
 
 
-def test_block_output_read_in_float_gets_an_fp8_copy(monkeypatch):
+def test_block_output_read_in_float_gets_an_fp8_copy():
     model, calib, x = resnet_blocks(expose_block0=True), data(), data(1)[0]
     engine = build(model, calib)
     assert engine.report.fusions.get("quantize_layer_outputs:QConv") == 1  # block 0's output
@@ -122,7 +120,7 @@ def test_block_output_read_in_float_gets_an_fp8_copy(monkeypatch):
     reloaded = kiln.Engine.deserialize(engine.serialize())  # the second output is plain data in the file
     for k, v in reloaded.create_execution_context().infer(x).items():
         np.testing.assert_array_equal(v, got[k])
-    plain = build(model, calib, "quantize_layer_outputs", monkeypatch)
+    plain = build(model, calib, "quantize_layer_outputs")
     assert not any(k.startswith("quantize_layer_outputs") for k in plain.report.fusions)
     want = plain.create_execution_context().infer(x)
     for k in ("h1", "h2"):

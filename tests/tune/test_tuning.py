@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import kiln
-from kiln.tune import Choice, TimingCache, export_choices, space, tuner
+from kiln.tactics import Choice, Row, space
+from kiln.tune import TimingCache, export_choices, tuner
 from kiln.ops.fused import fused_attention
 from kiln.ops import KernelContext
 
@@ -101,7 +102,7 @@ def test_low_optimization_level_skips_tuning(level, count_timings):
     assert all(l.time_ms is None for l in e.report.layers)
 
 
-def test_wrong_candidate_is_rejected(monkeypatch):
+def test_wrong_candidate_is_rejected():
     """A deliberately wrong (and fast) candidate must never win: the tuner checks it against the reference."""
     def wrong(node, params, constants, device):
         def kernel(ctx, inputs, attrs):
@@ -114,11 +115,10 @@ def test_wrong_candidate_is_rejected(monkeypatch):
         def kernel(ctx, inputs, attrs):
             return ref.kernel(ctx, inputs, attrs) * 1.01
         return space.Tactic("off", kernel)
-    monkeypatch.setitem(space.FACTORIES, "wrong", wrong)
-    monkeypatch.setitem(space.FACTORIES, "off", off_by_a_bit)
-    monkeypatch.setitem(space.SPACE, ("kiln", "Conv"),
-                        space.SPACE[("kiln", "Conv")] + [("wrong", {}, "any", 0), ("off", {}, "cpu", 0)])
-    e = _build()
+    tactics = space.DEFAULT.with_rows("kiln", "Conv", Row("wrong"), Row("off", device="cpu")) \
+        .with_factories(wrong=wrong, off=off_by_a_bit)
+    e = _build(tactics=tactics)
+    assert "wrong" not in space.FACTORIES and space.DEFAULT.rows("kiln", "Conv")[-1].name != "off"  # untouched
     convs = [l for l in e.report.layers if l.op == "kiln::Conv"]
     assert convs
     for l in convs:
@@ -269,3 +269,20 @@ def test_replayed_choice_for_the_wrong_layer_kind_is_not_a_crash(tmp_path):
     e = _build(tactic_replay=str(path))
     assert e.tactic_choices[conv]["name"] in ("torch", "onednn")
     e.create_execution_context().infer({"image": np.ones((2, 3, 64, 64), np.float32)})
+
+
+def test_the_default_tactics_are_read_only_and_bind_takes_a_library():
+    """Candidates are added by making a library (kiln.tactics.TacticLibrary), never by editing Kiln's table."""
+    from kiln.tactics import bind_tactics
+    with pytest.raises(TypeError):
+        space.SPACE[("kiln", "Conv")] = ()
+    with pytest.raises(TypeError):
+        space.FACTORIES["mine"] = space.FACTORIES["onednn"]
+    e = _build(optimization_level=1)
+    conv = next(n for n in e.graph.nodes if n.op_type == "Conv")
+    conv.meta["tactic"] = {"name": "mine", "params": {}}
+    notes: list = []
+    assert conv not in bind_tactics([conv], e._constants, torch.device("cpu"), notes)
+    assert "unknown tactic 'mine'" in notes[0]
+    mine = space.DEFAULT.with_factories(mine=space.FACTORIES["onednn"])
+    assert bind_tactics([conv], e._constants, torch.device("cpu"), library=mine)[conv].name.startswith("onednn")

@@ -355,36 +355,3 @@ class QConvLaunch:
             self.x_scale, float(self.x_qzp), self.x_zp, self.out_scale, float(self.out_zp),
             **self.constexprs(), num_warps=warps, num_stages=stages)
         return out
-
-
-def qconv_tactic(node, params: dict, constants: dict, device: torch.device):
-    """The Triton implicit-GEMM tactic for a kiln::QConv (``params``: ``config``, optional ``quant_in``).
-    Raises NotApplicable off CUDA (on the CPU only under TRITON_INTERPRET=1) or for a layer it cannot take."""
-    from ...ops.fused_cpu import Tactic
-    from ...tune.space import NotApplicable
-    from . import available
-    if (node.domain, node.op_type) != ("kiln", "QConv"):
-        raise NotApplicable("the Triton implicit-GEMM convolution takes kiln::QConv")
-    ok, why = available(device)
-    if not ok:
-        raise NotApplicable(why)
-    config = params.get("config") or (INTERPRET_CONFIG if interpreting() else CONFIGS[0])
-    try:
-        launch = QConvLaunch(node, constants, device, tuple(config), params.get("quant_in", "kernel"))
-    except Unsupported as e:
-        raise NotApplicable(str(e)) from None
-    return Tactic(launch.name, _checked(launch, node))
-
-
-def _checked(launch: QConvLaunch, node):
-    """The kernel, with a call it cannot take turned into a KernelError that says why (never a silent
-    fallback: the tuner verified this tactic on the shapes it was chosen for)."""
-    from ...errors import KernelError
-    label = getattr(node, "label", node.op_type)
-
-    def kernel(ctx, inputs, attrs):
-        try:
-            return launch(ctx, inputs, attrs)
-        except Unsupported as e:
-            raise KernelError(f"layer {label}: {launch.name} cannot run this call: {e}") from None
-    return kernel

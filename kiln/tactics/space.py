@@ -1,131 +1,103 @@
-"""Tactic spaces: for each layer kind, its candidate implementations as plain data (name + params).
+"""Kiln's tactics: for each layer kind its candidate implementations as rows of data, and their factories.
 
-A candidate is a :class:`Choice` (what an engine stores, a cache records and a replay file lists). Turning
-a choice into a kernel is ``make(choice, node, constants, device)``: the factory named by ``choice.name``
-builds a :class:`Tactic` (``name`` + ``kernel`` with the ordinary kernel signature) from the node's stored
-description and its bound weights. ``"torch"`` is every layer's own kernel, which is also the reference the
-tuner checks every other candidate against.
+A candidate is a :class:`Choice` (choice.py: what an engine stores, a cache records and a replay file lists).
+Turning a choice into a kernel is ``make(choice, node, constants, device)``: the factory named by
+``choice.name`` builds a :class:`Tactic` (``name`` + ``kernel`` with the ordinary kernel signature) from the
+node's stored description and its bound weights. ``"torch"`` is every layer's own kernel, which is also the
+reference the tuner checks every other candidate against.
 
-``SPACE`` is the table: (domain, op type) -> rows ``(name, params, device type or "any", min level)``. The
-optimization level picks the rows (2: few, 3: default, 4-5: every Triton GEMM configuration). Tests add rows
-(``SPACE[...].append``) and factories (``FACTORIES[name] = ...``) to inject candidates.
+The table: (domain, op type) -> :class:`Row` (name, params, device type or "any", min level). The optimization
+level picks the rows (2: few, 3: default, 4-5: every Triton GEMM configuration). ``DEFAULT`` is the
+:class:`TacticLibrary` (library.py) of this table and these factories; ``SPACE`` and ``FACTORIES`` are its
+read-only views. To add candidates, make a new library (``DEFAULT.with_rows(...).with_factories(...)``) and
+pass it to ``kiln.build(..., tactics=)``.
 """
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..ops.fused import _conv_pads, apply_epilogue, cudnn_conv_into, fused_attention
 from ..ops.fused_cpu import Tactic
+from .choice import TORCH, Choice, NotApplicable
+from .library import Factory, Row, TacticLibrary
 
+__all__ = ["DEFAULT", "SPACE", "FACTORIES", "Choice", "NotApplicable", "TORCH", "Row", "Tactic", "TacticLibrary",
+           "candidates", "default_choice", "make"]
 
-class NotApplicable(Exception):
-    """A candidate that cannot implement this layer (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Choice:
-    name: str
-    params: dict = field(default_factory=dict, hash=False, compare=True)
-
-    @property
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        return self.name + "/" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.params.items()))
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "params": json.loads(json.dumps(self.params))}
-
-    @staticmethod
-    def from_json(d) -> "Choice":
-        if isinstance(d, str):
-            return Choice(d)
-        return Choice(str(d["name"]), dict(d.get("params") or {}))
-
-
-def _fmt(v) -> str:
-    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-
-TORCH = Choice("torch")
 
 # -- the table -----------------------------------------------------------------------------------------------
-_ROWS = [("torch", {}, "any", 0), ("triton", {}, "cuda", 2)]
-SPACE: dict[tuple[str, str], list[tuple[str, dict, str, int]]] = {
+_ROWS = [Row("torch", {}, "any", 0), Row("triton", {}, "cuda", 2)]
+_TABLE: dict[tuple[str, str], list[Row]] = {
     ("kiln", "Conv"): [
-        ("torch", {}, "any", 0),
-        ("onednn", {}, "cpu", 0),
-        ("onednn_gemm", {}, "cpu", 2),  # 1x1 convs as a oneDNN matmul on the NHWC [N*H*W, C] view
-        ("cudnn", {"layout": "nchw"}, "cuda", 2),
-        ("cudnn", {"layout": "nhwc"}, "cuda", 2),
-        ("cudnn_fused", {}, "cuda", 2),  # torch.cudnn_convolution_relu / _add_relu (frozen-conv fusion)
-        ("triton_epilogue", {}, "cuda", 3),
+        Row("torch", {}, "any", 0),
+        Row("onednn", {}, "cpu", 0),
+        Row("onednn_gemm", {}, "cpu", 2),  # 1x1 convs as a oneDNN matmul on the NHWC [N*H*W, C] view
+        Row("cudnn", {"layout": "nchw"}, "cuda", 2),
+        Row("cudnn", {"layout": "nhwc"}, "cuda", 2),
+        Row("cudnn_fused", {}, "cuda", 2),  # torch.cudnn_convolution_relu / _add_relu (frozen-conv fusion)
+        Row("triton_epilogue", {}, "cuda", 3),
     ],
     ("kiln", "Linear"): [
-        ("torch", {}, "any", 0),  # F.linear: cuBLASLt with the bias in its epilogue
-        ("onednn", {}, "cpu", 0),
-        ("cublaslt", {}, "cuda", 2),  # addmm with bias + relu / tanh-GELU in cuBLASLt's epilogue
-        ("triton_epilogue", {}, "cuda", 2),
-        ("triton_gemm", {"config": "*"}, "cuda", 2),  # expanded to gemm.CONFIGS (by level)
+        Row("torch", {}, "any", 0),  # F.linear: cuBLASLt with the bias in its epilogue
+        Row("onednn", {}, "cpu", 0),
+        Row("cublaslt", {}, "cuda", 2),  # addmm with bias + relu / tanh-GELU in cuBLASLt's epilogue
+        Row("triton_epilogue", {}, "cuda", 2),
+        Row("triton_gemm", {"config": "*"}, "cuda", 2),  # expanded to gemm.CONFIGS (by level)
     ],
     ("kiln", "Attention"): [
-        ("torch", {}, "any", 0),
-        ("sdpa", {"backend": "flash"}, "cuda", 2),
-        ("sdpa", {"backend": "efficient"}, "cuda", 2),
-        ("sdpa", {"backend": "cudnn"}, "cuda", 3),
-        ("sdpa", {"backend": "math"}, "cuda", 4),
-        ("unfused", {}, "any", 3),
+        Row("torch", {}, "any", 0),
+        Row("sdpa", {"backend": "flash"}, "cuda", 2),
+        Row("sdpa", {"backend": "efficient"}, "cuda", 2),
+        Row("sdpa", {"backend": "cudnn"}, "cuda", 3),
+        Row("sdpa", {"backend": "math"}, "cuda", 4),
+        Row("unfused", {}, "any", 3),
     ],
-    ("kiln", "QLinear"): [  # kiln/tune/quantized_tactics.py: Triton quantize -> 8-bit GEMM -> Triton epilogue
-        ("torch", {}, "any", 0),
-        ("int8_fast", {}, "cuda", 2),
-        ("fp8_fast", {}, "cuda", 2),
+    ("kiln", "QLinear"): [  # kiln/tactics/quantized.py: Triton quantize -> 8-bit GEMM -> Triton epilogue
+        Row("torch", {}, "any", 0),
+        Row("int8_fast", {}, "cuda", 2),
+        Row("fp8_fast", {}, "cuda", 2),
         # Kiln's fp8 GEMM with the epilogue fused (kiln/backends/triton/fp8_gemm.py), configs = fp8_gemm.CONFIGS
-        ("fp8_triton", {"config": [128, 128, 128, 8, 8, 4]}, "cuda", 2),
-        ("fp8_triton", {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
-        ("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
-        ("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
-        ("fp8_triton", {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
-        ("fp8_triton", {"config": [128, 128, 64, 8, 4, 2, 2]}, "cuda", 3),
-        ("fp8_triton", {"config": [256, 64, 64, 8, 4, 2, 2]}, "cuda", 3),
+        Row("fp8_triton", {"config": [128, 128, 128, 8, 8, 4]}, "cuda", 2),
+        Row("fp8_triton", {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
+        Row("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
+        Row("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
+        Row("fp8_triton", {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
+        Row("fp8_triton", {"config": [128, 128, 64, 8, 4, 2, 2]}, "cuda", 3),
+        Row("fp8_triton", {"config": [256, 64, 64, 8, 4, 2, 2]}, "cuda", 3),
     ],
     ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
-        ("torch", {}, "any", 0),
-        ("int8_fast", {}, "cuda", 2),
-        ("fp8_fast", {}, "cuda", 2),
-        ("qconv_fp16", {}, "cuda", 2),
+        Row("torch", {}, "any", 0),
+        Row("int8_fast", {}, "cuda", 2),
+        Row("fp8_fast", {}, "cuda", 2),
+        Row("qconv_fp16", {}, "cuda", 2),
         # fp8: Kiln's TMA implicit-GEMM convolution (kiln/backends/triton/fp8_conv.py, configs = its CONFIGS) and,
         # for 1x1 stride-1 layers, the fp8 GEMM (fp8_gemm.CONFIGS)
-        ("fp8_conv", {"config": [128, 128, 8, 8, 4]}, "cuda", 2),
-        ("fp8_conv", {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
-        ("fp8_conv", {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
-        ("fp8_conv", {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
-        ("fp8_conv", {"config": [64, 64, 8, 4, 4, 128, 2]}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
-        ("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
-        ("fp8_conv", {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
-        ("fp8_conv", {"config": [128, 128, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
-        ("fp8_conv", {"config": [256, 64, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 128, 8, 8, 4]}, "cuda", 2),
+        Row("fp8_conv", {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
+        Row("fp8_conv", {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
+        Row("fp8_conv", {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
+        Row("fp8_conv", {"config": [64, 64, 8, 4, 4, 128, 2]}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
+        Row("fp8_conv", {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [128, 128, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
+        Row("fp8_conv", {"config": [256, 64, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
         # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
-        ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
-        ("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
-        ("triton_qconv", {"config": [128, 256, 64, 8, 8, 3]}, "cuda", 3),
-        ("triton_qconv", {"config": [256, 128, 64, 8, 8, 3]}, "cuda", 3),
-        ("triton_qconv", {"config": [128, 128, 128, 8, 8, 3]}, "cuda", 4),
-        ("triton_qconv", {"config": [64, 128, 128, 8, 4, 4]}, "cuda", 4),
-        ("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
+        Row("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
+        Row("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
+        Row("triton_qconv", {"config": [128, 256, 64, 8, 8, 3]}, "cuda", 3),
+        Row("triton_qconv", {"config": [256, 128, 64, 8, 8, 3]}, "cuda", 3),
+        Row("triton_qconv", {"config": [128, 128, 128, 8, 8, 3]}, "cuda", 4),
+        Row("triton_qconv", {"config": [64, 128, 128, 8, 4, 4]}, "cuda", 4),
+        Row("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
     ],
-    ("", "MaxPool"): [("torch", {}, "any", 0), ("triton_pool", {}, "cuda", 2)],  # backends/triton/pool.py
-    ("kiln", "MaxPoolQuantize"): [("torch", {}, "any", 0), ("triton_pool", {}, "cuda", 2)],
+    ("", "MaxPool"): [Row("torch", {}, "any", 0), Row("triton_pool", {}, "cuda", 2)],  # backends/triton/pool.py
+    ("kiln", "MaxPoolQuantize"): [Row("torch", {}, "any", 0), Row("triton_pool", {}, "cuda", 2)],
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
     ("", "LayerNormalization"): list(_ROWS),
@@ -147,20 +119,14 @@ def _gemm_configs(level: int) -> list[tuple]:
     return list(CONFIGS)
 
 
+def _expand(name: str, params: dict, level: int) -> list[dict]:
+    """A row whose ``config`` is "*": one candidate per Triton GEMM block config of ``level``."""
+    return [{**params, "config": list(c)} for c in _gemm_configs(level)] if params.get("config") == "*" else [params]
+
+
 def candidates(node, device: torch.device, level: int = 3) -> list[Choice]:
-    """The choices to time for ``node`` at ``level``, "torch" (the reference) first; [] if it has no space."""
-    rows = SPACE.get((node.domain or "", node.op_type))
-    if not rows:
-        return []
-    out = []
-    for name, params, dev, min_level in rows:
-        if dev != "any" and dev != device.type or level < min_level:
-            continue
-        if params.get("config") == "*":
-            out += [Choice(name, {**params, "config": list(c)}) for c in _gemm_configs(level)]
-        else:
-            out.append(Choice(name, dict(params)))
-    return out
+    """The choices to time for ``node`` at ``level`` in the DEFAULT library (``TacticLibrary.candidates``)."""
+    return DEFAULT.candidates(node, device, level)
 
 
 def default_choice(node, device: torch.device) -> Choice:
@@ -175,25 +141,9 @@ def default_choice(node, device: torch.device) -> Choice:
 
 
 # -- factories: Choice -> Tactic -------------------------------------------------------------------------------
-Factory = Callable[[object, dict, dict, torch.device], Tactic]
-
-
 def make(choice: Choice, node, constants: dict, device: torch.device, registry=None) -> Tactic | None:
-    """The tactic for ``choice`` on ``node`` (None for "torch": the op's own kernel). Raises NotApplicable."""
-    if choice.name == "torch":
-        return None
-    factory = FACTORIES.get(choice.name)
-    if factory is None:
-        raise NotApplicable(f"unknown tactic {choice.name!r}")
-    try:
-        t = factory(node, choice.params, constants, device)
-    except NotApplicable:
-        raise
-    except Exception as e:  # noqa: BLE001 - e.g. a replayed choice made for another kind of layer
-        raise NotApplicable(f"{choice.label} cannot be made for {node.domain}::{node.op_type}: "
-                            f"{type(e).__name__}: {e}") from None
-    suffix = choice.label[len(choice.name):]  # "/k=v,..." when the choice has params
-    return Tactic(t.name + suffix, t.kernel)
+    """The tactic for ``choice`` on ``node`` in the DEFAULT library (``TacticLibrary.make``)."""
+    return DEFAULT.make(choice, node, constants, device)
 
 
 def _onednn(tactic: str) -> Factory:
@@ -378,7 +328,7 @@ def _unfused(node, params, constants, device) -> Tactic:
     return Tactic("unfused", kernel)
 
 
-FACTORIES: dict[str, Factory] = {
+_FACTORIES: dict[str, Factory] = {
     "onednn": _onednn("onednn"), "onednn_gemm": _onednn("onednn_gemm"),
     "cublaslt": _cublaslt, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
     "triton_epilogue": _triton_epilogue, "triton_gemm": _triton_gemm, "sdpa": _sdpa, "unfused": _unfused,
@@ -387,20 +337,20 @@ FACTORIES: dict[str, Factory] = {
 
 def _quantized(name: str) -> Factory:
     def factory(node, params, constants, device):
-        from . import quantized_tactics  # imported on first use: it pulls in the Triton backend
-        return quantized_tactics.FACTORIES[name](node, params, constants, device)
+        from . import quantized  # imported on first use: it pulls in the Triton backend
+        return quantized.FACTORIES[name](node, params, constants, device)
     return factory
 
 
-FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "qconv_fp16")})
+_FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "qconv_fp16")})
 
 
 def _triton_qconv(node, params, constants, device) -> Tactic:
-    from ..backends.triton.qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
+    from .qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
     return qconv_tactic(node, params, constants, device)
 
 
-FACTORIES["triton_qconv"] = _triton_qconv
+_FACTORIES["triton_qconv"] = _triton_qconv
 
 
 def _triton_pool(node, params, constants, device) -> Tactic:
@@ -422,30 +372,8 @@ def _triton_pool(node, params, constants, device) -> Tactic:
     return Tactic(layer.name, layer)
 
 
-FACTORIES["triton_pool"] = _triton_pool
+_FACTORIES["triton_pool"] = _triton_pool
 
-
-# -- at engine load ---------------------------------------------------------------------------------------------
-def bind_tactics(nodes, constants: dict, device: torch.device, notes: list | None = None,
-                 choices: dict | None = None) -> dict:
-    """{node: Tactic} for an engine being loaded: each layer's stored choice (``node.meta["tactic"]``), else its
-    default (oneDNN for CPU Conv/Linear). A stored choice that cannot be made here runs the op's own kernel
-    and says why in ``notes``. ``choices`` collects {label: Choice} actually made for layers with a space."""
-    out = {}
-    for n in nodes:
-        stored = n.meta.get("tactic")
-        if not stored and (n.domain or "", n.op_type) not in SPACE:
-            continue
-        choice = Choice.from_json(stored) if stored else default_choice(n, device)
-        try:
-            t = make(choice, n, constants, device)
-        except NotApplicable as e:
-            if stored and notes is not None:
-                notes.append(f"layer {n.label}: stored tactic {choice.label} is not available here ({e}); "
-                             f"running torch")
-            choice, t = TORCH, None
-        if choices is not None:
-            choices[n.label] = choice
-        if t is not None:
-            out[n] = t
-    return out
+DEFAULT = TacticLibrary(_TABLE, _FACTORIES, _expand)
+SPACE = DEFAULT.space  # read-only: (domain, op type) -> rows
+FACTORIES = DEFAULT.factories  # read-only: tactic name -> factory

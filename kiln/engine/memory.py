@@ -2,7 +2,7 @@
 
 ``plan_memory`` is a pure function from (size, first step, last step) per tensor to byte offsets.
 Greedy best-fit by decreasing size: each tensor goes to the lowest aligned offset where it overlaps no
-already-placed tensor whose lifetime overlaps its own. Tested on its own (tests/builder/test_memory.py).
+already-placed tensor whose lifetime overlaps its own. Tested on its own (tests/engine/test_memory.py).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.builder.memory import ALIGNMENT, Lifetime, lower_bound, overlaps, plan_memory
+from kiln.engine.memory import ALIGNMENT, Lifetime, lower_bound, overlaps, plan_memory
 
 
 def test_disjoint_lifetimes_share_memory():
