@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import LOCAL, reference
+from serve_support import LOCAL, reference
 
 IMAGE = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
 

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import LOCAL, reference
+from serve_support import LOCAL, reference
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.random((3, 3, 64, 64), dtype=np.float32)

@@ -16,7 +16,7 @@ serve = pytest.importorskip("ray.serve")
 import tritonclient.http as httpclient  # noqa: E402
 
 import kiln  # noqa: E402
-from conftest import EXAMPLE, LOCAL  # noqa: E402
+from serve_support import EXAMPLE, LOCAL  # noqa: E402
 
 REPLICAS = 3
 

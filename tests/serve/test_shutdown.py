@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 
-from conftest import LOCAL, mixed_model
+from serve_support import LOCAL, mixed_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_LINES = 200
