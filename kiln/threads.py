@@ -23,6 +23,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .errors import InputError  # errors.py imports nothing, so torch is still unloaded here
+
 log = logging.getLogger("kiln.threads")
 
 PASSIVE = "PASSIVE"
@@ -67,7 +69,6 @@ def warn_if_spinning() -> None:
 
 
 def check_thread_count(threads, what: str = "threads") -> int:
-    from .errors import InputError
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"{what} must be a positive integer (the number of CPU intra-op threads), got {threads!r}")
     return threads

@@ -220,23 +220,28 @@ RNN_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("op,direction,layout,opts,attrs", RNN_ROWS,
-                         ids=[f"{r[0]}-{r[1]}-{i}" for i, r in enumerate(RNN_ROWS)])
-def test_recurrent(op, direction, layout, opts, attrs):
+def recurrent_inputs(op, direction, layout, opts) -> dict:
+    """The node's inputs by ONNX name (None where ``opts`` leaves one out): "lens" gives per-sample lengths
+    5, 2, 4; "full_lens" every sample the whole sequence."""
     dirs, g = (2 if direction == "bidirectional" else 1), GATES[op]
-    x = rand((N, T, I) if layout else (T, N, I))
     state_shape = (N, dirs, H) if layout else (dirs, N, H)
-    ins = {"X": x, "W": rand((dirs, g * H, I), seed=1), "R": rand((dirs, g * H, H), seed=2),
-           "B": rand((dirs, 2 * g * H), seed=3) if opts.get("bias") else None,
-           "sequence_lens": np.array([5, 2, 4], np.int32) if opts.get("lens") else None,
-           "initial_h": rand(state_shape, seed=4) if opts.get("h0") else None}
-    n_out = 2
+    lens = np.array([5, 2, 4], np.int32) if opts.get("lens") else np.full(N, T, np.int32) \
+        if opts.get("full_lens") else None
+    ins = {"X": rand((N, T, I) if layout else (T, N, I)), "W": rand((dirs, g * H, I), seed=1),
+           "R": rand((dirs, g * H, H), seed=2), "B": rand((dirs, 2 * g * H), seed=3) if opts.get("bias") else None,
+           "sequence_lens": lens, "initial_h": rand(state_shape, seed=4) if opts.get("h0") else None}
     if op == "LSTM":
         ins["initial_c"] = rand(state_shape, seed=5) if opts.get("c0") else None
         ins["P"] = rand((dirs, 3 * H), seed=6) if opts.get("peep") else None
-        n_out = 3
+    return ins
+
+
+@pytest.mark.parametrize("op,direction,layout,opts,attrs", RNN_ROWS,
+                         ids=[f"{r[0]}-{r[1]}-{i}" for i, r in enumerate(RNN_ROWS)])
+def test_recurrent(op, direction, layout, opts, attrs):
+    ins = recurrent_inputs(op, direction, layout, opts)
     attrs = {"hidden_size": H, "direction": direction, "layout": layout, **attrs}
-    check_recurrent(op, ins, attrs, n_out)
+    check_recurrent(op, ins, attrs, 3 if op == "LSTM" else 2)
 
 
 @pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
@@ -324,15 +329,7 @@ FUSED_ROWS = [
 def test_recurrent_fused_forms(op, direction, layout, opts, attrs):
     import torch
     from kiln.ops.rnn_fused import torch_recurrent
-    dirs, g = (2 if direction == "bidirectional" else 1), GATES[op]
-    x = rand((N, T, I) if layout else (T, N, I))
-    state_shape = (N, dirs, H) if layout else (dirs, N, H)
-    ins = {"X": x, "W": rand((dirs, g * H, I), seed=1), "R": rand((dirs, g * H, H), seed=2),
-           "B": rand((dirs, 2 * g * H), seed=3) if opts.get("bias") else None,
-           "sequence_lens": np.full(N, T, np.int32) if opts.get("full_lens") else None,
-           "initial_h": rand(state_shape, seed=4) if opts.get("h0") else None}
-    if op == "LSTM":
-        ins["initial_c"] = rand(state_shape, seed=5) if opts.get("c0") else None
+    ins = recurrent_inputs(op, direction, layout, opts)
     attrs = {"hidden_size": H, "direction": direction, "layout": layout, **attrs}
     check_recurrent(op, ins, attrs, 3 if op == "LSTM" else 2)
     tensors = [None if v is None else torch.from_numpy(v) for v in ins.values()]
