@@ -72,3 +72,8 @@ class RequestTimeoutError(KilnError):
 
 class RequestTooLargeError(RequestError):
     """A serving request's body is over the server's size limit (HTTP 413 / RESOURCE_EXHAUSTED)."""
+
+
+class PluginError(KilnError):
+    """A plugin (kiln.plugin) that is declared wrongly, or that an engine needs and the process does not have:
+    not registered, or registered at another version or with another signature."""

@@ -17,18 +17,23 @@ from .lower import describe_layers, plan_activation_memory
 from ..engine.report import BuildReport
 
 if TYPE_CHECKING:
+    from ..plugin import PluginLibrary
     from ..tactics import TacticLibrary
 
 log = logging.getLogger("kiln.build")
 
 
 def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None, *,
-          tactics: TacticLibrary | None = None, pipeline: Sequence | None = None, **overrides) -> "Engine":
+          tactics: TacticLibrary | None = None, pipeline: Sequence | None = None, plugins: PluginLibrary | None = None,
+          **overrides) -> "Engine":
     """Build an engine from a model path, bytes, onnx.ModelProto or kiln Graph.
 
     ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
     ``tactics``: the candidate implementations to tune and bind (a kiln.tactics.TacticLibrary; default:
     kiln.tactics.DEFAULT). ``pipeline``: the graph passes to run (default: kiln.passes.pipeline.DEFAULT_PIPELINE).
+    ``plugins``: custom ops (a kiln.plugin.PluginLibrary): their nodes run the plugin's reference or a tactic the
+    tuner timed and checked; the engine records each plugin used (name, version, signature hash), and loading it
+    needs the same plugins (``Engine.load(path, plugins=)``).
     ``progress``, if given, is called as ``progress(stage, done, total, message)`` as the build advances
     (stages: "parse", "passes", "layers", "tune", "memory"); it only observes, it cannot change the build.
     """
@@ -38,10 +43,12 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
     config, auto_note = config.resolve_auto()
     t0 = time.perf_counter()
-    registry = default_registry()
+    registry = (plugins.registry() if plugins is not None else None) or default_registry()
+    if plugins is not None and len(plugins):
+        tactics = plugins.tactics(tactics)
     device = device_info.describe(config.device)
     report_progress("parse", 0, 1, "reading the model")
-    graph = _as_graph(model)
+    graph = _as_graph(model, registry)
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
     output_names = [v.name for v in graph.outputs]
@@ -85,7 +92,10 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "producer": graph.meta.get("producer", ""),
     }
+    if plugins is not None and (records := plugins.records(graph)):
+        header["plugins"] = records
     engine = Engine(graph, header, report, registry, tactics)
+    engine.plugins = plugins
     _report_tactics(report, engine, tuned)
     report.notes += engine.load_notes
     report_progress("memory", 0, 1, "planning activation memory")
@@ -141,7 +151,7 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
         versions["triton"] = None
     cache = TimingCache.load(config.timing_cache)
     tuner = Tuner(dev, config.optimization_level, cache, tf32=config.tf32, budget_s=config.tuning_budget_s,
-                  device_desc=device_desc, versions=versions, tactics=tactics)
+                  device_desc=device_desc, versions=versions, tactics=tactics, registry=registry)
     constants = bind_constants(graph, dev, registry)
     skip = None
     if dev.type == "cuda":  # layers placed on the host (shape arithmetic) keep the op's own kernel
@@ -173,7 +183,7 @@ def _report_tactics(report: BuildReport, engine, tuned) -> None:
             info.candidates = {**r.times, **r.rejected}
 
 
-def _as_graph(model: Any) -> Graph:
+def _as_graph(model: Any, registry: Registry) -> Graph:
     from ..frontend.onnx import parse
     if isinstance(model, Graph):
         # Build on a copy: the caller's graph stays as it was.
@@ -182,7 +192,7 @@ def _as_graph(model: Any) -> Graph:
         g = decode_graph(plan, tensors)
         g.meta = dict(model.meta)
         return g
-    return parse(model)
+    return parse(model, registry=registry)
 
 
 def _check_profiles(graph: Graph, config: BuilderConfig) -> None:

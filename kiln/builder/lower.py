@@ -18,7 +18,7 @@ def kernel_name(node: Node, registry: Registry) -> str:
         return label(node)
     if node.domain == "kiln":
         return f"kiln.{node.op_type}"
-    family = registry.families.get(("", node.op_type), "?")
+    family = registry.families.get((node.domain or "", node.op_type), "?")
     return f"{family}.{node.op_type}"
 
 

@@ -6,7 +6,7 @@ import time
 
 from .buildflags import add_build_flags, config_from_args
 from .errors import CLIError
-from .loading import check_readable, is_engine
+from .loading import check_readable, is_engine, plugins_from_args
 from .progress import Progress
 
 
@@ -38,7 +38,7 @@ def run(args) -> int:
     progress = Progress(args.progress)
     t0 = time.perf_counter()
     try:
-        engine = build(args.model, config, progress=progress)
+        engine = build(args.model, config, progress=progress, plugins=plugins_from_args(args))
     finally:
         progress.finish()
     engine.save(args.output)

@@ -31,7 +31,7 @@ UNSUPPORTED = {
     "--minTiming": "tactic timing iterations are not configurable yet", "--avgTiming": "tactic timing iterations are "
                                                                                       "not configurable yet",
     "--useDLACore": "DLA is not supported", "--allowGPUFallback": "DLA is not supported",
-    "--exposeDMA": "DMA serialization is not supported", "--plugins": "TensorRT plugins are not supported",
+    "--exposeDMA": "DMA serialization is not supported",
     "--versionCompatible": "version-compatible engines are not supported",
 "--profilingVerbosity": "Kiln always records layer detail",
     "--sparsity": "structured sparsity is not supported yet", "--int4": "int4 is not supported yet",
@@ -92,6 +92,10 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--sleepTime", type=float, default=0, metavar="MS", help="sleep MS ms between inferences")
     i.add_argument("--streams", type=int, metavar="N", help="N execution contexts run at once (default 1)")
     i.add_argument("--infStreams", type=int, metavar="N", help="same as --streams (newer trtexec spelling)")
+    i.add_argument("--plugins", "--staticPlugins", "--dynamicPlugins", "--setPluginsToSerialize", dest="plugin",
+                   action="append", default=[], metavar="MODULE",
+                   help="a Python module declaring custom ops (kiln.plugin or kiln.trt.plugin), imported by name "
+                        "where trtexec loads a plugin library; repeatable")
     i.add_argument("--threads", nargs="?", const=0, type=int, metavar="N",
                    help="--threads alone: trtexec's one thread per context (Kiln always drives each context from "
                         "its own thread); --threads=N: N CPU intra-op threads for building and running")
@@ -234,6 +238,7 @@ def _build(args, shapes, log):
     from .. import build
     from ..builder.config import BuilderConfig, Profile
     from ..errors import ShapeError
+    from .loading import plugins_from_args
     from .loading import check_readable, is_engine
     from .progress import Progress
     from .shapes import parse_shapes
@@ -267,7 +272,7 @@ def _build(args, shapes, log):
     log.line(f"Building an engine from {args.onnx} for {config.device}")
     progress = Progress("auto")
     try:
-        engine = build(args.onnx, config, progress=progress)
+        engine = build(args.onnx, config, progress=progress, plugins=plugins_from_args(args))
     finally:
         progress.finish()
     for line in engine.report.summary().splitlines():
@@ -290,9 +295,9 @@ def _layer_precisions(args) -> dict[str, str]:
 
 def _load(args, log):
     from ..engine.runtime import Engine
-    from .loading import check_readable
+    from .loading import check_readable, plugins_from_args
     check_readable(args.loadEngine, "engine file")
-    engine = Engine.load(args.loadEngine)
+    engine = Engine.load(args.loadEngine, plugins=plugins_from_args(args))
     log.line(f"Loaded engine {args.loadEngine} ({engine.num_layers} layers, {engine.device})")
     if args.device is not None and str(engine.device).split(":")[0] != _device(args).split(":")[0]:
         from ..errors import DeviceMismatchError

@@ -27,16 +27,30 @@ def is_engine(path: str) -> bool:
         return f.read(8) == ENGINE_MAGIC
 
 
+def plugins_from_args(args):
+    """The plugins of the modules named by ``--plugin`` (kiln.plugin.PluginLibrary), or None."""
+    names = getattr(args, "plugin", None) or []
+    if not names:
+        return None
+    import os
+    import sys
+    if "" not in sys.path and os.getcwd() not in sys.path:  # `python -m` puts it there; the console script does not
+        sys.path.insert(0, os.getcwd())
+    from ..plugin import load_modules
+    return load_modules(names)
+
+
 def open_engine(path: str, args=None, progress=None, quiet: bool = False):
     """An Engine from an engine file, or built from an ONNX file with ``args``' build flags."""
     from ..engine.runtime import Engine
     check_readable(path, "model or engine file")
+    plugins = plugins_from_args(args)
     if is_engine(path):
-        return Engine.load(path)
+        return Engine.load(path, plugins=plugins)
     from .buildflags import config_from_args
     from .. import build
     config = config_from_args(args)
-    return build(path, config, progress=progress)
+    return build(path, config, progress=progress, plugins=plugins)
 
 
 def open_onnx(path: str):

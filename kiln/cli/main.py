@@ -41,6 +41,9 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, metavar="N",
                         help="CPU intra-op threads for building and running (default: torch's, one per core); "
                              "the pool's idle threads sleep (OMP_WAIT_POLICY=PASSIVE unless you set it)")
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (by name, from the current directory or PYTHONPATH) for the custom ops "
+                             "it declares (kiln.plugin.PluginLibrary or kiln.trt.plugin); repeatable")
     parser = Parser(
         prog="kiln", description="Kiln: build, run, benchmark and inspect optimized ONNX engines.",
         epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error (or a failed "

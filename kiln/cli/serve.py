@@ -43,6 +43,7 @@ def run(args) -> int:
     import logging
 
     from ..serve import Server, ServerOptions
+    from .loading import plugins_from_args
     from .errors import CLIError
     if args.http_max_body_bytes < 1 or args.grpc_workers < 1 or args.exit_timeout_secs < 0:
         raise CLIError("--http-max-body-bytes and --grpc-workers must be >= 1, --exit-timeout-secs >= 0")
@@ -52,7 +53,7 @@ def run(args) -> int:
         metrics_port=args.metrics_port, http_address=args.http_address, grpc_address=args.grpc_address,
         metrics_address=args.metrics_address, allow_http=args.allow_http, allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics, device=args.device, max_body_bytes=args.http_max_body_bytes,
-        grpc_workers=args.grpc_workers, exit_timeout_s=args.exit_timeout_secs)
+        grpc_workers=args.grpc_workers, exit_timeout_s=args.exit_timeout_secs, plugins=plugins_from_args(args))
     server = Server(options).start()
     for row in server.repository.index():
         print(f"model {row['name']} version {row.get('version', '-')}: {row['state']}"

@@ -62,6 +62,7 @@ class Engine:
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.spec.profiles
+        self.plugins = None  # the kiln.plugin.PluginLibrary its custom ops run from (set by build and load)
         self._constants = bind_constants(graph, self.device, self.registry)
         # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
         # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
@@ -114,36 +115,47 @@ class Engine:
         Path(path).write_bytes(self.serialize())
 
     @staticmethod
-    def deserialize(data: bytes, where: str = "engine bytes") -> "Engine":
+    def deserialize(data: bytes, where: str = "engine bytes", plugins=None) -> "Engine":
         """An engine from the bytes of an engine file, which are treated as hostile: validated (format.py,
-        validate.py) before anything is built from them. Every failure is a KilnError."""
+        validate.py) before anything is built from them. Every failure is a KilnError. ``plugins``: the
+        kiln.plugin.PluginLibrary an engine with custom ops needs (checked against the file's record of them:
+        name, version and signature; PluginError when one is missing or differs)."""
         try:
-            return Engine._deserialize(bytes(data), where)
+            return Engine._deserialize(bytes(data), where, plugins)
         except KilnError:
             raise
         except Exception as e:  # noqa: BLE001 - belt and braces: what validation missed is still a bad file
             raise EngineFormatError(f"{where} could not be loaded: {type(e).__name__}: {e}") from e
 
     @staticmethod
-    def _deserialize(data: bytes, where: str) -> "Engine":
+    def _deserialize(data: bytes, where: str, plugins=None) -> "Engine":
         from .format import unpack
         from .graph_json import decode_graph
         from .validate import check_engine, read_report
         header, plan, weights = unpack(data, where)  # the header is checked against its schema here
         device_info.check_compatible(header["device"], header["versions"], where)
-        registry = default_registry()
+        registry, tactics = default_registry(), None
+        records = header.get("plugins", [])
+        if records or plugins is not None:
+            from ..plugin import PluginLibrary
+            plugins = plugins if plugins is not None else PluginLibrary()
+            plugins.check_records(records, where)  # before the plan is checked: name what is missing first
+            if len(plugins):
+                registry, tactics = plugins.registry(), plugins.tactics()
         check_engine(header, plan, weights, registry, where)
         try:
             report = read_report(header)
         except EngineFormatError as e:
             raise EngineFormatError(f"{where}: {e}") from None
         graph = decode_graph(plan, weights)
-        return Engine(graph, header, report, registry)
+        engine = Engine(graph, header, report, registry, tactics)
+        engine.plugins = plugins
+        return engine
 
     @staticmethod
-    def load(path: str | Path, max_bytes: int | None = None) -> "Engine":
+    def load(path: str | Path, max_bytes: int | None = None, plugins=None) -> "Engine":
         """Load an engine file; one larger than ``max_bytes`` (default ``format.MAX_FILE_BYTES``, 64 GiB) is
-        refused before it is read."""
+        refused before it is read. ``plugins``: the kiln.plugin.PluginLibrary of an engine with custom ops."""
         from .format import MAX_FILE_BYTES
         limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
         p = Path(path)
@@ -157,7 +169,7 @@ class Engine:
             data = f.read(size + 1)  # never more than the limit, even if the file grew since stat
         if len(data) != size:
             raise EngineFormatError(f"engine file {str(p)!r} changed size while it was read")
-        return Engine.deserialize(data, f"engine file {str(p)!r}")
+        return Engine.deserialize(data, f"engine file {str(p)!r}", plugins)
 
     def __repr__(self) -> str:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"

@@ -57,6 +57,10 @@ def check_header(h: Any) -> dict:
     optional(h, "arena_bytes", integer, "header field 'arena_bytes'", 0, MAX_ARENA_BYTES)
     _check_config(obj(h["config"], "header field 'config'"))
     optional(h, "report", obj, "header field 'report'")
+    for k, rec in enumerate(arr(h.get("plugins", []), "header field 'plugins'", 4096)):
+        obj(rec, f"header field 'plugins' {k}")
+        for key in ("domain", "name", "version", "signature"):
+            string(rec.get(key), f"header field 'plugins' {k} {key}")
     return h
 
 

@@ -282,6 +282,8 @@ class _Importer:
             return
         # Placeholder producer-less outputs are bound now.
         node = Node(n.op_type, inputs, outs, attrs, name=label, domain=domain)
+        if opdef.check is not None:  # e.g. a plugin's declared attributes and inputs
+            opdef.check(node)
         graph.append(node)
 
     def _constant(self, graph: Graph, n, outs, label: str) -> None:

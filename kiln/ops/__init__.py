@@ -20,4 +20,9 @@ def default_registry() -> Registry:
     return Registry((m.ops for m in FAMILIES), NOT_SUPPORTED)
 
 
-__all__ = ["OpDef", "OpSet", "Registry", "Traits", "KernelContext", "InferContext", "default_registry", "FAMILIES"]
+def extended_registry(extra) -> Registry:
+    """Kiln's registry plus the OpSets in ``extra`` (plugins: kiln.plugin); an op defined twice is an error."""
+    return Registry([*(m.ops for m in FAMILIES), *extra], NOT_SUPPORTED)
+
+
+__all__ = ["OpDef", "OpSet", "Registry", "Traits", "KernelContext", "InferContext", "default_registry", "extended_registry", "FAMILIES"]

@@ -36,6 +36,7 @@ class Traits:
     never_fold: bool = False  # outputs must not become constants even when every input is known (random ops)
     host: bool = False  # integer/shape arithmetic that may run on the host when all its inputs are host values
     host_inputs: tuple[int, ...] = ()  # input slots the kernel reads as Python values (a host value is used as is)
+    float_dtypes: tuple = ()  # torch float dtypes the kernel takes (empty: any); reduced precision keeps others fp32
     label: Callable[[Any], str] | None = None  # node -> its kernel's name in the build report (default family.Op)
 
 
@@ -47,6 +48,7 @@ class OpDef:
     infer: InferRule | None = None  # static type rule; None: types come from running the kernel on meta tensors
     doc: str = ""
     traits: Traits = Traits()
+    check: Callable[[Any], None] | None = None  # node -> None at parse; raises GraphError for bad attrs/inputs
 
 
 @dataclass
@@ -95,8 +97,10 @@ class OpSet:
             return kernel
         return register
 
-    def add(self, op_type: str, kernel: Kernel, domain: str = "", infer: InferRule | None = None, **traits) -> None:
-        self.ops.append(OpDef(op_type, kernel, domain, infer, (kernel.__doc__ or "").strip(), Traits(**traits)))
+    def add(self, op_type: str, kernel: Kernel, domain: str = "", infer: InferRule | None = None,
+            check: Callable[[Any], None] | None = None, **traits) -> None:
+        self.ops.append(OpDef(op_type, kernel, domain, infer, (kernel.__doc__ or "").strip(), Traits(**traits),
+                              check))
 
 
 _NO_TRAITS = Traits()

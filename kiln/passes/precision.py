@@ -55,6 +55,9 @@ def node_precision(node: Node, ctx: PassContext, default: DType) -> DType:
         return DType.FLOAT
     if any(True for _ in node.subgraphs()):
         return DType.FLOAT
+    supported = ctx.registry.traits(node.domain, node.op_type).float_dtypes
+    if supported and default.torch not in supported:  # e.g. a plugin declared for float32 only
+        return DType.FLOAT
     if want is None and node.domain == "" and node.op_type in KEEP_FLOAT32:
         return DType.FLOAT
     if want is None and _scales_a_float32_sum(node):

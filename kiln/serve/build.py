@@ -12,14 +12,14 @@ from .config import DEFAULT_MAX_BATCH_SIZE, ModelSettings
 log = logging.getLogger("kiln.serve")
 
 
-def build_for_serving(onnx_path: Path, settings: ModelSettings, device: str, timing_cache: Path):
+def build_for_serving(onnx_path: Path, settings: ModelSettings, device: str, timing_cache: Path, plugins=None):
     import kiln
-    graph = kiln.parse(str(onnx_path))
+    graph = kiln.parse(str(onnx_path), registry=plugins.registry() if plugins is not None else None)
     profile = serving_profile(graph, settings, onnx_path)
     config = kiln.BuilderConfig(device=device, fp16=settings.precision == "fp16", bf16=settings.precision == "bf16",
                                 profiles=(profile,) if profile.names() else (), timing_cache=str(timing_cache))
     log.info("building %s for %s (profile %s)", onnx_path, device, profile.to_json() if profile.names() else "none")
-    return kiln.build(graph, config)
+    return kiln.build(graph, config, plugins=plugins)
 
 
 def serving_profile(graph, settings: ModelSettings, where: Path):

@@ -35,11 +35,11 @@ class ModelState:
 
 
 class Repository:
-    def __init__(self, root: str | Path, device: str, metrics: Metrics):
+    def __init__(self, root: str | Path, device: str, metrics: Metrics, plugins=None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ModelFormatError(f"model repository {str(self.root)!r} is not a folder")
-        self.device, self.metrics = device, metrics
+        self.device, self.metrics, self.plugins = device, metrics, plugins
         self._models: dict[str, ModelState] = {}
         self._lock = threading.Lock()        # guards _models
         self._load_lock = threading.Lock()   # one load or unload at a time (builds are heavy; a shared cache)
@@ -168,16 +168,16 @@ class Repository:
         return loaded
 
     def _engine(self, version_dir: Path, settings: ModelSettings):
-        return load_engine(version_dir, settings, self.device, self.root / TIMING_CACHE)
+        return load_engine(version_dir, settings, self.device, self.root / TIMING_CACHE, self.plugins)
 
 
-def load_engine(version_dir: Path, settings: ModelSettings, device: str, timing_cache: Path):
+def load_engine(version_dir: Path, settings: ModelSettings, device: str, timing_cache: Path, plugins=None):
     """(engine, the file it came from) for one version folder: its engine file, else its ONNX model built."""
     from ..engine import Engine
     engine_path, onnx_path = version_dir / ENGINE_FILE, version_dir / ONNX_FILE
     if engine_path.is_file():
-        return Engine.load(engine_path), str(engine_path)
+        return Engine.load(engine_path, plugins=plugins), str(engine_path)
     if onnx_path.is_file():
         from .build import build_for_serving
-        return build_for_serving(onnx_path, settings, device, timing_cache), str(onnx_path)
+        return build_for_serving(onnx_path, settings, device, timing_cache, plugins), str(onnx_path)
     raise ModelFormatError(f"model {settings.name!r}: {version_dir} holds neither {ENGINE_FILE} nor {ONNX_FILE}")

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import KilnError
 from .http_service import DEFAULT_MAX_BODY_BYTES
@@ -40,6 +41,7 @@ class ServerOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES   # HTTP body and gRPC message limit
     grpc_workers: int = 64             # gRPC calls in flight at once (each waits on its batch in a thread)
     exit_timeout_s: float = 30.0       # how long shutdown waits for requests in flight
+    plugins: Any = None                # kiln.plugin.PluginLibrary for models with custom ops
 
 
 class Server:
@@ -48,7 +50,7 @@ class Server:
         self.device = options.device or _default_device()
         gpu = cuda_memory if self.device.startswith("cuda") else None
         self.metrics = Metrics(gpu_memory=gpu)
-        self.repository = Repository(options.model_repository, self.device, self.metrics)
+        self.repository = Repository(options.model_repository, self.device, self.metrics, options.plugins)
         self.service = InferenceService(self.repository)
         self.http_port = self.grpc_port = self.metrics_port = None
         self._uvicorn = self._http_thread = self._grpc = self._metrics_httpd = None

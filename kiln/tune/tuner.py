@@ -339,9 +339,10 @@ class Tuner:
     def __init__(self, device: torch.device, level: int = 3, cache: TimingCache | None = None,
                  timer: Timer | None = None, tf32: bool = True, budget_s: float | None = None,
                  device_desc: dict | None = None, versions: dict | None = None,
-                 tactics: TacticLibrary | None = None):
+                 tactics: TacticLibrary | None = None, registry=None):
         self.device, self.level, self.tf32, self.budget_s = device, level, tf32, budget_s
         self.tactics = DEFAULT if tactics is None else tactics  # the candidates and their factories
+        self.registry = registry  # the ops' own kernels, every candidate's reference (default: Kiln's registry)
         self.cache = cache if cache is not None else TimingCache()
         self.timer = timer or Timer()
         self.device_desc = device_desc or {"type": device.type}
@@ -492,7 +493,7 @@ class Tuner:
     def _reference(self, node, opset: int):
         """The layer's own kernel (every candidate's oracle) and the context it runs with."""
         from ..ops import default_registry
-        ref_kernel = default_registry().get(node.domain, node.op_type).kernel
+        ref_kernel = (self.registry or default_registry()).get(node.domain, node.op_type).kernel
         ctx = KernelContext(opset=opset, device=self.device, num_outputs=len(node.outputs),
                             output_types=[o.type if o is not None else None for o in node.outputs],
                             node_name=node.label)

@@ -16,12 +16,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from . import errors
-from .builder.builder import build as _build
-from .builder.config import BuilderConfig, Profile
-from .engine.buffers import wrap_address
-from .engine.runtime import Engine
-from .ir.dtype import DType
+from .. import errors
+from ..builder.builder import build as _build
+from ..builder.config import BuilderConfig, Profile
+from ..engine.buffers import wrap_address
+from ..engine.runtime import Engine
+from ..ir.dtype import DType
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
@@ -181,10 +181,10 @@ class OnnxParser:
         self._errors: list[ParserError] = []
 
     def parse(self, model: bytes, path: str | None = None) -> bool:
-        from .frontend.onnx import parse
+        from ..frontend.onnx import parse
         self._errors.clear()
         try:
-            self.network.graph = parse(bytes(model), base_dir=path)
+            self.network.graph = parse(_with_plugin_domains(model), base_dir=path, registry=_plugins().registry())
         except errors.UnsupportedOpError as e:
             self._errors += [ParserError(f"node {n!r}: unsupported op {op} ({why})") for n, _, op, why in e.unsupported]
         except errors.KilnError as e:
@@ -213,6 +213,29 @@ class OnnxParser:
 
     def clear_errors(self) -> None:
         self._errors.clear()
+
+
+def _plugins():
+    """The plugins registered through kiln.trt.plugin's decorators (TensorRT's registry is per process)."""
+    from .plugin import registered
+    return registered()
+
+
+def _with_plugin_domains(model):
+    """The model's bytes, with TensorRT's plugin-node convention (op_type = plugin name, attribute
+    plugin_namespace) rewritten to the ONNX one Kiln parses (domain = namespace)."""
+    data = bytes(model)
+    if not len(_plugins()) or b"plugin_namespace" not in data:
+        return data
+    import onnx
+    from .plugin import rename_plugin_nodes
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - not a model: the parser says so with its own message
+        return data
+    rename_plugin_nodes(proto)
+    return proto.SerializeToString()
 
 
 # --- builder ---------------------------------------------------------------------------------------------
@@ -387,7 +410,11 @@ class Builder:
             self.logger.log(ILogger.ERROR, "network is empty: parse a model into it first")
             return None
         try:
-            engine = _build(network.graph, config._kiln())
+            from .plugin import missing_impl
+            if missing := missing_impl(network.graph):
+                raise errors.PluginError(f"plugin(s) {', '.join(missing)} have an aot_impl but no impl: Kiln runs "
+                                         f"plugins through @kiln.trt.plugin.impl and does not launch PTX")
+            engine = _build(network.graph, config._kiln(), plugins=_plugins())
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
@@ -406,7 +433,7 @@ class Runtime:
     def deserialize_cuda_engine(self, data) -> "ICudaEngine | None":
         """An ICudaEngine, or None (with the reason logged) for a bad or foreign engine, as TensorRT does."""
         try:
-            return ICudaEngine(Engine.deserialize(bytes(data)))
+            return ICudaEngine(Engine.deserialize(bytes(data), plugins=_plugins()))
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
@@ -503,7 +530,7 @@ class IExecutionContext:
         shapes = self._input_shapes()
         key = tuple(sorted(shapes.items()))
         if key not in self._out_shape_cache:
-            from .passes.propagate import propagate
+            from ..passes.propagate import propagate
             eng = self.engine.engine
             facts = propagate(eng.graph, shapes, eng.registry)
             out = {}
