@@ -48,7 +48,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         tactics = plugins.tactics(tactics)
     device = device_info.describe(config.device)
     report_progress("parse", 0, 1, "reading the model")
-    graph = _as_graph(model, registry)
+    graph = _as_graph(model, registry, config.onnxruntime_fallback)
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
     output_names = [v.name for v in graph.outputs]
@@ -58,6 +58,11 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     if auto_note:
         ctx.notes.append(auto_note)
         log.info(auto_note)
+    for label, op in graph.meta.get("onnxruntime_fallback", ()):
+        msg = (f"layer {label} ({op}) runs through onnxruntime on the host (onnxruntime_fallback): no Kiln kernel "
+               f"or plugin implements it")
+        log.warning(msg)
+        ctx.notes.append(msg)
     unbounded = _unbounded_dims(graph, config)
     if unbounded:
         msg = _no_profile_message(unbounded)
@@ -183,7 +188,7 @@ def _report_tactics(report: BuildReport, engine, tuned) -> None:
             info.candidates = {**r.times, **r.rejected}
 
 
-def _as_graph(model: Any, registry: Registry) -> Graph:
+def _as_graph(model: Any, registry: Registry, onnxruntime_fallback: bool = False) -> Graph:
     from ..frontend.onnx import parse
     if isinstance(model, Graph):
         # Build on a copy: the caller's graph stays as it was.
@@ -192,7 +197,7 @@ def _as_graph(model: Any, registry: Registry) -> Graph:
         g = decode_graph(plan, tensors)
         g.meta = dict(model.meta)
         return g
-    return parse(model, registry=registry)
+    return parse(model, registry=registry, onnxruntime_fallback=onnxruntime_fallback)
 
 
 def _check_profiles(graph: Graph, config: BuilderConfig) -> None:

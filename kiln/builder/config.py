@@ -31,6 +31,9 @@ class BuilderConfig:
     channels_last: bool | None = None  # None: the layout pass decides (2-D convolution networks run NHWC)
     cuda_graphs: bool = True
     strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
+    # run a node no Kiln kernel or plugin implements through onnxruntime on the host (listed in the report)
+    # instead of refusing the model; needs onnxruntime wherever the engine runs
+    onnxruntime_fallback: bool = False
     # Reduced precision per layer and INT8/FP8 (kiln.quant): layer name / glob / op type -> fp32|fp16|bf16|int8|fp8
     layer_precisions: dict[str, str] = field(default_factory=dict)
     int8_calibrator: Any = field(default=None, compare=False)  # folder, iterable of input dicts, or get_batch()

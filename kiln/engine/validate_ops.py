@@ -300,6 +300,23 @@ def _axis_rule(extra: int = 0) -> Callable:
     return lambda n: _axis(n, extra=extra)
 
 
+def _onnxruntime_node(n: NodeFacts) -> None:
+    """The stored NodeProto parses (it is handed to onnxruntime as data) and names no subgraph; opsets are
+    "domain=version" strings."""
+    from ..ops.onnxruntime_node import decode_node
+    text = string(n.attrs.get("node"), n.field("node"))
+    try:
+        node = decode_node(text)
+    except Exception as e:  # noqa: BLE001 - base64 or protobuf refusal: not a node
+        raise fail(n.field("node"), f"is not a serialized ONNX node ({type(e).__name__})") from None
+    if any(a.HasField("g") or a.graphs for a in node.attribute):
+        raise fail(n.field("node"), "holds a subgraph, which the fallback never stores")
+    for k, s in enumerate(arr(n.attrs.get("opsets", []), n.field("opsets"), 64)):
+        domain, sep, version = string(s, f"{n.field('opsets')} {k}").partition("=")
+        if not sep or not version.isdigit():
+            raise fail(f"{n.field('opsets')} {k}", f"must be 'domain=version', got {show(s)}")
+
+
 RULES: dict[tuple[str, str], Callable[[NodeFacts], None]] = {
     ("", "Conv"): _conv, ("", "ConvInteger"): _conv, ("", "DeformConv"): _conv,
     ("", "ConvTranspose"): lambda n: _window(n, 1, transposed=True),
@@ -331,6 +348,7 @@ RULES: dict[tuple[str, str], Callable[[NodeFacts], None]] = {
     ("", "MaxRoiPool"): _sizes("pooled_shape"), ("", "RoiAlign"): _sizes("output_height", "output_width"),
     **{("", op): _sizes("hidden_size") for op in ("LSTM", "GRU", "RNN")},
     ("", "Attention"): _sizes("q_num_heads", "kv_num_heads"),
+    ("kiln", "OnnxRuntimeNode"): lambda n: _onnxruntime_node(n),
     ("", "RotaryEmbedding"): _sizes("num_heads", "rotary_embedding_dim", lo=0),
 }
 

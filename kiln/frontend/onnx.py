@@ -90,10 +90,14 @@ def _bad_string_field(msg, path: str = "model") -> str | None:
 
 
 def parse(model: "str | os.PathLike | bytes | onnx.ModelProto", *, registry: Registry | None = None,
-          base_dir: str | None = None) -> Graph:
-    """Parse an ONNX model into a kiln Graph; raise ModelFormatError, GraphError or UnsupportedOpError."""
+          base_dir: str | None = None, onnxruntime_fallback: bool = False) -> Graph:
+    """Parse an ONNX model into a kiln Graph; raise ModelFormatError, GraphError or UnsupportedOpError.
+
+    ``onnxruntime_fallback``: a node no Kiln kernel, plugin or ONNX function implements becomes a
+    kiln::OnnxRuntimeNode (run by onnxruntime on the host) instead of an error; each one is listed in
+    ``graph.meta["onnxruntime_fallback"]`` as (node, "domain::op")."""
     proto = load_model(model, base_dir)
-    return _Importer(proto, registry or default_registry()).run()
+    return _Importer(proto, registry or default_registry(), onnxruntime_fallback).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +148,11 @@ class _Unsupported(Exception):
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, registry: Registry):
+    def __init__(self, proto: onnx.ModelProto, registry: Registry, onnxruntime_fallback: bool = False):
         self.proto = proto
         self.registry = registry
+        self.onnxruntime_fallback = onnxruntime_fallback
+        self.fallbacks: list[tuple[str, str]] = []  # (node, "domain::op") handed to onnxruntime
         self.unsupported: list[tuple[str, str, str, str]] = []
         self.opsets = {("" if o.domain in _ONNX_DOMAINS else o.domain): o.version for o in proto.opset_import}
         if "" not in self.opsets:
@@ -170,6 +176,8 @@ class _Importer:
         if self.unsupported:
             raise UnsupportedOpError(self.unsupported)
         graph.meta["expanded_functions"] = self.expanded
+        if self.fallbacks:
+            graph.meta["onnxruntime_fallback"] = list(self.fallbacks)
         graph.meta["producer"] = f"{self.proto.producer_name} {self.proto.producer_version}".strip()
         graph.meta["ir_version"] = self.proto.ir_version
         graph.verify()
@@ -273,6 +281,9 @@ class _Importer:
                     self.unsupported.append((label, n.domain, n.op_type, "no Kiln kernel; its ONNX function "
                                              f"expansion needs unsupported op(s) {', '.join(inner)}"))
                 return
+            if self.onnxruntime_fallback and not any(a.HasField("g") or a.graphs for a in n.attribute):
+                self._onnxruntime_node(graph, n, inputs, outs, label, domain)
+                return
             self.unsupported.append((label, n.domain, n.op_type, self.registry.why_unsupported(n.domain, n.op_type)))
             return
         try:
@@ -285,6 +296,13 @@ class _Importer:
         if opdef.check is not None:  # e.g. a plugin's declared attributes and inputs
             opdef.check(node)
         graph.append(node)
+
+    def _onnxruntime_node(self, graph: Graph, n, inputs, outs, label: str, domain: str) -> None:
+        from ..ops.onnxruntime_node import encode_node
+        opsets = [f"={self.opsets['']}"] + ([f"{domain}={self.opsets.get(domain, 1)}"] if domain else [])
+        attrs = {"node": encode_node(n), "opsets": opsets, "op": f"{n.domain or 'ai.onnx'}::{n.op_type}"}
+        graph.append(Node("OnnxRuntimeNode", inputs, outs, attrs, name=label, domain="kiln"))
+        self.fallbacks.append((label, attrs["op"]))
 
     def _constant(self, graph: Graph, n, outs, label: str) -> None:
         if len(n.attribute) != 1 or not outs or outs[0] is None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import functools
 
 from . import (activation, attention, cast, control, conv, detection, elementwise, fused, index, linalg, loss,
-               norm, pool, quant, quantized, reduce, resample, rnn, sequence, shape, signal)
+               norm, onnxruntime_node, pool, quant, quantized, reduce, resample, rnn, sequence, shape, signal)
 from .not_supported import NOT_SUPPORTED
 from .registry import InferContext, KernelContext, OpDef, OpSet, Registry, Traits
 
 FAMILIES = (elementwise, activation, cast, reduce, norm, loss, linalg, conv, pool, quant, shape, index, resample,
-            attention, detection, control, sequence, rnn, signal, fused, quantized)
+            attention, detection, control, sequence, rnn, signal, fused, quantized, onnxruntime_node)
 
 
 @functools.cache
