@@ -9,7 +9,10 @@ pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when th
 """
 from __future__ import annotations
 
+import builtins
+import contextlib
 import enum
+import logging
 import math
 from typing import Iterable
 
@@ -59,6 +62,9 @@ class Logger(ILogger):
 
 
 # --- data types -----------------------------------------------------------------------------------
+# Enum names and values as in TensorRT 10's headers (NvInferRuntimeBase.h, NvInfer.h, NvInferRuntime.h of
+# NVIDIA/TensorRT v10.16), so code that stores or compares flag values keeps working; tests/engine/test_trt_api.py
+# pins them.
 class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
@@ -70,6 +76,8 @@ class DataType(enum.IntEnum):
     BF16 = 7
     INT64 = 8
     INT4 = 9
+    FP4 = 10
+    E8M0 = 11
 
 
 float32, float16, int8, int32 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32
@@ -123,8 +131,10 @@ class IHostMemory(bytes):
 
 # --- network and parser --------------------------------------------------------------------------------
 class NetworkDefinitionCreationFlag(enum.IntEnum):
-    EXPLICIT_BATCH = 0  # always on in Kiln: shapes are explicit
-    STRONGLY_TYPED = 1
+    EXPLICIT_BATCH = 0  # deprecated in TensorRT 10, where it is always on, as in Kiln
+    STRONGLY_TYPED = 1  # keep the model's own types (BuilderConfig.strict_types)
+    PREFER_JIT_PYTHON_PLUGINS = 2  # Kiln always runs a plugin's impl (kiln.trt.plugin)
+    PREFER_AOT_PYTHON_PLUGINS = 3  # refused at build: Kiln does not launch an aot_impl's PTX
 
 
 class _Tensor:
@@ -215,6 +225,42 @@ class OnnxParser:
         self._errors.clear()
 
 
+def _network_flag(network: INetworkDefinition, name: str) -> bool:
+    return (int(network.flags or 0) >> int(NetworkDefinitionCreationFlag[name]) & 1) == 1
+
+
+class _LogForwarder(logging.Handler):
+    """Kiln's build log (the "kiln" logger) to the user's ILogger, at TensorRT's severities."""
+
+    def __init__(self, logger: ILogger):
+        super().__init__(logging.DEBUG)
+        self.trt_logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        severity = (ILogger.ERROR if record.levelno >= logging.ERROR else ILogger.WARNING
+                    if record.levelno >= logging.WARNING else ILogger.INFO if record.levelno >= logging.INFO
+                    else ILogger.VERBOSE)
+        try:
+            self.trt_logger.log(severity, record.getMessage())
+        except Exception:  # noqa: BLE001 - a user's logger that fails must not fail the build
+            pass
+
+
+@contextlib.contextmanager
+def _forward_logs(logger: ILogger):
+    kiln_log = logging.getLogger("kiln")
+    handler, level = _LogForwarder(logger), kiln_log.level
+    kiln_log.addHandler(handler)
+    wants = getattr(logger, "min_severity", ILogger.VERBOSE)
+    kiln_log.setLevel(logging.DEBUG if wants >= ILogger.VERBOSE else logging.INFO if wants >= ILogger.INFO
+                      else logging.WARNING)
+    try:
+        yield
+    finally:
+        kiln_log.removeHandler(handler)
+        kiln_log.setLevel(level)
+
+
 def _plugins():
     """The plugins registered through kiln.trt.plugin's decorators (TensorRT's registry is per process)."""
     from .plugin import registered
@@ -244,12 +290,47 @@ class BuilderFlag(enum.IntEnum):
     INT8 = 1
     DEBUG = 2
     GPU_FALLBACK = 3
-    REFIT = 5
-    TF32 = 7
-    STRICT_TYPES = 11
-    FP8 = 12
+    REFIT = 4
+    DISABLE_TIMING_CACHE = 5
+    TF32 = 6
+    SPARSE_WEIGHTS = 7
+    SAFETY_SCOPE = 8
+    OBEY_PRECISION_CONSTRAINTS = 9
+    PREFER_PRECISION_CONSTRAINTS = 10
+    DIRECT_IO = 11
+    REJECT_EMPTY_ALGORITHMS = 12
+    VERSION_COMPATIBLE = 13
+    EXCLUDE_LEAN_RUNTIME = 14
+    FP8 = 15
+    ERROR_ON_TIMING_CACHE_MISS = 16
     BF16 = 17
-    STRONGLY_TYPED = 30
+    DISABLE_COMPILATION_CACHE = 18
+    STRIP_PLAN = 19
+    WEIGHTLESS = 19  # TensorRT's deprecated alias of STRIP_PLAN
+    REFIT_IDENTICAL = 20
+    WEIGHT_STREAMING = 21
+    INT4 = 22
+    REFIT_INDIVIDUAL = 23
+    STRICT_NANS = 24
+    MONITOR_MEMORY = 25
+    FP4 = 26
+    EDITABLE_TIMING_CACHE = 27
+    DISTRIBUTIVE_INDEPENDENCE = 28
+
+
+# What each flag Kiln accepts means here; any other flag is logged as an error at set_flag and fails the build.
+_FLAG_MEANING = {
+    BuilderFlag.FP16: "fp16 layers", BuilderFlag.INT8: "int8 layers", BuilderFlag.FP8: "fp8 layers",
+    BuilderFlag.BF16: "bf16 layers", BuilderFlag.TF32: "TF32 float32 convolutions and matmuls (CUDA)",
+    BuilderFlag.STRICT_NANS: "always so in Kiln: NaN and Inf propagate on every tactic",
+    BuilderFlag.DISABLE_TIMING_CACHE: "no timing cache (kiln.trt sets none)",
+    BuilderFlag.GPU_FALLBACK: "no effect: there is no DLA, every layer runs on the GPU or CPU",
+    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
+    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
+    BuilderFlag.DIRECT_IO: "always so in Kiln: I/O keeps the network's formats",
+    BuilderFlag.REJECT_EMPTY_ALGORITHMS: "no effect: there is no algorithm selector",
+    BuilderFlag.DISABLE_COMPILATION_CACHE: "no effect: kiln.trt keeps no compilation cache in the engine",
+}
 
 
 class MemoryPoolType(enum.IntEnum):
@@ -258,6 +339,7 @@ class MemoryPoolType(enum.IntEnum):
     DLA_LOCAL_DRAM = 2
     DLA_GLOBAL_DRAM = 3
     TACTIC_DRAM = 4
+    TACTIC_SHARED_MEMORY = 5
 
 
 class IOptimizationProfile:
@@ -340,8 +422,10 @@ def _calibration_method(cal) -> str:
 
 
 class IBuilderConfig:
-    def __init__(self):
-        self._flags = {BuilderFlag.TF32}
+    def __init__(self, logger: ILogger | None = None):
+        self.logger = logger
+        self._unsupported: dict[BuilderFlag, str] = {}  # flags set that Kiln cannot honour -> why
+        self._flags = {BuilderFlag.TF32}  # TensorRT's default
         self._pools: dict[MemoryPoolType, int] = {}
         self._profiles: list[IOptimizationProfile] = []
         self.builder_optimization_level = 3
@@ -349,10 +433,32 @@ class IBuilderConfig:
         self.int8_calibrator: IInt8Calibrator | None = None
 
     def set_flag(self, flag: BuilderFlag) -> None:
-        self._flags.add(BuilderFlag(flag))
+        """Set a builder flag. One Kiln does not support is logged as an error now, and the build fails with
+        it (never silently ignored)."""
+        flag = BuilderFlag(flag)
+        self._flags.add(flag)
+        if flag not in _FLAG_MEANING:
+            why = f"BuilderFlag.{flag.name} is not supported by Kiln"
+            self._unsupported[flag] = why
+            if self.logger is not None:
+                self.logger.log(ILogger.ERROR, f"{why}; the build will fail unless the flag is cleared")
 
     def clear_flag(self, flag: BuilderFlag) -> None:
         self._flags.discard(BuilderFlag(flag))
+        self._unsupported.pop(BuilderFlag(flag), None)
+
+    @property
+    def flags(self) -> int:
+        """The flags as TensorRT's bit mask (1 << flag)."""
+        return sum(1 << int(f) for f in self._flags)
+
+    @flags.setter
+    def flags(self, mask: int) -> None:
+        for f in list(self._flags):
+            self.clear_flag(f)
+        for f in BuilderFlag:
+            if int(mask) >> int(f) & 1:
+                self.set_flag(f)
 
     def get_flag(self, flag: BuilderFlag) -> bool:
         return BuilderFlag(flag) in self._flags
@@ -371,7 +477,7 @@ class IBuilderConfig:
     def num_optimization_profiles(self) -> int:
         return len(self._profiles)
 
-    def _kiln(self) -> BuilderConfig:
+    def _kiln(self, strongly_typed: bool = False) -> BuilderConfig:
         return BuilderConfig(device=self.device, fp16=BuilderFlag.FP16 in self._flags,
                              int8=BuilderFlag.INT8 in self._flags, fp8=BuilderFlag.FP8 in self._flags,
                              int8_calibrator=self.int8_calibrator,
@@ -380,7 +486,7 @@ class IBuilderConfig:
                              workspace_bytes=self._pools.get(MemoryPoolType.WORKSPACE),
                              profiles=tuple(p._profile() for p in self._profiles),
                              optimization_level=min(5, max(0, int(self.builder_optimization_level))),
-                             strict_types=BuilderFlag.STRONGLY_TYPED in self._flags)
+                             strict_types=strongly_typed)
 
 
 class Builder:
@@ -391,7 +497,7 @@ class Builder:
         return INetworkDefinition(flags)
 
     def create_builder_config(self) -> IBuilderConfig:
-        return IBuilderConfig()
+        return IBuilderConfig(self.logger)
 
     def create_optimization_profile(self) -> IOptimizationProfile:
         return IOptimizationProfile()
@@ -410,15 +516,35 @@ class Builder:
             self.logger.log(ILogger.ERROR, "network is empty: parse a model into it first")
             return None
         try:
-            from .plugin import missing_impl
-            if missing := missing_impl(network.graph):
-                raise errors.PluginError(f"plugin(s) {', '.join(missing)} have an aot_impl but no impl: Kiln runs "
-                                         f"plugins through @kiln.trt.plugin.impl and does not launch PTX")
-            engine = _build(network.graph, config._kiln(), plugins=_plugins())
+            self._check(network, config)
+            kiln_config = config._kiln(_network_flag(network, "STRONGLY_TYPED"))
+            if getattr(self.logger, "min_severity", ILogger.VERBOSE) >= ILogger.INFO:  # the build summary at INFO
+                kiln_config = kiln_config.replace(verbosity=1)
+            with _forward_logs(self.logger):
+                engine = _build(network.graph, kiln_config, plugins=_plugins())
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
         return IHostMemory(engine.serialize())
+
+    @staticmethod
+    def _check(network: INetworkDefinition, config: IBuilderConfig) -> None:
+        """TensorRT's refusals, before anything is built."""
+        if config._unsupported:
+            raise errors.BuildError("; ".join(config._unsupported.values()) + ": clear the flag(s) to build")
+        if _network_flag(network, "PREFER_AOT_PYTHON_PLUGINS"):
+            raise errors.BuildError("NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS: Kiln runs plugins "
+                                    "through their impl and does not launch an aot_impl's PTX")
+        from .plugin import missing_impl
+        if missing := missing_impl(network.graph):
+            raise errors.PluginError(f"plugin(s) {', '.join(missing)} have an aot_impl but no impl: Kiln runs "
+                                     f"plugins through @kiln.trt.plugin.impl and does not launch PTX")
+        dynamic = [v.name for v in network.graph.inputs
+                   if getattr(v.type, "shape", None) is not None and not all(isinstance(d, int) for d in v.type.shape)]
+        if dynamic and not config._profiles:
+            raise errors.BuildError(f"Network has dynamic or shape inputs, but no optimization profile has been "
+                                    f"defined (inputs {', '.join(dynamic)}): add one with "
+                                    f"builder.create_optimization_profile() and config.add_optimization_profile()")
 
     def build_engine_with_config(self, network: INetworkDefinition, config: IBuilderConfig) -> "ICudaEngine | None":
         data = self.build_serialized_network(network, config)
@@ -476,8 +602,71 @@ class ICudaEngine:
         return _TO_TRT.get(self._info(name)[1].dtype, DataType.FLOAT)
 
     def get_tensor_profile_shape(self, name: str, profile_index: int):
-        p = self.engine.profiles[profile_index]
+        """[min, opt, max] of input ``name`` in profile ``profile_index``."""
+        mode, info = self._info(name)
+        if mode != TensorIOMode.INPUT:
+            raise errors.InputError(f"{name!r} is an output; profiles give the shapes of inputs")
+        if not self.engine.profiles:
+            if all(isinstance(d, int) for d in info.shape):  # a static engine: its one implicit profile
+                return [Dims(info.shape)] * 3
+            raise errors.ShapeError(f"the engine has no optimization profile (input {name!r} is {list(info.shape)})")
+        if not 0 <= int(profile_index) < len(self.engine.profiles):
+            raise errors.InputError(f"profile index {profile_index} out of range: the engine has "
+                                    f"{len(self.engine.profiles)} optimization profile(s)")
+        p = self.engine.profiles[int(profile_index)]
+        if name not in p.min:
+            return [Dims(info.shape)] * 3  # fixed in the model: every profile has its shape
         return [Dims(p.min[name]), Dims(p.opt[name]), Dims(p.max[name])]
+
+    # -- TensorRT 8's binding API (removed in TensorRT 10; kept for the samples and tutorials that use it).
+    # A binding is an I/O tensor, by index (inputs first) or by name, as TensorRT 8 took both.
+    def __iter__(self):
+        return iter([name for name, _, _ in self._io])
+
+    def __len__(self) -> int:
+        return len(self._io)
+
+    def __getitem__(self, key):
+        """engine[index] -> binding name, engine[name] -> binding index (TensorRT 8)."""
+        return self.get_binding_index(key) if isinstance(key, str) else self.get_binding_name(key)
+
+    @property
+    def num_bindings(self) -> int:
+        return len(self._io)
+
+    @property
+    def max_batch_size(self) -> int:
+        return 1  # explicit batch: the batch is part of each binding's shape
+
+    @property
+    def has_implicit_batch_dimension(self) -> bool:
+        return False
+
+    def _binding(self, binding) -> str:
+        if isinstance(binding, str):
+            self._info(binding)
+            return binding
+        if not 0 <= int(binding) < len(self._io):
+            raise errors.InputError(f"binding index {binding} out of range: the engine has {len(self._io)} bindings")
+        return self._io[int(binding)][0]
+
+    def get_binding_name(self, index: int) -> str:
+        return self._binding(int(index))
+
+    def get_binding_index(self, name: str) -> int:
+        return next((i for i, (n, _, _) in enumerate(self._io) if n == name), -1)
+
+    def binding_is_input(self, binding) -> builtins.bool:
+        return self.get_tensor_mode(self._binding(binding)) == TensorIOMode.INPUT
+
+    def get_binding_shape(self, binding) -> Dims:
+        return self.get_tensor_shape(self._binding(binding))
+
+    def get_binding_dtype(self, binding) -> DataType:
+        return self.get_tensor_dtype(self._binding(binding))
+
+    def get_profile_shape(self, profile_index: int, binding):
+        return self.get_tensor_profile_shape(self._binding(binding), profile_index)
 
     def serialize(self) -> IHostMemory:
         return IHostMemory(self.engine.serialize())
@@ -574,6 +763,27 @@ class IExecutionContext:
         else:
             self._run()
         return True
+
+    # -- TensorRT 8's binding API ------------------------------------------------------------------------
+    def set_binding_shape(self, binding, shape) -> builtins.bool:
+        return self.set_input_shape(self.engine._binding(binding), shape)
+
+    def get_binding_shape(self, binding) -> Dims:
+        return self.get_tensor_shape(self.engine._binding(binding))
+
+    @property
+    def all_binding_shapes_specified(self) -> builtins.bool:
+        return self.all_input_dimensions_specified
+
+    @property
+    def active_optimization_profile(self) -> int:
+        return int(getattr(self._ctx, "profile_index", 0) or 0)
+
+    def execute_async_v2(self, bindings: list[int], stream_handle: int = 0) -> builtins.bool:
+        """TensorRT 8: enqueue with device addresses in binding order on the stream ``stream_handle``."""
+        for i, ptr in enumerate(bindings):
+            self.set_tensor_address(self.engine.get_tensor_name(i), ptr)
+        return self.execute_async_v3(stream_handle)
 
     def execute_v2(self, bindings: list[int]) -> bool:
         """Run synchronously with addresses given in I/O tensor order."""
