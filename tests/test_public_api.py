@@ -6,7 +6,7 @@ PUBLIC = {
     "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError", "KernelError",
-    "EngineFormatError", "DeviceMismatchError", "BuildError",
+    "EngineFormatError", "DeviceMismatchError", "BuildError", "PluginError",
 }
 
 

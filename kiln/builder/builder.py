@@ -25,8 +25,12 @@ log = logging.getLogger("kiln.build")
 
 def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None, *,
           tactics: TacticLibrary | None = None, pipeline: Sequence | None = None, plugins: PluginLibrary | None = None,
-          **overrides) -> "Engine":
-    """Build an engine from a model path, bytes, onnx.ModelProto or kiln Graph.
+          example_inputs: Any = None, exporter: str = "torchscript", **overrides) -> "Engine":
+    """Build an engine from a model path, bytes, onnx.ModelProto, kiln Graph, or torch.nn.Module.
+
+    A torch.nn.Module is exported first with torch.onnx.export (kiln/frontend/torch_export.py) on
+    ``example_inputs`` (a tensor or tuple of tensors); its inputs are named after ``forward``'s parameters, and
+    dims that the profiles let vary are exported dynamic. ``exporter``: "torchscript" (default) or "dynamo".
 
     ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
     ``tactics``: the candidate implementations to tune and bind (a kiln.tactics.TacticLibrary; default:
@@ -48,6 +52,13 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         tactics = plugins.tactics(tactics)
     device = device_info.describe(config.device)
     report_progress("parse", 0, 1, "reading the model")
+    if _is_module(model):
+        from ..frontend.torch_export import export_module
+        report_progress("parse", 0, 1, f"exporting {type(model).__name__} to ONNX ({exporter})")
+        model = export_module(model, example_inputs, config.profiles, exporter)
+    elif example_inputs is not None:
+        raise BuildError("example_inputs is for building a torch.nn.Module (it is exported to ONNX with them); "
+                         "an ONNX model's input shapes come from the model and the profiles")
     graph = _as_graph(model, registry, config.onnxruntime_fallback)
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
@@ -186,6 +197,12 @@ def _report_tactics(report: BuildReport, engine, tuned) -> None:
         if r is not None:
             info.time_ms = r.time_ms
             info.candidates = {**r.times, **r.rejected}
+
+
+def _is_module(model: Any) -> bool:
+    import sys
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _as_graph(model: Any, registry: Registry, onnxruntime_fallback: bool = False) -> Graph:

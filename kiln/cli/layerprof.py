@@ -73,7 +73,7 @@ def plot_layers(rows: list[dict], path: str, title: str = "") -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         from .errors import CLIError
-        raise CLIError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+        raise CLIError("--plot needs matplotlib, which is not installed: pip install 'kiln[plot]'") from None
     rows = sorted(rows, key=lambda r: r["ms"], reverse=True)
     fig, ax = plt.subplots(figsize=(9, max(2.5, 0.28 * len(rows) + 1)))
     ax.barh([r["name"] for r in rows][::-1], [r["ms"] for r in rows][::-1])

@@ -58,6 +58,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["--version"], ["-V"]):  # answered before any subcommand (and torch) is imported
+        from ..version import __version__
+        print(f"kiln {__version__}")
+        return 0
     if argv[:1] == ["exec"]:
         # trtexec's flags do not fit argparse's conventions (camelCase, --flag=value only); exec parses its own.
         from .exec import main as exec_main

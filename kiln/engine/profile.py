@@ -26,10 +26,21 @@ class Profile:
         return Profile(dict(shapes), dict(shapes), dict(shapes))
 
     @staticmethod
-    def of(**ranges: tuple[Shape, Shape, Shape]) -> "Profile":
-        """``Profile.of(x=((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)))``"""
-        return Profile({k: tuple(v[0]) for k, v in ranges.items()}, {k: tuple(v[1]) for k, v in ranges.items()},
-                       {k: tuple(v[2]) for k, v in ranges.items()})
+    def of(**ranges) -> "Profile":
+        """``Profile.of(x=((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)))``: (min, opt, max) per input;
+        one shape, ``Profile.of(x=(8, 3, 224, 224))``, fixes the input at that shape."""
+        lo, opt, hi = {}, {}, {}
+        for name, r in ranges.items():
+            if not isinstance(r, (tuple, list)) or not r:
+                raise ShapeError(f"profile for input {name!r}: give a shape (8, 3, 224, 224) or (min, opt, max) "
+                                 f"shapes, got {r!r}")
+            if all(isinstance(d, int) and not isinstance(d, bool) for d in r):  # one shape: min = opt = max
+                r = (r, r, r)
+            if len(r) != 3 or not all(isinstance(s, (tuple, list)) and all(isinstance(d, int) for d in s) for s in r):
+                raise ShapeError(f"profile for input {name!r}: give a shape (8, 3, 224, 224) or three shapes "
+                                 f"(min, opt, max) of ints, got {r!r}")
+            lo[name], opt[name], hi[name] = (tuple(int(d) for d in s) for s in r)
+        return Profile(lo, opt, hi)
 
     def names(self) -> set[str]:
         return set(self.min) | set(self.opt) | set(self.max)

@@ -272,7 +272,7 @@ class ExecutionContext:
             if info.dtype is not None and dtype is not info.dtype and not (info.dtype.is_subbyte and
                                                                             info.dtype.torch == t.dtype):
                 raise InputError(f"input {info.name!r} must have dtype {info.dtype.name.lower()}, "
-                                 f"got {dtype.name.lower()}")
+                                 f"got {dtype.name.lower()}{_cast_hint(info.dtype, dtype)}")
             self._check_shape(info, tuple(t.shape))
             out[info.name] = t
         self._select_profile({k: tuple(v.shape) for k, v in out.items()})
@@ -422,3 +422,13 @@ class ExecutionContext:
         if not as_numpy and outputs is None:
             return InferHandle(event, result, lambda r: r)
         return InferHandle(event, result, lambda o: self._finish(o, as_numpy, outputs))
+
+
+def _cast_hint(want: DType, got: DType) -> str:
+    """How to convert, for the usual mix-ups (numpy's float64 and int64 defaults)."""
+    if want.torch.is_floating_point != got.torch.is_floating_point or DType.BOOL in (want, got):
+        return ""
+    name = str(want.torch).replace("torch.", "")
+    why = ("numpy and Python floats default to float64; " if got == DType.DOUBLE else
+           "numpy and Python ints default to int64; " if got == DType.INT64 else "")
+    return f" ({why}cast with x.astype(np.{name}) or tensor.to(torch.{name}))"

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import kiln
+from cli_support import kiln
 
 
 def test_build_prints_plain_progress_in_a_pipe_and_the_summary(work):

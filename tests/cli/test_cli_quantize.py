@@ -2,7 +2,7 @@
 import numpy as np
 import onnx
 
-from conftest import kiln
+from cli_support import kiln
 
 
 def test_quantize_writes_qdq_model_that_builds(work):

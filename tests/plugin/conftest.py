@@ -1,10 +1,6 @@
-"""The plugin tests run Triton kernels on the CPU through TRITON_INTERPRET=1 (set before triton is imported),
-and import the user-style plugin module from this folder by name."""
+"""The plugin tests run Triton kernels on the CPU through TRITON_INTERPRET=1, set before triton is imported (as
+tests/backends does). The user-style plugin module (softclip_plugin.py) is imported by name from this folder,
+which pytest puts on sys.path for the tests here."""
 import os
-import sys
-from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
