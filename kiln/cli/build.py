@@ -6,7 +6,7 @@ import time
 
 from .buildflags import add_build_flags, config_from_args
 from .errors import CLIError
-from .loading import check_readable, is_engine, plugins_from_args
+from .loading import check_readable, check_writable, is_engine, plugins_from_args
 from .progress import Progress
 
 
@@ -35,6 +35,7 @@ def run(args) -> int:
     if is_engine(args.model):
         raise CLIError(f"{args.model!r} is already a Kiln engine; `kiln build` takes an ONNX model")
     config = config_from_args(args)
+    check_writable(args.output)  # before the build, not after minutes of it
     progress = Progress(args.progress)
     t0 = time.perf_counter()
     try:

@@ -88,6 +88,23 @@ def profiles_from_args(args) -> tuple:
     return tuple(profiles)
 
 
+# Build flags that also mean something when running an engine file (the run's shapes, the device to check).
+_ALSO_RUN_FLAGS = {"shapes", "device"}
+
+
+def flags_ignored_for_engine(args) -> list[str]:
+    """The build flags the user gave that an engine file cannot honour (it is built already)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_build_flags(parser)
+    given = []
+    for action in parser._actions:
+        if action.dest in _ALSO_RUN_FLAGS or not action.option_strings:
+            continue
+        if getattr(args, action.dest, action.default) != action.default:
+            given.append(action.option_strings[-1])
+    return given
+
+
 def config_from_args(args, **extra):
     """A BuilderConfig from the parsed build flags; ``extra`` overrides fields (e.g. verbosity)."""
     from ..builder.config import BuilderConfig

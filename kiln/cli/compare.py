@@ -8,6 +8,8 @@ import numpy as np
 
 from .buildflags import add_build_flags
 from .errors import CLIError
+
+OUTPUTS_DIFFER = 3  # the comparison ran and failed; 1 is a tool error (the comparison could not run)
 from .shapes import parse_name_files, parse_shapes
 
 
@@ -108,12 +110,24 @@ def _reference_evaluator(model):
     return (lambda feed: dict(zip(ev.output_names, ev.run(None, feed)))), "onnx.reference"
 
 
+def _check_same_io(model, engine, model_path: str, engine_path: str | None) -> None:
+    """The engine must be built from this model: the same graph inputs (initializers excluded) and outputs."""
+    inits = {i.name for i in model.graph.initializer}
+    want_in = [i.name for i in model.graph.input if i.name not in inits]
+    want_out = [o.name for o in model.graph.output]
+    got_in, got_out = [i.name for i in engine.inputs], [o.name for o in engine.outputs]
+    if sorted(want_in) != sorted(got_in) or not set(got_out) <= set(want_out):
+        raise CLIError(f"engine {engine_path or model_path!r} was not built from {model_path!r}: its inputs "
+                       f"{got_in} and outputs {got_out}, the model's {want_in} and {want_out}")
+
+
 def run(args) -> int:
     import json
     from .inputs import gather_inputs
     from .loading import open_engine, open_onnx
     model = open_onnx(args.model)
     engine = open_engine(args.engine or args.model, args)
+    _check_same_io(model, engine, args.model, args.engine)
     shapes = parse_shapes(args.shapes) if args.shapes else None
     files = {k: v for spec in args.input for k, v in parse_name_files(spec, "--input").items()}
     inputs = gather_inputs(engine.inputs, engine.profiles, shapes, files, args.inputs, args.seed)
@@ -135,7 +149,7 @@ def run(args) -> int:
         print(json.dumps(doc, indent=1))
     else:
         print(render(doc))
-    return 0 if ok else 1
+    return 0 if ok else OUTPUTS_DIFFER
 
 
 def per_layer(model, engine, inputs: dict, args) -> dict:

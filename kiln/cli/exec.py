@@ -132,7 +132,11 @@ def parse(argv: list[str]):
         if flag in UNSUPPORTED and UNSUPPORTED[flag]:
             raise CLIError(f"trtexec flag {flag} is not supported by kiln exec: {UNSUPPORTED[flag]}")
         if tok.startswith("-"):
-            raise CLIError(f"unknown trtexec flag {flag} (see kiln exec --help for the flags kiln exec takes)")
+            import difflib
+            close = difflib.get_close_matches(flag, sorted(p._option_string_actions) + sorted(UNSUPPORTED), n=1,
+                                              cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise CLIError(f"unknown trtexec flag {flag}{hint} (see kiln exec --help for the flags kiln exec takes)")
         raise CLIError(f"unexpected argument {tok!r}: kiln exec takes only flags, e.g. --onnx=model.onnx")
     return args
 

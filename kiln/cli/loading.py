@@ -22,6 +22,20 @@ def check_readable(path: str, what: str = "file") -> Path:
     return p
 
 
+def check_writable(path: str, what: str = "output file") -> Path:
+    """Refuse an output path that cannot be written, before any work is done."""
+    import os
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{what} {path!r} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {what} {path!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise CLIError(f"cannot write {what} {path!r}: permission denied")
+    return p
+
+
 def is_engine(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(8) == ENGINE_MAGIC
@@ -46,6 +60,11 @@ def open_engine(path: str, args=None, progress=None, quiet: bool = False):
     check_readable(path, "model or engine file")
     plugins = plugins_from_args(args)
     if is_engine(path):
+        if args is not None:
+            from .buildflags import flags_ignored_for_engine
+            if ignored := flags_ignored_for_engine(args):
+                raise CLIError(f"{path!r} is an engine file, built already: {', '.join(ignored)} only apply when "
+                               f"building from an ONNX model; rebuild with `kiln build` or leave them out")
         return Engine.load(path, plugins=plugins)
     from .buildflags import config_from_args
     from .. import build

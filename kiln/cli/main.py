@@ -30,8 +30,33 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         where = self.prog.removeprefix("kiln").strip()
-        print(f"kiln: error: {where + ': ' if where else ''}{message} (see '{self.prog} --help')", file=sys.stderr)
+        hint = self._did_you_mean(message)
+        print(f"kiln: error: {where + ': ' if where else ''}{message}{hint} (see '{self.prog} --help')",
+              file=sys.stderr)
         sys.exit(2)
+
+    def _did_you_mean(self, message: str) -> str:
+        """"; did you mean --fp16?" for a mistyped flag or subcommand, from every flag this parser and its
+        subcommands know."""
+        import difflib
+        import re
+        known, commands = set(self._option_string_actions), []
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands = list(action.choices)
+                for sub in action.choices.values():
+                    known |= set(sub._option_string_actions)
+        m = re.search(r"invalid choice: '([^']*)'", message)
+        words = [m.group(1)] if m else re.findall(r"(?<!\S)(--?[\w-]+)", message.split(":", 1)[-1])
+        hints = []
+        for w in words:
+            pool = commands if m else sorted(known)
+            close = difflib.get_close_matches(w.split("=")[0], pool, n=1, cutoff=0.6)
+            if close and close[0] != w:
+                hints.append(f"{w} -> {close[0]}")
+        if not hints:
+            return ""
+        return "; did you mean " + ", ".join(h.split(" -> ")[1] if len(hints) == 1 else h for h in hints) + "?"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -46,8 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
                              "it declares (kiln.plugin.PluginLibrary or kiln.trt.plugin); repeatable")
     parser = Parser(
         prog="kiln", description="Kiln: build, run, benchmark and inspect optimized ONNX engines.",
-        epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error (or a failed "
-               "comparison), 2 bad usage.")
+        epilog="Run 'kiln COMMAND --help' for a command's flags. Exit codes: 0 ok, 1 error, 2 bad usage, "
+               "3 compare: outputs differ.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

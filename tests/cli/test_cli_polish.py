@@ -1,0 +1,56 @@
+"""The everyday CLI's rough edges (issue 22): each test here failed on the main before the fix."""
+import subprocess
+import sys
+
+from cli_support import kiln
+
+
+def test_did_you_mean_for_subcommands_and_flags(work):
+    d, _ = work
+    p = kiln("biuld", "tiny.onnx", cwd=d, check=2)
+    assert "did you mean build?" in p.stderr
+    p = kiln("build", "tiny.onnx", "-o", "x.engine", "--fp61", cwd=d, check=2)
+    assert "did you mean --fp16?" in p.stderr
+    p = kiln("exec", "--onnx=tiny.onnx", "--saveEngin=x.engine", cwd=d, check=1)
+    assert "did you mean --saveEngine?" in p.stderr
+
+
+def test_compare_exit_codes_tell_differ_from_failed(work, tmp_path):
+    d, _ = work
+    p = kiln("compare", "tiny.onnx", "--fp16", "--atol", "0", "--rtol", "0", "--shapes", "x:2x3x8x8",
+             "--device", "cpu", cwd=d)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "FAIL" in p.stdout
+    (tmp_path / "other.onnx").write_bytes(b"not a model")
+    p = kiln("compare", str(tmp_path / "other.onnx"), "tiny.engine", cwd=d)
+    assert p.returncode == 1
+
+
+def test_compare_with_an_engine_of_another_model(work, tmp_path):
+    d, _ = work
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    p = kiln("compare", str(tmp_path / "relu.onnx"), "tiny.engine", cwd=d, check=1)
+    assert "was not built from" in p.stderr and "internal error" not in p.stderr
+
+
+def test_unwritable_output_fails_before_the_build(work):
+    d, _ = work
+    p = kiln("build", "tiny.onnx", "-o", "no/such/folder/x.engine", cwd=d, check=1)
+    assert "folder 'no/such/folder' does not exist" in p.stderr and "built" not in p.stdout
+
+
+def test_build_flags_with_an_engine_file_are_refused(work):
+    d, _ = work
+    p = kiln("run", "tiny.engine", "--fp16", "--opt-level", "5", cwd=d, check=1)
+    assert "--fp16, --opt-level only apply when building from an ONNX model" in p.stderr
+
+
+def test_version_does_not_import_torch():
+    code = "import sys; from kiln.cli.main import main; main(['--version']); assert 'torch' not in sys.modules"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("kiln "), p.stderr
