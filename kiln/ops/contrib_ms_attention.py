@@ -162,6 +162,15 @@ def multi_head_attention(ctx: KernelContext, inputs: list, attrs: dict):
     return _attention_core(ctx, "MultiHeadAttention", q, k, v, mask, attn_bias, past_len, attrs), k, v
 
 
+@ops.op("KeyMaskBias", domain="kiln")
+def key_mask_bias_op(ctx: KernelContext, inputs: list, attrs: dict):
+    """kiln::KeyMaskBias(mask_index, key): the additive (B, 1, 1 or S, T) bias of a contrib attention mask, made by
+    the lower_contrib_ms pass for the attention layer it builds; ``key`` (B, T, D) gives the key length."""
+    mask, key = inputs[:2]
+    return key_mask_bias(ctx, "KeyMaskBias", mask, key.shape[0], key.shape[1], key.shape[1],
+                         float(attrs.get("filter_value", -10000.0)), key.dtype)
+
+
 # --- RotaryEmbedding --------------------------------------------------------------------------------------------
 def _check_rotary(attrs: dict, given: list, used: list) -> str | None:
     if attrs.get("is_packed_batching", 0):

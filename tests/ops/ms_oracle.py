@@ -39,14 +39,19 @@ def ms_model(op: str, inputs: dict, attrs: dict | None = None, n_outputs: int = 
 
 def check_ms(op: str, inputs: dict, attrs: dict | None = None, n_outputs: int = 1, const_inputs=(),
              outputs: list[str] | None = None, rtol: float = 1e-5, atol: float = 1e-5, interpret: bool = True,
-             model: onnx.ModelProto | None = None, want: list | None = None) -> kiln.Engine:
+             model: onnx.ModelProto | None = None, want: list | None = None,
+             lowered: bool | None = None) -> kiln.Engine:
     """Assert that a Kiln build (and the interpreter) agrees with onnxruntime on every output; returns the engine.
 
-    ``want``: the expected outputs, for ops onnxruntime implements only on CUDA (computed in numpy by the test)."""
+    ``want``: the expected outputs, for ops onnxruntime implements only on CUDA (computed in numpy by the test).
+    ``lowered``: whether the build must (True) or must not (False) have rewritten the op into standard layers."""
     model = model or ms_model(op, inputs, attrs, n_outputs, const_inputs, outputs)
     feed = {n: v for n, v in inputs.items() if v is not None and n not in const_inputs}
     want = ort_run(model, feed) if want is None else want
     engine = kiln.build(model, device="cpu")
+    if lowered is not None:
+        done = engine.report.fusions.get(f"lower_contrib_ms:{op}", 0) > 0
+        assert done == lowered, f"{op}: lowered={done}, expected {lowered}; report: {engine.report.fusions}"
     names = [o.name for o in model.graph.output]
     runs = {"build": engine.create_execution_context().infer(feed)}
     if interpret:

@@ -28,7 +28,7 @@ def test_attention_masks(mask, causal):
     masks = {"none": None, "lengths": _lengths(), "end_start": np.array([4, 3, 0, 1], np.int32),
              "raw": _raw_mask(), "raw3d": np.tril(np.ones((B, S, S), np.int32)), "dummy": np.ones((B, 1), np.int32)}
     inputs = {"x": rand((B, S, D)), "w": rand((D, 3 * D), 1, -0.5, 0.5), "b": rand((3 * D,), 2), "mask": masks[mask]}
-    check_ms("Attention", inputs, {"num_heads": N, "unidirectional": causal}, const_inputs=("w", "b"))
+    check_ms("Attention", inputs, {"num_heads": N, "unidirectional": causal}, const_inputs=("w", "b"), lowered=True)
 
 
 def test_attention_all_masked_row_is_uniform_not_nan():
@@ -44,7 +44,7 @@ def test_attention_past_present(causal):
     inputs = {"x": rand((B, S, D)), "w": rand((D, 3 * D), 1, -0.5, 0.5), "b": rand((3 * D,), 2),
               "mask": _raw_mask(p + S), "past": rand((2, B, N, p, H), 3)}
     check_ms("Attention", inputs, {"num_heads": N, "unidirectional": causal}, const_inputs=("w", "b"),
-             outputs=["y", "present"])
+             outputs=["y", "present"], lowered=False)
 
 
 def test_attention_bias_input():
@@ -81,7 +81,8 @@ def test_mha_separate_qkv(mask, bias):
              "raw3d": np.ones((B, S, l), np.int32)}
     inputs = {"q": rand((B, S, D)), "k": rand((B, l, D), 1), "v": rand((B, l, D), 2),
               "bias": rand((3 * D,), 3) if bias else None, "mask": masks[mask]}
-    check_ms("MultiHeadAttention", inputs, {"num_heads": N}, rtol=1e-5, atol=1e-5)
+    check_ms("MultiHeadAttention", inputs, {"num_heads": N}, rtol=1e-5, atol=1e-5, const_inputs=("bias",),
+             lowered=True)
 
 
 def test_mha_past_present_causal():
@@ -90,7 +91,7 @@ def test_mha_past_present_causal():
               "mask": None, "attn_bias": rand((B, N, S, p + S), 5),
               "past_k": rand((B, N, p, H), 3), "past_v": rand((B, N, p, H), 4)}
     check_ms("MultiHeadAttention", inputs, {"num_heads": N, "unidirectional": 1, "scale": 0.25},
-             outputs=["y", "pk", "pv"])
+             outputs=["y", "pk", "pv"], lowered=True)
 
 
 def test_mha_bnsh_keys():
