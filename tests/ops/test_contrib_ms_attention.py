@@ -132,3 +132,22 @@ def test_rotary_embedding_partial():
     cos, sin = rand((8, 1), 1, -1, 1), rand((8, 1), 2, -1, 1)
     check_ms("RotaryEmbedding", {"x": rand((B, S, D)), "pos": np.array([0], np.int64), "cos": cos, "sin": sin},
              {"num_heads": N, "rotary_embedding_dim": 2})
+
+
+def test_ops_left_on_their_kernels_say_why_in_the_report():
+    p = 3
+    inputs = {"x": rand((B, S, D)), "w": rand((D, 3 * D), 1, -0.5, 0.5), "b": rand((3 * D,), 2), "mask": None,
+              "past": rand((2, B, N, p, H), 3)}
+    engine = check_ms("Attention", inputs, {"num_heads": N}, const_inputs=("w", "b"), outputs=["y", "present"],
+                      lowered=False)
+    reasons = [r["reason"] for r in engine.report.rejections if r["rule"] == "lower_contrib_ms"]
+    assert any("past / present" in r for r in reasons), engine.report.rejections
+
+
+def test_four_d_mask_is_a_kiln_error():
+    from ms_oracle import ms_model
+    inputs = {"x": rand((B, S, D)), "w": rand((D, 3 * D), 1), "b": rand((3 * D,), 2),
+              "mask": np.ones((B, 1, S, S), np.int32)}
+    m = ms_model("Attention", inputs, {"num_heads": N}, const_inputs=("w", "b"))
+    with pytest.raises(kiln.KilnError, match=r"mask of shape \(2, 1, 4, 4\) is not supported"):
+        kiln.interpret(kiln.parse(m), {"x": inputs["x"], "mask": inputs["mask"]})
