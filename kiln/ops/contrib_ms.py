@@ -138,7 +138,8 @@ def _layer_norm_stats(x: torch.Tensor, eps: float, simplified: bool):
     return (xs - mean) * inv_std, mean, inv_std
 
 
-def _skip_norm(ctx: KernelContext, x, skip, gamma, beta, bias, eps: float, simplified: bool):
+def _skip_norm(x, skip, gamma, beta, bias, eps: float, simplified: bool):
+    """(output, mean, inv_std_var, input_skip_bias_sum); the mean of the simplified (RMS) form is zeros."""
     total = x + skip
     if bias is not None:
         total = total + bias
@@ -155,16 +156,14 @@ def _skip_norm(ctx: KernelContext, x, skip, gamma, beta, bias, eps: float, simpl
 def skip_layer_normalization(ctx: KernelContext, inputs: list, attrs: dict):
     """LayerNorm(input + skip + bias) * gamma + beta; output 3 is the sum before the norm."""
     x, skip, gamma, beta, bias = (list(inputs) + [None] * 5)[:5]
-    return _skip_norm(ctx, x, skip, gamma, beta, bias, float(attrs.get("epsilon", 1e-12)), simplified=False)
+    return _skip_norm(x, skip, gamma, beta, bias, float(attrs.get("epsilon", 1e-12)), simplified=False)
 
 
 @ops.op("SkipSimplifiedLayerNormalization", domain=MS)
 def skip_simplified_layer_normalization(ctx: KernelContext, inputs: list, attrs: dict):
     """RMSNorm(input + skip + bias) * gamma; output 3 is the sum before the norm."""
     x, skip, gamma, bias = (list(inputs) + [None] * 4)[:4]
-    y, _, inv_std, total = _skip_norm(ctx, x, skip, gamma, None, bias, float(attrs.get("epsilon", 1e-12)),
-                                      simplified=True)
-    return y, inv_std, inv_std, total  # outputs: output, mean (unused), inv_std_var, input_skip_bias_sum
+    return _skip_norm(x, skip, gamma, None, bias, float(attrs.get("epsilon", 1e-12)), simplified=True)
 
 
 def _check_simplified(attrs: dict, given: list, used: list) -> str | None:

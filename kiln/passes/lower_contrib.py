@@ -237,6 +237,9 @@ def _mha(r: _Rewrite, n: Node, ctx: PassContext) -> str | None:
         return "packed or BNSH query/key/value layouts: left to the reference kernel"
     if (past_k is None) != (past_v is None):
         return "past_key without past_value"
+    mask_shape = ctx.shape(mask) if mask is not None else None
+    if past_k is not None and mask is not None and (mask_shape is None or len(mask_shape) == 1):
+        return "a (B) key-length mask with past KV (the key length includes the past): left to the reference kernel"
     heads = int(n.attrs["num_heads"])
     scale = _scale(n, shapes[0][2], heads)
     if scale is None:

@@ -151,3 +151,13 @@ def test_four_d_mask_is_a_kiln_error():
     m = ms_model("Attention", inputs, {"num_heads": N}, const_inputs=("w", "b"))
     with pytest.raises(kiln.KilnError, match=r"mask of shape \(2, 1, 4, 4\) is not supported"):
         kiln.interpret(kiln.parse(m), {"x": inputs["x"], "mask": inputs["mask"]})
+
+
+@pytest.mark.parametrize("mask,lowered", [("raw", True), ("lengths", False)])
+def test_mha_past_with_key_padding_mask(mask, lowered):
+    """A (B, P+L) mask lowers with the cache; a (B) length mask is left to the kernel (its key length is P+L)."""
+    p = 3
+    masks = {"raw": _raw_mask(p + S), "lengths": np.array([7, 5], np.int32)}
+    inputs = {"q": rand((B, S, D)), "k": rand((B, S, D), 1), "v": rand((B, S, D), 2), "bias": None,
+              "mask": masks[mask], "attn_bias": None, "past_k": rand((B, N, p, H), 3), "past_v": rand((B, N, p, H), 4)}
+    check_ms("MultiHeadAttention", inputs, {"num_heads": N}, outputs=["y", "pk", "pv"], lowered=lowered)
