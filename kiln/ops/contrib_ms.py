@@ -203,8 +203,7 @@ def embed_sum_norm(ids, seg_ids, word, pos_table, seg_table, gamma, beta, mask, 
     total = word[ids.long()] + pos_table[pos_ids.long()]
     if seg_table is not None and seg_ids is not None:
         total = total + seg_table[seg_ids.long()]
-    y, _, _ = _layer_norm_stats(total, eps, simplified=False)
-    y = y.to(total.dtype) * gamma + beta
+    y = F.layer_norm(total, total.shape[-1:], gamma.to(total.dtype), beta.to(total.dtype), eps)
     if mask is not None:
         mask_index = (mask != 0).sum(dim=1).to(torch.int32)
     else:
