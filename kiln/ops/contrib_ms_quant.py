@@ -13,7 +13,6 @@ from .contrib_ms import embed_sum_norm
 from .contrib_ms_attention import attention as float_attention
 from .quant import dynamic_quantize_linear
 from .registry import KernelContext, OpSet
-from .rnn import lstm
 
 MS = "com.microsoft"
 ops = OpSet("contrib_ms_quant")
@@ -241,15 +240,62 @@ def qembed_layer_normalization(ctx: KernelContext, inputs: list, attrs: dict):
     return y, mask_index
 
 
-@ops.op("DynamicQuantizeLSTM", domain=MS)
-def dynamic_quantize_lstm(ctx: KernelContext, inputs: list, attrs: dict):
-    """LSTM with int8 weights: dequantized (per output column), then the float LSTM. onnxruntime also quantizes
-    the activations at each step, so results agree to int8 accuracy, not bit for bit."""
-    x, w, r, b, lens, h0, c0, p, w_s, w_zp, r_s, r_zp = (list(inputs) + [None] * 12)[:12]
+def _check_dq_lstm(attrs: dict, given: list, used: list) -> str | None:
+    acts = [a.lower() for a in attrs.get("activations", [])]
+    if acts and acts != ["sigmoid", "tanh", "tanh"] * (len(acts) // 3):
+        return f"attribute activations={attrs['activations']} is not supported (only the default Sigmoid, Tanh, Tanh)"
+    if attrs.get("clip") is not None:
+        return "attribute clip is not supported"
+    if attrs.get("input_forget", 0):
+        return "attribute input_forget=1 is not supported"
+    if len(given) > 4 and given[4]:
+        return "input sequence_lens is not supported"
+    return None
 
-    def dq(t, s, z):  # (dirs, in, 4H) with per-(dir, column) scale -> ONNX's (dirs, 4H, in)
-        s = s.reshape(t.shape[0], 1, -1) if s.numel() > 1 else s.reshape(())
-        z = (z.reshape(t.shape[0], 1, -1) if z.numel() > 1 else z.reshape(())) if z is not None else None
-        centered = t.to(torch.float32) - (z.to(torch.float32) if z is not None else 0.0)
-        return (centered * s.to(torch.float32)).transpose(1, 2)
-    return lstm(ctx, [x, dq(w, w_s, w_zp), dq(r, r_s, r_zp), b, lens, h0, c0, p], attrs)
+
+def _dequantized_weight(t: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    """(dirs, in, 4H) int8 weights with a per-(direction, column) or single scale and zero point -> float32."""
+    def shaped(p):
+        return p.reshape(t.shape[0], 1, -1) if p.numel() > 1 else p.reshape(())
+    centered = t.to(torch.float32) - (shaped(zp).to(torch.float32) if zp is not None else 0.0)
+    return centered * shaped(scale).to(torch.float32)
+
+
+def _dynamic_dequantized(x: torch.Tensor) -> torch.Tensor:
+    """x through DynamicQuantizeLinear and back: the values the int8 GEMM sees."""
+    q, scale, zp = dynamic_quantize_linear(None, [x], {})
+    return (q.to(torch.float32) - zp.to(torch.float32)) * scale
+
+
+@ops.op("DynamicQuantizeLSTM", domain=MS, check=_check_dq_lstm)
+def dynamic_quantize_lstm(ctx: KernelContext, inputs: list, attrs: dict):
+    """LSTM (gates i, o, f, c; optional peepholes) with int8 weights, as onnxruntime computes it: X is quantized
+    to uint8 once for the whole sequence, the hidden state at every step, and each product is the int8 GEMM's
+    (the quantized values times the weights' scale per output column)."""
+    x, w, r, b, _lens, h0, c0, p, w_s, w_zp, r_s, r_zp = (list(inputs) + [None] * 12)[:12]
+    hid = int(attrs["hidden_size"])
+    direction = attrs.get("direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    wf, rf = _dequantized_weight(w, w_s, w_zp), _dequantized_weight(r, r_s, r_zp)
+    seq, batch = x.shape[0], x.shape[1]
+    xw = torch.matmul(_dynamic_dequantized(x), wf.unsqueeze(1))  # (dirs, seq, batch, 4H)
+    ys, hs, cs = [], [], []
+    for d in range(dirs):
+        reverse = direction == "reverse" or d == 1
+        bias = (b[d, :4 * hid] + b[d, 4 * hid:]) if b is not None else 0.0
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hid)
+        c = c0[d] if c0 is not None else x.new_zeros(batch, hid)
+        pi, po, pf = (p[d, :hid], p[d, hid:2 * hid], p[d, 2 * hid:]) if p is not None else (0.0, 0.0, 0.0)
+        out = [None] * seq
+        for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+            g = xw[d, t] + torch.matmul(_dynamic_dequantized(h), rf[d]) + bias
+            gi, go, gf, gc = g.split(hid, dim=-1)
+            i_t = torch.sigmoid(gi + pi * c)
+            f_t = torch.sigmoid(gf + pf * c)
+            c = f_t * c + i_t * torch.tanh(gc)
+            h = torch.sigmoid(go + po * c) * torch.tanh(c)
+            out[t] = h
+        ys.append(torch.stack(out))
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)

@@ -130,13 +130,16 @@ def test_qembed_layer_norm():
              rtol=1e-4, atol=1e-4)
 
 
-def test_dynamic_quantize_lstm():
-    """onnxruntime quantizes the activations too: int8 accuracy, not float's."""
+@pytest.mark.parametrize("direction,states,peepholes", [("forward", False, False), ("reverse", True, False),
+                                                      ("bidirectional", True, True)])
+def test_dynamic_quantize_lstm(direction, states, peepholes):
     seq, b, i, hid = 3, 2, 4, 5
-    w, r = q8((1, i, 4 * hid), np.int8), q8((1, hid, 4 * hid), np.int8)
-    inputs = {"x": rand((seq, b, i)), "w": w, "r": r, "b": rand((1, 8 * hid), 1, -0.1, 0.1),
-              "lens": None, "h0": None, "c0": None, "p": None,
-              "w_s": f(np.full(4 * hid, 0.01)).reshape(1, -1), "w_zp": np.zeros((1, 4 * hid), np.int8),
-              "r_s": f(np.full(4 * hid, 0.01)).reshape(1, -1), "r_zp": np.zeros((1, 4 * hid), np.int8)}
-    check_ms("DynamicQuantizeLSTM", inputs, {"hidden_size": hid}, outputs=["y", "y_h", "y_c"],
-             const_inputs=("w", "r", "b", "w_s", "w_zp", "r_s", "r_zp"), rtol=0, atol=2e-2)
+    dirs = 2 if direction == "bidirectional" else 1
+    w, r = q8((dirs, i, 4 * hid), np.int8), q8((dirs, hid, 4 * hid), np.int8)
+    inputs = {"x": rand((seq, b, i)), "w": w, "r": r, "b": rand((dirs, 8 * hid), 1, -0.1, 0.1), "lens": None,
+              "h0": rand((dirs, b, hid), 2) if states else None, "c0": rand((dirs, b, hid), 3) if states else None,
+              "p": rand((dirs, 3 * hid), 4) if peepholes else None,
+              "w_s": f(G.uniform(0.005, 0.02, (dirs, 4 * hid))), "w_zp": np.zeros((dirs, 4 * hid), np.int8),
+              "r_s": f(G.uniform(0.005, 0.02, (dirs, 4 * hid))), "r_zp": np.zeros((dirs, 4 * hid), np.int8)}
+    check_ms("DynamicQuantizeLSTM", inputs, {"hidden_size": hid, "direction": direction}, outputs=["y", "y_h", "y_c"],
+             const_inputs=("w", "r", "b", "p", "w_s", "w_zp", "r_s", "r_zp"), rtol=1e-5, atol=1e-5)
