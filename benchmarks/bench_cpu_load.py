@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_S = 0.2
-SETTINGS = {"kiln default (PASSIVE)": {}, "libgomp default spin": {"GOMP_SPINCOUNT": "300000"}}
+SETTINGS = {"kiln default": {}, "PASSIVE (no spin)": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "short spin (30000)": {"GOMP_SPINCOUNT": "30000"}, "libgomp default spin": {"GOMP_SPINCOUNT": "300000"}}
 
 
 def _hog() -> None:
@@ -40,6 +41,11 @@ def _models(tmp: Path):
     for batch in (1, 8):
         x = rng.standard_normal((batch, 3, 64, 64), dtype=np.float32)
         yield (f"example b{batch}", example, {"image": x}, kiln.Profile.of(image=(x.shape,) * 3))
+    cls = Path(os.environ.get("KILN_MODEL_CACHE", Path.home() / ".cache" / "kiln-test-models")) / "models" / \
+        "rapidocr-onnxruntime-1.4.4" / "rapidocr_onnxruntime" / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    if cls.is_file():  # a MobileNetV3 of many small layers (tests/real_models fetches it)
+        x = rng.standard_normal((1, 3, 48, 192), dtype=np.float32)
+        yield "ppocr_cls b1", str(cls), {"x": x}, kiln.Profile.of(x=(x.shape,) * 3)
     try:
         sys.path.insert(0, str(ROOT / "tests"))
         from quant.minilm import export_minilm

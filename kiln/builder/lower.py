@@ -12,7 +12,7 @@ from ..engine.report import LayerInfo
 
 def kernel_name(node: Node, registry: Registry) -> str:
     """The layer's kernel as the build report names it: the op's label rule (kiln::Conv's "torch.conv2d+bias"),
-    else "kiln.Op" for Kiln's own ops and "family.Op" for ONNX ops."""
+    else "kiln.Op" for Kiln's own ops and "family.Op" for ONNX and com.microsoft ops."""
     label = registry.traits(node.domain, node.op_type).label
     if label is not None:
         return label(node)

@@ -291,10 +291,12 @@ class _Importer:
         except _Unsupported as e:
             self.unsupported.append((label, n.domain, n.op_type, str(e)))
             return
+        why = opdef.check(attrs, [bool(i) for i in n.input], [bool(o) for o in n.output]) if opdef.check else None
+        if why:
+            self.unsupported.append((label, n.domain, n.op_type, why))
+            return
         # Placeholder producer-less outputs are bound now.
         node = Node(n.op_type, inputs, outs, attrs, name=label, domain=domain)
-        if opdef.check is not None:  # e.g. a plugin's declared attributes and inputs
-            opdef.check(node)
         graph.append(node)
 
     def _onnxruntime_node(self, graph: Graph, n, inputs, outs, label: str, domain: str) -> None:

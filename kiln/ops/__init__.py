@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import functools
 
-from . import (activation, attention, cast, control, conv, detection, elementwise, fused, index, linalg, loss,
-               norm, onnxruntime_node, pool, quant, quantized, reduce, resample, rnn, sequence, shape, signal)
+from . import (activation, attention, cast, contrib_ms, contrib_ms_attention, contrib_ms_gqa, contrib_ms_quant,
+               control, conv, detection, elementwise, fused, index, linalg, loss, norm, onnxruntime_node, pool, quant,
+               quantized, reduce, resample, rnn, sequence, shape, signal)
 from .not_supported import NOT_SUPPORTED
 from .registry import InferContext, KernelContext, OpDef, OpSet, Registry, Traits
 
 FAMILIES = (elementwise, activation, cast, reduce, norm, loss, linalg, conv, pool, quant, shape, index, resample,
-            attention, detection, control, sequence, rnn, signal, fused, quantized, onnxruntime_node)
+            attention, detection, control, sequence, rnn, signal, fused, quantized, onnxruntime_node,
+            contrib_ms, contrib_ms_attention, contrib_ms_gqa, contrib_ms_quant)  # onnxruntime's com.microsoft domain
 
 
 @functools.cache

@@ -21,6 +21,9 @@ from ..ir.types import ValueType
 
 Kernel = Callable[["KernelContext", list, dict], Any]
 InferRule = Callable[["InferContext", list, dict], list]
+# (attrs, which input slots are given, which outputs are used) -> why the node cannot run, or None. Called by the
+# frontend, so an attribute combination a kernel does not implement is refused at parse time with the node named.
+CheckRule = Callable[[dict, list, list], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class OpDef:
     infer: InferRule | None = None  # static type rule; None: types come from running the kernel on meta tensors
     doc: str = ""
     traits: Traits = Traits()
-    check: Callable[[Any], None] | None = None  # node -> None at parse; raises GraphError for bad attrs/inputs
+    check: CheckRule | None = None
 
 
 @dataclass
@@ -87,18 +90,19 @@ class OpSet:
         self.family = family
         self.ops: list[OpDef] = []
 
-    def op(self, *op_types: str, domain: str = "", infer: InferRule | None = None, **traits):
+    def op(self, *op_types: str, domain: str = "", infer: InferRule | None = None, check: CheckRule | None = None,
+           **traits):
         """Decorates a kernel for ``op_types``; keywords are the ops' ``Traits`` (an unknown one is a TypeError)."""
         t = Traits(**traits)
 
         def register(kernel: Kernel) -> Kernel:
             for name in op_types:
-                self.ops.append(OpDef(name, kernel, domain, infer, (kernel.__doc__ or "").strip(), t))
+                self.ops.append(OpDef(name, kernel, domain, infer, (kernel.__doc__ or "").strip(), t, check))
             return kernel
         return register
 
     def add(self, op_type: str, kernel: Kernel, domain: str = "", infer: InferRule | None = None,
-            check: Callable[[Any], None] | None = None, **traits) -> None:
+            check: CheckRule | None = None, **traits) -> None:
         self.ops.append(OpDef(op_type, kernel, domain, infer, (kernel.__doc__ or "").strip(), Traits(**traits),
                               check))
 

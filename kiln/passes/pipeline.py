@@ -21,6 +21,7 @@ from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogue import fuse_epilogues
 from .fuse_horizontal import fuse_horizontal
 from .layout import choose_layout
+from .lower_contrib import lower_contrib_ms
 from .noops import merge_transposes, remove_noops
 from .shape_reads import read_dims_from_inputs
 from .symbolic_shapes import simplify_symbolic_shapes
@@ -67,6 +68,8 @@ SIMPLIFY = FixedPoint("simplify", (
 DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("eliminate_dead_code", eliminate_dead_code, min_level=0),
     Pass("import_qdq", import_qdq),  # Q/DQ pairs -> kiln::FakeQuant, DQ(weights) -> float (+ int8 hint)
+    # onnxruntime's fused com.microsoft ops back into the standard layers the fusions below rebuild.
+    Pass("lower_contrib_ms", lower_contrib_ms),
     SIMPLIFY,
     # Exporters' decomposed forms back into single layers.
     Pass("recognize_gelu", recognize_gelu),

@@ -241,10 +241,15 @@ class Plugin:
                                  f"({spec.type}), got {attrs[name]!r}") from None
         return out
 
-    def check_node(self, node) -> None:
-        """At parse: the node's attributes and input count fit the declaration (GraphError otherwise)."""
-        self.bind_attrs(node.attrs, node.label)
-        self.check_inputs([None] * len(node.inputs), node.label)
+    def check_node(self, attrs: dict, inputs_present: list, outputs_present: list) -> str | None:
+        """At parse (the registry's check rule): why the node's attributes or input count do not fit the
+        declaration, or None. The parser lists every such node at once in an UnsupportedOpError."""
+        try:
+            self.bind_attrs(attrs, "")
+            self.check_inputs([None] * len(inputs_present), "")
+        except GraphError as e:
+            return str(e).replace("node '' ", "", 1)
+        return None
 
     def check_inputs(self, inputs: list, node: str) -> None:
         n, lo = len(inputs), len(self.inputs) - self.optional_inputs

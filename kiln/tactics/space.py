@@ -97,6 +97,13 @@ _TABLE: dict[tuple[str, str], list[Row]] = {
         Row("triton_qconv", {"config": [128, 128, 64, 8, 8, 4], "quant_in": "torch"}, "cuda", 4),
     ],
     ("", "MaxPool"): [Row("torch", {}, "any", 0), Row("triton_pool", {}, "cuda", 2)],  # backends/triton/pool.py
+    # 2/4/8-bit weights dequantized in registers (backends/triton/nbits.py), configs = nbits.CONFIGS
+    ("com.microsoft", "MatMulNBits"): [
+        Row("torch", {}, "any", 0),
+        Row("triton_nbits", {"config": [16, 64, 64, 4]}, "cuda", 2),
+        Row("triton_nbits", {"config": [32, 64, 64, 4]}, "cuda", 2),
+        Row("triton_nbits", {"config": [64, 128, 32, 8]}, "cuda", 3),
+    ],
     ("kiln", "MaxPoolQuantize"): [Row("torch", {}, "any", 0), Row("triton_pool", {}, "cuda", 2)],
     ("kiln", "Elementwise"): list(_ROWS),
     ("", "Softmax"): list(_ROWS),
@@ -373,6 +380,25 @@ def _triton_pool(node, params, constants, device) -> Tactic:
 
 
 _FACTORIES["triton_pool"] = _triton_pool
+
+
+def _triton_nbits(node, params, constants, device) -> Tactic:
+    from ..backends import triton as kt
+    ok, why = kt.available(device)
+    if not ok:
+        raise NotApplicable(why)
+    from ..backends.triton.nbits import NBitsLayer
+    from ..backends.triton.ops import Unsupported
+    from ..ops import default_registry
+    try:
+        layer = NBitsLayer(node, default_registry().get(node.domain, node.op_type).kernel, constants,
+                           tuple(params["config"]))
+    except Unsupported as e:
+        raise NotApplicable(str(e)) from None
+    return Tactic(layer.name, layer)
+
+
+_FACTORIES["triton_nbits"] = _triton_nbits
 
 DEFAULT = TacticLibrary(_TABLE, _FACTORIES, _expand)
 SPACE = DEFAULT.space  # read-only: (domain, op type) -> rows

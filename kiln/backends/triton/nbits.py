@@ -1,0 +1,139 @@
+"""MatMulNBits (com.microsoft) in Triton: ``A @ dequantize(B)^T + bias`` with the 2/4/8-bit weights unpacked and
+dequantized in registers (tactic ``triton_nbits``).
+
+Why: the op's own kernel (kiln/ops/contrib_ms_quant.py) expands the whole float weight on every call, which
+for a decoder's 4-bit matmuls moves 8x the bytes the packed weight holds. Here a program takes a
+[BLOCK_M, BLOCK_N] tile of the output and walks K in BLOCK_K steps: it loads the packed bytes of a [BLOCK_K,
+BLOCK_N] weight tile (each byte holds 8 / bits values, lowest bits first), shifts and masks out the values,
+subtracts the block's zero point and multiplies by its scale (one pair per ``block_size`` run of K), and feeds
+the tile to ``tl.dot``. Zero points, whatever their stored form (packed uint8, float, or the default
+2**(bits-1)), are expanded once at build into a float32 [N, blocks] table beside the scales.
+
+float16/bfloat16 activations multiply on tensor cores in their own type (the weight tile is cast to it);
+float32 keeps IEEE float32 products (no TF32), so the result is the reference's to rounding.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import cache
+from .codegen import prelude
+from .launch import interpreting
+from .layers import TritonLayer
+from .ops import Unsupported
+
+CONFIGS = [(16, 64, 64, 4), (32, 64, 64, 4), (64, 128, 32, 8)]  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps)
+
+
+def nbits_source(interpret: bool) -> str:
+    return "\n".join(prelude(set(), interpret)) + '''
+
+
+@triton.jit
+def kiln_matmul_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, sam, sbn, blocks,
+                      BITS: tl.constexpr, QBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    PER: tl.constexpr = 8 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        a = tl.load(a_ptr + rm[:, None] * sam + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        byte = tl.load(b_ptr + rn[None, :] * sbn + (rk // PER)[:, None], mask=w_ok, other=0).to(tl.int32)
+        q = (byte >> ((rk % PER) * BITS)[:, None]) & MASK
+        at = rn[None, :] * blocks + (rk // QBLOCK)[:, None]
+        scale = tl.load(s_ptr + at, mask=w_ok, other=0.0)
+        zero = tl.load(z_ptr + at, mask=w_ok, other=0.0)
+        w = (q.to(tl.float32) - zero) * scale
+        if IEEE:
+            acc += tl.dot(a.to(tl.float32), w, input_precision="ieee")
+        else:
+            acc += tl.dot(a, w.to(a.dtype))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+kernel = kiln_matmul_nbits
+'''
+
+
+def zero_point_table(zps: torch.Tensor | None, n: int, blocks: int, bits: int) -> torch.Tensor:
+    """The float32 [N, blocks] zero points of any stored form."""
+    from ...ops.contrib_ms_quant import unpack_bits
+    if zps is None:
+        return torch.full((n, blocks), float(1 << (bits - 1)), dtype=torch.float32)
+    if zps.dtype == torch.uint8:
+        return unpack_bits(zps.reshape(n, -1), bits, blocks).to(torch.float32).contiguous()
+    return zps.reshape(n, blocks).to(torch.float32).contiguous()
+
+
+class NBitsLaunch:
+    """One MatMulNBits layer: its packed weight, scales and zero points bound at build."""
+
+    def __init__(self, attrs: dict, b: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None,
+                 bias: torch.Tensor | None, config: tuple):
+        self.k, self.n = int(attrs["K"]), int(attrs["N"])
+        self.bits, self.qblock = int(attrs.get("bits", 4)), int(attrs["block_size"])
+        if self.bits not in (2, 4, 8):
+            raise Unsupported(f"{self.bits}-bit weights")
+        self.blocks = (self.k + self.qblock - 1) // self.qblock
+        self.b = b.reshape(self.n, -1).contiguous()
+        self.scales = scales.reshape(self.n, self.blocks).to(torch.float32).contiguous()
+        self.zeros = zero_point_table(zps, self.n, self.blocks, self.bits).to(b.device)
+        self.bias = bias
+        self.config = tuple(config)
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        if a.dtype not in (torch.float32, torch.float16, torch.bfloat16) or a.shape[-1] != self.k:
+            raise Unsupported(f"a {a.dtype} input with last dim {a.shape[-1]}")
+        a2 = a.reshape(-1, self.k)
+        if a2.stride(-1) != 1:
+            a2 = a2.contiguous()
+        m = a2.shape[0]
+        out = torch.empty((m, self.n), dtype=a.dtype, device=a.device)
+        if m == 0:
+            return out.reshape(*a.shape[:-1], self.n)
+        bm, bn, bk, warps = self.config
+        interp = interpreting()
+        mod = cache.load(cache.digest("matmul_nbits", interp), lambda: nbits_source(interp))
+        grid = (-(-m // bm), -(-self.n // bn))
+        bias = self.bias if self.bias is not None else self.scales
+        mod.kernel[grid](a2, self.b, self.scales, self.zeros, bias, out, m, self.n, self.k, a2.stride(0),
+                         self.b.stride(0), self.blocks, BITS=self.bits, QBLOCK=self.qblock,
+                         HAS_BIAS=self.bias is not None, IEEE=a.dtype == torch.float32,
+                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        return out.reshape(*a.shape[:-1], self.n)
+
+
+class NBitsLayer(TritonLayer):
+    """The tactic's layer: the Triton kernel, or (counted in ``fallbacks``) the op's own for a call it cannot take."""
+
+    accepts_out = ()
+
+    def __init__(self, node, fallback, constants: dict, config: tuple):
+        super().__init__(node, fallback)
+        ins = list(node.inputs) + [None] * 6
+        if ins[4] is not None:
+            raise Unsupported("g_idx (act-order)")
+
+        def bound(v):
+            if v is None:
+                return None
+            t = constants.get(v.id)
+            if t is None:
+                raise Unsupported(f"input {v.name!r} is not a constant")
+            return t
+        self.launch = NBitsLaunch(node.attrs, bound(ins[1]), bound(ins[2]), bound(ins[3]), bound(ins[5]), config)
+        self.name = "triton_nbits[{}x{}x{}]".format(*config[:3])
+
+    def run(self, ctx, inputs, attrs, out):
+        if out is not None:
+            raise Unsupported("writing into a given buffer")
+        return self.launch(inputs[0])
