@@ -50,7 +50,13 @@ class PassContext:
                 # Other runs tell dims derived from symbols (2 * seq): at each end of the profile range where
                 # there is one (so no stride maps every run to one size), else at other free probe values.
                 other = choose_probes(self.graph, self.input_shapes, bounds, avoid=set(probes.values()))
-                low = {**other, **endpoint_probes(probes, bounds, low=True)}
+                # A symbol no profile bounds gets a small probe in the low run: exporters clamp by table sizes
+                # (a Slice of a 64-row position table by the sequence length), which two large probes both hit,
+                # and the clamped dim would look constant (a BERT export built without a profile failed so).
+                small = choose_probes(self.graph, self.input_shapes, {}, start=17,
+                                      avoid=set(probes.values()) | set(other.values()))
+                low = {**other, **{k: v for k, v in small.items() if k not in bounds and v < 97},
+                       **endpoint_probes(probes, bounds, low=True)}
                 high = {**other, **endpoint_probes(probes, bounds, low=False)}
                 if high != low and high != probes:
                     reference = propagate(self.graph, self.input_shapes, self.registry, cache=self._ref_high_cache,

@@ -196,8 +196,10 @@ def _is_prime(n: int) -> bool:
     return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
 
 
-def choose_probes(graph: Graph, input_shapes, bounds, avoid: set[int] = frozenset()) -> dict[str, int]:
-    """symbol name -> probe value: inside the symbol's (min, max) when a free value is there, else a prime."""
+def choose_probes(graph: Graph, input_shapes, bounds, avoid: set[int] = frozenset(),
+                  start: int | None = None) -> dict[str, int]:
+    """symbol name -> probe value: inside the symbol's (min, max) when a free value is there, else a prime (the
+    first free one from ``start``, default just past the range or 97)."""
     names: list[str] = []
     for v in graph.inputs:
         shape = (input_shapes or {}).get(v.name, getattr(v.type, "shape", None))
@@ -218,7 +220,7 @@ def choose_probes(graph: Graph, input_shapes, bounds, avoid: set[int] = frozense
         if lo is not None and hi is not None:
             pick = next((c for c in range(hi, max(lo, 2) - 1, -1) if free(c)), None)
         if pick is None:  # just past the range (small probes keep build-time evaluation cheap)
-            pick = next((c for c in range((hi or 96) + 1, 1 << 16) if free(c)), None)
+            pick = next((c for c in range(start if start is not None else (hi or 96) + 1, 1 << 16) if free(c)), None)
         if pick is None:
             continue
         out[name] = pick
