@@ -8,7 +8,6 @@ from ..ir.graph import Graph
 from .context import PassContext
 from .rewrite import has_subgraphs, replace_uses
 
-_IMPURE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
 
 
 def _attr_key(v):
@@ -37,7 +36,8 @@ def eliminate_common_subexpressions(graph: Graph, ctx: PassContext) -> bool:
             changed = True
     seen: dict = {}
     for node in list(graph.nodes):
-        if node.op_type in _IMPURE or any(True for _ in node.subgraphs()):
+        # never_fold (random ops): two draws are two values, not one
+        if ctx.registry.traits(node.domain, node.op_type).never_fold or any(True for _ in node.subgraphs()):
             continue
         key = (node.domain, node.op_type, tuple(v.id if v is not None else None for v in node.inputs),
                tuple(sorted((k, _attr_key(v)) for k, v in node.attrs.items())), len(node.outputs))

@@ -52,7 +52,7 @@ def _passthrough(ctx: PassContext, node: Node) -> int | None:
         return 0
     if op in ("Cast", "CastLike"):
         return 0 if _same_type(ctx, node) else None
-    if op in ("Reshape", "Expand", "Flatten", "Squeeze", "Unsqueeze"):
+    if ctx.registry.traits("", op).reshape or op == "Expand":  # same elements; same shape: the input itself
         return 0 if _same_shape(ctx, node) else None
     if op == "Transpose":
         perm = node.attrs.get("perm")
