@@ -2,7 +2,7 @@
 # First, before anything imports torch: the CPU thread pool's wait policy is read when torch loads (threads.py).
 from . import threads
 from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphError, InputError, KernelError,
-                     KilnError, ModelFormatError, ShapeError, UnsupportedOpError)
+                     KilnError, ModelFormatError, ModelMismatchError, ShapeError, UnsupportedOpError)
 from .frontend.onnx import parse
 from .ir import DType, Graph, Node, OptionalType, SequenceType, TensorType, Value
 from .runtime.interpreter import interpret
@@ -12,21 +12,25 @@ from .threads import set_threads
 from .version import __version__
 
 __all__ = [
-    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Refitter", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError",
-    "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError",
+    "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError", "ModelMismatchError",
 ]
 
 
 def __getattr__(name: str):
-    """``build`` and ``BuilderConfig`` import the builder (and the passes, tuner and quantizer it uses) on first
+    """``build``, ``BuilderConfig`` and ``Refitter`` import the builder (and the passes, tuner and quantizer it uses) on first
     use: a process that only loads and runs engines never imports them (tests/test_imports.py). A subpackage
     (``kiln.cli``, ``kiln.tune``, ...) is imported on first access, as an import statement would."""
     if name in ("build", "BuilderConfig"):
         from . import builder
         value = globals()[name] = getattr(builder, name)
         return value
+    if name == "Refitter":
+        from .builder.refitter import Refitter
+        globals()[name] = Refitter
+        return Refitter
     if not name.startswith("_"):
         import importlib
         try:

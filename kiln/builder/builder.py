@@ -35,6 +35,8 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report_progress = progress or (lambda *a: None)
     from ..engine import device_info
     from ..engine.runtime import Engine
+    from ..engine.source import record as source_record
+    from ..quant.calibrate import copy_graph
     config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
     config, auto_note = config.resolve_auto()
     t0 = time.perf_counter()
@@ -42,6 +44,8 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     device = device_info.describe(config.device)
     report_progress("parse", 0, 1, "reading the model")
     graph = _as_graph(model)
+    source = source_record(graph)  # what a weight-stripped or refitted engine checks its new weights against
+    source_graph = copy_graph(graph) if config.refittable else None
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
     output_names = [v.name for v in graph.outputs]
@@ -83,9 +87,9 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     header = {
         "config": config.to_json(), "output_names": output_names, "device": device,
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": graph.meta.get("producer", ""),
+        "producer": graph.meta.get("producer", ""), "source": source,
     }
-    engine = Engine(graph, header, report, registry, tactics)
+    engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph)
     _report_tactics(report, engine, tuned)
     report.notes += engine.load_notes
     report_progress("memory", 0, 1, "planning activation memory")

@@ -20,6 +20,7 @@ import torch
 from ..errors import EngineFormatError, KilnError
 from .fields import arr, boolean, fail, integer, ints, number, obj, optional, show, string
 from .report import BuildReport, LayerInfo
+from .source import check_record
 from .spec import EngineSpec
 from .validate_ops import MAX_DIM, MAX_RANK
 from .validate_plan import check_plan
@@ -29,7 +30,7 @@ MAX_ARENA_BYTES = 1 << 44  # 16 TiB: past any device's memory, and far below whe
 MAX_NAMES = 1 << 20  # graph outputs, profile inputs
 _REQUIRED = ("config", "output_names", "device", "versions", "plan_bytes", "weights_bytes")
 
-__all__ = ["MAX_JSON_DEPTH", "check_header", "check_engine", "read_report"]
+__all__ = ["MAX_JSON_DEPTH", "check_header", "check_engine", "check_source_graph", "read_report"]
 
 
 def check_header(h: Any) -> dict:
@@ -57,6 +58,9 @@ def check_header(h: Any) -> dict:
     optional(h, "arena_bytes", integer, "header field 'arena_bytes'", 0, MAX_ARENA_BYTES)
     _check_config(obj(h["config"], "header field 'config'"))
     optional(h, "report", obj, "header field 'report'")
+    optional(h, "weights", string, "header field 'weights'", ("stripped",))  # format 2: absent = stored
+    if "source" in h:  # format 2: the model it was built from (source.py)
+        check_record(h["source"])
     return h
 
 
@@ -154,3 +158,12 @@ def check_engine(header: dict, plan: Any, weights: dict[str, torch.Tensor], regi
         check_plan(plan, weights, registry, len(header["output_names"]))
     except EngineFormatError as e:
         raise EngineFormatError(f"{where}: {e}") from None
+
+
+def check_source_graph(plan: Any, weights: dict[str, torch.Tensor], registry, where: str) -> None:
+    """The ONNX graph a refittable engine keeps (header field 'source.graph'), checked like the plan."""
+    try:
+        outputs = arr(obj(plan, "header field 'source.graph'").get("outputs"), "header field 'source.graph.outputs'")
+        check_plan(plan, weights, registry, len(outputs))
+    except EngineFormatError as e:
+        raise EngineFormatError(f"{where}: in header field 'source.graph': {e}") from None
