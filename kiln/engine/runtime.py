@@ -149,6 +149,9 @@ class Engine:
         """An engine from the bytes of an engine file, which are treated as hostile: validated (format.py,
         validate.py) before anything is built from them. Every failure is a KilnError. See ``load`` for
         ``trusted_keys`` and ``weights_from``."""
+        if trusted_keys is not None:  # a key that is not one is the caller's error (TypeError), not the file's
+            from .signing import public_key
+            trusted_keys = [public_key(k) for k in trusted_keys]
         try:
             return Engine._deserialize(bytes(data), where, trusted_keys, weights_from)
         except KilnError:
