@@ -369,7 +369,7 @@ class IBuilderConfig:
                              profiles=tuple(p._profile() for p in self._profiles),
                              optimization_level=min(5, max(0, int(self.builder_optimization_level))),
                              strict_types=BuilderFlag.STRONGLY_TYPED in self._flags,
-                             refittable=bool({BuilderFlag.REFIT, BuilderFlag.REFIT_IDENTICAL} & self._flags))
+                             refittable=len({BuilderFlag.REFIT, BuilderFlag.REFIT_IDENTICAL} & self._flags) > 0)
 
 
 class Builder:

@@ -56,7 +56,7 @@ class Refitter:
         if name not in current:
             raise ModelMismatchError(f"the engine's model has no initializer named {name!r} "
                                      f"(Refitter.get_all_weights lists them)")
-        t = torch.from_numpy(np.ascontiguousarray(weights)) if not isinstance(weights, torch.Tensor) else weights
+        t = weights if isinstance(weights, torch.Tensor) else torch.from_numpy(np.array(weights, copy=True))
         t = t.detach().cpu().contiguous()
         want = current[name]
         if t.dtype != want.dtype or tuple(t.shape) != tuple(want.shape):
