@@ -63,9 +63,12 @@ def pack(header: dict, plan: dict, weights: dict[str, torch.Tensor]) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def unpack(data: bytes, where: str = "engine", trusted_keys=None) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+def unpack(data: bytes, where: str = "engine", trusted_keys=None,
+           strict_versions: bool = True) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """(header, plan, weights) of an engine file. With ``trusted_keys`` (Ed25519 public keys), the file must be
-    signed by one of them (signing.py); the signature is checked before anything after the version is read."""
+    signed by one of them (signing.py); the signature is checked before anything after the version is read.
+    ``strict_versions``: refuse a newer Kiln's or another torch major's engine before its header is checked
+    (otherwise device_info.place notes them)."""
     if len(data) < len(MAGIC) + 12 + _DIGEST:
         if not data.startswith(MAGIC[: len(data)]) or not data:
             raise EngineFormatError(f"{where} is not a Kiln engine file (too short, no KILNENG magic)")
@@ -86,7 +89,7 @@ def unpack(data: bytes, where: str = "engine", trusted_keys=None) -> tuple[dict,
     if hashlib.sha256(body).digest() != digest:
         raise EngineFormatError(f"{where} is corrupt or was modified: checksum mismatch (truncated or tampered file)")
     header = _json(body[20:20 + hlen], "the header", where)
-    if isinstance(header, dict) and "versions" in header:  # first: a newer Kiln's header may not fit ours
+    if strict_versions and isinstance(header, dict) and "versions" in header:  # first: a newer Kiln's header may not fit ours
         device_info.check_versions(header["versions"], where)
     try:
         validate.check_header(header)

@@ -47,7 +47,7 @@ class Engine:
     """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
 
     def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None,
-                 tactics: Any = None, source_graph: Graph | None = None):
+                 tactics: Any = None, source_graph: Graph | None = None, notes: list[str] | None = None):
         self.header = header
         self.report = report
         self.spec = EngineSpec.from_json(header["config"])  # what the engine reads of its build configuration
@@ -61,7 +61,8 @@ class Engine:
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.spec.profiles
-        self.load_notes: list[str] = []
+        # What loading changed or replaced (another device, torch or Kiln; tactics that do not apply here)
+        self.load_notes: list[str] = list(notes or [])
         self.signed_by: str | None = None  # the fingerprint of the key that signed the file it was loaded from
         self._tactic_library = tactics  # a kiln.tactics.TacticLibrary (default: Kiln's own)
         # A refittable engine keeps the ONNX graph it was built from, with its current initializers (refit.py).
@@ -145,29 +146,31 @@ class Engine:
 
     @staticmethod
     def deserialize(data: bytes, where: str = "engine bytes", *, trusted_keys: Any = None,
-                    weights_from: Any = None) -> "Engine":
+                    weights_from: Any = None, device: str | None = None, strict_device: bool = False) -> "Engine":
         """An engine from the bytes of an engine file, which are treated as hostile: validated (format.py,
         validate.py) before anything is built from them. Every failure is a KilnError. See ``load`` for
-        ``trusted_keys`` and ``weights_from``."""
+        the keyword arguments."""
         if trusted_keys is not None:  # a key that is not one is the caller's error (TypeError), not the file's
             from .signing import public_key
             trusted_keys = [public_key(k) for k in trusted_keys]
         try:
-            return Engine._deserialize(bytes(data), where, trusted_keys, weights_from)
+            return Engine._deserialize(bytes(data), where, trusted_keys, weights_from, device, strict_device)
         except KilnError:
             raise
         except Exception as e:  # noqa: BLE001 - belt and braces: what validation missed is still a bad file
             raise EngineFormatError(f"{where} could not be loaded: {type(e).__name__}: {e}") from e
 
     @staticmethod
-    def _deserialize(data: bytes, where: str, trusted_keys: Any, weights_from: Any) -> "Engine":
+    def _deserialize(data: bytes, where: str, trusted_keys: Any, weights_from: Any, device: str | None,
+                     strict_device: bool) -> "Engine":
         from .format import unpack
         from .graph_json import decode_graph
         from .signing import fingerprint, split
         from .validate import check_engine, check_source_graph, read_report
         # The signature first (before the header is parsed), then the header against its schema.
-        header, plan, weights = unpack(data, where, trusted_keys)
-        device_info.check_compatible(header["device"], header["versions"], where)
+        header, plan, weights = unpack(data, where, trusted_keys, strict_versions=strict_device)
+        built = header
+        header, notes = device_info.place(header, device, strict_device, where)
         registry = default_registry()
         try:
             report = read_report(header)
@@ -189,20 +192,21 @@ class Engine:
             # not import the builder: loading a full engine never needs it, tests/test_imports.py).
             import importlib
             replay = importlib.import_module("kiln.builder.replay")
-            plan, weights, source_graph = replay.weights_from_onnx(header, plan, report, weights_from, registry, where)
+            # under the build's own configuration (its device's pass decisions), wherever the engine runs now
+            plan, weights, source_graph = replay.weights_from_onnx(built, plan, report, weights_from, registry, where)
         check_engine(header, plan, weights, registry, where)
         if source_graph is None and stored_source is not None:
             check_source_graph(stored_source, weights, registry, where)
             source_graph = decode_graph(stored_source, weights)
         graph = decode_graph(plan, weights)
-        engine = Engine(graph, header, report, registry, source_graph=source_graph)
+        engine = Engine(graph, header, report, registry, source_graph=source_graph, notes=notes)
         key = split(data)[1]
         engine.signed_by = None if key is None else fingerprint(key)
         return engine
 
     @staticmethod
     def load(path: str | Path, max_bytes: int | None = None, *, trusted_keys: Any = None,
-             weights_from: Any = None) -> "Engine":
+             weights_from: Any = None, device: str | None = None, strict_device: bool = False) -> "Engine":
         """Load an engine file; one larger than ``max_bytes`` (default ``format.MAX_FILE_BYTES``, 64 GiB) is
         refused before it is read.
 
@@ -211,7 +215,13 @@ class Engine:
         in it is read. ``weights_from``: an ONNX model (path, bytes or ModelProto) whose initializers become
         the engine's weights: required for a weight-stripped engine (``save(path, weights=False)``); the
         model must be the one the engine was built from or one of the same architecture (names, shapes,
-        dtypes and graph are checked: ModelMismatchError)."""
+        dtypes and graph are checked: ModelMismatchError).
+
+        ``device``: where to run it ("cpu", "cuda", "cuda:N"; default: where it was built when this machine has
+        that device, else the CPU). An engine built on another device (another GPU model, the CPU), or by
+        another torch or Kiln of its format version, loads: the stored tactics that do not apply here are
+        replaced by this device's default kernels, and ``load_notes`` lists what changed.
+        ``strict_device=True`` refuses such an engine instead (DeviceMismatchError / EngineFormatError)."""
         from .format import MAX_FILE_BYTES
         limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
         p = Path(path)
@@ -226,7 +236,7 @@ class Engine:
         if len(data) != size:
             raise EngineFormatError(f"engine file {str(p)!r} changed size while it was read")
         return Engine.deserialize(data, f"engine file {str(p)!r}", trusted_keys=trusted_keys,
-                                  weights_from=weights_from)
+                                  weights_from=weights_from, device=device, strict_device=strict_device)
 
     def __repr__(self) -> str:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"

@@ -49,6 +49,8 @@ def check_header(h: Any) -> dict:
     for k, name in enumerate(arr(h["output_names"], "header field 'output_names'", MAX_NAMES)):
         string(name, f"header field 'output_names' {k}")
     _check_device(obj(h["device"], "header field 'device'"))
+    if "built_for" in h:  # an engine moved to another device and saved there: the device it was built for
+        _check_device(obj(h["built_for"], "header field 'built_for'"), "built_for")
     versions = obj(h["versions"], "header field 'versions'")
     for key in ("kiln", "torch"):
         optional(versions, key, string, f"header field 'versions.{key}'")
@@ -64,18 +66,18 @@ def check_header(h: Any) -> dict:
     return h
 
 
-def _check_device(d: dict) -> None:
-    string(d.get("type"), "header field 'device.type'")
-    optional(d, "name", string, "header field 'device.name'")
+def _check_device(d: dict, key: str = "device") -> None:
+    string(d.get("type"), f"header field '{key}.type'")
+    optional(d, "name", string, f"header field '{key}.name'")
     if d["type"] == "cpu":
-        optional(d, "machine", string, "header field 'device.machine'")
-        optional(d, "cpu_capability", string, "header field 'device.cpu_capability'")
+        optional(d, "machine", string, f"header field '{key}.machine'")
+        optional(d, "cpu_capability", string, f"header field '{key}.cpu_capability'")
     elif d["type"] == "cuda":
-        cap = ints(d.get("capability"), "header field 'device.capability'", 0, 1000, 2)
+        cap = ints(d.get("capability"), f"header field '{key}.capability'", 0, 1000, 2)
         if len(cap) != 2:
-            raise fail("header field 'device.capability'", f"must be [major, minor], got {show(cap)}")
-        optional(d, "memory_bytes", integer, "header field 'device.memory_bytes'", 0)
-        optional(d, "cuda", string, "header field 'device.cuda'")
+            raise fail(f"header field '{key}.capability'", f"must be [major, minor], got {show(cap)}")
+        optional(d, "memory_bytes", integer, f"header field '{key}.memory_bytes'", 0)
+        optional(d, "cuda", string, f"header field '{key}.cuda'")
 
 
 # -- the build configuration ---------------------------------------------------------------------------------
