@@ -11,7 +11,11 @@ Kiln folds them): two ONNX files of the same architecture with other random weig
 - moved: A's engine with its header claiming a GPU (and GPU-only tactics) loads and runs on this CPU, with notes
   listing the replaced tactics (a real GPU build moved to the CPU needs the GPU machine).
 
-    PYTHONPATH=. python benchmarks/bench_refit.py [--models resnet50 bert_base] [--precisions fp32 fp16] [--out F]
+    PYTHONPATH=. python benchmarks/bench_refit.py [--models resnet50 bert_base] [--precisions fp32 fp16 int8]
+                                                  [--out F]
+
+int8: A's engine is calibrated on random inputs; the refit re-quantizes B's weights with A's stored scales, and
+the fresh build of B reads the same scales from A's calibration cache.
 """
 from __future__ import annotations
 
@@ -71,9 +75,18 @@ def bench(name: str, precision: str, folder: Path) -> dict:
     a, feed = export(name, 1, folder)
     b, _ = export(name, 2, folder)
     opts = {"profiles": shapes_of(feed), **({"fp16": True} if precision == "fp16" else {})}
+    if precision == "int8":  # A's scales, from its calibration; B's fresh build reads them from the cache
+        model, sample, _ = make(name, 1)
+        g = torch.Generator().manual_seed(7)
+        batches = [dict(zip(feed, (x.numpy() for x in sample(1, 128 if name == "bert_base" else 224, g))))
+                   for _ in range(4)]
+        opts.update(int8=True, calibration_cache=str(folder / f"{name}.cal.json"))
+        if Path(opts["calibration_cache"]).exists():
+            Path(opts["calibration_cache"]).unlink()
     row: dict = {"model": name, "precision": precision}
     t0 = time.perf_counter()
-    engine = kiln.build(str(a), refittable=True, **opts)
+    engine = kiln.build(str(a), refittable=True, **opts,
+                        **({"int8_calibrator": batches} if precision == "int8" else {}))
     row["build_s"] = round(time.perf_counter() - t0, 1)
     out_a = run(engine, feed)
 

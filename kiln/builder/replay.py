@@ -138,12 +138,19 @@ def merge_weights(engine: Any, replayed: Any, path: str = "plan") -> Any:
         if len(engine) != len(replayed):
             raise _differ(path, f"{len(engine)} entries in the engine, {len(replayed)} after the passes",
                           engine, replayed)
-        return [merge_weights(a, b, f"{path}[{i}]") for i, (a, b) in enumerate(zip(engine, replayed))]
+        return [merge_weights(a, b, _item(path, i, a)) for i, (a, b) in enumerate(zip(engine, replayed))]
     if type(engine) is not type(replayed) or engine != replayed:
         if not (isinstance(engine, float) and isinstance(replayed, float) and math.isnan(engine) and math.isnan(replayed)):
             raise _differ(path, f"{_short(engine)} in the engine, {_short(replayed)} after the passes",
                           engine, replayed)
     return engine
+
+
+def _item(path: str, i: int, v: Any) -> str:
+    """The path of list item ``i``, naming the layer when it is a node (``plan.nodes[3] 'conv1'``)."""
+    if isinstance(v, dict) and "op" in v and isinstance(v.get("name"), str):
+        return f"{path}[{i}] (layer {v['name']!r}, {v['op']})"
+    return f"{path}[{i}]"
 
 
 def _short(v: Any) -> str:

@@ -52,6 +52,8 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="run convolutions in NHWC layout (auto: on for CUDA)")
     g.add_argument("--strict-types", action="store_true", help="keep the model's own types (no reduced precision)")
+    g.add_argument("--refittable", action="store_true",
+                   help="keep the ONNX initializers in the engine so kiln.Refitter can give it new weights")
 
 
 def resolve_device(device: str) -> str:
@@ -101,7 +103,8 @@ def config_from_args(args, **extra):
             tuning_budget_s=getattr(args, "tuning_budget", None), tactic_replay=getattr(args, "tactic_replay", None),
             cuda_graphs=not args.no_cuda_graphs,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-            strict_types=args.strict_types, verbosity=min(getattr(args, "verbose", 0), 2), **quant, **extra)
+            strict_types=args.strict_types, refittable=getattr(args, "refittable", False),
+            verbosity=min(getattr(args, "verbose", 0), 2), **quant, **extra)
     except ValueError as e:
         raise ShapeError(str(e)) from None
 

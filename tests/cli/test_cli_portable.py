@@ -1,4 +1,5 @@
-"""`kiln sign` / `kiln verify`, run in-process (main(argv)): a key pair, a signature, and the refusals."""
+"""`kiln sign` / `kiln verify`, weight-stripped engines through `kiln build` / `kiln exec`, run in-process
+(main(argv))."""
 import shutil
 
 from kiln.cli.main import main
@@ -24,3 +25,17 @@ def test_sign_and_verify(work, tmp_path, capsys):
     assert "invalid signature" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "s.engine"), "--trusted-key", str(tmp_path / "k")]) == 1  # a private key
     assert "not an Ed25519 public key" in capsys.readouterr().err
+
+
+def test_stripped_engine_through_build_and_exec(work, tmp_path, capsys):
+    d, _ = work
+    plan, full = tmp_path / "plan.engine", d / "tiny.engine"
+    assert main(["build", str(d / "tiny.onnx"), "-o", str(plan), "--shapes", "x:2x3x8x8", "--device", "cpu",
+                 "--strip-weights", "--progress", "off"]) == 0
+    assert plan.stat().st_size < full.stat().st_size  # a tiny model: its weights are a small part
+    assert main(["exec", f"--loadEngine={plan}", "--shapes=x:2x3x8x8", "--iterations=1", "--warmUp=0",
+                 "--duration=0"]) == 1
+    assert "saved without its weights" in capsys.readouterr().err
+    assert main(["exec", f"--loadEngine={plan}", f"--onnx={d / 'tiny.onnx'}", "--shapes=x:2x3x8x8",
+                 "--iterations=1", "--warmUp=0", "--duration=0"]) == 0
+    assert "with the weights of" in capsys.readouterr().out
