@@ -127,7 +127,7 @@ def merge_weights(engine: Any, replayed: Any, path: str = "plan") -> Any:
         mine = {k for k in engine if k not in keep}
         theirs = {k for k in replayed if k not in keep}
         if mine != theirs:
-            raise _differ(path, f"fields {sorted(mine ^ theirs)} are in one graph only", engine, replayed)
+            raise _differ(path, f"fields {sorted(mine ^ theirs)} are in one graph only")
         for k in mine:
             if k in ("const", "t") and isinstance(engine[k], str) and isinstance(replayed[k], str):
                 out[k] = replayed[k]
@@ -136,18 +136,16 @@ def merge_weights(engine: Any, replayed: Any, path: str = "plan") -> Any:
         return out
     if isinstance(engine, list) and isinstance(replayed, list):
         if len(engine) != len(replayed):
-            raise _differ(path, f"{len(engine)} entries in the engine, {len(replayed)} after the passes",
-                          engine, replayed)
+            raise _differ(path, f"{len(engine)} entries in the engine, {len(replayed)} after the passes")
         return [merge_weights(a, b, _item(path, i, a)) for i, (a, b) in enumerate(zip(engine, replayed))]
-    if type(engine) is not type(replayed) or engine != replayed:
-        if not (isinstance(engine, float) and isinstance(replayed, float) and math.isnan(engine) and math.isnan(replayed)):
-            raise _differ(path, f"{_short(engine)} in the engine, {_short(replayed)} after the passes",
-                          engine, replayed)
+    both_nan = isinstance(engine, float) and isinstance(replayed, float) and math.isnan(engine) and math.isnan(replayed)
+    if (type(engine) is not type(replayed) or engine != replayed) and not both_nan:
+        raise _differ(path, f"{_short(engine)} in the engine, {_short(replayed)} after the passes")
     return engine
 
 
 def _item(path: str, i: int, v: Any) -> str:
-    """The path of list item ``i``, naming the layer when it is a node (``plan.nodes[3] 'conv1'``)."""
+    """The path of list item ``i``, naming the layer when it is a node (``plan.nodes[3] (layer 'conv1', Conv)``)."""
     if isinstance(v, dict) and "op" in v and isinstance(v.get("name"), str):
         return f"{path}[{i}] (layer {v['name']!r}, {v['op']})"
     return f"{path}[{i}]"
@@ -158,7 +156,7 @@ def _short(v: Any) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def _differ(path: str, what: str, engine: Any, replayed: Any) -> ModelMismatchError:
+def _differ(path: str, what: str) -> ModelMismatchError:
     return ModelMismatchError(
         f"the new weights do not give this engine's graph: at {path}, {what}. The build's passes made other "
         f"decisions for these weights (a value-dependent fold or fusion, another precision), so the engine "

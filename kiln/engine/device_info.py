@@ -152,7 +152,8 @@ def version_notes(built_with: dict, where: str) -> list[str]:
     notes = []
     if not isinstance(built_with, dict):
         raise EngineFormatError(f"{where}: header field versions must be an object, got {type(built_with).__name__}")
-    if "kiln" in built_with and _release(built_with["kiln"], "versions.kiln", where) > _release(__version__, "kiln", where):
+    ours = _release(__version__, "kiln", where)
+    if "kiln" in built_with and _release(built_with["kiln"], "versions.kiln", where) > ours:
         notes.append(f"written by Kiln {built_with['kiln']}, newer than this Kiln ({__version__}), in an engine "
                      f"format version this Kiln reads; header fields this Kiln does not know are ignored")
     if "torch" in built_with:

@@ -89,7 +89,8 @@ def unpack(data: bytes, where: str = "engine", trusted_keys=None,
     if hashlib.sha256(body).digest() != digest:
         raise EngineFormatError(f"{where} is corrupt or was modified: checksum mismatch (truncated or tampered file)")
     header = _json(body[20:20 + hlen], "the header", where)
-    if strict_versions and isinstance(header, dict) and "versions" in header:  # first: a newer Kiln's header may not fit ours
+    # first: a newer Kiln's header may not fit ours
+    if strict_versions and isinstance(header, dict) and "versions" in header:
         device_info.check_versions(header["versions"], where)
     try:
         validate.check_header(header)

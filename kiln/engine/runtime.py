@@ -65,7 +65,8 @@ class Engine:
         self.load_notes: list[str] = list(notes or [])
         self.signed_by: str | None = None  # the fingerprint of the key that signed the file it was loaded from
         self._tactic_library = tactics  # a kiln.tactics.TacticLibrary (default: Kiln's own)
-        # A refittable engine keeps the ONNX graph it was built from, with its current initializers (refit.py).
+        # A refittable engine keeps the ONNX graph it was built from, with its current initializers
+        # (kiln/builder/refitter.py).
         self.source_graph = source_graph
         self._refit_lock = threading.Lock()
         self._bind(graph, self.load_notes)
