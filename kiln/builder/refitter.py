@@ -74,9 +74,11 @@ class Refitter:
         check_matches(graph, self.engine.header["source"], what)
         self._pending.update(initializers(graph))
 
-    def refit(self) -> None:
+    def refit(self, calibration_data: Any = None) -> None:
         """Give the engine the weights set so far; raises ModelMismatchError (the engine unchanged) when they
-        would make another graph than the engine's."""
+        would make another graph than the engine's. Quantized layers re-quantize their weights with the
+        engine's activation scales; ``calibration_data`` (a folder, an iterable of input dicts or a
+        calibrator, as BuilderConfig.int8_calibrator) calibrates the scales anew on it instead."""
         from ..engine.graph_json import decode_graph, encode_graph
         from ..quant.calibrate import copy_graph
         from .replay import replay_weights
@@ -90,7 +92,7 @@ class Refitter:
             keep = copy_graph(source)
             engine_plan, _ = encode_graph(engine.graph)
             plan, weights = replay_weights(source, engine.header["config"], engine.report, engine_plan,
-                                           engine.registry)
+                                           engine.registry, calibration_data)
             notes: list[str] = []
             engine._bind(decode_graph(plan, weights), notes)
             engine.source_graph = keep

@@ -29,32 +29,36 @@ from ..ops import Registry
 
 __all__ = ["replay_weights", "merge_weights", "weights_from_onnx"]
 
-# Plan fields the build writes after the passes; kept from the engine, not compared: the tactic the tuner
-# chose (meta), and Concat inputs written in place (attribute, decided from the memory plan).
-_KEPT_META = ("tactic",)
+# Plan fields kept from the engine, not compared: the tactic the tuner chose (meta) and Concat inputs written in
+# place (attribute, decided from the memory plan), both written after the passes; and the accuracy target's
+# mark on the layers it kept in float32 (meta), which the replay pins by layer_precisions instead: what the mark
+# does, the layer's precision and types, is compared.
+_KEPT_META = ("tactic", "keep_float32")
 _KEPT_ATTRS = ("in_place",)
 
 
-def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: dict,
-                   registry: Registry) -> tuple[dict, dict[str, torch.Tensor]]:
+def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: dict, registry: Registry,
+                   calibration_data: Any = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(plan, weights) for an engine whose plan is ``engine_plan``, computed from the initializers of
-    ``source`` (the parsed ONNX graph; consumed). Raises ModelMismatchError when the passes make another graph."""
+    ``source`` (the parsed ONNX graph; consumed). Raises ModelMismatchError when the passes make another graph.
+    ``calibration_data`` (BuilderConfig.int8_calibrator's forms): the quantized layers' activation scales are
+    calibrated anew on it, instead of the engine's own being kept."""
     from ..engine.graph_json import encode_graph
     from ..passes.context import PassContext
     from ..passes.pipeline import run_pipeline
     from ..passes.propagate import propagate
     from .builder import _annotate_types, _profile_shapes, _static_input_shapes
     with tempfile.TemporaryDirectory(prefix="kiln-refit-") as tmp:
-        config = _replay_config(config_json, report, engine_plan, Path(tmp))
+        config = _replay_config(config_json, report, engine_plan, Path(tmp), calibration_data)
         ctx = PassContext(source, config, registry, _static_input_shapes(source, config))
         run_pipeline(source, ctx)
     source.toposort()
     _annotate_types(source, propagate(source, _profile_shapes(source, config, "opt"), registry))
     plan, weights = encode_graph(source)
-    return merge_weights(engine_plan, plan), weights
+    return merge_weights(engine_plan, plan, scales=calibration_data is not None), weights
 
 
-def _replay_config(config_json: dict, report: Any, engine_plan: dict, tmp: Path):
+def _replay_config(config_json: dict, report: Any, engine_plan: dict, tmp: Path, calibration_data: Any = None):
     """The engine's build configuration, with what the build measured fixed as it was: nothing is measured
     or calibrated again (a refit gives the engine the build made, for other weights)."""
     from .config import BuilderConfig
@@ -73,6 +77,9 @@ def _replay_config(config_json: dict, report: Any, engine_plan: dict, tmp: Path)
             pins[label] = "fp8" if "fp8" in str(precision) else "int8"
         changes.update(int8=False, fp8=False)
     changes["layer_precisions"] = pins
+    if calibration_data is not None:
+        changes["int8_calibrator"] = calibration_data
+        return config.replace(**changes)
     scales = _activation_scales(engine_plan)
     if scales:
         from ..quant.cache import Calibration
@@ -114,10 +121,17 @@ def _cache_scale(scale: float, qmax: float) -> float:
     return ideal
 
 
-def merge_weights(engine: Any, replayed: Any, path: str = "plan") -> Any:
+def merge_weights(engine: Any, replayed: Any, path: str = "plan", scales: bool = False) -> Any:
     """The engine's plan with the weight references of the replayed plan (``const`` of a value, ``t`` of an
     attribute); everything else must be equal, except the fields the build adds after the passes (kept from
-    the engine). Raises ModelMismatchError naming the first place where the two graphs differ."""
+    the engine). ``scales``: activation scales were calibrated anew, so the layers' scale attributes (``*scale``
+    and the scale of an ``addq`` epilogue step) are taken from the replayed plan too. Raises
+    ModelMismatchError naming the first place where the two graphs differ."""
+    if scales and path.endswith(".attrs") and isinstance(engine, dict) and isinstance(replayed, dict):
+        engine = dict(engine)
+        for k in engine.keys() & replayed.keys():
+            if k.endswith("scale") or (k == "epilogue" and _same_steps(engine[k], replayed[k])):
+                engine[k] = replayed[k]
     if isinstance(engine, dict) and isinstance(replayed, dict):
         out = {}
         keep = _KEPT_META if path.endswith(".meta") else _KEPT_ATTRS if path.endswith(".attrs") else ()
@@ -132,16 +146,24 @@ def merge_weights(engine: Any, replayed: Any, path: str = "plan") -> Any:
             if k in ("const", "t") and isinstance(engine[k], str) and isinstance(replayed[k], str):
                 out[k] = replayed[k]
             else:
-                out[k] = merge_weights(engine[k], replayed[k], f"{path}.{k}")
+                out[k] = merge_weights(engine[k], replayed[k], f"{path}.{k}", scales)
         return out
     if isinstance(engine, list) and isinstance(replayed, list):
         if len(engine) != len(replayed):
             raise _differ(path, f"{len(engine)} entries in the engine, {len(replayed)} after the passes")
-        return [merge_weights(a, b, _item(path, i, a)) for i, (a, b) in enumerate(zip(engine, replayed))]
+        return [merge_weights(a, b, _item(path, i, a), scales) for i, (a, b) in enumerate(zip(engine, replayed))]
     both_nan = isinstance(engine, float) and isinstance(replayed, float) and math.isnan(engine) and math.isnan(replayed)
     if (type(engine) is not type(replayed) or engine != replayed) and not both_nan:
         raise _differ(path, f"{_short(engine)} in the engine, {_short(replayed)} after the passes")
     return engine
+
+
+def _same_steps(engine: Any, replayed: Any) -> bool:
+    """Whether two epilogue attribute records are the same steps but for ``addq:SLOT:SCALE`` scales."""
+    def steps(record):
+        items = record.get("list", []) if isinstance(record, dict) else []
+        return [s.get("s", "").rsplit(":", 1)[0] if s.get("s", "").startswith("addq:") else s for s in items]
+    return steps(engine) == steps(replayed)
 
 
 def _item(path: str, i: int, v: Any) -> str:

@@ -67,10 +67,14 @@ def constants(engine):
 @pytest.mark.parametrize("make, feed, options", [
     (conv_bn_model, X, {}),
     (conv_bn_model, X, {"fp16": True}),
+    (conv_bn_model, X, {"fp16": True, "accuracy_target": {"min_cosine": 0.99999999},  # layers kept in fp32
+                        "profiles": (kiln.Profile.fixed({"x": (2, 4, 8, 8)}),)}),
     (qkv_model, XQ, {}),
 ])
 def test_refit_equals_a_fresh_build_and_same_weights_are_bit_identical(make, feed, options):
     engine = kiln.build(make(1), refittable=True, **options)
+    if "accuracy_target" in options:
+        assert engine.report.quantization["accuracy"]["kept"]
     before = constants(engine)
     r = kiln.Refitter(engine)
     r.set_weights_from_onnx(make(1))
@@ -242,3 +246,16 @@ def test_stripped_header_fields_are_validated():
                                  "'initializers' 'W' shape")]:
         with pytest.raises(EngineFormatError, match=message):
             fmt.unpack(fmt.pack(dict(header, **{field: bad}), plan, weights))
+
+
+def test_int8_refit_can_recalibrate():
+    rng = np.random.default_rng(5)
+    data = [{"x": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)} for _ in range(3)]
+    engine = kiln.build(conv_bn_model(1), refittable=True, int8=True, int8_calibrator=data, accuracy_target=None)
+    r = kiln.Refitter(engine)
+    r.set_weights_from_onnx(conv_bn_model(2))
+    r.refit(calibration_data=data)
+    fresh = kiln.build(conv_bn_model(2), int8=True, int8_calibrator=data, accuracy_target=None)
+    scales = [n.attrs["x_scale"] for n in engine.graph.nodes if "x_scale" in n.attrs]
+    assert scales and scales == [n.attrs["x_scale"] for n in fresh.graph.nodes if "x_scale" in n.attrs]
+    assert_close(run(engine), run(fresh), {"int8": True})
