@@ -49,7 +49,7 @@ def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: d
     from ..passes.propagate import propagate
     from .builder import _annotate_types, _profile_shapes, _static_input_shapes
     with tempfile.TemporaryDirectory(prefix="kiln-refit-") as tmp:
-        config = _replay_config(config_json, report, engine_plan, Path(tmp), calibration_data)
+        config = _replay_config(config_json, report, Path(tmp), calibration_data)
         ctx = PassContext(source, config, registry, _static_input_shapes(source, config))
         run_pipeline(source, ctx)
     source.toposort()
@@ -58,7 +58,7 @@ def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: d
     return merge_weights(engine_plan, plan, scales=calibration_data is not None), weights
 
 
-def _replay_config(config_json: dict, report: Any, engine_plan: dict, tmp: Path, calibration_data: Any = None):
+def _replay_config(config_json: dict, report: Any, tmp: Path, calibration_data: Any = None):
     """The engine's build configuration, with what the build measured fixed as it was: nothing is measured
     or calibrated again (a refit gives the engine the build made, for other weights)."""
     from .config import BuilderConfig
@@ -80,30 +80,33 @@ def _replay_config(config_json: dict, report: Any, engine_plan: dict, tmp: Path,
     if calibration_data is not None:
         changes["int8_calibrator"] = calibration_data
         return config.replace(**changes)
-    scales = _activation_scales(engine_plan)
-    if scales:
+    stored = _stored_scales(quant.get("scales"))
+    if stored is not None:
         from ..quant.cache import Calibration
         cache = tmp / "scales.json"
-        Calibration(scales, config.calibration_method).save(cache)
+        Calibration(*stored).save(cache)
         changes["calibration_cache"] = str(cache)
     return config.replace(**changes)
 
 
-def _activation_scales(plan: dict) -> dict[str, float]:
-    """The int8 activation scales of the engine's quantized layers, by the name of the tensor each quantizes,
-    in the calibration cache's terms (amax / 127), chosen so that the build's ``amax / 127`` (or ``/ 448`` for
-    fp8) gives back the stored scale bit for bit."""
-    values = plan["values"]
-    out: dict[str, float] = {}
-    for node in plan["nodes"]:
-        attrs = node.get("attrs", {})
-        scale, fmt = attrs.get("x_scale"), attrs.get("x_dtype", {"s": "int8"})
-        if not (isinstance(scale, dict) and "f" in scale) or attrs.get("x_dynamic"):
-            continue
-        x = node["inputs"][0]
-        if isinstance(x, int) and 0 <= x < len(values):
-            out[values[x]["name"]] = _cache_scale(float(scale["f"]), 448.0 if fmt.get("s") == "fp8e4m3" else 127.0)
-    return out
+def _stored_scales(scales: Any) -> tuple[dict, str, dict] | None:
+    """The build's activation scales (build report ``quantization.scales``) as a calibration cache's scales
+    (amax / 127) and SmoothQuant divisors, chosen so that the build's ``amax / 127`` (``/ 448`` for fp8)
+    gives back each stored scale bit for bit. None when the build calibrated nothing."""
+    from ..engine.fields import arr, fail, number, obj, string
+    if not scales:
+        return None
+    out, smoothing = {}, {}
+    for name, rec in obj(scales, "report field 'quantization.scales'").items():
+        field = f"report field 'quantization.scales' {name!r}"
+        rec = arr(rec, field, 3)
+        if len(rec) < 2:
+            raise fail(field, "must be [scale, format] or [scale, format, divisors]")
+        scale, fmt = number(rec[0], field), string(rec[1], f"{field} format")
+        out[name] = _cache_scale(scale, 448.0 if fmt == "fp8e4m3" else 127.0)
+        if len(rec) == 3:
+            smoothing[name] = [number(x, f"{field} divisors") for x in arr(rec[2], f"{field} divisors")]
+    return out, "minmax", smoothing
 
 
 def _cache_scale(scale: float, qmax: float) -> float:

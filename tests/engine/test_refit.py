@@ -43,6 +43,21 @@ def qkv_model(seed: int):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def norm_mlp_model(seed: int):
+    """LayerNorm -> MatMul -> Relu -> MatMul: with int8 the LayerNorm writes the 8-bit input of the first
+    GEMM itself (quantize_norm_outputs), so that scale lives on the norm, not on the GEMM."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("g", rng.random(16) + 0.5), ("b", rng.standard_normal(16)), ("W1", rng.standard_normal((16, 32))),
+        ("W2", rng.standard_normal((32, 16)))]]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "normmlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
 X = {"x": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)}
 XQ = {"x": np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)}
 
@@ -94,21 +109,23 @@ def test_refit_equals_a_fresh_build_and_same_weights_are_bit_identical(make, fee
     assert again.source_graph is not None and kiln.Refitter(again).get_all_weights() == r.get_all_weights()
 
 
-def test_int8_refit_requantizes_with_the_stored_scales(tmp_path):
+@pytest.mark.parametrize("make, shape", [(conv_bn_model, (2, 4, 8, 8)), (norm_mlp_model, (2, 5, 16))])
+def test_int8_refit_requantizes_with_the_stored_scales(tmp_path, make, shape):
     rng = np.random.default_rng(5)
-    data = [{"x": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)} for _ in range(3)]
+    data = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    feed = {"x": rng.standard_normal(shape).astype(np.float32)}
     cache = str(tmp_path / "cal.json")
-    engine = kiln.build(conv_bn_model(1), refittable=True, int8=True, int8_calibrator=data, calibration_cache=cache)
+    engine = kiln.build(make(1), refittable=True, int8=True, int8_calibrator=data, calibration_cache=cache)
     assert any(n.op_type.startswith("Q") for n in engine.graph.nodes)
     before = constants(engine)
     kiln.Refitter(engine).refit()  # nothing set: the same weights
     after = constants(engine)
     assert after[0] == before[0] and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
     r = kiln.Refitter(engine)
-    r.set_weights_from_onnx(conv_bn_model(2))
+    r.set_weights_from_onnx(make(2))
     r.refit()
-    fresh = kiln.build(conv_bn_model(2), int8=True, calibration_cache=cache)  # the same scales, from the cache
-    assert_close(run(engine), run(fresh), {"int8": True})
+    fresh = kiln.build(make(2), int8=True, calibration_cache=cache)  # the same scales, from the cache
+    assert_close(run(engine, feed), run(fresh, feed), {"int8": True})
 
 
 def test_set_named_weights_one_at_a_time():
