@@ -144,6 +144,8 @@ def render(doc: dict, passes: bool = False) -> str:
             if k == "layers":
                 out.append(f"{len(v)} quantized layers: " + ", ".join(f"{n} {p}" for n, p in list(v.items())[:8])
                            + (" ..." if len(v) > 8 else ""))
+            elif k == "scales":  # one per quantized tensor: the count here, the values in --json
+                out.append(f"activation scales of {len(v)} tensors (kept for refits; see --json)")
             else:
                 out.append(f"{k}: {v}")
     mem = doc["memory"]
