@@ -128,7 +128,7 @@ def bench(name: str, precision: str, folder: Path) -> dict:
     header["device"] = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
     header["config"]["device"] = "cuda"
     for node in plan["nodes"]:
-        if node["op"] in ("Conv", "Linear"):
+        if node["op"] in ("Conv", "Linear", "QConv", "QLinear"):
             node["meta"]["tactic"] = {"name": "triton_gemm", "params": {"BLOCK_M": 64}}
     moved = kiln.Engine.deserialize(fmt.pack(header, plan, weights))
     row["moved_device"] = str(moved.device)

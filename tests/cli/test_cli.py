@@ -210,7 +210,8 @@ def test_every_flag_of_every_subcommand_has_help():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {name: p for name, p in sub.choices.items() if name != "exec"}
     parsers["exec"] = exec_parser()
-    assert set(parsers) == {"build", "bench", "run", "inspect", "compare", "exec", "quantize", "serve"}
+    assert set(parsers) == {"build", "bench", "run", "inspect", "compare", "exec", "quantize", "serve", "sign",
+                            "verify"}
     for name, p in parsers.items():
         for action in p._actions:
             assert action.help and action.help != argparse.SUPPRESS, f"kiln {name}: {action.option_strings} lacks help"
