@@ -11,8 +11,8 @@ would, whatever pass made it, with no per-pass recipe to keep in step with the p
 Then the safety check: the replayed graph must be the engine's graph node for node (ops, attributes, value
 types, precisions), constants aside. A pass whose decision depended on the old weights' values and went the
 other way now (a constant folded differently, a weight that became all zeros) gives another graph, and the
-refit is refused, saying where the graphs part; it is never silently wrong. Nothing is tuned, calibrated or
-memory-planned again: tactics stay as stored and are bound to the new weights at load.
+refit is refused, saying where the graphs part; it is never silently wrong. Nothing is tuned or memory-planned
+again (tactics stay as stored and are bound to the new weights at load), nor calibrated unless the caller asks.
 """
 from __future__ import annotations
 
@@ -47,20 +47,21 @@ def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: d
     from ..passes.context import PassContext
     from ..passes.pipeline import run_pipeline
     from ..passes.propagate import propagate
-    from .builder import _annotate_types, _profile_shapes, _static_input_shapes
+    from .builder import annotate_types, profile_shapes, static_input_shapes
     with tempfile.TemporaryDirectory(prefix="kiln-refit-") as tmp:
         config = _replay_config(config_json, report, Path(tmp), calibration_data)
-        ctx = PassContext(source, config, registry, _static_input_shapes(source, config))
+        ctx = PassContext(source, config, registry, static_input_shapes(source, config))
         run_pipeline(source, ctx)
     source.toposort()
-    _annotate_types(source, propagate(source, _profile_shapes(source, config, "opt"), registry))
+    annotate_types(source, propagate(source, profile_shapes(source, config, "opt"), registry))
     plan, weights = encode_graph(source)
     return merge_weights(engine_plan, plan, scales=calibration_data is not None), weights
 
 
 def _replay_config(config_json: dict, report: Any, tmp: Path, calibration_data: Any = None):
     """The engine's build configuration, with what the build measured fixed as it was: nothing is measured
-    or calibrated again (a refit gives the engine the build made, for other weights)."""
+    again, nor calibrated unless ``calibration_data`` is given (a refit gives the engine the build made, for
+    other weights)."""
     from .config import BuilderConfig
     config = BuilderConfig.from_json(config_json)
     pins = dict(config.layer_precisions)
@@ -110,8 +111,8 @@ def _stored_scales(scales: Any) -> tuple[dict, str, dict] | None:
 
 
 def _cache_scale(scale: float, qmax: float) -> float:
-    """s with float(s * 127 / qmax ... ) round-tripping: the cache stores amax / 127 and the build divides
-    amax = s * 127 by qmax, so pick s among the neighbours of the ideal value that gives ``scale`` exactly."""
+    """The cache scale s that gives back ``scale``: the build takes amax = s * 127 and divides it by ``qmax``
+    (127 for int8, 448 for fp8), so s is the float among the neighbours of scale * qmax / 127 that does so."""
     ideal = scale * qmax / 127.0
     candidates = [ideal]
     lo = hi = ideal

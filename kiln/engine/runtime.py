@@ -119,8 +119,8 @@ class Engine:
         ``Engine.load(path, weights_from="model.onnx")``). ``signing_key``: sign the file (Ed25519; an
         Ed25519PrivateKey or its raw 32 bytes), for ``Engine.load(path, trusted_keys=[...])``."""
         from .format import pack
-        from .graph_json import _Encoder
-        encoder = _Encoder()  # one for both graphs: initializers a pass left unchanged are stored once
+        from .graph_json import Encoder
+        encoder = Encoder()  # one for both graphs: initializers a pass left unchanged are stored once
         plan = encoder.graph(self.graph)
         header = dict(self.header)
         if self.report is not None:

@@ -23,7 +23,7 @@ import torch
 from ..errors import KilnError, ModelMismatchError
 from ..ir.graph import Graph
 from .fields import arr, fail, ints, obj, string
-from .graph_json import _Encoder
+from .graph_json import Encoder
 from .validate_ops import MAX_DIM, MAX_RANK
 
 MAX_INITIALIZERS = 1 << 20
@@ -35,7 +35,7 @@ def dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-class _Shapes(_Encoder):
+class _Shapes(Encoder):
     """Encodes a graph's structure: a tensor stands for its dtype and shape, its values are not read."""
 
     def tensor(self, t: torch.Tensor, hint: str) -> str:
