@@ -63,6 +63,14 @@ def max_rel(outs: dict, refs: dict) -> float:
     return max(rel(outs[k], refs[k]) for k in refs)
 
 
+def constants_equal(e1, e2) -> bool:
+    """Whether two engines of one plan hold bit-identical constants, value by value."""
+    (p1, t1), (p2, t2) = encode_graph(e1.graph), encode_graph(e2.graph)
+    c1 = [t1[v["const"]] for v in p1["values"] if "const" in v]
+    c2 = [t2[v["const"]] for v in p2["values"] if "const" in v]
+    return len(c1) == len(c2) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(c1, c2))
+
+
 def run(engine, feed) -> dict:
     return engine.create_execution_context().infer(feed)
 
@@ -104,6 +112,10 @@ def bench(name: str, precision: str, folder: Path) -> dict:
     fresh = kiln.build(str(b), **opts)
     want = run(fresh, feed)
     row["refit_vs_fresh_max_rel"] = max_rel(run(engine, feed), want)
+    # Where outputs differ, is it the weights or the kernels? The fresh build tunes its tactics anew (timed, so
+    # they can differ from the ones the refitted engine kept) and, in reduced precision, measures again.
+    row["constants_equal_fresh"] = constants_equal(engine, fresh)
+    row["tactics_differing"] = sum(engine.tactics.get(k) != v for k, v in fresh.tactics.items())
     row["refit_differs_from_A"] = max_rel(run(engine, feed), out_a)
     reloaded = kiln.Engine.deserialize(engine.serialize())
     row["reloaded_vs_fresh_max_rel"] = max_rel(run(reloaded, feed), want)
