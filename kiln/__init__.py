@@ -2,7 +2,7 @@
 # First, before anything imports torch: the CPU thread pool's wait policy is read when torch loads (threads.py).
 from . import threads
 from .errors import (BuildError, DeviceMismatchError, EngineFormatError, GraphError, InputError, KernelError,
-                     KilnError, ModelFormatError, PluginError, ShapeError, UnsupportedOpError)
+                     KilnError, ModelFormatError, ModelMismatchError, PluginError, ShapeError, UnsupportedOpError)
 from .threads import set_threads
 from .version import __version__
 
@@ -12,16 +12,16 @@ _LAZY = {
     "parse": ("frontend.onnx", "parse"), "interpret": ("runtime.interpreter", "interpret"),
     "Engine": ("engine", "Engine"), "ExecutionContext": ("engine", "ExecutionContext"),
     "Profile": ("engine.profile", "Profile"), "build": ("builder", "build"),
-    "BuilderConfig": ("builder", "BuilderConfig"),
+    "BuilderConfig": ("builder", "BuilderConfig"), "Refitter": ("builder.refitter", "Refitter"),
     **{name: ("ir", name) for name in ("DType", "Graph", "Node", "OptionalType", "SequenceType", "TensorType",
                                        "Value")},
 }
 
 __all__ = [
-    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Refitter", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError",
-    "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError", "PluginError",
+    "KernelError", "EngineFormatError", "DeviceMismatchError", "BuildError", "PluginError", "ModelMismatchError",
 ]
 
 

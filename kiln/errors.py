@@ -42,6 +42,11 @@ class DeviceMismatchError(KilnError):
     """An engine was built for a different device than the one it is loaded or run on."""
 
 
+class ModelMismatchError(KilnError):
+    """An ONNX model given for an engine's weights (refit, ``weights_from=``) is not the model it was built
+    from, or not of the same architecture: the message says what differs (an initializer, a shape, the graph)."""
+
+
 class BuildError(KilnError):
     """The builder could not produce an engine (the message names the pass or layer)."""
 

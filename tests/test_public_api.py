@@ -3,10 +3,10 @@ Kiln raises on purpose is a KilnError."""
 import kiln
 
 PUBLIC = {
-    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Profile", "Engine", "ExecutionContext",
+    "__version__", "parse", "set_threads", "interpret", "build", "BuilderConfig", "Refitter", "Profile", "Engine", "ExecutionContext",
     "Graph", "Node", "Value", "DType", "TensorType", "SequenceType", "OptionalType",
     "KilnError", "ModelFormatError", "GraphError", "UnsupportedOpError", "InputError", "ShapeError", "KernelError",
-    "EngineFormatError", "DeviceMismatchError", "BuildError", "PluginError",
+    "EngineFormatError", "DeviceMismatchError", "BuildError", "PluginError", "ModelMismatchError",
 }
 
 
@@ -26,7 +26,7 @@ def test_trt_module_names():
     import kiln.trt as trt
     for name in ("Logger", "Builder", "OnnxParser", "Runtime", "BuilderFlag", "MemoryPoolType",
                  "NetworkDefinitionCreationFlag", "TensorIOMode", "volume", "nptype", "IInt8EntropyCalibrator2",
-                 "IInt8MinMaxCalibrator"):
+                 "IInt8MinMaxCalibrator", "Refitter"):
         assert hasattr(trt, name), name
 
 

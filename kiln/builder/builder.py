@@ -44,6 +44,8 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report_progress = progress or (lambda *a: None)
     from ..engine import device_info
     from ..engine.runtime import Engine
+    from ..engine.source import record as source_record
+    from ..quant.calibrate import copy_graph
     config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
     config, auto_note = config.resolve_auto()
     t0 = time.perf_counter()
@@ -60,11 +62,13 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         raise BuildError("example_inputs is for building a torch.nn.Module (it is exported to ONNX with them); "
                          "an ONNX model's input shapes come from the model and the profiles")
     graph = _as_graph(model, registry, config.onnxruntime_fallback)
+    source = source_record(graph)  # what a weight-stripped or refitted engine checks its new weights against
+    source_graph = copy_graph(graph) if config.refittable else None
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
     output_names = [v.name for v in graph.outputs]
     _check_profiles(graph, config)
-    static_shapes = _static_input_shapes(graph, config)
+    static_shapes = static_input_shapes(graph, config)
     ctx = PassContext(graph, config, registry, static_shapes)
     if auto_note:
         ctx.notes.append(auto_note)
@@ -83,7 +87,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     graph.toposort()
     graph.verify()
 
-    opt_shapes = _profile_shapes(graph, config, "opt")
+    opt_shapes = profile_shapes(graph, config, "opt")
     from ..passes.propagate import propagate
     report_progress("layers", 0, 1, "describing layers")
     facts_opt = propagate(graph, opt_shapes, registry)
@@ -102,15 +106,15 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
             report.notes.append(f"tuning budget of {config.tuning_budget_s}s exceeded: "
                                 f"{len(tuned.untuned_for_budget)} layers kept their default tactic "
                                 f"(e.g. {', '.join(tuned.untuned_for_budget[:3])})")
-    _annotate_types(graph, facts_opt)
+    annotate_types(graph, facts_opt)
     header = {
         "config": config.to_json(), "output_names": output_names, "device": device,
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": graph.meta.get("producer", ""),
+        "producer": graph.meta.get("producer", ""), "source": source,
     }
     if plugins is not None and (records := plugins.records(graph)):
         header["plugins"] = records
-    engine = Engine(graph, header, report, registry, tactics)
+    engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph)
     engine.plugins = plugins
     _report_tactics(report, engine, tuned)
     report.notes += engine.load_notes
@@ -123,7 +127,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
             if n.attrs.get("in_place") and n.label in by_name:
                 by_name[n.label].kernel += f"[{len(n.attrs['in_place'])}/{len(n.inputs)} inputs in place]"
     report.rejections += rejections
-    plan, notes, plannable = plan_activation_memory(graph, _profile_shapes(graph, config, "max"), registry)
+    plan, notes, plannable = plan_activation_memory(graph, profile_shapes(graph, config, "max"), registry)
     report.notes += notes
     if plan is not None:
         report.memory = plan.to_json()
@@ -256,7 +260,7 @@ def _no_profile_message(unbounded: dict[str, list]) -> str:
             f"--min-shapes/--opt-shapes/--max-shapes {example}:1x...  (--shapes {example}:... for one fixed shape)")
 
 
-def _static_input_shapes(graph: Graph, config: BuilderConfig) -> dict[str, tuple]:
+def static_input_shapes(graph: Graph, config: BuilderConfig) -> dict[str, tuple]:
     """Input shapes with every dim that all profiles pin (min == max) made concrete; others stay symbolic."""
     out = {}
     for v in graph.inputs:
@@ -278,7 +282,7 @@ def _static_input_shapes(graph: Graph, config: BuilderConfig) -> dict[str, tuple
     return out
 
 
-def _profile_shapes(graph: Graph, config: BuilderConfig, which: str) -> dict[str, tuple] | None:
+def profile_shapes(graph: Graph, config: BuilderConfig, which: str) -> dict[str, tuple] | None:
     if not config.profiles:
         return None
     if which == "max":  # the largest over all profiles, per dim
@@ -291,7 +295,7 @@ def _profile_shapes(graph: Graph, config: BuilderConfig, which: str) -> dict[str
     return dict(getattr(config.profiles[0], which))
 
 
-def _annotate_types(graph: Graph, facts) -> None:
+def annotate_types(graph: Graph, facts) -> None:
     """Record the inferred dtypes on values whose declared type had none (shapes stay as declared)."""
     for n in graph.nodes:
         for o in n.outputs:

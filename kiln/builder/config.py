@@ -30,6 +30,9 @@ class BuilderConfig:
     tactic_replay: str | None = None  # a kiln.tune.export_choices file: take its choices, time nothing
     channels_last: bool | None = None  # None: the layout pass decides (2-D convolution networks run NHWC)
     cuda_graphs: bool = True
+    # Keep the ONNX graph and its initializers in the engine, so kiln.Refitter can give it new weights by their
+    # ONNX names without a rebuild (TensorRT's REFIT; the file grows by the initializers a pass changed).
+    refittable: bool = False
     strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
     # run a node no Kiln kernel or plugin implements through onnxruntime on the host (listed in the report)
     # instead of refusing the model; needs onnxruntime wherever the engine runs
@@ -50,6 +53,8 @@ class BuilderConfig:
 
     def __post_init__(self):
         check_device(self.device)
+        if not isinstance(self.refittable, bool):
+            raise ValueError(f"refittable must be True or False, got {self.refittable!r}")
         if self.bf16 not in (True, False, "auto"):
             raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
         if not 0 <= self.optimization_level <= 5:

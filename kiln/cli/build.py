@@ -20,6 +20,8 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     p.add_argument("model", help="the ONNX model file")
     p.add_argument("-o", "--output", required=True, metavar="ENGINE", help="where to write the engine file")
     add_build_flags(p)
+    p.add_argument("--strip-weights", action="store_true",
+                   help="write the plan without its weights (load it with Engine.load(path, weights_from=MODEL))")
     p.add_argument("--progress", choices=("auto", "live", "plain", "off"), default="auto",
                    help="progress display on stderr: live (a redrawn line), plain (one line per step, for "
                         "logs) or off; auto picks live on a terminal and plain in a pipe or CI")
@@ -42,7 +44,7 @@ def run(args) -> int:
         engine = build(args.model, config, progress=progress, plugins=plugins_from_args(args))
     finally:
         progress.finish()
-    engine.save(args.output)
+    engine.save(args.output, weights=not args.strip_weights)
     if args.export_tactics:
         from ..tune import export_choices
         export_choices(engine, args.export_tactics)

@@ -55,6 +55,8 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--onnxruntime-fallback", action="store_true",
                    help="run ops Kiln has no kernel or plugin for through onnxruntime on the host (each one is "
                         "listed in the build report) instead of refusing the model")
+    g.add_argument("--refittable", action="store_true",
+                   help="keep the ONNX initializers in the engine so kiln.Refitter can give it new weights")
 
 
 def resolve_device(device: str) -> str:
@@ -121,7 +123,9 @@ def config_from_args(args, **extra):
             tuning_budget_s=getattr(args, "tuning_budget", None), tactic_replay=getattr(args, "tactic_replay", None),
             cuda_graphs=not args.no_cuda_graphs,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-            strict_types=args.strict_types, onnxruntime_fallback=args.onnxruntime_fallback, verbosity=min(getattr(args, "verbose", 0), 2), **quant, **extra)
+            strict_types=args.strict_types, onnxruntime_fallback=args.onnxruntime_fallback,
+            refittable=getattr(args, "refittable", False), verbosity=min(getattr(args, "verbose", 0), 2), **quant,
+            **extra)
     except ValueError as e:
         raise ShapeError(str(e)) from None
 

@@ -25,14 +25,13 @@ UNSUPPORTED = {
     "--outputIOFormats": "I/O formats other than the model's own types are not supported yet",
     "--minShapesCalib": "calibration runs at the calibration data's own shapes",
     "--optShapesCalib": "calibration runs at the calibration data's own shapes",
-    "--maxShapesCalib": "calibration runs at the calibration data's own shapes", "--refit": "refittable engines are not supported yet",
+    "--maxShapesCalib": "calibration runs at the calibration data's own shapes",
     "--safe": "the safety runtime does not exist in Kiln", "--tacticSources": "tactic sources are not selectable yet",
     "--noBuilderCache": "use --timingCacheFile or leave it out", "--nvtxMode": "NVTX annotation is not supported",
     "--minTiming": "tactic timing iterations are not configurable yet", "--avgTiming": "tactic timing iterations are "
                                                                                       "not configurable yet",
     "--useDLACore": "DLA is not supported", "--allowGPUFallback": "DLA is not supported",
     "--exposeDMA": "DMA serialization is not supported",
-    "--versionCompatible": "version-compatible engines are not supported",
 "--profilingVerbosity": "Kiln always records layer detail",
     "--sparsity": "structured sparsity is not supported yet", "--int4": "int4 is not supported yet",
     "--useManagedMemory": "managed memory is not supported", "--useRuntime": "only the full runtime exists",
@@ -82,6 +81,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="builder optimization level 0-5 (default 3)")
     b.add_argument("--timingCacheFile", metavar="FILE", help="timing cache to read and update")
     b.add_argument("--explicitBatch", action="store_true", help="accepted for compatibility: always explicit batch")
+    b.add_argument("--refit", action="store_true",
+                   help="build a refittable engine (kiln.Refitter sets its weights by ONNX name, no rebuild)")
+    b.add_argument("--stripWeights", action="store_true",
+                   help="--saveEngine writes the plan without weights; load it with --loadEngine=FILE --onnx=MODEL")
+    b.add_argument("--versionCompatible", "--vc", action="store_true",
+                   help="accepted: every Kiln engine loads under another torch or Kiln of its format version")
+    b.add_argument("--hardwareCompatibilityLevel", choices=["none", "ampere+"], default="none",
+                   help="accepted: every Kiln engine loads on another device, replacing the tactics that do not "
+                        "apply there")
     i = p.add_argument_group("inference options")
     i.add_argument("--shapes", metavar="SPEC",
                    help="input shapes to run with (and, when building without min/opt/max, the profile)")
@@ -165,13 +173,14 @@ def _main(args, log: "_Log") -> int:
         logging.basicConfig(level=logging.INFO, format="[V] [kiln] %(message)s")
     from .inputs import gather_inputs
     from .shapes import parse_name_files, parse_shapes
-    if bool(args.onnx) == bool(args.loadEngine):
-        raise CLIError("give exactly one of --onnx=FILE (build) or --loadEngine=FILE")
+    if not (args.onnx or args.loadEngine):
+        raise CLIError("give --onnx=FILE (build) or --loadEngine=FILE (with --onnx=FILE: the weights of a "
+                       "weight-stripped engine)")
     if args.threads:  # 0: the bare trtexec flag
         from ..threads import set_threads
         set_threads(args.threads)
     shapes = parse_shapes(args.shapes, "--shapes") if args.shapes else None
-    engine = _build(args, shapes, log) if args.onnx else _load(args, log)
+    engine = _load(args, log) if args.loadEngine else _build(args, shapes, log)
     if args.dumpLayerInfo or args.exportLayerInfo:
         layers = [vars(l) for l in engine.report.layers] if engine.report else []
         if args.dumpLayerInfo:
@@ -270,7 +279,8 @@ def _build(args, shapes, log):
                                tf32=not args.noTF32, workspace_bytes=_workspace_bytes(args), profiles=profiles,
                                optimization_level=args.builderOptimizationLevel,
                                timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0,
-                               strict_types=args.stronglyTyped, layer_precisions=_layer_precisions(args), **quant)
+                               strict_types=args.stronglyTyped, layer_precisions=_layer_precisions(args),
+                               refittable=args.refit, **quant)
     except ValueError as e:
         raise ShapeError(str(e)) from None
     log.line(f"Building an engine from {args.onnx} for {config.device}")
@@ -282,8 +292,8 @@ def _build(args, shapes, log):
     for line in engine.report.summary().splitlines():
         log.line(line)
     if args.saveEngine:
-        engine.save(args.saveEngine)
-        log.line(f"Engine saved to {args.saveEngine}")
+        engine.save(args.saveEngine, weights=not args.stripWeights)
+        log.line(f"Engine saved to {args.saveEngine}" + (" (without weights)" if args.stripWeights else ""))
     return engine
 
 
@@ -301,12 +311,15 @@ def _load(args, log):
     from ..engine.runtime import Engine
     from .loading import check_readable, plugins_from_args
     check_readable(args.loadEngine, "engine file")
-    engine = Engine.load(args.loadEngine, plugins=plugins_from_args(args))
-    log.line(f"Loaded engine {args.loadEngine} ({engine.num_layers} layers, {engine.device})")
-    if args.device is not None and str(engine.device).split(":")[0] != _device(args).split(":")[0]:
-        from ..errors import DeviceMismatchError
-        raise DeviceMismatchError(f"engine {args.loadEngine!r} was built for {engine.device}, but --device asks for "
-                                  f"{_device(args)}; rebuild it for that device")
+    if args.onnx:
+        check_readable(args.onnx, "ONNX file")
+    # An engine built on another device moves to this one (or to --device), its replaced tactics noted.
+    engine = Engine.load(args.loadEngine, weights_from=args.onnx, device=_device(args) if args.device else None,
+                         plugins=plugins_from_args(args))
+    log.line(f"Loaded engine {args.loadEngine} ({engine.num_layers} layers, {engine.device})"
+             + (f" with the weights of {args.onnx}" if args.onnx else ""))
+    for note in engine.load_notes:
+        log.line(f"Load note: {note}")
     return engine
 
 

@@ -76,7 +76,8 @@ def describe(engine) -> dict:
             l["precision"] = f"{quant['layers'][l['name']]}->{l['precision']}"
     return {
         "metadata": {"created": h.get("created"), "producer": h.get("producer"), "device": h.get("device"),
-                     "versions": h.get("versions"),
+                     "built_for": h.get("built_for", h.get("device")), "versions": h.get("versions"),
+                     "signed_by": engine.signed_by, "refittable": engine.source_graph is not None,
                      "config": {k: v for k, v in cfg.items() if k != "profiles"},
                      "profiles": cfg.get("profiles", [])},
         "inputs": [_io(i) for i in engine.inputs],
@@ -87,6 +88,7 @@ def describe(engine) -> dict:
         "fusions": r.fusions if r else {},
         "memory": r.memory if r else {},
         "notes": r.notes if r else [],
+        "load_notes": list(engine.load_notes),  # what loading here changed (another device, replaced tactics)
         "passes": [list(p) for p in r.pass_seconds] if r else [],
         "onnx_nodes": r.onnx_nodes if r else None,
         "build_seconds": r.build_seconds if r else None,
@@ -106,7 +108,11 @@ def render(doc: dict, passes: bool = False) -> str:
     out = ["== engine ==",
            f"built {m['created']} by kiln {(m['versions'] or {}).get('kiln')} (torch {(m['versions'] or {}).get('torch')})"
            f"{'; model from ' + m['producer'] if m['producer'] else ''}",
-           f"device: {dev.get('type')} {dev.get('name', '')}".rstrip(),
+           f"device: {dev.get('type')} {dev.get('name', '')}".rstrip()
+           + (f" (built for {m['built_for'].get('type')} {m['built_for'].get('name', '')})".rstrip()
+              if m.get("built_for") not in (None, m["device"]) else "")
+           + ("; refittable" if m.get("refittable") else "")
+           + (f"; signed by key {m['signed_by']}" if m.get("signed_by") else ""),
            f"precisions allowed: {', '.join(flags)}; tf32 {'on' if cfg.get('tf32') else 'off'}; "
            f"opt level {cfg.get('optimization_level')}; cuda graphs {'on' if cfg.get('cuda_graphs') else 'off'}"]
     for i, p in enumerate(m["profiles"]):
@@ -138,6 +144,8 @@ def render(doc: dict, passes: bool = False) -> str:
             if k == "layers":
                 out.append(f"{len(v)} quantized layers: " + ", ".join(f"{n} {p}" for n, p in list(v.items())[:8])
                            + (" ..." if len(v) > 8 else ""))
+            elif k == "scales":  # one per quantized tensor: the count here, the values in --json
+                out.append(f"activation scales of {len(v)} tensors (kept for refits; see --json)")
             else:
                 out.append(f"{k}: {v}")
     mem = doc["memory"]
@@ -150,6 +158,8 @@ def render(doc: dict, passes: bool = False) -> str:
         out.append("no static memory plan (dynamic shapes without a profile)")
     for n in doc["notes"]:
         out.append(f"note: {n}")
+    for n in doc.get("load_notes", []):
+        out.append(f"load note: {n}")
     if passes:
         out.append("")
         out.append("== passes ==")

@@ -22,6 +22,8 @@ SUBCOMMANDS = {
     "exec": "exec",
     "quantize": "quantize",
     "serve": "serve",
+    "sign": "sign",
+    "verify": "verify",
 }
 
 

@@ -127,3 +127,67 @@ def _check_cpu(built_on: dict, where: str) -> None:
     if rank_needed is not None and rank_here is not None and rank_here < rank_needed:
         raise DeviceMismatchError(f"{where} was built for a CPU with {needed} (header field device.cpu_capability), "
                                   f"this CPU offers {here}; rebuild the engine here")
+
+
+# -- engines that follow the model: loading on another device, torch or Kiln ----------------------------------
+def _name(d: dict) -> str:
+    if d.get("type") == "cuda":
+        cap = d.get("capability") or []
+        return f"GPU {d.get('name')!r} (compute capability {'.'.join(map(str, cap))})"
+    extra = ", ".join(str(d[k]) for k in ("machine", "cpu_capability") if d.get(k))
+    return f"CPU {d.get('name')!r}" + (f" ({extra})" if extra else "")
+
+
+def _same_device(built_on: dict, here: dict) -> bool:
+    if built_on.get("type") != here["type"]:
+        return False
+    if here["type"] == "cuda":
+        return built_on.get("name") == here["name"] and list(built_on.get("capability", [])) == here["capability"]
+    return all(built_on.get(k) in (None, here[k]) for k in ("machine", "cpu_capability"))
+
+
+def version_notes(built_with: dict, where: str) -> list[str]:
+    """What ``check_versions`` would refuse, as notes (a malformed version string is still an error)."""
+    from ..version import __version__
+    notes = []
+    if not isinstance(built_with, dict):
+        raise EngineFormatError(f"{where}: header field versions must be an object, got {type(built_with).__name__}")
+    ours = _release(__version__, "kiln", where)
+    if "kiln" in built_with and _release(built_with["kiln"], "versions.kiln", where) > ours:
+        notes.append(f"written by Kiln {built_with['kiln']}, newer than this Kiln ({__version__}), in an engine "
+                     f"format version this Kiln reads; header fields this Kiln does not know are ignored")
+    if "torch" in built_with:
+        theirs = _release(built_with["torch"], "versions.torch", where)
+        if theirs[0] != _release(torch.__version__, "torch", where)[0]:
+            notes.append(f"built with torch {built_with['torch']}, running on torch {torch.__version__}")
+    return notes
+
+
+def place(header: dict, device: str | None, strict: bool, where: str) -> tuple[dict, list[str]]:
+    """(the header of the engine as it runs here, notes on what changed). ``device``: where to run it (None:
+    where it was built when that is here, else the CPU). ``strict``: refuse, as Kiln always did, an engine
+    built for another device, by a newer Kiln or with another torch major (DeviceMismatchError /
+    EngineFormatError). Otherwise the engine moves: the header's device record becomes this device's (the
+    original kept as ``built_for``) and its config's device the target; the engine's tactics that do not apply
+    here are replaced when they are bound (each noted), its memory plan is made on the first run."""
+    built_on = header["device"]
+    if strict:
+        check_compatible(built_on, header["versions"], where)
+        if device is not None and torch.device(device).type != built_on["type"]:
+            raise DeviceMismatchError(f"{where} was built for {_name(built_on)}; strict_device=True keeps it there "
+                                      f"(device={device!r} asked for another)")
+        return header, []
+    notes = version_notes(header["versions"], where)
+    if device is None:
+        device = header["config"].get("device", "cpu") if built_on.get("type") == "cpu" or \
+            torch.cuda.is_available() else "cpu"
+    here = describe(device)
+    if built_on.get("type") == "cuda" and here["type"] == "cuda" and device == "cuda":
+        device = header["config"].get("device", "cuda")  # cuda:N as built, when this machine has it
+    if _same_device(built_on, here):
+        if "built_for" in header:
+            notes.insert(0, f"built for {_name(header['built_for'])} (header field 'built_for'), moved here")
+        return header, notes
+    notes.insert(0, f"built for {_name(built_on)}, running on {_name(here)}: tactics that do not apply here are "
+                    f"replaced (listed below), the activation memory is planned on the first run")
+    return dict(header, device=here, built_for=built_on, config=dict(header["config"], device=device)), notes

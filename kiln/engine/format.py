@@ -9,6 +9,11 @@ Layout::
     plan                         JSON (the optimized graph, see graph_json.py)
     weights                      safetensors
     sha256                       32 bytes over everything before it
+    [signature trailer]          version 2, signed files only: Ed25519 public key, signature, b"KILNSIG\\0"
+                                 (signing.py; checked before anything else in the file is read)
+
+Version 2 adds the signature trailer and the header fields of weight-stripped and refittable engines
+(``weights``, ``source``: refit.py); version 1 files load as they always did.
 
 Loading parses JSON and safetensors only: no pickle, no eval, no code taken from the file. The file is
 hostile data (the sha256 is unkeyed: an edited file carries a valid one), so section sizes are checked
@@ -27,10 +32,10 @@ from typing import Any
 import torch
 
 from ..errors import EngineFormatError
-from . import bounded_json, device_info, validate
+from . import bounded_json, device_info, signing, validate
 
 MAGIC = b"KILNENG\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _DIGEST = 32
 MAX_FILE_BYTES = 64 << 30  # Engine.load's default limit: a larger file is refused before it is read
 
@@ -58,7 +63,12 @@ def pack(header: dict, plan: dict, weights: dict[str, torch.Tensor]) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def unpack(data: bytes, where: str = "engine") -> tuple[dict, dict, dict[str, torch.Tensor]]:
+def unpack(data: bytes, where: str = "engine", trusted_keys=None,
+           strict_versions: bool = True) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(header, plan, weights) of an engine file. With ``trusted_keys`` (Ed25519 public keys), the file must be
+    signed by one of them (signing.py); the signature is checked before anything after the version is read.
+    ``strict_versions``: refuse a newer Kiln's or another torch major's engine before its header is checked
+    (otherwise device_info.place notes them)."""
     if len(data) < len(MAGIC) + 12 + _DIGEST:
         if not data.startswith(MAGIC[: len(data)]) or not data:
             raise EngineFormatError(f"{where} is not a Kiln engine file (too short, no KILNENG magic)")
@@ -72,13 +82,15 @@ def unpack(data: bytes, where: str = "engine") -> tuple[dict, dict, dict[str, to
                                 f"({FORMAT_VERSION}); upgrade Kiln or rebuild the engine")
     if version < 1:
         raise EngineFormatError(f"{where} has an invalid format version {version}")
+    data, _ = signing.verify(data, trusted_keys, where)
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     if 20 + hlen > len(body):
         raise EngineFormatError(f"{where} is truncated (header claims {hlen} bytes)")
     if hashlib.sha256(body).digest() != digest:
         raise EngineFormatError(f"{where} is corrupt or was modified: checksum mismatch (truncated or tampered file)")
     header = _json(body[20:20 + hlen], "the header", where)
-    if isinstance(header, dict) and "versions" in header:  # first: a newer Kiln's header may not fit ours
+    # first: a newer Kiln's header may not fit ours
+    if strict_versions and isinstance(header, dict) and "versions" in header:
         device_info.check_versions(header["versions"], where)
     try:
         validate.check_header(header)

@@ -56,7 +56,7 @@ def _content_key(t: torch.Tensor) -> tuple:
     return str(t.dtype), tuple(t.shape), hashlib.sha256(raw.numpy().data).digest()
 
 
-class _Encoder:
+class Encoder:
     """Collects the weights; each distinct constant is stored once and referenced by its key.
 
     Tied, aliased and identical constants (tied embeddings, equal LayerNorm weights, an initializer read by
@@ -151,7 +151,7 @@ def _jsonable_meta(meta: dict) -> dict:
 
 
 def encode_graph(g: Graph) -> tuple[dict, dict[str, torch.Tensor]]:
-    enc = _Encoder()
+    enc = Encoder()
     return enc.graph(g), enc.tensors
 
 

@@ -47,8 +47,7 @@ class Engine:
     """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
 
     def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None,
-                 tactics: Any = None):
-        self.graph = graph
+                 tactics: Any = None, source_graph: Graph | None = None, notes: list[str] | None = None):
         self.header = header
         self.report = report
         self.spec = EngineSpec.from_json(header["config"])  # what the engine reads of its build configuration
@@ -62,16 +61,30 @@ class Engine:
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
         self.profiles: tuple[Profile, ...] = self.spec.profiles
+        # What loading changed or replaced (another device, torch or Kiln; tactics that do not apply here)
+        self.load_notes: list[str] = list(notes or [])
         self.plugins = None  # the kiln.plugin.PluginLibrary its custom ops run from (set by build and load)
-        self._constants = bind_constants(graph, self.device, self.registry)
+        self.signed_by: str | None = None  # the fingerprint of the key that signed the file it was loaded from
+        self._tactic_library = tactics  # a kiln.tactics.TacticLibrary (default: Kiln's own)
+        # A refittable engine keeps the ONNX graph it was built from, with its current initializers
+        # (kiln/builder/refitter.py).
+        self.source_graph = source_graph
+        self._refit_lock = threading.Lock()
+        self._bind(graph, self.load_notes)
+
+    def _bind(self, graph: Graph, notes: list[str]) -> None:
+        """Make ``graph`` the engine's: its constants on the device, its tactics bound, its program. The program
+        is assigned last, in one step: a run takes the program once (a snapshot), so a context running while
+        the engine is refitted sees the old weights or the new ones, never a mix."""
+        constants = bind_constants(graph, self.device, self.registry)
         # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
         # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
         from ..tactics import bind_tactics
-        self.load_notes: list[str] = []
-        self._choices: dict = {}
-        self._tactics = bind_tactics(graph.nodes, self._constants, self.device, self.load_notes, self._choices,
-                                     tactics)  # a kiln.tactics.TacticLibrary (default: Kiln's own)
-        self.program = Program(graph, self.device, self.registry, self._constants, self._tactics)
+        choices: dict = {}
+        tactics = bind_tactics(graph.nodes, constants, self.device, notes, choices, self._tactic_library)
+        program = Program(graph, self.device, self.registry, constants, tactics)
+        self.graph, self._constants, self._choices, self._tactics = graph, constants, choices, tactics
+        self.program = program
 
     # -- io description --------------------------------------------------------------------
     @property
@@ -102,38 +115,64 @@ class Engine:
         return ExecutionContext(self, arena=arena, threads=threads)
 
     # -- persistence -----------------------------------------------------------------------
-    def serialize(self) -> bytes:
+    def serialize(self, weights: bool = True, signing_key: Any = None) -> bytes:
+        """The engine file's bytes. ``weights=False``: the plan alone (a weight-stripped engine, loaded with
+        ``Engine.load(path, weights_from="model.onnx")``). ``signing_key``: sign the file (Ed25519; an
+        Ed25519PrivateKey or its raw 32 bytes), for ``Engine.load(path, trusted_keys=[...])``."""
         from .format import pack
-        from .graph_json import encode_graph
-        plan, weights = encode_graph(self.graph)
+        from .graph_json import Encoder
+        encoder = Encoder()  # one for both graphs: initializers a pass left unchanged are stored once
+        plan = encoder.graph(self.graph)
         header = dict(self.header)
         if self.report is not None:
             header["report"] = self.report.to_json()
-        return pack(header, plan, weights)
+        if not weights:
+            if "source" not in header:
+                raise KilnError("this engine has no record of the model it was built from (it was built by an "
+                                "older Kiln), so it cannot be saved without weights: rebuild it")
+            header["weights"] = "stripped"
+            header["source"] = {k: v for k, v in header["source"].items() if k != "graph"}
+            data = pack(header, plan, {})
+        else:
+            if self.source_graph is not None:
+                header["source"] = dict(header["source"], graph=encoder.graph(self.source_graph))
+            data = pack(header, plan, encoder.tensors)
+        if signing_key is not None:
+            from .signing import sign
+            data = sign(data, signing_key)
+        return data
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.serialize())
+    def save(self, path: str | Path, weights: bool = True, signing_key: Any = None) -> None:
+        """Write the engine file (see ``serialize`` for ``weights`` and ``signing_key``)."""
+        Path(path).write_bytes(self.serialize(weights=weights, signing_key=signing_key))
 
     @staticmethod
-    def deserialize(data: bytes, where: str = "engine bytes", plugins=None) -> "Engine":
+    def deserialize(data: bytes, where: str = "engine bytes", plugins=None, *, trusted_keys: Any = None,
+                    weights_from: Any = None, device: str | None = None, strict_device: bool = False) -> "Engine":
         """An engine from the bytes of an engine file, which are treated as hostile: validated (format.py,
-        validate.py) before anything is built from them. Every failure is a KilnError. ``plugins``: the
-        kiln.plugin.PluginLibrary an engine with custom ops needs (checked against the file's record of them:
-        name, version and signature; PluginError when one is missing or differs)."""
+        validate.py) before anything is built from them. Every failure is a KilnError. See ``load`` for
+        the other arguments."""
+        if trusted_keys is not None:  # a key that is not one is the caller's error (TypeError), not the file's
+            from .signing import public_key
+            trusted_keys = [public_key(k) for k in trusted_keys]
         try:
-            return Engine._deserialize(bytes(data), where, plugins)
+            return Engine._deserialize(bytes(data), where, trusted_keys, weights_from, device, strict_device, plugins)
         except KilnError:
             raise
         except Exception as e:  # noqa: BLE001 - belt and braces: what validation missed is still a bad file
             raise EngineFormatError(f"{where} could not be loaded: {type(e).__name__}: {e}") from e
 
     @staticmethod
-    def _deserialize(data: bytes, where: str, plugins=None) -> "Engine":
+    def _deserialize(data: bytes, where: str, trusted_keys: Any, weights_from: Any, device: str | None,
+                     strict_device: bool, plugins=None) -> "Engine":
         from .format import unpack
         from .graph_json import decode_graph
-        from .validate import check_engine, read_report
-        header, plan, weights = unpack(data, where)  # the header is checked against its schema here
-        device_info.check_compatible(header["device"], header["versions"], where)
+        from .signing import fingerprint, split
+        from .validate import check_engine, check_source_graph, read_report
+        # The signature first (before the header is parsed), then the header against its schema.
+        header, plan, weights = unpack(data, where, trusted_keys, strict_versions=strict_device)
+        built = header
+        header, notes = device_info.place(header, device, strict_device, where)
         registry, tactics = default_registry(), None
         records = header.get("plugins", [])
         if records or plugins is not None:
@@ -142,20 +181,58 @@ class Engine:
             plugins.check_records(records, where)  # before the plan is checked: name what is missing first
             if len(plugins):
                 registry, tactics = plugins.registry(), plugins.tactics()
-        check_engine(header, plan, weights, registry, where)
         try:
             report = read_report(header)
         except EngineFormatError as e:
             raise EngineFormatError(f"{where}: {e}") from None
+        stripped = header.get("weights") == "stripped"
+        stored_source = header.get("source", {}).get("graph")
+        header = {k: v for k, v in header.items() if k != "weights"}
+        if "source" in header:  # the engine keeps the record; the graph itself becomes source_graph
+            header["source"] = {k: v for k, v in header["source"].items() if k != "graph"}
+        source_graph = None
+        if stripped and weights_from is None:
+            raise EngineFormatError(f"{where} was saved without its weights (a weight-stripped engine): load it "
+                                    f"with Engine.load(path, weights_from='model.onnx'), the ONNX model it was "
+                                    f"built from (or one of the same architecture)")
+        if weights_from is not None:
+            # The weights are computed by the build's passes (kiln/builder/replay.py): the one place where loading
+            # reaches up to the compiler, by name, and only when weights_from is given (the engine package does
+            # not import the builder: loading a full engine never needs it, tests/test_imports.py).
+            import importlib
+            replay = importlib.import_module("kiln.builder.replay")
+            # under the build's own configuration (its device's pass decisions), wherever the engine runs now
+            plan, weights, source_graph = replay.weights_from_onnx(built, plan, report, weights_from, registry, where)
+        check_engine(header, plan, weights, registry, where)
+        if source_graph is None and stored_source is not None:
+            check_source_graph(stored_source, weights, registry, where)
+            source_graph = decode_graph(stored_source, weights)
         graph = decode_graph(plan, weights)
-        engine = Engine(graph, header, report, registry, tactics)
+        engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph, notes=notes)
         engine.plugins = plugins
+        key = split(data)[1]
+        engine.signed_by = None if key is None else fingerprint(key)
         return engine
 
     @staticmethod
-    def load(path: str | Path, max_bytes: int | None = None, plugins=None) -> "Engine":
+    def load(path: str | Path, max_bytes: int | None = None, plugins=None, *, trusted_keys: Any = None,
+             weights_from: Any = None, device: str | None = None, strict_device: bool = False) -> "Engine":
         """Load an engine file; one larger than ``max_bytes`` (default ``format.MAX_FILE_BYTES``, 64 GiB) is
-        refused before it is read. ``plugins``: the kiln.plugin.PluginLibrary of an engine with custom ops."""
+        refused before it is read. ``plugins``: the kiln.plugin.PluginLibrary of an engine with custom ops
+        (PluginError when the file needs one that is missing, or registered at another version or declaration).
+
+        ``trusted_keys``: Ed25519 public keys (``Ed25519PublicKey`` or raw 32 bytes); when given, only a file
+        signed by one of them loads (``save(path, signing_key=...)``, ``kiln sign``), checked before anything
+        in it is read. ``weights_from``: an ONNX model (path, bytes or ModelProto) whose initializers become
+        the engine's weights: required for a weight-stripped engine (``save(path, weights=False)``); the
+        model must be the one the engine was built from or one of the same architecture (names, shapes,
+        dtypes and graph are checked: ModelMismatchError).
+
+        ``device``: where to run it ("cpu", "cuda", "cuda:N"; default: where it was built when this machine has
+        that device, else the CPU). An engine built on another device (another GPU model, the CPU), or by
+        another torch or Kiln of its format version, loads: the stored tactics that do not apply here are
+        replaced by this device's default kernels, and ``load_notes`` lists what changed.
+        ``strict_device=True`` refuses such an engine instead (DeviceMismatchError / EngineFormatError)."""
         from .format import MAX_FILE_BYTES
         limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
         p = Path(path)
@@ -169,7 +246,8 @@ class Engine:
             data = f.read(size + 1)  # never more than the limit, even if the file grew since stat
         if len(data) != size:
             raise EngineFormatError(f"engine file {str(p)!r} changed size while it was read")
-        return Engine.deserialize(data, f"engine file {str(p)!r}", plugins)
+        return Engine.deserialize(data, f"engine file {str(p)!r}", plugins, trusted_keys=trusted_keys,
+                                  weights_from=weights_from, device=device, strict_device=strict_device)
 
     def __repr__(self) -> str:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"
@@ -242,6 +320,7 @@ class ExecutionContext:
         self._arena = self._allocate_arena() if self.use_arena else None
         self._layouts: dict[tuple, Any] = {}
         self._last_layout = None
+        self._program = engine.program  # the program the layouts and CUDA graphs were made for
 
     def _allocate_arena(self) -> torch.Tensor:
         size = max(int(self.engine.arena_bytes or 0), 1)
@@ -302,13 +381,23 @@ class ExecutionContext:
                          f"Rebuild with a profile that covers them.")
 
     # -- running -----------------------------------------------------------------------------
-    def _eager(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
-        with float32_precision(self.device, self.engine.spec.tf32):
-            return self._launch(feed, keep)
-
-    def _launch(self, feed: dict[str, torch.Tensor], keep: list | None = None) -> list[torch.Tensor]:
-        env = {v.id: feed[v.name] for v in self.engine.graph.inputs}
+    def _snapshot(self) -> Program:
+        """The engine's program for this run, taken once (a refit swaps it whole). Arena layouts and CUDA
+        graphs belong to one program: a refitted engine's runs record them anew."""
         program = self.engine.program
+        if program is not self._program:
+            self._program = program
+            self._layouts.clear()
+            self._graphs.clear()
+            self._last_layout = None
+        return program
+
+    def _eager(self, feed: dict[str, torch.Tensor], program: Program, keep: list | None = None) -> list[torch.Tensor]:
+        with float32_precision(self.device, self.engine.spec.tf32):
+            return self._launch(feed, program, keep)
+
+    def _launch(self, feed: dict[str, torch.Tensor], program: Program, keep: list | None = None) -> list[torch.Tensor]:
+        env = {v.id: feed[v.name] for v in program.graph.inputs}
         with torch.inference_mode():
             if not self.use_arena:
                 return program.run(env, keep=keep)
@@ -345,30 +434,31 @@ class ExecutionContext:
         return out
 
     def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:
+        program = self._snapshot()
         feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
         if not self.use_cuda_graphs:
-            return self._eager(feed)
+            return self._eager(feed, program)
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
         cap = self._graphs.get(key, False)
         if cap is False:
-            cap = self._graphs[key] = self._capture(feed)
+            cap = self._graphs[key] = self._capture(feed, program)
         if cap is None:
-            return self._eager(feed)
+            return self._eager(feed, program)
         for k, v in feed.items():
             cap.static_inputs[k].copy_(v, non_blocking=True)
         cap.graph.replay()
         return cap.static_outputs
 
-    def _capture(self, feed: dict[str, torch.Tensor]) -> _Captured | None:
+    def _capture(self, feed: dict[str, torch.Tensor], program: Program) -> _Captured | None:
         static = {k: v.clone() for k, v in feed.items()}
         try:
-            self._eager(static)  # warm-up: lazy inits, cuBLAS handles, autotuners
+            self._eager(static, program)  # warm-up: lazy inits, cuBLAS handles, autotuners
             self.stream.synchronize()
             g = torch.cuda.CUDAGraph()
             # thread_local: other threads' contexts may keep running while this one captures.
             keep: list = []
             with _CAPTURE_LOCK, torch.cuda.graph(g, stream=self.stream, capture_error_mode="thread_local"):
-                outs = self._eager(static, keep)
+                outs = self._eager(static, program, keep)
             if not all(isinstance(o, torch.Tensor) for o in outs):
                 raise RuntimeError("an output is not a tensor")
             return _Captured(g, static, outs, keep, self._last_layout)

@@ -20,6 +20,7 @@ import torch
 from ..errors import EngineFormatError, KilnError
 from .fields import arr, boolean, fail, integer, ints, number, obj, optional, show, string
 from .report import BuildReport, LayerInfo
+from .source import check_record
 from .spec import EngineSpec
 from .validate_ops import MAX_DIM, MAX_RANK
 from .validate_plan import check_plan
@@ -29,7 +30,7 @@ MAX_ARENA_BYTES = 1 << 44  # 16 TiB: past any device's memory, and far below whe
 MAX_NAMES = 1 << 20  # graph outputs, profile inputs
 _REQUIRED = ("config", "output_names", "device", "versions", "plan_bytes", "weights_bytes")
 
-__all__ = ["MAX_JSON_DEPTH", "check_header", "check_engine", "read_report"]
+__all__ = ["MAX_JSON_DEPTH", "check_header", "check_engine", "check_source_graph", "read_report"]
 
 
 def check_header(h: Any) -> dict:
@@ -48,6 +49,8 @@ def check_header(h: Any) -> dict:
     for k, name in enumerate(arr(h["output_names"], "header field 'output_names'", MAX_NAMES)):
         string(name, f"header field 'output_names' {k}")
     _check_device(obj(h["device"], "header field 'device'"))
+    if "built_for" in h:  # an engine moved to another device and saved there: the device it was built for
+        _check_device(obj(h["built_for"], "header field 'built_for'"), "built_for")
     versions = obj(h["versions"], "header field 'versions'")
     for key in ("kiln", "torch"):
         optional(versions, key, string, f"header field 'versions.{key}'")
@@ -61,21 +64,24 @@ def check_header(h: Any) -> dict:
         obj(rec, f"header field 'plugins' {k}")
         for key in ("domain", "name", "version", "signature"):
             string(rec.get(key), f"header field 'plugins' {k} {key}")
+    optional(h, "weights", string, "header field 'weights'", ("stripped",))  # format 2: absent = stored
+    if "source" in h:  # format 2: the model it was built from (source.py)
+        check_record(h["source"])
     return h
 
 
-def _check_device(d: dict) -> None:
-    string(d.get("type"), "header field 'device.type'")
-    optional(d, "name", string, "header field 'device.name'")
+def _check_device(d: dict, key: str = "device") -> None:
+    string(d.get("type"), f"header field '{key}.type'")
+    optional(d, "name", string, f"header field '{key}.name'")
     if d["type"] == "cpu":
-        optional(d, "machine", string, "header field 'device.machine'")
-        optional(d, "cpu_capability", string, "header field 'device.cpu_capability'")
+        optional(d, "machine", string, f"header field '{key}.machine'")
+        optional(d, "cpu_capability", string, f"header field '{key}.cpu_capability'")
     elif d["type"] == "cuda":
-        cap = ints(d.get("capability"), "header field 'device.capability'", 0, 1000, 2)
+        cap = ints(d.get("capability"), f"header field '{key}.capability'", 0, 1000, 2)
         if len(cap) != 2:
-            raise fail("header field 'device.capability'", f"must be [major, minor], got {show(cap)}")
-        optional(d, "memory_bytes", integer, "header field 'device.memory_bytes'", 0)
-        optional(d, "cuda", string, "header field 'device.cuda'")
+            raise fail(f"header field '{key}.capability'", f"must be [major, minor], got {show(cap)}")
+        optional(d, "memory_bytes", integer, f"header field '{key}.memory_bytes'", 0)
+        optional(d, "cuda", string, f"header field '{key}.cuda'")
 
 
 # -- the build configuration ---------------------------------------------------------------------------------
@@ -158,3 +164,12 @@ def check_engine(header: dict, plan: Any, weights: dict[str, torch.Tensor], regi
         check_plan(plan, weights, registry, len(header["output_names"]))
     except EngineFormatError as e:
         raise EngineFormatError(f"{where}: {e}") from None
+
+
+def check_source_graph(plan: Any, weights: dict[str, torch.Tensor], registry, where: str) -> None:
+    """The ONNX graph a refittable engine keeps (header field 'source.graph'), checked like the plan."""
+    try:
+        outputs = arr(obj(plan, "header field 'source.graph'").get("outputs"), "header field 'source.graph.outputs'")
+        check_plan(plan, weights, registry, len(outputs))
+    except EngineFormatError as e:
+        raise EngineFormatError(f"{where}: in header field 'source.graph': {e}") from None

@@ -89,6 +89,10 @@ def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
                                                     f"calibration data)")
             del chosen[q]
     info: dict = {"calibration": "explicit (Q/DQ model)" if explicit else cfg.calibration_method}
+    # The activation scales as calibrated, by tensor name: a refit re-quantizes new weights with them
+    # (kiln/builder/replay.py). [scale, format] or [scale, format, SmoothQuant divisors].
+    info["scales"] = {name: [p.scale, p.dtype] + ([list(p.smooth)] if p.smooth else [])
+                      for name, p in params.items() if not p.dynamic and name not in explicit}
     if cfg.accuracy_target is not None:
         from ..quant.sensitivity import fit_to_target
         from .precision import lower_copy

@@ -24,10 +24,17 @@ def bind_tactics(nodes, constants: dict, device: torch.device, notes: list | Non
         try:
             t = library.make(choice, n, constants, device)
         except NotApplicable as e:
+            # e.g. an engine tuned on a GPU loaded on the CPU: the layer runs what it runs here untuned
+            stored_label, choice, t = choice.label, TORCH, None
+            fallback = default_choice(n, device) if stored else TORCH
+            if fallback != TORCH:
+                try:
+                    choice, t = fallback, library.make(fallback, n, constants, device)
+                except NotApplicable:
+                    choice, t = TORCH, None
             if stored and notes is not None:
-                notes.append(f"layer {n.label}: stored tactic {choice.label} is not available here ({e}); "
-                             f"running torch")
-            choice, t = TORCH, None
+                notes.append(f"layer {n.label}: stored tactic {stored_label} is not available here ({e}); "
+                             f"running {choice.label} instead")
         if choices is not None:
             choices[n.label] = choice
         if t is not None:

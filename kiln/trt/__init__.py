@@ -30,7 +30,8 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
            "TensorIOMode", "DataType", "IHostMemory", "Dims", "volume", "nptype", "float32", "float16", "bfloat16",
            "int8", "int32", "int64", "bool", "uint8", "fp8", "CalibrationAlgoType", "IInt8Calibrator",
-           "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator"]
+           "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator",
+           "Refitter", "OnnxParserRefitter", "HardwareCompatibilityLevel"]
 
 
 # --- logging ------------------------------------------------------------------------------------
@@ -330,7 +331,19 @@ _FLAG_MEANING = {
     BuilderFlag.DIRECT_IO: "always so in Kiln: I/O keeps the network's formats",
     BuilderFlag.REJECT_EMPTY_ALGORITHMS: "no effect: there is no algorithm selector",
     BuilderFlag.DISABLE_COMPILATION_CACHE: "no effect: kiln.trt keeps no compilation cache in the engine",
+    BuilderFlag.REFIT: "a refittable engine (kiln.trt.Refitter)",
+    BuilderFlag.REFIT_IDENTICAL: "as REFIT: a Kiln refit computes every weight as a fresh build would",
+    BuilderFlag.STRIP_PLAN: "serialize the plan alone; load with weights_from= (a refit from the ONNX model)",
+    BuilderFlag.VERSION_COMPATIBLE: "always so in Kiln: an engine loads on another device, torch or Kiln of its "
+                                    "format version",
 }
+
+
+class HardwareCompatibilityLevel(enum.IntEnum):
+    """Accepted for TensorRT code: a Kiln engine loads on any device, replacing what does not apply there."""
+    NONE = 0
+    AMPERE_PLUS = 1
+    SAME_COMPUTE_CAPABILITY = 2
 
 
 class MemoryPoolType(enum.IntEnum):
@@ -429,6 +442,7 @@ class IBuilderConfig:
         self._pools: dict[MemoryPoolType, int] = {}
         self._profiles: list[IOptimizationProfile] = []
         self.builder_optimization_level = 3
+        self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE  # accepted (see the enum)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.int8_calibrator: IInt8Calibrator | None = None
 
@@ -486,7 +500,8 @@ class IBuilderConfig:
                              workspace_bytes=self._pools.get(MemoryPoolType.WORKSPACE),
                              profiles=tuple(p._profile() for p in self._profiles),
                              optimization_level=min(5, max(0, int(self.builder_optimization_level))),
-                             strict_types=strongly_typed)
+                             strict_types=strongly_typed,
+                             refittable=len({BuilderFlag.REFIT, BuilderFlag.REFIT_IDENTICAL} & self._flags) > 0)
 
 
 class Builder:
@@ -525,7 +540,7 @@ class Builder:
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
-        return IHostMemory(engine.serialize())
+        return IHostMemory(engine.serialize(weights=BuilderFlag.STRIP_PLAN not in config._flags))
 
     @staticmethod
     def _check(network: INetworkDefinition, config: IBuilderConfig) -> None:
@@ -794,3 +809,47 @@ class IExecutionContext:
             torch.cuda.synchronize()
         return True
 
+
+
+# --- refit --------------------------------------------------------------------------------------------------
+class Refitter:
+    """TensorRT's IRefitter over kiln.Refitter: weights by their ONNX initializer names, for an engine built
+    with BuilderFlag.REFIT. Failures return False with the reason logged, as in TensorRT."""
+
+    def __init__(self, engine: ICudaEngine, logger: ILogger):
+        from ..builder.refitter import Refitter as _Refitter
+        self.logger = logger
+        self._refitter = _Refitter(engine.engine)
+
+    def _try(self, fn) -> bool:
+        try:
+            fn()
+            return True
+        except errors.KilnError as e:
+            self.logger.log(ILogger.ERROR, str(e))
+            return False
+
+    def set_named_weights(self, name: str, weights) -> bool:
+        return self._try(lambda: self._refitter.set_named_weights(name, weights))
+
+    def get_named_weights(self, name: str) -> np.ndarray:
+        return self._refitter.get_named_weights(name).numpy()
+
+    def get_missing_weights(self) -> list[str]:
+        return self._refitter.get_missing_weights()
+
+    def get_all_weights(self) -> list[str]:
+        return self._refitter.get_all_weights()
+
+    def refit_cuda_engine(self) -> bool:
+        return self._try(self._refitter.refit)
+
+
+class OnnxParserRefitter:
+    """TensorRT's nvonnxparser.OnnxParserRefitter: every weight of a Refitter from an ONNX file."""
+
+    def __init__(self, refitter: Refitter, logger: ILogger):
+        self.refitter, self.logger = refitter, logger
+
+    def refit_from_file(self, path: str) -> bool:
+        return self.refitter._try(lambda: self.refitter._refitter.set_weights_from_onnx(path))

@@ -51,9 +51,9 @@ def ints(*values) -> dict:
     return {"list": [{"i": v} for v in values]}
 
 
-def refused(data: bytes, *fields: str, error=kiln.EngineFormatError) -> str:
+def refused(data: bytes, *fields: str, error=kiln.EngineFormatError, **load) -> str:
     with pytest.raises(error) as e:
-        kiln.Engine.deserialize(data)
+        kiln.Engine.deserialize(data, **load)
     for f in fields:
         assert f in str(e.value), str(e.value)
     return str(e.value)
@@ -232,7 +232,12 @@ def test_versions(seeds, field, value, loads):
         h["versions"][field] = value
     data = edit(seeds["mlp"], header=change)
     if loads:
-        kiln.Engine.deserialize(data)
+        kiln.Engine.deserialize(data, strict_device=True)
+    else:
+        refused(data, f"versions.{field}", strict_device=True)
+    if value != "abc":  # not strict: another Kiln or torch of the format version loads, and says so
+        engine = kiln.Engine.deserialize(data)
+        assert loads or any(value in n for n in engine.load_notes), engine.load_notes
     else:
         refused(data, f"versions.{field}")
 
@@ -241,14 +246,15 @@ def test_too_new_kiln_is_named_before_other_fields(seeds):
     def change(h):
         h["versions"]["kiln"] = "0.2.0"
         h["config"]["fp16"] = "a newer Kiln's meaning"
-    assert "newer than this Kiln" in refused(edit(seeds["mlp"], header=change), "versions.kiln")
+    assert "newer than this Kiln" in refused(edit(seeds["mlp"], header=change), "versions.kiln", strict_device=True)
 
 
 def test_other_cpu_architecture_is_refused(seeds):
     def change(h):
         h["device"]["machine"] = "riscv64" if platform.machine() != "riscv64" else "x86_64"
-    refused(edit(seeds["mlp"], header=change), "device.machine", platform.machine(),
-            error=kiln.DeviceMismatchError)
+    data = edit(seeds["mlp"], header=change)
+    refused(data, "device.machine", platform.machine(), error=kiln.DeviceMismatchError, strict_device=True)
+    assert "running on CPU" in kiln.Engine.deserialize(data).load_notes[0]  # not strict: it moves here
 
 
 def test_lower_cpu_capability_is_refused_naming_both(seeds, monkeypatch):
@@ -256,9 +262,10 @@ def test_lower_cpu_capability_is_refused_naming_both(seeds, monkeypatch):
         h["device"]["cpu_capability"] = "AVX2"
     data = edit(seeds["mlp"], header=change)
     monkeypatch.setattr(device_info, "cpu_capability", lambda: "DEFAULT")
-    refused(data, "device.cpu_capability", "AVX2", "DEFAULT", error=kiln.DeviceMismatchError)
+    refused(data, "device.cpu_capability", "AVX2", "DEFAULT", error=kiln.DeviceMismatchError, strict_device=True)
+    assert kiln.Engine.deserialize(data).load_notes  # not strict: it moves here
     monkeypatch.setattr(device_info, "cpu_capability", lambda: "AVX512")
-    kiln.Engine.deserialize(data)  # a higher capability runs it
+    kiln.Engine.deserialize(data, strict_device=True)  # a higher capability runs it
 
 
 @pytest.mark.parametrize("key, value", [("arena_bytes", -1), ("arena_bytes", 2**62), ("arena", "yes"),
