@@ -51,7 +51,21 @@ def run(args) -> int:
         info = {l["name"]: {"kernel": l["kernel"], "precision": l["precision"],
                             **({"time_ms": times[l["name"]]} if times.get(l["name"]) is not None else {})}
                 for l in doc["layers"]}
-        types = symbolic_types(engine.graph, propagate(engine.graph, registry=engine.registry))
+        # Shapes at the first profile's opt shapes, symbols kept where its range lets a dim vary: the engine
+        # was specialized to its profiles (a dim fixed there may be baked into its layers).
+        profile = engine.profiles[0] if engine.profiles else None
+        bounds = {}
+        if profile is not None:
+            for v in engine.graph.inputs:
+                for d, sym in enumerate(getattr(v.type, "shape", None) or ()):
+                    if isinstance(sym, str) and v.name in profile.min:
+                        lo, hi = profile.min[v.name][d], profile.max[v.name][d]
+                        bounds[sym] = (min(lo, bounds.get(sym, (lo, hi))[0]), max(hi, bounds.get(sym, (lo, hi))[1]))
+        fixed = {s for s, (lo, hi) in bounds.items() if lo == hi}
+        shapes = {v.name: tuple(bounds[d][0] if isinstance(d, str) and d in fixed else d
+                                for d in (getattr(v.type, "shape", None) or ())) for v in engine.graph.inputs}
+        types = symbolic_types(engine.graph, propagate(engine.graph, shapes, registry=engine.registry,
+                                                       bounds={s: b for s, b in bounds.items() if s not in fixed}))
         model = export_onnx(engine.graph, engine.output_names, info, types)
         onnx.checker.check_model(model)  # what Netron and other tools expect
         onnx.save(model, args.onnx_out)

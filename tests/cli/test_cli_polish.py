@@ -54,3 +54,17 @@ def test_version_does_not_import_torch():
     code = "import sys; from kiln.cli.main import main; main(['--version']); assert 'torch' not in sys.modules"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("kiln "), p.stderr
+
+
+def test_inspect_onnx_out_has_a_shape_on_every_edge(work, tmp_path):
+    """Shapes come from the engine's profile (an engine built for fixed shapes has them baked into its layers;
+    propagating at probe sizes lost every shape past the first specialized layer)."""
+    import onnx
+    d, _ = work
+    out = tmp_path / "view.onnx"
+    kiln("inspect", "tiny.engine", "--onnx-out", out, cwd=d, check=0)
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    typed = {v.name for v in m.graph.value_info} | {v.name for v in m.graph.output}
+    edges = {o for n in m.graph.node for o in n.output if o}
+    assert edges <= typed, sorted(edges - typed)
