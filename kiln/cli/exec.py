@@ -247,6 +247,25 @@ def _size(s: str) -> int:
         raise CLIError(f"--memPoolSize: bad size {s!r}; expected e.g. workspace:1024 (MiB) or workspace:1G") from None
 
 
+def _dynamic_dims_to_one(onnx_path: str, log) -> tuple:
+    """trtexec's rule for a model with dynamic input dims and no shapes given: every dynamic dim becomes 1, with
+    a warning saying so (the engine is then built and run at those shapes)."""
+    from ..builder.config import Profile
+    from ..frontend.onnx import load_model
+    model = load_model(onnx_path)
+    inits = {i.name for i in model.graph.initializer}
+    fixed = {}
+    for v in model.graph.input:
+        if v.name in inits or not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+        if any(d < 0 for d in dims):
+            fixed[v.name] = tuple(1 if d < 0 else d for d in dims)
+            log.line(f"Dynamic dimensions required for input: {v.name}, but no shapes were given. Automatically "
+                     f"overriding shape to: {'x'.join(map(str, fixed[v.name]))}", level="W")
+    return (Profile.fixed(fixed),) if fixed else ()
+
+
 def _build(args, shapes, log):
     from .. import build
     from ..builder.config import BuilderConfig, Profile
@@ -269,7 +288,7 @@ def _build(args, shapes, log):
     elif shapes:  # trtexec: with only --shapes, the profile is fixed at those shapes
         profiles = (Profile.fixed(shapes),)
     else:
-        profiles = ()
+        profiles = _dynamic_dims_to_one(args.onnx, log)
     from .buildflags import quant_fields
     quant = quant_fields(args.int8, args.fp8, args.calib, None, None)
     if args.best:
