@@ -41,3 +41,12 @@ def test_no_function_shadows_a_package():
     assert callable(kiln.build) and hasattr(report, "BuildReport")
     packages = {m.name for m in pkgutil.iter_modules(kiln.__path__) if m.ispkg}
     assert not packages & set(dir(kiln)) - {p for p in packages if isinstance(getattr(kiln, p), type(kiln))}
+
+
+def test_every_builder_config_field_is_documented():
+    """help(kiln.BuilderConfig) documents every field (its Attributes section names each one)."""
+    import dataclasses
+    doc = kiln.BuilderConfig.__doc__
+    attributes = doc[doc.index("Attributes:"):]
+    missing = [f.name for f in dataclasses.fields(kiln.BuilderConfig) if f"\n        {f.name}: " not in attributes]
+    assert not missing, f"BuilderConfig fields without a line in its docstring: {missing}"

@@ -46,8 +46,14 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     from ..engine.runtime import Engine
     from ..engine.source import record as source_record
     from ..quant.calibrate import copy_graph
+    device_chosen = config is not None or "device" in overrides
     config = (config or BuilderConfig()).replace(**overrides) if overrides else (config or BuilderConfig())
     config, auto_note = config.resolve_auto()
+    if not device_chosen and config.device == "cpu" and _gpu_present():
+        msg = ("building for the CPU (BuilderConfig.device's default) although a GPU is present: pass "
+               "device='cuda' to build for it (the kiln CLI picks the GPU by default)")
+        log.warning(msg)
+        auto_note = f"{auto_note}; {msg}" if auto_note else msg
     t0 = time.perf_counter()
     registry = (plugins.registry() if plugins is not None else None) or default_registry()
     if plugins is not None and len(plugins):
@@ -201,6 +207,11 @@ def _report_tactics(report: BuildReport, engine, tuned) -> None:
         if r is not None:
             info.time_ms = r.time_ms
             info.candidates = {**r.times, **r.rejected}
+
+
+def _gpu_present() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _is_module(model: Any) -> bool:

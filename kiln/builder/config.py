@@ -13,43 +13,79 @@ __all__ = ["BuilderConfig", "Profile"]
 
 @dataclass(frozen=True)
 class BuilderConfig:
-    """How to build an engine. Passed down explicitly; nothing reads globals or environment variables."""
+    """How to build an engine. Passed down explicitly; nothing reads globals or environment variables.
+    ``kiln.build(model, config)``, or its fields as keywords: ``kiln.build(model, fp16=True)``.
 
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    Attributes:
+        device: "cpu" (the default, also without a GPU), "cuda" or "cuda:N": the engine is built and tuned for it.
+        fp16: allow float16 layers besides float32 (held to ``accuracy_target``).
+        bf16: allow bfloat16 layers; "auto": where the device computes bf16 natively (CPU AVX512-BF16/AMX, GPU
+            compute capability 8.0+), as OpenVINO does, else off (the report says which).
+        tf32: let float32 convolutions and matmuls use TF32 on CUDA (faster, ~1e-3 relative error); off by
+            default, as in onnxruntime.
+        int8: allow int8 layers (needs ``int8_calibrator``, ``calibration_cache``, Q/DQ nodes in the model, or
+            ``int8_activations="dynamic"``).
+        fp8: allow fp8 (e4m3) layers, calibrated as int8 (GPU).
+        workspace_bytes: limit on the activation arena and scratch; the build fails when the plan needs more.
+            None: no limit.
+        profiles: optimization profiles (``Profile.of(x=(min, opt, max))``): the shapes the engine accepts and
+            is tuned for (opt). Without one, dynamic dims stay unbounded and their layers are not tuned.
+        optimization_level: 0 (no graph optimization) to 5 (the widest tactic search); 3 by default.
+        verbosity: 0 quiet, 1 info logs (the build summary), 2 the graph after each pass.
+        timing_cache: a JSON file of tactic timings, read and then written with new entries (each hit is
+            re-checked once: a wrong cache costs time, never results).
+        tuning_budget_s: a wall-clock limit for tactic tuning; layers left when it runs out keep their default.
+        tactic_replay: a ``kiln.tune.export_choices`` file: take its choices, time nothing.
+        channels_last: run convolutions in NHWC; None lets the layout pass decide (2-D conv networks do).
+        cuda_graphs: replay CUDA graphs per input shape on the GPU.
+        refittable: keep the ONNX graph and its initializers in the engine so ``kiln.Refitter`` can give it new
+            weights by their ONNX names without a rebuild (TensorRT's REFIT; the file grows by the initializers
+            a pass changed).
+        strict_types: keep the model's own types, no reduced precision (TensorRT's strongly typed mode).
+        onnxruntime_fallback: run a node no Kiln kernel or plugin implements through onnxruntime on the host
+            (listed in the report) instead of refusing the model; the engine then needs onnxruntime to run.
+        layer_precisions: per layer (name, glob or op type) -> "fp32", "fp16", "bf16", "int8" or "fp8".
+        int8_calibrator: calibration data: a folder of .npz batches, an iterable of input dicts, or an object
+            with ``get_batch()`` (TensorRT's calibrators).
+        calibration_method: "minmax", "entropy", "entropy2" (default) or "percentile[:P]".
+        int8_smoothing: SmoothQuant alpha (e.g. 0.5) for int8 GEMM inputs; 0 turns it off.
+        int8_activations: "static" (calibrated scales) or "dynamic" (GEMM inputs get per-row scales at run
+            time; no calibration needed).
+        calibration_cache: a file read when it exists (no data needed) and written after calibrating.
+        accuracy_target: reduced precision is measured against float32 and held to this target by keeping the
+            most sensitive layers in higher precision (reported): {"min_cosine": 0.99} and/or
+            {"max_rel_error": 0.05}; "default" a target per precision (kiln.quant.accuracy.DEFAULT_TARGETS);
+            None: no check.
+        validation_data: the inputs ``accuracy_target`` is measured on (default: held-out calibration batches,
+            else a generated sample).
+    """
+
+    device: str = "cpu"
     fp16: bool = False
-    bf16: bool | str = False  # "auto": bf16 where the device computes it natively (as OpenVINO does), else off
-    tf32: bool = False  # let float32 convolutions/matmuls run in TF32 on CUDA (faster, ~1e-3 relative error)
+    bf16: bool | str = False
+    tf32: bool = False
     int8: bool = False
     fp8: bool = False
-    workspace_bytes: int | None = None  # limit for the activation arena + scratch; None = no limit
+    workspace_bytes: int | None = None
     profiles: tuple[Profile, ...] = ()
-    optimization_level: int = 3  # 0: no graph optimization ... 5: widest tactic search
-    verbosity: int = 0  # 0 quiet, 1 info, 2 dump the graph after each pass
-    timing_cache: str | None = None  # JSON file of tactic timings: read, then written with new entries
-    tuning_budget_s: float | None = None  # wall-clock limit for tactic tuning; later layers keep their default
-    tactic_replay: str | None = None  # a kiln.tune.export_choices file: take its choices, time nothing
-    channels_last: bool | None = None  # None: the layout pass decides (2-D convolution networks run NHWC)
+    optimization_level: int = 3
+    verbosity: int = 0
+    timing_cache: str | None = None
+    tuning_budget_s: float | None = None
+    tactic_replay: str | None = None
+    channels_last: bool | None = None
     cuda_graphs: bool = True
-    # Keep the ONNX graph and its initializers in the engine, so kiln.Refitter can give it new weights by their
-    # ONNX names without a rebuild (TensorRT's REFIT; the file grows by the initializers a pass changed).
     refittable: bool = False
-    strict_types: bool = False  # keep the model's own types (TensorRT's strongly typed mode)
-    # run a node no Kiln kernel or plugin implements through onnxruntime on the host (listed in the report)
-    # instead of refusing the model; needs onnxruntime wherever the engine runs
+    strict_types: bool = False
     onnxruntime_fallback: bool = False
-    # Reduced precision per layer and INT8/FP8 (kiln.quant): layer name / glob / op type -> fp32|fp16|bf16|int8|fp8
     layer_precisions: dict[str, str] = field(default_factory=dict)
-    int8_calibrator: Any = field(default=None, compare=False)  # folder, iterable of input dicts, or get_batch()
-    calibration_method: str = "entropy2"  # minmax | entropy | entropy2 | percentile[:P]
-    int8_smoothing: float = 0.0  # SmoothQuant alpha (e.g. 0.5) for INT8 GEMM inputs; 0: off
-    int8_activations: str = "static"  # "dynamic": GEMM inputs get per-row scales at run time (no calibration)
-    calibration_cache: str | None = None  # read when it exists (no data needed); written after calibrating
-    # Reduced precision (fp16/bf16/int8/fp8) is measured against float32 and held to this target by keeping
-    # the most sensitive layers in higher precision (reported): {"min_cosine": 0.99} and/or
-    # {"max_rel_error": 0.05}; "default": a target per precision (kiln.quant.accuracy.DEFAULT_TARGETS);
-    # None: no check.
+    int8_calibrator: Any = field(default=None, compare=False)
+    calibration_method: str = "entropy2"
+    int8_smoothing: float = 0.0
+    int8_activations: str = "static"
+    calibration_cache: str | None = None
     accuracy_target: dict | str | None = "default"
-    validation_data: Any = field(default=None, compare=False)  # for accuracy_target; default: calibration data
+    validation_data: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         check_device(self.device)
