@@ -267,8 +267,9 @@ def render(doc: dict) -> str:
 
 
 def _row(name: str, r: dict) -> str:
+    from ..engine.report import shorten
     if "max_abs" not in r:
-        return f"{name[:20]:<20} {r.get('problem') or 'equal'}  {'ok' if r['ok'] else 'FAIL'}"
-    return (f"{name[:20]:<20} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} {r['mean_abs']:>10.3g} {r['cosine']:>10.6f} "
+        return f"{shorten(name, 20):<20} {r.get('problem') or 'equal'}  {'ok' if r['ok'] else 'FAIL'}"
+    return (f"{shorten(name, 20):<20} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} {r['mean_abs']:>10.3g} {r['cosine']:>10.6f} "
             f"{r.get('p50', 0):>9.2g} {r.get('p90', 0):>9.2g} {r.get('p99', 0):>9.2g} "
             f"{r['mismatches']:>5}/{r['size']:<6}  {'ok' if r['ok'] else 'FAIL'}")

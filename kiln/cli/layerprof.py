@@ -57,11 +57,12 @@ def profile_layers(engine, inputs: dict, runs: int = 10, warmup: int = 2) -> lis
 
 
 def profile_table(rows: list[dict]) -> str:
+    from ..engine.report import shorten
     total = sum(r["ms"] for r in rows)
     name_w = min(max([len(r["name"]) for r in rows] + [5]), 40)
     lines = [f"{'layer':<{name_w}}  {'op':<22} {'time (ms)':>10} {'share':>7}"]
     for r in rows:
-        lines.append(f"{r['name'][:name_w]:<{name_w}}  {r['op'][:22]:<22} {r['ms']:>10.4f} {r['share'] * 100:>6.1f}%")
+        lines.append(f"{shorten(r['name'], name_w):<{name_w}}  {shorten(r['op'], 22):<22} {r['ms']:>10.4f} {r['share'] * 100:>6.1f}%")
     lines.append(f"{'total':<{name_w}}  {'':<22} {total:>10.4f} {100.0:>6.1f}%")
     return "\n".join(lines)
 

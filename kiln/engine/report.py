@@ -76,7 +76,22 @@ class BuildReport:
             ms = "" if l.time_ms is None else f"{l.time_ms:.4f}"
             rows.append((l.name, l.op, l.kernel, l.precision, l.tactic, ms, covers))
         widths = [min(max(len(str(r[i])) for r in rows), 48) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(str(c)[:w].ljust(w) for c, w in zip(r, widths)) for r in rows)
+        return "\n".join("  ".join(shorten(str(c), w).ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, never cut inside a word: a long layer name keeps its last
+    path components ("/model/layers.3/attention/MatMul" -> "…/attention/MatMul"), where names differ; a text
+    without separators keeps its start and end ("convolution_with_bias" -> "convol…h_bias")."""
+    if len(text) <= width:
+        return text
+    if width < 4:
+        return text[:width]
+    for i, ch in enumerate(text):
+        if ch in "/.:" and len(text) - i + 1 <= width:  # the longest tail starting at a separator that fits
+            return "\u2026" + text[i:]
+    head = (width - 1) // 2
+    return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
 
 
 def _mib(n: int) -> str:

@@ -68,3 +68,11 @@ def test_inspect_onnx_out_has_a_shape_on_every_edge(work, tmp_path):
     typed = {v.name for v in m.graph.value_info} | {v.name for v in m.graph.output}
     edges = {o for n in m.graph.node for o in n.output if o}
     assert edges <= typed, sorted(edges - typed)
+
+
+def test_table_names_are_not_cut_mid_word():
+    from kiln.engine.report import shorten
+    assert shorten("/model/layers.3/attention/self/MatMul", 20) == "\u2026/self/MatMul"
+    assert shorten("short", 20) == "short"
+    s = shorten("convolution_with_bias_and_relu", 20)
+    assert len(s) == 20 and s.startswith("convolu") and s.endswith("relu") and "\u2026" in s
