@@ -375,6 +375,9 @@ def _profile(engine, inputs, args, log) -> None:
     from .layerprof import profile_layers, profile_table
     runs = max(args.iterations, 1)
     rows = profile_layers(engine, inputs, runs=runs)
+    from .layerprof import latency_check
+    if (warning := latency_check(engine, inputs, rows, runs=runs)) is not None:
+        log.line(warning, level="W")
     if args.dumpProfile:
         log.line(f"Per-layer profile (median of {runs} runs, layer by layer):")
         for line in profile_table(rows).splitlines():

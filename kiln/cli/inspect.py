@@ -40,6 +40,9 @@ def run(args) -> int:
         shapes = parse_shapes(args.shapes) if args.shapes else None
         inputs = gather_inputs(engine.inputs, engine.profiles, shapes, {}, [], args.seed)
         doc["profile"] = profile_layers(engine, inputs, runs=args.runs)
+        from .layerprof import latency_check
+        if (warning := latency_check(engine, inputs, doc["profile"], runs=args.runs)) is not None:
+            doc["profile_warning"] = warning
     if args.plot:
         from .layerprof import plot_layers
         plot_layers(doc["profile"], args.plot, f"{args.model} on {engine.device}")
@@ -144,6 +147,8 @@ def render(doc: dict, passes: bool = False) -> str:
         top = sorted(prof.values(), key=lambda r: r["ms"], reverse=True)[:5]
         out.append(f"total {total:.4f} ms per inference (median of runs, layer by layer); slowest: "
                    + ", ".join(f"{r['name']} {r['share'] * 100:.1f}%" for r in top))
+        if doc.get("profile_warning"):
+            out.append(f"warning: {doc['profile_warning']}")
     out.append("")
     if doc["fusions"]:
         out.append("rewrites applied: " + ", ".join(f"{k} x{v}" for k, v in sorted(doc["fusions"].items())))

@@ -56,6 +56,26 @@ def profile_layers(engine, inputs: dict, runs: int = 10, warmup: int = 2) -> lis
             for st, m, s in zip(steps, ms, samples)]
 
 
+def latency_check(engine, inputs: dict, rows: list[dict], runs: int = 10) -> str | None:
+    """A warning when the per-layer times do not add up to a whole run's latency (median of ``runs`` timed
+    ``infer`` calls): on a busy machine, or with a thread pool that sleeps between layers, the layer-by-layer
+    split can be far from what one inference costs."""
+    import numpy as np
+    ctx = engine.create_execution_context()
+    ctx.infer(inputs)
+    times = []
+    for _ in range(max(3, runs)):
+        t0 = time.perf_counter()
+        ctx.infer(inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    whole, parts = float(np.median(times)), sum(r["ms"] for r in rows)
+    if whole <= 0 or 0.5 <= parts / whole <= 2.0:
+        return None
+    return (f"the per-layer times add up to {parts:.3f} ms but a whole inference takes {whole:.3f} ms (median of "
+            f"{len(times)}): the split is unreliable here (a busy machine, or per-layer hooks changing how the "
+            f"thread pool sleeps); rerun on an idle machine or with --threads 1")
+
+
 def profile_table(rows: list[dict]) -> str:
     from ..engine.report import shorten
     total = sum(r["ms"] for r in rows)

@@ -76,3 +76,20 @@ def test_table_names_are_not_cut_mid_word():
     assert shorten("short", 20) == "short"
     s = shorten("convolution_with_bias_and_relu", 20)
     assert len(s) == 20 and s.startswith("convolu") and s.endswith("relu") and "\u2026" in s
+
+
+def test_profile_that_does_not_add_up_is_flagged():
+    from kiln.cli.layerprof import latency_check
+
+    class Ctx:
+        def infer(self, inputs):
+            pass
+
+    class Engine:
+        def create_execution_context(self):
+            return Ctx()
+
+    rows = [{"ms": 50.0}, {"ms": 60.0}]  # 110 ms of layers for a run that takes microseconds
+    warning = latency_check(Engine(), {}, rows, runs=3)
+    assert warning is not None and "add up to 110.000 ms" in warning
+    latency_check(Engine(), {}, [{"ms": 0.0}], runs=3)  # a zero-length profile: no division by zero
