@@ -23,14 +23,28 @@ from ..builder.config import BuilderConfig, Profile
 from ..engine.buffers import wrap_address
 from ..engine.runtime import Engine
 from .types import (ILogger, Logger, DataType, Dims, volume, nptype, float32, float16, int8, int32, bool,  # noqa: A004
-                    uint8, fp8, bfloat16, int64, _TO_TRT, _TO_KILN)
+                    uint8, fp8, bfloat16, int64, Dims2, Dims3, Dims4, DimsHW, Weights, _TO_TRT)
+from .layer_enums import (ActivationType, PoolingType, ScaleMode, ElementWiseOperation, GatherMode, UnaryOperation,
+                          ReduceOperation, MatrixOperation)
+from .layers import (ILayer, IConvolutionLayer, IDeconvolutionLayer, IPoolingLayer, IActivationLayer,
+                     IElementWiseLayer, IMatrixMultiplyLayer, IShuffleLayer, ISoftMaxLayer, IReduceLayer, IConstantLayer,
+                     IConcatenationLayer, ISliceLayer, IGatherLayer, IUnaryLayer, IScaleLayer, INormalizationLayer,
+                     IIdentityLayer, ICastLayer)
+from .network import INetworkDefinition, ITensor
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
            "TensorIOMode", "DataType", "IHostMemory", "Dims", "volume", "nptype", "float32", "float16", "bfloat16",
            "int8", "int32", "int64", "bool", "uint8", "fp8", "CalibrationAlgoType", "IInt8Calibrator",
            "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator",
-           "Refitter", "OnnxParserRefitter", "HardwareCompatibilityLevel"]
+           "Refitter", "OnnxParserRefitter", "HardwareCompatibilityLevel",
+           # the network-definition API (kiln/trt/network.py, layers.py, layer_enums.py)
+           "INetworkDefinition", "ITensor", "Weights", "Dims2", "Dims3", "Dims4", "DimsHW", "ActivationType",
+           "PoolingType", "ScaleMode", "ElementWiseOperation", "GatherMode", "UnaryOperation", "ReduceOperation",
+           "MatrixOperation", "ILayer", "IConvolutionLayer", "IDeconvolutionLayer", "IPoolingLayer", "IActivationLayer",
+           "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
+           "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
+           "INormalizationLayer", "IIdentityLayer", "ICastLayer"]
 
 
 class TensorIOMode(enum.IntEnum):
@@ -57,37 +71,6 @@ class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1  # keep the model's own types (BuilderConfig.strict_types)
     PREFER_JIT_PYTHON_PLUGINS = 2  # Kiln always runs a plugin's impl (kiln.trt.plugin)
     PREFER_AOT_PYTHON_PLUGINS = 3  # refused at build: Kiln does not launch an aot_impl's PTX
-
-
-class _Tensor:
-    def __init__(self, value):
-        self.name = value.name
-        self.shape = Dims(-1 if not isinstance(d, int) else d for d in (value.shape or ()))
-        self.dtype = _TO_TRT.get(value.dtype, DataType.FLOAT)
-
-
-class INetworkDefinition:
-    def __init__(self, flags: int = 0):
-        self.flags = flags
-        self.graph = None
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.graph.inputs) if self.graph else 0
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.graph.outputs) if self.graph else 0
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.graph.nodes) if self.graph else 0
-
-    def get_input(self, i: int) -> _Tensor:
-        return _Tensor(self.graph.inputs[i])
-
-    def get_output(self, i: int) -> _Tensor:
-        return _Tensor(self.graph.outputs[i])
 
 
 class ParserError:
@@ -430,7 +413,7 @@ class Builder:
         self.logger = logger
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
-        return INetworkDefinition(flags)
+        return INetworkDefinition(flags, self.logger)
 
     def create_builder_config(self) -> IBuilderConfig:
         return IBuilderConfig(self.logger)
@@ -448,23 +431,25 @@ class Builder:
 
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
         """The engine as bytes, or None (with the error logged) if the build failed, as TensorRT does."""
-        if network.graph is None:
-            self.logger.log(ILogger.ERROR, "network is empty: parse a model into it first")
-            return None
         try:
-            self._check(network, config)
+            graph = network.graph
+            if graph is None:
+                raise errors.BuildError("network is empty: parse a model into it or add layers first")
+            self._check(network, graph, config)
             kiln_config = config._kiln(_network_flag(network, "STRONGLY_TYPED"))
+            if precisions := network.layer_precisions():
+                kiln_config = kiln_config.replace(layer_precisions={**kiln_config.layer_precisions, **precisions})
             if getattr(self.logger, "min_severity", ILogger.VERBOSE) >= ILogger.INFO:  # the build summary at INFO
                 kiln_config = kiln_config.replace(verbosity=1)
             with _forward_logs(self.logger):
-                engine = _build(network.graph, kiln_config, plugins=_plugins())
+                engine = _build(graph, kiln_config, plugins=_plugins())
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
         return IHostMemory(engine.serialize(weights=BuilderFlag.STRIP_PLAN not in config._flags))
 
     @staticmethod
-    def _check(network: INetworkDefinition, config: IBuilderConfig) -> None:
+    def _check(network: INetworkDefinition, graph, config: IBuilderConfig) -> None:
         """TensorRT's refusals, before anything is built."""
         if config._unsupported:
             raise errors.BuildError("; ".join(config._unsupported.values()) + ": clear the flag(s) to build")
@@ -472,10 +457,10 @@ class Builder:
             raise errors.BuildError("NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS: Kiln runs plugins "
                                     "through their impl and does not launch an aot_impl's PTX")
         from .plugin import missing_impl
-        if missing := missing_impl(network.graph):
+        if missing := missing_impl(graph):
             raise errors.PluginError(f"plugin(s) {', '.join(missing)} have an aot_impl but no impl: Kiln runs "
                                      f"plugins through @kiln.trt.plugin.impl and does not launch PTX")
-        dynamic = [v.name for v in network.graph.inputs
+        dynamic = [v.name for v in graph.inputs
                    if getattr(v.type, "shape", None) is not None and not all(isinstance(d, int) for d in v.type.shape)]
         if dynamic and not config._profiles:
             raise errors.BuildError(f"Network has dynamic or shape inputs, but no optimization profile has been "

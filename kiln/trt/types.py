@@ -86,3 +86,59 @@ class Dims(tuple):
     @property
     def nbDims(self) -> int:  # noqa: N802 - TensorRT's name
         return len(self)
+
+
+class _DimsN(Dims):
+    """TensorRT's fixed-rank Dims constructors: ``Dims2(m, k)``, ``DimsHW(h, w)``, ``Dims4(n, c, h, w)``."""
+
+    def __new__(cls, *dims):
+        if len(dims) == 1 and not isinstance(dims[0], int):
+            dims = tuple(dims[0])
+        return super().__new__(cls, (int(d) for d in dims))
+
+
+class Dims2(_DimsN):
+    pass
+
+
+class DimsHW(_DimsN):
+    pass
+
+
+class Dims3(_DimsN):
+    pass
+
+
+class Dims4(_DimsN):
+    pass
+
+
+class Weights:
+    """TensorRT's Weights: ``Weights(array)``, ``Weights(dtype)`` (empty) or ``Weights(dtype, address, count)``
+    (copied from host memory now, as the Python API keeps no reference to it)."""
+
+    def __init__(self, a=None, address: int | None = None, count: int | None = None):
+        if isinstance(a, DataType):
+            dt = np.dtype(nptype(a))
+            if address is None or not count:
+                self.array = np.zeros((0,), dt)
+            else:
+                import ctypes
+                raw = (ctypes.c_byte * (int(count) * dt.itemsize)).from_address(int(address))
+                self.array = np.frombuffer(raw, dt).copy()
+        else:
+            self.array = np.ascontiguousarray(np.asarray(a))
+
+    @property
+    def size(self) -> int:
+        return int(self.array.size)
+
+    @property
+    def dtype(self) -> DataType:
+        return _FROM_NP.get(self.array.dtype.type, DataType.FLOAT)
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+
+_FROM_NP = {v: k for k, v in _NP.items()}
