@@ -435,6 +435,7 @@ class Builder:
             graph = network.graph
             if graph is None:
                 raise errors.BuildError("network is empty: parse a model into it or add layers first")
+            network.check()
             self._check(network, graph, config)
             kiln_config = config._kiln(_network_flag(network, "STRONGLY_TYPED"))
             if precisions := network.layer_precisions():

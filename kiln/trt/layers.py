@@ -94,6 +94,7 @@ class ILayer:
     ``layer_precisions`` entry at build) and output types (a Cast after it)."""
 
     type_name = "Layer"
+    settings_may_fix_shapes = False  # True: inputs that do not fit yet may fit once the layer's settings are made
 
     def __init__(self, network, inputs: list, index: int):
         from .network import ITensor
@@ -208,6 +209,7 @@ class _Windowed(ILayer):
 
 class IConvolutionLayer(_Windowed):
     type_name = "Convolution"
+    settings_may_fix_shapes = True  # num_groups is set after add_convolution_nd
 
     def __init__(self, network, inputs, index, num_output_maps: int, kernel_shape, kernel, bias):
         super().__init__(network, inputs, index)
@@ -407,15 +409,20 @@ class ISoftMaxLayer(ILayer):
 
     def __init__(self, network, inputs, index):
         super().__init__(network, inputs, index)
-        self.axes = None  # None: TensorRT's default axis (see _default_axis)
+        self._axes = None  # None: TensorRT's default axis (see _default_axis)
 
-    def check(self, shapes):
-        if self.axes is not None:
-            _single_axis(self.axes, f"softmax {self.name!r}")
-        return None
+    @property
+    def axes(self) -> int:
+        return self._axes if self._axes is not None else 0
+
+    @axes.setter
+    def axes(self, mask: int) -> None:
+        _single_axis(mask, f"softmax {self.name!r}")
+        self._axes = int(mask)
+        self._network._touch()
 
     def emit(self, e, inputs):
-        axis = _default_axis(e, inputs[0]) if self.axes is None else _single_axis(self.axes, self.name)
+        axis = _default_axis(e, inputs[0]) if self._axes is None else _single_axis(self._axes, self.name)
         return [e.op("Softmax", [inputs[0]], axis=axis)]
 
 

@@ -19,6 +19,9 @@ from .layer_enums import GatherMode, MatrixOperation
 from .types import DataType, Dims, ILogger, _TO_KILN, _TO_TRT
 
 
+_SHAPES_REFUSED = "the layers' shapes do not fit"
+
+
 class ITensor:
     """A tensor of a network: a network input (name, dtype, shape given) or a layer's output (computed)."""
 
@@ -154,17 +157,49 @@ class INetworkDefinition:
             raise errors.GraphError(f"tensor name(s) {dup} used more than once in the network: names must be unique")
 
     def _state(self):
+        """(version, graph, values, facts, other): ``other`` propagates the -1 dims with other probe values, so
+        that a dim that differs between the two depends on a run-time dim."""
         if self._cached is None or self._cached[0] != self._version:
-            from ..passes.propagate import propagate
+            from ..passes.propagate import choose_probes, propagate
             graph, values, _ = self._write()
-            self._cached = (self._version, graph, values, propagate(graph))
+            try:
+                facts = propagate(graph)
+                other = None
+                if facts.symbols:
+                    probes = choose_probes(graph, None, None, avoid=set(facts.symbols))
+                    other = propagate(graph, probes=probes)
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:  # a shape rule refusing its inputs
+                raise errors.ShapeError(f"{_SHAPES_REFUSED}: {type(e).__name__}: {e}") from e
+            self._cached = (self._version, graph, values, facts, other)
         return self._cached
 
     def _facts_for(self, tensor: ITensor):
-        """(shape, kiln dtype) of a layer's output tensor."""
-        _, _, values, facts = self._state()
+        """(shape, kiln dtype) of a layer's output tensor; dims fixed only at run time are strings."""
+        _, _, values, facts, other = self._state()
         v = values[id(tensor)]
-        return facts.shape(v), getattr(facts.type_of(v), "dtype", None)
+        shape = facts.shape(v)
+        if shape is not None and other is not None:
+            alt = other.shape(v)
+            shape = tuple(d if alt is not None and d == a else f"?{i}" for i, (d, a) in
+                          enumerate(zip(shape, alt or shape)))
+        return shape, getattr(facts.type_of(v), "dtype", None)
+
+    def check(self) -> None:
+        """Raise BuildError naming the first layer whose output shape does not follow from its inputs and settings
+        (settings changed after add_*, such as a reshape_dims of the wrong volume)."""
+        if self._parsed is not None:
+            return
+        for layer in self._layers:
+            for out in layer._outputs:
+                try:
+                    shape = self._facts_for(out)[0]
+                except errors.ShapeError as e:
+                    raise errors.BuildError(f"layer {layer.name!r}: {e}") from None
+                if shape is None:
+                    raise errors.BuildError(
+                        f"layer {layer.name!r} ({layer.type_name}): its output shape does not follow from its inputs "
+                        f"{[t.name for t in layer._inputs]} and settings; check them (e.g. reshape_dims' volume, "
+                        f"num_groups against the input channels)")
 
     def layer_precisions(self) -> dict[str, str]:
         """BuilderConfig.layer_precisions for the precisions set on layers: each of a layer's nodes by name."""
@@ -255,6 +290,7 @@ class INetworkDefinition:
             except errors.ShapeError:
                 shapes.append(None)
         layer = cls(self, inputs, len(self._layers), *args)
+        shape_rule_refused = False
         try:
             why = layer.check(shapes)
             if why is None:
@@ -262,13 +298,11 @@ class INetworkDefinition:
                 self._touch()
                 for out in layer._outputs:
                     if self._facts_for(out)[0] is None:
-                        why = "its output shape cannot be inferred from its inputs"
+                        why, shape_rule_refused = "its output shape cannot be inferred from its inputs", True
         except errors.KilnError as e:
-            why = str(e)
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:  # a shape rule refusing the inputs
-            why = f"{type(e).__name__}: {e}"
-        if why is None:
-            return layer
+            why, shape_rule_refused = str(e), str(e).startswith(_SHAPES_REFUSED)
+        if why is None or (shape_rule_refused and layer.settings_may_fix_shapes):
+            return layer  # (the latter: e.g. a grouped convolution before its num_groups is set; the build checks)
         if layer in self._layers:
             self._layers.remove(layer)
             self._touch()
