@@ -31,6 +31,10 @@ from .layers import (ILayer, IConvolutionLayer, IDeconvolutionLayer, IPoolingLay
                      IConcatenationLayer, ISliceLayer, IGatherLayer, IUnaryLayer, IScaleLayer, INormalizationLayer,
                      IIdentityLayer, ICastLayer)
 from .network import INetworkDefinition, ITensor
+from .inspector import EngineInspector, LayerInformationFormat
+from .profiler import IProfiler, run_profiled
+from .progress import IProgressMonitor, monitor_progress
+from .timing_cache import ITimingCache
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
@@ -44,7 +48,9 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
            "MatrixOperation", "ILayer", "IConvolutionLayer", "IDeconvolutionLayer", "IPoolingLayer", "IActivationLayer",
            "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
            "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
-           "INormalizationLayer", "IIdentityLayer", "ICastLayer"]
+           "INormalizationLayer", "IIdentityLayer", "ICastLayer",
+           # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py)
+           "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat"]
 
 
 class TensorIOMode(enum.IntEnum):
@@ -228,7 +234,7 @@ _FLAG_MEANING = {
     BuilderFlag.FP16: "fp16 layers", BuilderFlag.INT8: "int8 layers", BuilderFlag.FP8: "fp8 layers",
     BuilderFlag.BF16: "bf16 layers", BuilderFlag.TF32: "TF32 float32 convolutions and matmuls (CUDA)",
     BuilderFlag.STRICT_NANS: "always so in Kiln: NaN and Inf propagate on every tactic",
-    BuilderFlag.DISABLE_TIMING_CACHE: "no timing cache (kiln.trt sets none)",
+    BuilderFlag.DISABLE_TIMING_CACHE: "the timing cache set with set_timing_cache is neither read nor written",
     BuilderFlag.GPU_FALLBACK: "no effect: there is no DLA, every layer runs on the GPU or CPU",
     BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
     BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
@@ -349,6 +355,28 @@ class IBuilderConfig:
         self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE  # accepted (see the enum)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.int8_calibrator: IInt8Calibrator | None = None
+        self.progress_monitor: IProgressMonitor | None = None
+        self._timing_cache: ITimingCache | None = None
+
+    def create_timing_cache(self, serialized_timing_cache) -> ITimingCache | None:
+        """A timing cache from ``serialize()``'s bytes (b'' for an empty one); None, with the error logged, for
+        bytes that are not a Kiln timing cache (TensorRT's own caches included)."""
+        try:
+            return ITimingCache.from_bytes(serialized_timing_cache)
+        except errors.KilnError as e:
+            if self.logger is not None:
+                self.logger.log(ILogger.ERROR, str(e))
+            return None
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: builtins.bool = False) -> builtins.bool:
+        """Use ``cache`` in builds with this config; they add their new timings to it."""
+        if cache is not None and not isinstance(cache, ITimingCache):
+            raise errors.InputError(f"set_timing_cache: expected an ITimingCache, got {type(cache).__name__}")
+        self._timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> ITimingCache | None:
+        return self._timing_cache
 
     def set_flag(self, flag: BuilderFlag) -> None:
         """Set a builder flag. One Kiln does not support is logged as an error now, and the build fails with
@@ -442,8 +470,17 @@ class Builder:
                 kiln_config = kiln_config.replace(layer_precisions={**kiln_config.layer_precisions, **precisions})
             if getattr(self.logger, "min_severity", ILogger.VERBOSE) >= ILogger.INFO:  # the build summary at INFO
                 kiln_config = kiln_config.replace(verbosity=1)
-            with _forward_logs(self.logger):
-                engine = _build(graph, kiln_config, plugins=_plugins())
+            cache = config._timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config._flags else None
+            progress = monitor_progress(config.progress_monitor)
+            with _forward_logs(self.logger), (cache.as_file() if cache is not None
+                                              else contextlib.nullcontext()) as cache_path:
+                if cache_path is not None:
+                    kiln_config = kiln_config.replace(timing_cache=cache_path)
+                try:
+                    engine = _build(graph, kiln_config, plugins=_plugins(), progress=progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
@@ -593,6 +630,9 @@ class ICudaEngine:
     def serialize(self) -> IHostMemory:
         return IHostMemory(self.engine.serialize())
 
+    def create_engine_inspector(self) -> EngineInspector:
+        return EngineInspector(self)
+
     def create_execution_context(self) -> "IExecutionContext":
         return IExecutionContext(self)
 
@@ -604,6 +644,7 @@ class IExecutionContext:
         self._shapes: dict[str, tuple] = {}
         self._addresses: dict[str, int] = {}
         self._out_shape_cache: dict[tuple, dict[str, tuple]] = {}
+        self.profiler: IProfiler | None = None  # told each layer's time after each execute
 
     def set_input_shape(self, name: str, shape) -> bool:
         self._ctx.set_input_shape(name, shape)
@@ -674,7 +715,10 @@ class IExecutionContext:
             if out_shapes[o.name] is None:
                 raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape; use kiln's own API")
             buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
-        self._ctx.infer(feed, outputs=buffers)
+        if self.profiler is not None:
+            run_profiled(eng, feed, buffers, self.profiler)
+        else:
+            self._ctx.infer(feed, outputs=buffers)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         """Enqueue on the caller's CUDA stream (by handle); on the CPU the work is done on return."""
