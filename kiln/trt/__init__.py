@@ -29,12 +29,13 @@ from .layer_enums import (ActivationType, PoolingType, ScaleMode, ElementWiseOpe
 from .layers import (ILayer, IConvolutionLayer, IDeconvolutionLayer, IPoolingLayer, IActivationLayer,
                      IElementWiseLayer, IMatrixMultiplyLayer, IShuffleLayer, ISoftMaxLayer, IReduceLayer, IConstantLayer,
                      IConcatenationLayer, ISliceLayer, IGatherLayer, IUnaryLayer, IScaleLayer, INormalizationLayer,
-                     IIdentityLayer, ICastLayer)
+                     IIdentityLayer, ICastLayer, INonZeroLayer)
 from .network import INetworkDefinition, ITensor
 from .inspector import EngineInspector, LayerInformationFormat
 from .profiler import IProfiler, run_profiled
 from .progress import IProgressMonitor, monitor_progress
 from .timing_cache import ITimingCache
+from .output_allocator import IOutputAllocator, deliver
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
@@ -48,9 +49,10 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
            "MatrixOperation", "ILayer", "IConvolutionLayer", "IDeconvolutionLayer", "IPoolingLayer", "IActivationLayer",
            "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
            "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
-           "INormalizationLayer", "IIdentityLayer", "ICastLayer",
+           "INormalizationLayer", "IIdentityLayer", "ICastLayer", "INonZeroLayer",
            # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py)
-           "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat"]
+           "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat",
+           "IOutputAllocator"]
 
 
 class TensorIOMode(enum.IntEnum):
@@ -645,6 +647,7 @@ class IExecutionContext:
         self._addresses: dict[str, int] = {}
         self._out_shape_cache: dict[tuple, dict[str, tuple]] = {}
         self.profiler: IProfiler | None = None  # told each layer's time after each execute
+        self._allocators: dict[str, IOutputAllocator] = {}
 
     def set_input_shape(self, name: str, shape) -> bool:
         self._ctx.set_input_shape(name, shape)
@@ -676,7 +679,8 @@ class IExecutionContext:
         if mode == TensorIOMode.INPUT:
             return Dims(self._input_shapes()[name]) if name in self._shapes or all(
                 isinstance(d, int) for d in info.shape) else Dims(-1 if not isinstance(d, int) else d for d in info.shape)
-        return Dims(self._output_shapes()[name])
+        shape = self._output_shapes()[name]  # None: data-dependent, -1 where unknown as in TensorRT
+        return Dims(shape if shape is not None else (d if isinstance(d, int) else -1 for d in info.shape))
 
     def _output_shapes(self) -> dict[str, tuple]:
         shapes = self._input_shapes()
@@ -704,21 +708,42 @@ class IExecutionContext:
         eng = self.engine.engine
         shapes = self._input_shapes()
         missing = [i.name for i in eng.inputs if i.name not in self._addresses] + \
-                  [o.name for o in eng.outputs if o.name not in self._addresses]
+                  [o.name for o in eng.outputs if o.name not in self._addresses and o.name not in self._allocators]
         if missing:
-            raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address first")
+            raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address (or, for an "
+                                    f"output, set_output_allocator) first")
         feed = {i.name: wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
                 for i in eng.inputs}
         out_shapes = self._output_shapes()
         buffers = {}
         for o in eng.outputs:
+            if o.name in self._allocators:
+                continue
             if out_shapes[o.name] is None:
-                raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape; use kiln's own API")
+                raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape: give it an IOutputAllocator "
+                                        f"with context.set_output_allocator({o.name!r}, allocator)")
             buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
         if self.profiler is not None:
-            run_profiled(eng, feed, buffers, self.profiler)
+            result = run_profiled(eng, feed, buffers, self.profiler)
         else:
-            self._ctx.infer(feed, outputs=buffers)
+            result = self._ctx.infer(feed, outputs=buffers)
+        dtypes = {o.name: o.dtype for o in eng.outputs}
+        for name, allocator in self._allocators.items():
+            self._addresses[name] = deliver(allocator, name, result[name], self._addresses.get(name, 0),
+                                            dtypes[name], eng.device)
+
+    def set_output_allocator(self, name: str, output_allocator: IOutputAllocator | None) -> builtins.bool:
+        """Memory for output ``name`` from ``output_allocator`` once its shape is known (None: unset)."""
+        if self.engine.get_tensor_mode(name) != TensorIOMode.OUTPUT:
+            raise errors.InputError(f"{name!r} is an input: an output allocator serves an output")
+        if output_allocator is None:
+            self._allocators.pop(name, None)
+        else:
+            self._allocators[name] = output_allocator
+        return True
+
+    def get_output_allocator(self, name: str) -> IOutputAllocator | None:
+        return self._allocators.get(name)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         """Enqueue on the caller's CUDA stream (by handle); on the CPU the work is done on return."""

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from .. import errors
+from ..ir.dtype import DType
 from ..ir.graph import Graph, Node, Value, new_constant
+from ..ir.types import TensorType
 from .layer_enums import (ActivationType, ElementWiseOperation, GatherMode, MatrixOperation, PoolingType,
                           ReduceOperation, ScaleMode, UnaryOperation)
 from .types import DataType, Dims, _TO_KILN
@@ -180,6 +182,10 @@ class ILayer:
 
     def check(self, shapes: list) -> str | None:
         """Why the layer's inputs (given their shapes) are wrong, or None."""
+        return None
+
+    def data_dependent_shape(self, shapes: list) -> tuple | None:
+        """For a layer whose output shape depends on its input data: that shape, unknown dims as strings."""
         return None
 
     def emit(self, e: Emitter, inputs: list[Value]) -> list[Value]:  # pragma: no cover - interface
@@ -633,3 +639,18 @@ class ICastLayer(ILayer):
 
     def emit(self, e, inputs):
         return [e.op("Cast", [inputs[0]], to=int(_TO_KILN[DataType(self.to_type)]))]
+
+
+class INonZeroLayer(ILayer):
+    """The indices of the non-zero elements, [rank, count] int64: count is known only at run time (an output of
+    it needs an IOutputAllocator)."""
+
+    type_name = "NonZero"
+
+    def data_dependent_shape(self, shapes: list) -> tuple | None:
+        return None if shapes[0] is None else (len(shapes[0]), "count")
+
+    def emit(self, e, inputs):
+        out = e.op("NonZero", [inputs[0]])
+        out.type = TensorType(DType.INT64, (len(e.shape(inputs[0])), f"{self.name}_count"))  # ONNX's type rule
+        return [out]

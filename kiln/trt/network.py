@@ -182,6 +182,10 @@ class INetworkDefinition:
             alt = other.shape(v)
             shape = tuple(d if alt is not None and d == a else f"?{i}" for i, (d, a) in
                           enumerate(zip(shape, alt or shape)))
+        if shape is None and tensor._producer is not None:
+            layer = tensor._producer[0]
+            shapes = [self._facts_for(t)[0] if t._producer is not None else tuple(t._shape) for t in layer._inputs]
+            shape = layer.data_dependent_shape(shapes)
         return shape, getattr(facts.type_of(v), "dtype", None)
 
     def check(self) -> None:
@@ -371,3 +375,6 @@ class INetworkDefinition:
 
     def add_cast(self, input, to_type):  # noqa: A002
         return self._add("add_cast", L.ICastLayer, [input], to_type)
+
+    def add_non_zero(self, input):  # noqa: A002
+        return self._add("add_non_zero", L.INonZeroLayer, [input])

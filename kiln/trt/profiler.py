@@ -24,8 +24,10 @@ class IProfiler:
         raise NotImplementedError
 
 
-def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], profiler: IProfiler) -> None:
-    """Run ``engine`` on ``feed`` into ``buffers`` (output name -> tensor), reporting each layer's time."""
+def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                 profiler: IProfiler) -> dict[str, torch.Tensor]:
+    """Run ``engine`` on ``feed`` into ``buffers`` (output name -> tensor), reporting each layer's time; every
+    output by name (those without a buffer as computed)."""
     program = engine.program
     on_cuda = engine.device.type == "cuda"
     marks: list = []
@@ -45,9 +47,12 @@ def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch
     env = {v.id: feed[v.name] for v in program.graph.inputs}
     with torch.inference_mode():
         outs = program.run(env, hook=hook)
+        result = {}
         for info, x in zip(engine.outputs, outs):
-            check_output_shape(info.name, buffers[info.name], tuple(x.shape))
-            buffers[info.name].copy_(x)
+            result[info.name] = x
+            if info.name in buffers:
+                check_output_shape(info.name, buffers[info.name], tuple(x.shape))
+                buffers[info.name].copy_(x)
     if on_cuda:
         torch.cuda.synchronize(engine.device)
         times = [a.elapsed_time(b) for a, b in zip([first] + marks[:-1], marks)]
@@ -55,3 +60,4 @@ def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch
         times = [(b - a) * 1000 for a, b in zip([first] + marks[:-1], marks)]
     for step, ms in zip(program.steps, times):
         profiler.report_layer_time(step.node.label, float(np.float32(ms)))
+    return result

@@ -140,3 +140,48 @@ def test_profiler_and_engine_inspector():
 
 def test_interface_enum_values_are_tensorrts():
     assert {m.name: int(m) for m in trt.LayerInformationFormat} == {"ONELINE": 0, "JSON": 1}
+
+
+class Allocator(trt.IOutputAllocator):
+    """Grows a host buffer when an output needs more room, as TensorRT's samples' allocators do."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer, self.shape, self.calls = np.empty(8, np.uint8), None, []
+
+    def reallocate_output(self, tensor_name, memory, size, alignment):
+        self.calls.append((tensor_name, memory, size, alignment))
+        if size > self.buffer.nbytes:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer.ctypes.data
+
+    def notify_shape(self, tensor_name, shape):
+        self.shape = tuple(shape)
+
+
+def test_output_allocator_for_a_data_dependent_output():
+    logger = _Collect()
+    builder = trt.Builder(logger)
+    net = builder.create_network(0)
+    nz = net.add_non_zero(net.add_input("x", trt.float32, (3, 4)))
+    assert tuple(nz.get_output(0).shape) == (2, -1) and nz.get_output(0).dtype == trt.int64
+    nz.get_output(0).name = "idx"
+    net.mark_output(nz.get_output(0))
+    engine = trt.Runtime(logger).deserialize_cuda_engine(
+        builder.build_serialized_network(net, builder.create_builder_config()))
+    context = engine.create_execution_context()
+    assert tuple(context.get_tensor_shape("idx")) == (2, -1)
+    x = np.array([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 5, 0]], np.float32)
+    context.set_tensor_address("x", x.ctypes.data)
+    with pytest.raises(errors.InputError, match="set_output_allocator"):
+        context.execute_async_v3(0)
+    context.set_tensor_address("idx", 0)
+    with pytest.raises(errors.ShapeError, match="data-dependent shape: give it an IOutputAllocator"):
+        context.execute_async_v3(0)
+    allocator = Allocator()
+    assert context.set_output_allocator("idx", allocator) and context.get_output_allocator("idx") is allocator
+    assert context.execute_async_v3(0)
+    assert allocator.shape == (2, 4) and allocator.calls[0][2:] == (64, 256)
+    got = allocator.buffer[:64].view(np.int64).reshape(allocator.shape)
+    np.testing.assert_array_equal(got, np.array(np.nonzero(x)))
+    assert context.get_tensor_address("idx") == allocator.buffer.ctypes.data
