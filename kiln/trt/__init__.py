@@ -2,8 +2,9 @@
 
     import kiln.trt as trt   # instead of: import tensorrt as trt
 
-Covered: Logger, Builder, INetworkDefinition (as parsed), OnnxParser, IBuilderConfig, IOptimizationProfile,
-Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype. Buffers are passed as raw addresses,
+Covered: Logger, Builder, INetworkDefinition (parsed, or built with add_* as in kiln/trt/network.py), OnnxParser,
+IBuilderConfig, IOptimizationProfile, Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype,
+IProgressMonitor, ITimingCache, IProfiler, EngineInspector, IOutputAllocator (docs/trt.md says what differs). Buffers are passed as raw addresses,
 as in TensorRT: device pointers (``tensor.data_ptr()``, cuda-python/pycuda allocations) on the GPU, host
 pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when there is one, else the CPU.
 """
@@ -238,8 +239,8 @@ _FLAG_MEANING = {
     BuilderFlag.STRICT_NANS: "always so in Kiln: NaN and Inf propagate on every tactic",
     BuilderFlag.DISABLE_TIMING_CACHE: "the timing cache set with set_timing_cache is neither read nor written",
     BuilderFlag.GPU_FALLBACK: "no effect: there is no DLA, every layer runs on the GPU or CPU",
-    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
-    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
+    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "always so in Kiln: a layer's precision is its layer_precisions entry",
+    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "as OBEY: a layer's precision is its layer_precisions entry",
     BuilderFlag.DIRECT_IO: "always so in Kiln: I/O keeps the network's formats",
     BuilderFlag.REJECT_EMPTY_ALGORITHMS: "no effect: there is no algorithm selector",
     BuilderFlag.DISABLE_COMPILATION_CACHE: "no effect: kiln.trt keeps no compilation cache in the engine",

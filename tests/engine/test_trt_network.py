@@ -1,5 +1,6 @@
 """kiln.trt's network-definition API: networks built layer by layer, as TensorRT's network-API samples do,
 checked against the same computation written in torch."""
+import json
 import re
 import subprocess
 
@@ -284,6 +285,11 @@ def test_layer_precision_becomes_layer_precisions():
     assert net.layer_precisions() == {"probs": "fp16"}
     with pytest.raises(errors.InputError, match="Kiln runs layers in"):
         sm.precision = trt.int32
+    engine = trt.Runtime(builder.logger).deserialize_cuda_engine(
+        builder.build_serialized_network(net, builder.create_builder_config()))
+    layers = [json.loads(engine.create_engine_inspector().get_layer_information(i, trt.LayerInformationFormat.JSON))
+              for i in range(engine.num_layers)]
+    assert {d["Name"]: d["Precision"] for d in layers}["probs"] == "f16"  # the build obeyed it
 
 
 def test_bad_calls_are_refused_with_a_reason():
