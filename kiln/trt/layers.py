@@ -97,6 +97,7 @@ class ILayer:
 
     type_name = "Layer"
     settings_may_fix_shapes = False  # True: inputs that do not fit yet may fit once the layer's settings are made
+    arity: tuple = (1, 1)  # (fewest, most) inputs; None: no most
 
     def __init__(self, network, inputs: list, index: int):
         from .network import ITensor
@@ -328,6 +329,7 @@ _ELEMENTWISE = {ElementWiseOperation.SUM: "Add", ElementWiseOperation.PROD: "Mul
 
 class IElementWiseLayer(ILayer):
     type_name = "ElementWise"
+    arity = (2, 2)
 
     def __init__(self, network, inputs, index, op):
         super().__init__(network, inputs, index)
@@ -347,6 +349,7 @@ class IElementWiseLayer(ILayer):
 
 class IMatrixMultiplyLayer(ILayer):
     type_name = "MatrixMultiply"
+    arity = (2, 2)
 
     def __init__(self, network, inputs, index, op0, op1):
         super().__init__(network, inputs, index)
@@ -462,6 +465,7 @@ class IReduceLayer(ILayer):
 
 class IConstantLayer(ILayer):
     type_name = "Constant"
+    arity = (0, 0)
 
     def __init__(self, network, inputs, index, shape, weights):
         super().__init__(network, inputs, index)
@@ -480,6 +484,7 @@ class IConstantLayer(ILayer):
 
 class IConcatenationLayer(ILayer):
     type_name = "Concatenation"
+    arity = (1, None)
 
     def __init__(self, network, inputs, index):
         super().__init__(network, inputs, index)
@@ -516,6 +521,7 @@ class ISliceLayer(ILayer):
 
 class IGatherLayer(ILayer):
     type_name = "Gather"
+    arity = (2, 2)
 
     def __init__(self, network, inputs, index, axis: int, mode=GatherMode.DEFAULT):
         super().__init__(network, inputs, index)
@@ -600,6 +606,7 @@ class INormalizationLayer(ILayer):
     """(x - mean) / sqrt(var + epsilon) * scale + bias, mean and variance over the axes of ``axes``."""
 
     type_name = "Normalization"
+    arity = (3, 3)
 
     def __init__(self, network, inputs, index, axes: int):
         super().__init__(network, inputs, index)

@@ -139,7 +139,11 @@ class INetworkDefinition:
             values[id(t)] = graph.add_input(Value(t.name, TensorType(_TO_KILN[t._dtype], dims)))
         for layer in self._layers:
             e = L.Emitter(graph, layer, shape_of)
-            outs = layer.emit(e, [values[id(t)] for t in layer._inputs])
+            try:
+                outs = layer.emit(e, [values[id(t)] for t in layer._inputs])
+            except (RuntimeError, ValueError, IndexError, TypeError) as err:  # settings that cannot be written
+                raise errors.GraphError(f"layer {layer.name!r} ({layer.type_name}): {type(err).__name__}: {err}") \
+                    from err
             for index, (t, v) in enumerate(zip(layer._outputs, outs)):
                 if index in layer._output_types:
                     v = e.op("Cast", [v], to=int(_TO_KILN[layer._output_types[index]]))
@@ -282,6 +286,10 @@ class INetworkDefinition:
 
     def _add(self, what: str, cls, inputs: list, *args):
         """Add a layer, or log why it cannot be and return None (TensorRT's behaviour)."""
+        fewest, most = cls.arity
+        if len(inputs) < fewest or (most is not None and len(inputs) > most):
+            want = f"{fewest}" if fewest == most else f"at least {fewest}" if most is None else f"{fewest} to {most}"
+            raise errors.InputError(f"{what}: takes {want} input tensor(s), got {len(inputs)}")
         for t in inputs:
             self._own(t, what)
         if self._parsed is not None:

@@ -372,3 +372,16 @@ def test_layer_enum_values_are_tensorrts():
         header = ""
     for cls in LAYER_ENUMS if header else []:
         assert _header_enum(header, cls.__name__) == pinned[cls.__name__], cls.__name__
+
+
+def test_wrong_input_counts_and_unwritable_settings():
+    logger = _Collect()
+    builder = trt.Builder(logger)
+    net = builder.create_network(0)
+    x = net.add_input("x", trt.float32, (1, 3, 4, 4))
+    with pytest.raises(errors.InputError, match="add_concatenation: takes at least 1 input tensor"):
+        net.add_concatenation([])
+    conv = net.add_convolution_nd(x, 2, (3, 3), np.zeros(54, np.float32))
+    conv.kernel_size_nd = (5, 5)  # 54 weights no longer fit 2 maps of 5x5
+    with pytest.raises(errors.GraphError, match=r"\[Convolution\].*cannot reshape"):
+        conv.get_output(0).shape
