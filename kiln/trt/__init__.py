@@ -2,8 +2,9 @@
 
     import kiln.trt as trt   # instead of: import tensorrt as trt
 
-Covered: Logger, Builder, INetworkDefinition (as parsed), OnnxParser, IBuilderConfig, IOptimizationProfile,
-Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype. Buffers are passed as raw addresses,
+Covered: Logger, Builder, INetworkDefinition (parsed, or built with add_* as in kiln/trt/network.py), OnnxParser,
+IBuilderConfig, IOptimizationProfile, Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype,
+IProgressMonitor, ITimingCache, IProfiler, EngineInspector, IOutputAllocator (docs/trt.md says what differs). Buffers are passed as raw addresses,
 as in TensorRT: device pointers (``tensor.data_ptr()``, cuda-python/pycuda allocations) on the GPU, host
 pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when there is one, else the CPU.
 """
@@ -13,8 +14,6 @@ import builtins
 import contextlib
 import enum
 import logging
-import math
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,92 +23,37 @@ from ..builder.builder import build as _build
 from ..builder.config import BuilderConfig, Profile
 from ..engine.buffers import wrap_address
 from ..engine.runtime import Engine
-from ..ir.dtype import DType
+from .types import (ILogger, Logger, DataType, Dims, volume, nptype, float32, float16, int8, int32, bool,  # noqa: A004
+                    uint8, fp8, bfloat16, int64, Dims2, Dims3, Dims4, DimsHW, Weights, _TO_TRT)
+from .layer_enums import (ActivationType, PoolingType, ScaleMode, ElementWiseOperation, GatherMode, UnaryOperation,
+                          ReduceOperation, MatrixOperation)
+from .layers import (ILayer, IConvolutionLayer, IDeconvolutionLayer, IPoolingLayer, IActivationLayer,
+                     IElementWiseLayer, IMatrixMultiplyLayer, IShuffleLayer, ISoftMaxLayer, IReduceLayer, IConstantLayer,
+                     IConcatenationLayer, ISliceLayer, IGatherLayer, IUnaryLayer, IScaleLayer, INormalizationLayer,
+                     IIdentityLayer, ICastLayer, INonZeroLayer)
+from .network import INetworkDefinition, ITensor
+from .inspector import EngineInspector, LayerInformationFormat
+from .profiler import IProfiler, run_profiled
+from .progress import IProgressMonitor, monitor_progress
+from .timing_cache import ITimingCache
+from .output_allocator import IOutputAllocator, deliver
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
            "TensorIOMode", "DataType", "IHostMemory", "Dims", "volume", "nptype", "float32", "float16", "bfloat16",
            "int8", "int32", "int64", "bool", "uint8", "fp8", "CalibrationAlgoType", "IInt8Calibrator",
            "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator",
-           "Refitter", "OnnxParserRefitter", "HardwareCompatibilityLevel"]
-
-
-# --- logging ------------------------------------------------------------------------------------
-class ILogger:
-    class Severity(enum.IntEnum):
-        INTERNAL_ERROR = 0
-        ERROR = 1
-        WARNING = 2
-        INFO = 3
-        VERBOSE = 4
-
-    INTERNAL_ERROR = Severity.INTERNAL_ERROR
-    ERROR = Severity.ERROR
-    WARNING = Severity.WARNING
-    INFO = Severity.INFO
-    VERBOSE = Severity.VERBOSE
-
-    def log(self, severity, msg: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class Logger(ILogger):
-    def __init__(self, min_severity=ILogger.Severity.WARNING):
-        self.min_severity = ILogger.Severity(min_severity)
-
-    def log(self, severity, msg: str) -> None:
-        if ILogger.Severity(severity) <= self.min_severity:
-            print(f"[kiln.trt] [{ILogger.Severity(severity).name[0]}] {msg}")
-
-
-# --- data types -----------------------------------------------------------------------------------
-# Enum names and values as in TensorRT 10's headers (NvInferRuntimeBase.h, NvInfer.h, NvInferRuntime.h of
-# NVIDIA/TensorRT v10.16), so code that stores or compares flag values keeps working; tests/engine/test_trt_api.py
-# pins them.
-class DataType(enum.IntEnum):
-    FLOAT = 0
-    HALF = 1
-    INT8 = 2
-    INT32 = 3
-    BOOL = 4
-    UINT8 = 5
-    FP8 = 6
-    BF16 = 7
-    INT64 = 8
-    INT4 = 9
-    FP4 = 10
-    E8M0 = 11
-
-
-float32, float16, int8, int32 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32
-bool, uint8, fp8, bfloat16, int64 = DataType.BOOL, DataType.UINT8, DataType.FP8, DataType.BF16, DataType.INT64  # noqa: A001
-
-_TO_TRT = {DType.FLOAT: DataType.FLOAT, DType.FLOAT16: DataType.HALF, DType.INT8: DataType.INT8,
-           DType.INT32: DataType.INT32, DType.BOOL: DataType.BOOL, DType.UINT8: DataType.UINT8,
-           DType.FLOAT8E4M3FN: DataType.FP8, DType.BFLOAT16: DataType.BF16, DType.INT64: DataType.INT64,
-           DType.INT4: DataType.INT4}
-_TO_KILN = {v: k for k, v in _TO_TRT.items()}
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-       DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
-
-
-def nptype(dtype: DataType):
-    """The numpy type of a TensorRT DataType."""
-    if dtype not in _NP:
-        raise TypeError(f"{DataType(dtype).name} has no numpy type")
-    return _NP[dtype]
-
-
-def volume(shape: Iterable[int]) -> int:
-    return math.prod(shape)
-
-
-class Dims(tuple):
-    """A shape; -1 marks a dimension fixed only at run time."""
-
-    @property
-    def nbDims(self) -> int:  # noqa: N802 - TensorRT's name
-        return len(self)
+           "Refitter", "OnnxParserRefitter", "HardwareCompatibilityLevel",
+           # the network-definition API (kiln/trt/network.py, layers.py, layer_enums.py)
+           "INetworkDefinition", "ITensor", "Weights", "Dims2", "Dims3", "Dims4", "DimsHW", "ActivationType",
+           "PoolingType", "ScaleMode", "ElementWiseOperation", "GatherMode", "UnaryOperation", "ReduceOperation",
+           "MatrixOperation", "ILayer", "IConvolutionLayer", "IDeconvolutionLayer", "IPoolingLayer", "IActivationLayer",
+           "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
+           "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
+           "INormalizationLayer", "IIdentityLayer", "ICastLayer", "INonZeroLayer",
+           # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py)
+           "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat",
+           "IOutputAllocator"]
 
 
 class TensorIOMode(enum.IntEnum):
@@ -136,37 +80,6 @@ class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1  # keep the model's own types (BuilderConfig.strict_types)
     PREFER_JIT_PYTHON_PLUGINS = 2  # Kiln always runs a plugin's impl (kiln.trt.plugin)
     PREFER_AOT_PYTHON_PLUGINS = 3  # refused at build: Kiln does not launch an aot_impl's PTX
-
-
-class _Tensor:
-    def __init__(self, value):
-        self.name = value.name
-        self.shape = Dims(-1 if not isinstance(d, int) else d for d in (value.shape or ()))
-        self.dtype = _TO_TRT.get(value.dtype, DataType.FLOAT)
-
-
-class INetworkDefinition:
-    def __init__(self, flags: int = 0):
-        self.flags = flags
-        self.graph = None
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.graph.inputs) if self.graph else 0
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.graph.outputs) if self.graph else 0
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.graph.nodes) if self.graph else 0
-
-    def get_input(self, i: int) -> _Tensor:
-        return _Tensor(self.graph.inputs[i])
-
-    def get_output(self, i: int) -> _Tensor:
-        return _Tensor(self.graph.outputs[i])
 
 
 class ParserError:
@@ -324,10 +237,10 @@ _FLAG_MEANING = {
     BuilderFlag.FP16: "fp16 layers", BuilderFlag.INT8: "int8 layers", BuilderFlag.FP8: "fp8 layers",
     BuilderFlag.BF16: "bf16 layers", BuilderFlag.TF32: "TF32 float32 convolutions and matmuls (CUDA)",
     BuilderFlag.STRICT_NANS: "always so in Kiln: NaN and Inf propagate on every tactic",
-    BuilderFlag.DISABLE_TIMING_CACHE: "no timing cache (kiln.trt sets none)",
+    BuilderFlag.DISABLE_TIMING_CACHE: "the timing cache set with set_timing_cache is neither read nor written",
     BuilderFlag.GPU_FALLBACK: "no effect: there is no DLA, every layer runs on the GPU or CPU",
-    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
-    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "no effect: kiln.trt layers carry no precision constraints",
+    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "always so in Kiln: a layer's precision is its layer_precisions entry",
+    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "as OBEY: a layer's precision is its layer_precisions entry",
     BuilderFlag.DIRECT_IO: "always so in Kiln: I/O keeps the network's formats",
     BuilderFlag.REJECT_EMPTY_ALGORITHMS: "no effect: there is no algorithm selector",
     BuilderFlag.DISABLE_COMPILATION_CACHE: "no effect: kiln.trt keeps no compilation cache in the engine",
@@ -445,6 +358,28 @@ class IBuilderConfig:
         self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE  # accepted (see the enum)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.int8_calibrator: IInt8Calibrator | None = None
+        self.progress_monitor: IProgressMonitor | None = None
+        self._timing_cache: ITimingCache | None = None
+
+    def create_timing_cache(self, serialized_timing_cache) -> ITimingCache | None:
+        """A timing cache from ``serialize()``'s bytes (b'' for an empty one); None, with the error logged, for
+        bytes that are not a Kiln timing cache (TensorRT's own caches included)."""
+        try:
+            return ITimingCache.from_bytes(serialized_timing_cache)
+        except errors.KilnError as e:
+            if self.logger is not None:
+                self.logger.log(ILogger.ERROR, str(e))
+            return None
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: builtins.bool = False) -> builtins.bool:
+        """Use ``cache`` in builds with this config; they add their new timings to it."""
+        if cache is not None and not isinstance(cache, ITimingCache):
+            raise errors.InputError(f"set_timing_cache: expected an ITimingCache, got {type(cache).__name__}")
+        self._timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> ITimingCache | None:
+        return self._timing_cache
 
     def set_flag(self, flag: BuilderFlag) -> None:
         """Set a builder flag. One Kiln does not support is logged as an error now, and the build fails with
@@ -509,7 +444,7 @@ class Builder:
         self.logger = logger
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
-        return INetworkDefinition(flags)
+        return INetworkDefinition(flags, self.logger)
 
     def create_builder_config(self) -> IBuilderConfig:
         return IBuilderConfig(self.logger)
@@ -527,23 +462,35 @@ class Builder:
 
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
         """The engine as bytes, or None (with the error logged) if the build failed, as TensorRT does."""
-        if network.graph is None:
-            self.logger.log(ILogger.ERROR, "network is empty: parse a model into it first")
-            return None
         try:
-            self._check(network, config)
+            graph = network.graph
+            if graph is None:
+                raise errors.BuildError("network is empty: parse a model into it or add layers first")
+            network.check()
+            self._check(network, graph, config)
             kiln_config = config._kiln(_network_flag(network, "STRONGLY_TYPED"))
+            if precisions := network.layer_precisions():
+                kiln_config = kiln_config.replace(layer_precisions={**kiln_config.layer_precisions, **precisions})
             if getattr(self.logger, "min_severity", ILogger.VERBOSE) >= ILogger.INFO:  # the build summary at INFO
                 kiln_config = kiln_config.replace(verbosity=1)
-            with _forward_logs(self.logger):
-                engine = _build(network.graph, kiln_config, plugins=_plugins())
+            cache = config._timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config._flags else None
+            progress = monitor_progress(config.progress_monitor)
+            with _forward_logs(self.logger), (cache.as_file() if cache is not None
+                                              else contextlib.nullcontext()) as cache_path:
+                if cache_path is not None:
+                    kiln_config = kiln_config.replace(timing_cache=cache_path)
+                try:
+                    engine = _build(graph, kiln_config, plugins=_plugins(), progress=progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
         return IHostMemory(engine.serialize(weights=BuilderFlag.STRIP_PLAN not in config._flags))
 
     @staticmethod
-    def _check(network: INetworkDefinition, config: IBuilderConfig) -> None:
+    def _check(network: INetworkDefinition, graph, config: IBuilderConfig) -> None:
         """TensorRT's refusals, before anything is built."""
         if config._unsupported:
             raise errors.BuildError("; ".join(config._unsupported.values()) + ": clear the flag(s) to build")
@@ -551,10 +498,10 @@ class Builder:
             raise errors.BuildError("NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS: Kiln runs plugins "
                                     "through their impl and does not launch an aot_impl's PTX")
         from .plugin import missing_impl
-        if missing := missing_impl(network.graph):
+        if missing := missing_impl(graph):
             raise errors.PluginError(f"plugin(s) {', '.join(missing)} have an aot_impl but no impl: Kiln runs "
                                      f"plugins through @kiln.trt.plugin.impl and does not launch PTX")
-        dynamic = [v.name for v in network.graph.inputs
+        dynamic = [v.name for v in graph.inputs
                    if getattr(v.type, "shape", None) is not None and not all(isinstance(d, int) for d in v.type.shape)]
         if dynamic and not config._profiles:
             raise errors.BuildError(f"Network has dynamic or shape inputs, but no optimization profile has been "
@@ -686,6 +633,9 @@ class ICudaEngine:
     def serialize(self) -> IHostMemory:
         return IHostMemory(self.engine.serialize())
 
+    def create_engine_inspector(self) -> EngineInspector:
+        return EngineInspector(self)
+
     def create_execution_context(self) -> "IExecutionContext":
         return IExecutionContext(self)
 
@@ -697,6 +647,8 @@ class IExecutionContext:
         self._shapes: dict[str, tuple] = {}
         self._addresses: dict[str, int] = {}
         self._out_shape_cache: dict[tuple, dict[str, tuple]] = {}
+        self.profiler: IProfiler | None = None  # told each layer's time after each execute
+        self._allocators: dict[str, IOutputAllocator] = {}
 
     def set_input_shape(self, name: str, shape) -> bool:
         self._ctx.set_input_shape(name, shape)
@@ -728,7 +680,8 @@ class IExecutionContext:
         if mode == TensorIOMode.INPUT:
             return Dims(self._input_shapes()[name]) if name in self._shapes or all(
                 isinstance(d, int) for d in info.shape) else Dims(-1 if not isinstance(d, int) else d for d in info.shape)
-        return Dims(self._output_shapes()[name])
+        shape = self._output_shapes()[name]  # None: data-dependent, -1 where unknown as in TensorRT
+        return Dims(shape if shape is not None else (d if isinstance(d, int) else -1 for d in info.shape))
 
     def _output_shapes(self) -> dict[str, tuple]:
         shapes = self._input_shapes()
@@ -756,18 +709,42 @@ class IExecutionContext:
         eng = self.engine.engine
         shapes = self._input_shapes()
         missing = [i.name for i in eng.inputs if i.name not in self._addresses] + \
-                  [o.name for o in eng.outputs if o.name not in self._addresses]
+                  [o.name for o in eng.outputs if o.name not in self._addresses and o.name not in self._allocators]
         if missing:
-            raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address first")
+            raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address (or, for an "
+                                    f"output, set_output_allocator) first")
         feed = {i.name: wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
                 for i in eng.inputs}
         out_shapes = self._output_shapes()
         buffers = {}
         for o in eng.outputs:
+            if o.name in self._allocators:
+                continue
             if out_shapes[o.name] is None:
-                raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape; use kiln's own API")
+                raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape: give it an IOutputAllocator "
+                                        f"with context.set_output_allocator({o.name!r}, allocator)")
             buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
-        self._ctx.infer(feed, outputs=buffers)
+        if self.profiler is not None:
+            result = run_profiled(eng, feed, buffers, self.profiler)
+        else:
+            result = self._ctx.infer(feed, outputs=buffers)
+        dtypes = {o.name: o.dtype for o in eng.outputs}
+        for name, allocator in self._allocators.items():
+            self._addresses[name] = deliver(allocator, name, result[name], self._addresses.get(name, 0),
+                                            dtypes[name], eng.device)
+
+    def set_output_allocator(self, name: str, output_allocator: IOutputAllocator | None) -> builtins.bool:
+        """Memory for output ``name`` from ``output_allocator`` once its shape is known (None: unset)."""
+        if self.engine.get_tensor_mode(name) != TensorIOMode.OUTPUT:
+            raise errors.InputError(f"{name!r} is an input: an output allocator serves an output")
+        if output_allocator is None:
+            self._allocators.pop(name, None)
+        else:
+            self._allocators[name] = output_allocator
+        return True
+
+    def get_output_allocator(self, name: str) -> IOutputAllocator | None:
+        return self._allocators.get(name)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         """Enqueue on the caller's CUDA stream (by handle); on the CPU the work is done on return."""

@@ -68,7 +68,7 @@ class TensorDesc:
         return TensorDesc(d.shape, _TO_TRT.get(DType.from_torch(d.dtype), DataType.FLOAT))
 
     def _kiln(self) -> _KilnDesc:
-        from . import _TO_KILN
+        from .types import _TO_KILN
         return _KilnDesc(self.shape_expr, _TO_KILN[self.dtype].torch)
 
 

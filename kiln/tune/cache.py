@@ -100,7 +100,7 @@ def read_entries(path, quiet: bool = False) -> dict:
         elif d.get("version") != VERSION:
             why = f"it has format version {d.get('version')!r}, this Kiln reads {VERSION}"
         else:
-            good = {k: v for k, v in d["entries"].items() if _well_formed(v)}
+            good = {k: v for k, v in d["entries"].items() if well_formed(v)}
             if len(good) < len(d["entries"]) and not quiet:
                 _warn(f"timing cache {str(p)!r}: {len(d['entries']) - len(good)} malformed entries are ignored; "
                       f"those layers are timed again")
@@ -114,7 +114,7 @@ def read_entries(path, quiet: bool = False) -> dict:
     return {}
 
 
-def _well_formed(e) -> bool:
+def well_formed(e) -> bool:
     """What the tuner reads from a hit: {"tactic": {"name": str, "params": dict}, "times": dict, "rejected": dict}."""
     if not isinstance(e, dict):
         return False
