@@ -26,6 +26,11 @@ class BuilderConfig:
         int8: allow int8 layers (needs ``int8_calibrator``, ``calibration_cache``, Q/DQ nodes in the model, or
             ``int8_activations="dynamic"``).
         fp8: allow fp8 (e4m3) layers, calibrated as int8 (GPU).
+        int4_weights: INT4 weight-only quantization: every MatMul/Gemm with a constant weight becomes
+            com.microsoft::MatMulNBits (4-bit weights, one scale per block, dequantized where the product is
+            computed); for batch-1 GPU GEMMs, where reading weights dominates. Not held to accuracy_target yet:
+            the report notes the largest rounding error.
+        int4_block_size: weights per int4 block along K (a power of two from 16; 32 by default).
         workspace_bytes: limit on the activation arena and scratch; the build fails when the plan needs more.
             None: no limit.
         profiles: optimization profiles (``Profile.of(x=(min, opt, max))``): the shapes the engine accepts and
@@ -66,6 +71,8 @@ class BuilderConfig:
     tf32: bool = False
     int8: bool = False
     fp8: bool = False
+    int4_weights: bool = False
+    int4_block_size: int = 32
     workspace_bytes: int | None = None
     profiles: tuple[Profile, ...] = ()
     optimization_level: int = 3
@@ -93,6 +100,8 @@ class BuilderConfig:
             raise ValueError(f"refittable must be True or False, got {self.refittable!r}")
         if self.bf16 not in (True, False, "auto"):
             raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
+        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
+            raise ValueError(f"int4_block_size must be a power of two >= 16, got {self.int4_block_size}")
         if not 0 <= self.optimization_level <= 5:
             raise ValueError(f"optimization_level must be 0..5, got {self.optimization_level}")
         for p in self.profiles:

@@ -20,6 +20,8 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8", action="store_true",
                    help="allow int8 layers (needs --calib-cache or --calib-data)")
     g.add_argument("--fp8", action="store_true", help="allow fp8 layers (as --int8)")
+    g.add_argument("--int4", action="store_true",
+                   help="INT4 weight-only: MatMul/Gemm weights as 4-bit blocks (com.microsoft::MatMulNBits)")
     g.add_argument("--calib-cache", metavar="FILE",
                    help="int8 calibration cache: read when it exists, written after calibrating")
     g.add_argument("--calib-data", metavar="DIR", help="folder of .npz input batches to calibrate int8 with")
@@ -124,6 +126,7 @@ def config_from_args(args, **extra):
             cuda_graphs=not args.no_cuda_graphs,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
             strict_types=args.strict_types, onnxruntime_fallback=args.onnxruntime_fallback,
+            int4_weights=getattr(args, "int4", False),
             refittable=getattr(args, "refittable", False), verbosity=min(getattr(args, "verbose", 0), 2), **quant,
             **extra)
     except ValueError as e:

@@ -33,7 +33,7 @@ UNSUPPORTED = {
     "--useDLACore": "DLA is not supported", "--allowGPUFallback": "DLA is not supported",
     "--exposeDMA": "DMA serialization is not supported",
 "--profilingVerbosity": "Kiln always records layer detail",
-    "--sparsity": "structured sparsity is not supported yet", "--int4": "int4 is not supported yet",
+    "--sparsity": "structured sparsity is not supported yet",
     "--useManagedMemory": "managed memory is not supported", "--useRuntime": "only the full runtime exists",
     "--dumpRefit": "refit is not supported", "--timeDeserialize": "not supported yet",
     "--timeRefit": "refit is not supported", "--getPlanVersionOnly": "not supported yet",
@@ -60,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--int8", action="store_true",
                    help="enable int8 (with --calib: a calibration cache)")
     b.add_argument("--fp8", action="store_true", help="enable fp8 (as --int8)")
+    b.add_argument("--int4", action="store_true", help="int4 weight-only MatMul/Gemm layers (MatMulNBits)")
     b.add_argument("--best", action="store_true",
                    help="enable fp16 in addition to fp32 (int8 needs calibration: add --int8 --calib)")
     b.add_argument("--noTF32", action="store_true", help="disable tf32")
@@ -295,6 +296,7 @@ def _build(args, shapes, log):
         log.line("--best: enabling fp16 (int8 needs calibration: add --int8 --calib=CACHE)")
     try:
         config = BuilderConfig(device=_device(args), fp16=args.fp16 or args.best, bf16=args.bf16,
+                               int4_weights=args.int4,
                                tf32=not args.noTF32, workspace_bytes=_workspace_bytes(args), profiles=profiles,
                                optimization_level=args.builderOptimizationLevel,
                                timing_cache=args.timingCacheFile, verbosity=1 if args.verbose else 0,

@@ -31,6 +31,7 @@ from .quantize_norms import quantize_norm_outputs
 from .quantize_outputs import quantize_layer_outputs, quantize_pool_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
+from .quantize_int4 import quantize_weights_int4
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_hardswish,
                         recognize_layer_norm, recognize_rms_norm, recognize_silu)
 
@@ -70,6 +71,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("import_qdq", import_qdq),  # Q/DQ pairs -> kiln::FakeQuant, DQ(weights) -> float (+ int8 hint)
     # onnxruntime's fused com.microsoft ops back into the standard layers the fusions below rebuild.
     Pass("lower_contrib_ms", lower_contrib_ms),
+    Pass("quantize_weights_int4", quantize_weights_int4, min_level=0),  # BuilderConfig.int4_weights
     SIMPLIFY,
     # Exporters' decomposed forms back into single layers.
     Pass("recognize_gelu", recognize_gelu),

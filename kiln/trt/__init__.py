@@ -245,6 +245,7 @@ _FLAG_MEANING = {
     BuilderFlag.REJECT_EMPTY_ALGORITHMS: "no effect: there is no algorithm selector",
     BuilderFlag.DISABLE_COMPILATION_CACHE: "no effect: kiln.trt keeps no compilation cache in the engine",
     BuilderFlag.REFIT: "a refittable engine (kiln.trt.Refitter)",
+    BuilderFlag.INT4: "int4 weight-only MatMul/Gemm layers (BuilderConfig.int4_weights)",
     BuilderFlag.REFIT_IDENTICAL: "as REFIT: a Kiln refit computes every weight as a fresh build would",
     BuilderFlag.STRIP_PLAN: "serialize the plan alone; load with weights_from= (a refit from the ONNX model)",
     BuilderFlag.VERSION_COMPATIBLE: "always so in Kiln: an engine loads on another device, torch or Kiln of its "
@@ -435,7 +436,7 @@ class IBuilderConfig:
                              workspace_bytes=self._pools.get(MemoryPoolType.WORKSPACE),
                              profiles=tuple(p._profile() for p in self._profiles),
                              optimization_level=min(5, max(0, int(self.builder_optimization_level))),
-                             strict_types=strongly_typed,
+                             strict_types=strongly_typed, int4_weights=BuilderFlag.INT4 in self._flags,
                              refittable=len({BuilderFlag.REFIT, BuilderFlag.REFIT_IDENTICAL} & self._flags) > 0)
 
 

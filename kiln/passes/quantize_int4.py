@@ -1,0 +1,111 @@
+"""INT4 weight-only quantization (``BuilderConfig(int4_weights=True)``, CLI ``--int4``): every MatMul or Gemm
+whose weight is a constant float matrix becomes onnxruntime's ``com.microsoft::MatMulNBits`` with 4-bit
+weights in blocks of ``int4_block_size`` along K, one float scale per block, symmetric (code 8 is zero):
+
+    MatMul(x, W[K, N])                    -> MatMulNBits(x, pack(W^T), scales)          {K, N, bits 4}
+    Gemm(x, W, b) (alpha = beta = 1)      -> MatMulNBits(x, pack(W or W^T), scales, bias=b)
+
+Activations stay in their float type; the weight is dequantized where the product is computed (on the GPU the
+``triton_nbits`` tactic does it in registers, which is what makes a batch-1 GEMM read a quarter of the fp16
+bytes). It runs before the recognizers, so the converted layers are not fused with their neighbours. The build
+report counts the layers converted and notes the largest relative weight error of the rounding.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir.graph import Graph, Node, Value, new_constant
+from .context import PassContext
+from .rewrite import const
+
+MS = "com.microsoft"
+RULE = "quantize_weights_int4"
+
+
+def quantize_blocks(w_nk: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 [N, blocks, block/2], scales float32 [N * blocks]) of a float [N, K] weight: per block of
+    ``block`` values along K, scale = max|w| / 7 and code = round(w / scale) + 8 in 0..15, two codes a byte
+    (the lower 4 bits first), K padded with zeros to whole blocks (MatMulNBits' layout)."""
+    n, k = w_nk.shape
+    blocks = (k + block - 1) // block
+    w = torch.zeros(n, blocks * block, dtype=torch.float32)
+    w[:, :k] = w_nk.to(torch.float32)
+    w = w.reshape(n, blocks, block)
+    scale = w.abs().amax(dim=-1, keepdim=True) / 7.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero block: any scale codes it exactly
+    codes = (torch.round(w / scale) + 8).clamp(0, 15).to(torch.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed.contiguous(), scale.reshape(n * blocks).contiguous()
+
+
+def quantize_weights_int4(graph: Graph, ctx: PassContext) -> bool:
+    if not getattr(ctx.config, "int4_weights", False):
+        return False
+    block = int(getattr(ctx.config, "int4_block_size", 32))
+    changed, worst = False, 0.0
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.domain != "" or node.op_type not in ("MatMul", "Gemm"):
+            continue
+        w_nk, bias, why = _weight(node, ctx)
+        if w_nk is None:
+            if why:
+                ctx.reject(RULE, [node], why)
+            continue
+        n, k = w_nk.shape
+        packed, scales = quantize_blocks(w_nk, block)
+        codes_err = _dequantized(packed, scales, n, k, block) - w_nk.to(torch.float32)
+        worst = max(worst, float(codes_err.abs().max() / w_nk.abs().max().clamp_min(1e-30)))
+        x = node.inputs[0]
+        dt = ctx.dtype(x)
+        inputs = [x, new_constant(graph, f"{node.label}/int4_weight", packed),
+                  new_constant(graph, f"{node.label}/int4_scales", scales.to(dt.torch if dt else torch.float32)),
+                  None, None, bias]
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        at, out = graph.nodes.index(node), node.outputs[0]
+        node.detach()  # first: the new layer takes over its output value (name and readers stay)
+        graph.nodes.remove(node)
+        node.graph = None
+        new = Node("MatMulNBits", inputs, [out], {"K": k, "N": n, "bits": 4, "block_size": block},
+                   name=node.label, domain=MS)
+        new.meta["covers"] = [node.label]
+        new.graph = graph
+        graph.nodes.insert(at, new)
+        ctx.count(RULE)
+        changed = True
+    if changed:
+        graph.opsets.setdefault(MS, 1)
+        ctx.notes.append(f"int4 weights: {ctx.applied.get(RULE, 0)} MatMul/Gemm layers as MatMulNBits (blocks of "
+                         f"{block}, symmetric); largest weight rounding error {worst:.3g} of the largest weight")
+    return changed
+
+
+def _weight(node: Node, ctx: PassContext) -> tuple[torch.Tensor | None, Value | None, str]:
+    """The [N, K] float weight of a MatMul/Gemm that can become MatMulNBits, its bias value, or why not."""
+    w = const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
+        return None, None, ""  # activations times activations (attention): not a weight
+    if not w.is_floating_point() or w.dim() != 2:
+        return None, None, "the weight is not a constant 2-D float matrix"
+    x_dt = ctx.dtype(node.inputs[0])
+    if x_dt is None or not x_dt.is_float:
+        return None, None, "the input is not float"
+    if node.op_type == "MatMul":
+        return w.t(), None, ""
+    a = node.attrs
+    if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+        return None, None, "Gemm with transA, alpha or beta other than 1"
+    w_nk = w if a.get("transB", 0) else w.t()
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None:
+        b = const(bias)
+        if b is None or b.dim() != 1 or b.shape[0] != w_nk.shape[0]:
+            return None, None, "the Gemm bias is not a constant vector of N values"
+    return w_nk, bias, ""
+
+
+def _dequantized(packed: torch.Tensor, scales: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
+    lo, hi = packed & 0xF, packed >> 4
+    codes = torch.stack([lo, hi], dim=-1).flatten(-2).to(torch.float32)  # [N, blocks, block]
+    return ((codes - 8) * scales.reshape(n, -1, 1)).reshape(n, -1)[:, :k]
+
