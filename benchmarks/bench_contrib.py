@@ -28,6 +28,7 @@ import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threa
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from cpu_timing import block_ms, max_rel_error  # noqa: E402
 
 PAUSE_S = 0.3
 
@@ -45,25 +46,6 @@ def _export(tmp: Path, seq: int, layers: int) -> tuple[Path, Path, dict]:
         optimized = tmp / "bert_optimized.onnx"
         optimize_model(str(plain), model_type="bert", num_heads=12, hidden_size=768).save_model_to_file(str(optimized))
     return plain, optimized, {n: t.numpy() for n, t in zip(axes, inputs)}
-
-
-def _block_ms(fn, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    end = t0 + seconds
-    while True:
-        fn()
-        n += 1
-        t = time.perf_counter()
-        if t >= end:
-            return (t - t0) * 1e3 / n
-
-
-def _err(got: list, want: list) -> float:
-    worst = 0.0
-    for g, w in zip(got, want):
-        scale = max(float(np.abs(w).max()), 1e-3)
-        worst = max(worst, float(np.abs(np.asarray(g, np.float64) - w).max()) / scale)
-    return worst
 
 
 def main() -> int:
@@ -94,14 +76,14 @@ def main() -> int:
             runs[label] = lambda sess=sess: sess.run(None, feeds)
             outs[label] = runs[label]
         want = runs["ort plain"]()
-        errs = {k: _err(fn(), want) for k, fn in outs.items()}
+        errs = {k: max_rel_error(fn(), want) for k, fn in outs.items()}
         for fn in runs.values():  # warm-up
-            _block_ms(fn, 0.5)
+            block_ms(fn, 0.5)
         times = {k: [] for k in runs}
         for _ in range(a.blocks):
             for key, fn in runs.items():
                 time.sleep(PAUSE_S)
-                times[key].append(_block_ms(fn, a.block_s))
+                times[key].append(block_ms(fn, a.block_s))
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["kiln plain"]
     print(f"\nBERT-base ({a.layers} layers, random weights), batch 1, seq {a.seq}, {a.threads} threads, "

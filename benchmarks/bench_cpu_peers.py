@@ -32,6 +32,7 @@ import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threa
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from cpu_timing import block_ms, max_rel_error  # noqa: E402
 
 PAUSE_S = 0.2
 RUNTIMES = ("kiln fp32", "kiln bf16", "ort fp32", "ov default", "ov f32")
@@ -110,27 +111,6 @@ def _outputs(result) -> list[np.ndarray]:
     return [np.asarray(result[o]) for o in result.keys()]  # OpenVINO's OVDict
 
 
-def _err(got: list, want: list) -> float:
-    worst = 0.0
-    for g, w in zip(got, want):
-        if not np.issubdtype(w.dtype, np.floating):
-            continue
-        scale = max(float(np.abs(w).max()), 1e-3)
-        worst = max(worst, float(np.abs(g.astype(np.float64) - w).max()) / scale)
-    return worst
-
-
-def _block_ms(fn, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    end = t0 + seconds
-    while True:
-        fn()
-        n += 1
-        t = time.perf_counter()
-        if t >= end:
-            return (t - t0) * 1e3 / n
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -152,14 +132,14 @@ def main() -> int:
         for name, path, feeds, profile in _cases(a.skip_big, wanted, Path(tmp)):
             run = _runners(path, feeds, profile, a.threads)
             want = _outputs(run["ort fp32"]())
-            errs = {k: _err(_outputs(fn()), want) for k, fn in run.items() if k.startswith("kiln")}
+            errs = {k: max_rel_error(_outputs(fn()), want) for k, fn in run.items() if k.startswith("kiln")}
             for fn in run.values():  # warm-up
-                _block_ms(fn, min(0.3, a.block_s))
+                block_ms(fn, min(0.3, a.block_s))
             times = {k: [] for k in run}
             for _ in range(a.blocks):
                 for key, fn in run.items():
                     time.sleep(PAUSE_S)
-                    times[key].append(_block_ms(fn, a.block_s))
+                    times[key].append(block_ms(fn, a.block_s))
             med = {k: statistics.median(v) for k, v in times.items()}
             cells = [f"{med[r]:10.2f}" if r in med else f"{'-':>10s}" for r in RUNTIMES]
             ratio = med.get("kiln fp32", float("nan")) / med["ort fp32"]

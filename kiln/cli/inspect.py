@@ -49,24 +49,18 @@ def run(args) -> int:
     if args.onnx_out:
         import onnx
         from ..frontend.onnx_export import export_onnx
+        from ..passes.context import symbol_bounds
         from ..passes.propagate import propagate, symbolic_types
         times = {r["name"]: r["ms"] for r in doc.get("profile") or []}  # with --profile
         info = {l["name"]: {"kernel": l["kernel"], "precision": l["precision"],
                             **({"time_ms": times[l["name"]]} if times.get(l["name"]) is not None else {})}
                 for l in doc["layers"]}
-        # Shapes at the first profile's opt shapes, symbols kept where its range lets a dim vary: the engine
-        # was specialized to its profiles (a dim fixed there may be baked into its layers).
-        profile = engine.profiles[0] if engine.profiles else None
-        bounds = {}
-        if profile is not None:
-            for v in engine.graph.inputs:
-                for d, sym in enumerate(getattr(v.type, "shape", None) or ()):
-                    if isinstance(sym, str) and v.name in profile.min:
-                        lo, hi = profile.min[v.name][d], profile.max[v.name][d]
-                        bounds[sym] = (min(lo, bounds.get(sym, (lo, hi))[0]), max(hi, bounds.get(sym, (lo, hi))[1]))
-        fixed = {s for s, (lo, hi) in bounds.items() if lo == hi}
-        shapes = {v.name: tuple(bounds[d][0] if isinstance(d, str) and d in fixed else d
-                                for d in (getattr(v.type, "shape", None) or ())) for v in engine.graph.inputs}
+        # The profiles' bounds for the symbolic dims, and a dim the profiles fix at its one size: the engine was
+        # specialized to them (a fixed dim may be baked into its layers), so propagating at probe sizes fails.
+        declared = {v.name: tuple(getattr(v.type, "shape", None) or ()) for v in engine.graph.inputs}
+        bounds = symbol_bounds(declared, engine.profiles)
+        fixed = {s: lo for s, (lo, hi) in bounds.items() if lo == hi}
+        shapes = {n: tuple(fixed.get(d, d) if isinstance(d, str) else d for d in shape) for n, shape in declared.items()}
         types = symbolic_types(engine.graph, propagate(engine.graph, shapes, registry=engine.registry,
                                                        bounds={s: b for s, b in bounds.items() if s not in fixed}))
         model = export_onnx(engine.graph, engine.output_names, info, types)

@@ -68,19 +68,7 @@ class PassContext:
         return self._facts
 
     def symbol_bounds(self) -> dict[str, tuple[int, int]]:
-        """Each symbolic input dim's (min, max) over the profiles; inputs sharing a symbol intersect."""
-        out: dict[str, tuple[int, int]] = {}
-        for name, shape in (self.input_shapes or {}).items():
-            for i, d in enumerate(shape):
-                if isinstance(d, int) or d is None:
-                    continue
-                lo = [p.min[name][i] for p in self.config.profiles if name in p.min]
-                hi = [p.max[name][i] for p in self.config.profiles if name in p.max]
-                if not lo or not hi:
-                    continue
-                a, b = out.get(d, (min(lo), max(hi)))
-                out[d] = (max(a, min(lo)), min(b, max(hi)))
-        return {k: v for k, v in out.items() if v[0] <= v[1]}
+        return symbol_bounds(self.input_shapes, self.config.profiles)
 
     def invalidate(self) -> None:
         self._facts = None
@@ -99,3 +87,19 @@ class PassContext:
 
     def dtype(self, v):
         return getattr(self.facts.type_of(v), "dtype", None)
+
+
+def symbol_bounds(input_shapes: dict | None, profiles) -> dict[str, tuple[int, int]]:
+    """Each symbolic input dim's (min, max) over the profiles; inputs sharing a symbol intersect."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, shape in (input_shapes or {}).items():
+        for i, d in enumerate(shape):
+            if isinstance(d, int) or d is None:
+                continue
+            lo = [p.min[name][i] for p in profiles if name in p.min]
+            hi = [p.max[name][i] for p in profiles if name in p.max]
+            if not lo or not hi:
+                continue
+            a, b = out.get(d, (min(lo), max(hi)))
+            out[d] = (max(a, min(lo)), min(b, max(hi)))
+    return {k: v for k, v in out.items() if v[0] <= v[1]}

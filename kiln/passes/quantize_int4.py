@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..ir.graph import Graph, Node, Value, new_constant
+from ..ops.contrib_ms_quant import nbits_weight  # the op's own dequantization: the layer computes exactly this
 from .context import PassContext
 from .rewrite import const
 
@@ -58,7 +59,7 @@ def quantize_weights_int4(graph: Graph, ctx: PassContext) -> bool:
             continue
         n, k = w_nk.shape
         packed, scales = quantize_blocks(w_nk, block)
-        err = _output_error(_dequantized(packed, scales, n, k, block), w_nk.to(torch.float32))
+        err = _output_error(nbits_weight(packed, scales, None, k, n, 4, block), w_nk.to(torch.float32))
         if err > MAX_LAYER_ERROR:
             ctx.reject(RULE, [node], f"int4 output error {err:.3f} on random inputs is over {MAX_LAYER_ERROR} "
                                      f"(relative): the layer keeps its float weight")
@@ -119,10 +120,3 @@ def _output_error(w_q: torch.Tensor, w: torch.Tensor) -> float:
     x = torch.randn(64, w.shape[1], generator=torch.Generator().manual_seed(0))
     ref = x @ w.t()
     return float((x @ w_q.t() - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def _dequantized(packed: torch.Tensor, scales: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
-    lo, hi = packed & 0xF, packed >> 4
-    codes = torch.stack([lo, hi], dim=-1).flatten(-2).to(torch.float32)  # [N, blocks, block]
-    return ((codes - 8) * scales.reshape(n, -1, 1)).reshape(n, -1)[:, :k]
-

@@ -9,7 +9,6 @@ ops (``registry()``) and a tactic library with its tactics as candidates (``tact
 from __future__ import annotations
 
 import importlib
-import types
 from typing import Callable, Iterable
 
 import torch
@@ -132,16 +131,20 @@ class PluginLibrary:
 
 
 def _kernel(plugin: Plugin, fn: Callable):
+    # A node's attributes are bound (checked, coerced) once, not on every inference: keyed by the attrs dict,
+    # which the runtime passes unchanged on each call; the entry keeps the dict, so an id is never reused.
+    bound: dict[int, tuple[dict, dict]] = {}
+
     def kernel(ctx, inputs: list, attrs: dict):
-        return plugin.run(fn, inputs, attrs, ctx.node_name or plugin.qualified_name)
+        node = ctx.node_name or plugin.qualified_name
+        hit = bound.get(id(attrs))
+        if hit is None or hit[0] is not attrs:
+            if len(bound) > 1024:  # builds make and drop copies of graphs: keep the table small
+                bound.clear()
+            hit = bound[id(attrs)] = (attrs, plugin.bind_attrs(attrs, node))
+        return plugin.run(fn, inputs, hit[1], node)
     kernel.__doc__ = plugin.doc
     return kernel
-
-
-def check_records_without(records: list[dict], where: str) -> None:
-    """An engine that needs plugins, loaded with none given."""
-    if records:
-        PluginLibrary().check_records(records, where)
 
 
 def load_modules(names: Iterable[str]) -> PluginLibrary | None:
@@ -157,7 +160,7 @@ def load_modules(names: Iterable[str]) -> PluginLibrary | None:
         except ImportError as e:
             raise PluginError(f"plugin module {name!r} could not be imported: {e}") from None
         libs = [v for v in vars(module).values() if isinstance(v, PluginLibrary)]
-        trt = _trt_plugins_of(module)
+        trt = _trt_plugins()
         if not libs and trt is None:
             raise PluginError(f"plugin module {name!r} defines no kiln.plugin.PluginLibrary and registers no "
                               f"kiln.trt.plugin op")
@@ -169,9 +172,10 @@ def load_modules(names: Iterable[str]) -> PluginLibrary | None:
     return merged if found else None
 
 
-def _trt_plugins_of(module: types.ModuleType) -> PluginLibrary | None:
+def _trt_plugins() -> PluginLibrary | None:
+    """The kiln.trt.plugin registry when that module is loaded and holds plugins (TensorRT's is per process)."""
     import sys
-    trt_plugin = sys.modules.get("kiln.trt_plugin")
+    trt_plugin = sys.modules.get("kiln.trt.plugin")
     if trt_plugin is None:
         return None
     lib = trt_plugin.registered()

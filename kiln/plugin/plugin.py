@@ -127,7 +127,7 @@ class PluginTactic:
         return self.devices
 
 
-_FLOAT_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                 torch.float64: "float64", torch.int8: "int8", torch.uint8: "uint8", torch.int32: "int32",
                 torch.int64: "int64", torch.bool: "bool"}
 
@@ -180,7 +180,7 @@ class Plugin:
         return {"op": self.qualified_name, "version": self.version, "inputs": list(self.inputs),
                 "optional_inputs": self.optional_inputs, "variadic": self.variadic,
                 "attrs": {k: a.to_json() for k, a in sorted(self.attrs.items())},
-                "dtypes": None if self.dtypes is None else [_FLOAT_NAMES.get(d, str(d)) for d in self.dtypes],
+                "dtypes": None if self.dtypes is None else [_DTYPE_NAMES.get(d, str(d)) for d in self.dtypes],
                 "elementwise": self.elementwise}
 
     def signature_hash(self) -> str:
@@ -260,7 +260,7 @@ class Plugin:
             for k, x in enumerate(inputs):
                 if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype not in self.dtypes:
                     raise KernelError(f"node {node!r} ({self.qualified_name}): input {k} is {x.dtype}, the plugin "
-                                      f"supports {', '.join(_FLOAT_NAMES.get(d, str(d)) for d in self.dtypes)}")
+                                      f"supports {', '.join(_DTYPE_NAMES.get(d, str(d)) for d in self.dtypes)}")
 
     def output_descs(self, inputs: list, kw: dict) -> list[TensorDesc] | None:
         """Outputs by the shape rule (or an elementwise op's input 0); None: run the reference on meta tensors."""
@@ -276,9 +276,9 @@ class Plugin:
                               f"of them, got {got!r}")
         return got
 
-    def run(self, fn: Callable, inputs: list, attrs: dict, node: str):
-        """``fn`` (the reference or a tactic) on one node's inputs; meta inputs get outputs by the shape rule."""
-        kw = self.bind_attrs(attrs, node)
+    def run(self, fn: Callable, inputs: list, kw: dict, node: str):
+        """``fn`` (the reference or a tactic) on one node's inputs with its bound attributes (``bind_attrs``);
+        meta inputs get outputs by the shape rule."""
         self.check_inputs(inputs, node)
         if any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs):
             descs = self.output_descs(inputs, kw)
@@ -340,7 +340,7 @@ def _dtypes(dtypes, qualified: str):
     if isinstance(dtypes, (str, torch.dtype)):
         dtypes = (dtypes,)
     out = []
-    by_name = {v: k for k, v in _FLOAT_NAMES.items()} | {"fp32": torch.float32, "fp16": torch.float16,
+    by_name = {v: k for k, v in _DTYPE_NAMES.items()} | {"fp32": torch.float32, "fp16": torch.float16,
                                                            "bf16": torch.bfloat16, "half": torch.float16,
                                                            "float": torch.float32}
     for d in dtypes:

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln.trt as trt
 from kiln.errors import InputError
+from trt_support import RecordingLogger
 
 # From NVIDIA/TensorRT v10.16 include/NvInfer.h, NvInferRuntime.h and NvInferRuntimeBase.h (k prefix dropped,
 # as TensorRT's Python bindings do).
@@ -43,16 +44,6 @@ def test_logger_severity_values():
     assert {n: int(getattr(trt.Logger, n)) for n in SEVERITY} == SEVERITY
 
 
-class Recorder(trt.ILogger):
-    def __init__(self, min_severity=trt.ILogger.VERBOSE):
-        super().__init__()
-        self.min_severity = min_severity
-        self.messages = []
-
-    def log(self, severity, msg):
-        self.messages.append((severity, msg))
-
-
 def static_model(batch=2):
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "w")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
@@ -77,7 +68,7 @@ def build(model, logger, flags=(), profile=None, network_flags=0):
 
 
 def test_unsupported_flag_is_an_error_not_ignored():
-    log = Recorder()
+    log = RecordingLogger()
     data, config = build(static_model(), log, flags=[trt.BuilderFlag.SPARSE_WEIGHTS])
     assert data is None
     errors = [m for s, m in log.messages if s == trt.ILogger.ERROR]
@@ -95,7 +86,7 @@ def test_flags_bit_mask_like_tensorrt():
 
 
 def test_build_messages_reach_the_users_logger():
-    log = Recorder(trt.ILogger.INFO)
+    log = RecordingLogger(trt.ILogger.INFO)
     data, _ = build(static_model(), log)
     assert data is not None
     assert any(s == trt.ILogger.INFO for s, _ in log.messages), log.messages
@@ -105,7 +96,7 @@ def test_dynamic_network_without_profile_is_refused_as_tensorrt_does():
     model = static_model()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    log = Recorder()
+    log = RecordingLogger()
     data, _ = build(model, log)
     assert data is None
     assert any("no optimization profile has been defined" in m for s, m in log.messages if s == trt.ILogger.ERROR)

@@ -7,15 +7,9 @@ import pytest
 
 import kiln.trt as trt
 from kiln import errors
+from trt_support import RecordingLogger
 
 
-class _Collect(trt.ILogger):
-    def __init__(self):
-        self.errors = []
-
-    def log(self, severity, msg):
-        if severity <= trt.ILogger.ERROR:
-            self.errors.append(msg)
 
 
 def _network(builder):
@@ -51,7 +45,7 @@ class Monitor(trt.IProgressMonitor):
 
 
 def test_progress_monitor_sees_every_phase_and_can_cancel():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     config = builder.create_builder_config()
     config.progress_monitor = monitor = Monitor()
@@ -69,7 +63,7 @@ def test_progress_monitor_sees_every_phase_and_can_cancel():
 
 
 def test_timing_cache_round_trip_and_combine():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     config = builder.create_builder_config()
     cache = config.create_timing_cache(b"")
@@ -106,7 +100,7 @@ class Profiler(trt.IProfiler):
 
 
 def test_profiler_and_engine_inspector():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     engine = trt.Runtime(logger).deserialize_cuda_engine(
         builder.build_serialized_network(_network(builder), builder.create_builder_config()))
@@ -160,7 +154,7 @@ class Allocator(trt.IOutputAllocator):
 
 
 def test_output_allocator_for_a_data_dependent_output():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     net = builder.create_network(0)
     nz = net.add_non_zero(net.add_input("x", trt.float32, (3, 4)))

@@ -11,17 +11,11 @@ import torch.nn.functional as F
 
 import kiln.trt as trt
 from kiln import errors
+from trt_support import RecordingLogger
 
 RNG = np.random.default_rng(0)
 
 
-class _Collect(trt.ILogger):
-    def __init__(self):
-        self.errors = []
-
-    def log(self, severity, msg):
-        if severity <= trt.ILogger.ERROR:
-            self.errors.append(msg)
 
 
 def _run(builder, network, feeds: dict, profile: dict | None = None, config=None) -> dict:
@@ -100,7 +94,7 @@ def _populate_mnist(network, weights):
 
 def test_mnist_network_api_sample_matches_torch():
     weights = _mnist_weights()
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     conv1, prob = _populate_mnist(network, weights)
@@ -163,7 +157,7 @@ ROWS = [
 
 
 def test_each_layer_against_torch():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     net = builder.create_network(0)
     x_np = _x(2, 3, 6, 6, positive=True)
@@ -256,7 +250,7 @@ def test_each_layer_against_torch():
 
 
 def test_dynamic_input_needs_a_profile():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     net = builder.create_network(0)
     x = net.add_input("x", trt.float32, (-1, 4))
@@ -293,7 +287,7 @@ def test_layer_precision_becomes_layer_precisions():
 
 
 def test_bad_calls_are_refused_with_a_reason():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     net = builder.create_network(0)
     x = net.add_input("x", trt.float32, (1, 3, 8, 8))
@@ -375,7 +369,7 @@ def test_layer_enum_values_are_tensorrts():
 
 
 def test_wrong_input_counts_and_unwritable_settings():
-    logger = _Collect()
+    logger = RecordingLogger()
     builder = trt.Builder(logger)
     net = builder.create_network(0)
     x = net.add_input("x", trt.float32, (1, 3, 4, 4))
