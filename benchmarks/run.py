@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
+import zoo  # noqa: E402
 
 
 def median_ms(fn, device: str, warmup: int, iters: int) -> float:
@@ -85,10 +86,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     device = args.device
-    built = models.torchvision_model(name) if args.torchvision else None
-    model, sample, axes = built or models.MODELS[name]()
+    entry = zoo.ZOO.get(name)
+    built = models.torchvision_model(name) if args.torchvision and entry is None else None
+    model, sample, axes = built or (entry.build() if entry is not None else models.MODELS[name]())
     g = torch.Generator().manual_seed(0)
-    size = (args.gpt2_seq if name == "gpt2_small" else args.seq) if name in ("bert_base", "gpt2_small") else 224
+    size = args.gpt2_seq if name == "gpt2_small" else args.seq if "input_ids" in axes else 224
     inputs = sample(batch, size, g)
     path = workdir / f"{name}_b{batch}.onnx"
     t0 = time.perf_counter()
@@ -146,13 +148,14 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     # torch.compile (GPU) / onnxruntime (CPU).
     if device.startswith("cuda") and not args.no_compile:
         torch._dynamo.reset()
-        compiled = torch.compile(ref_model, mode="reduce-overhead")
+        compiled = torch.compile(ref_model, mode=args.compile_mode)
         t0 = time.perf_counter()
         with torch.inference_mode():
             compiled(*eager_inputs)
             compiled(*eager_inputs)
             torch.cuda.synchronize()
             row["compile_s"] = round(time.perf_counter() - t0, 1)
+            row["compile_mode"] = args.compile_mode
             row["compile_ms"] = median_ms(lambda: compiled(*eager_inputs), device, args.warmup, args.iters)
     if device == "cpu":
         import onnxruntime as ort
@@ -186,8 +189,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="resnet50,bert_base")
     ap.add_argument("--batches", default="1,8", help="batch sizes for every model (see --suite)")
-    ap.add_argument("--suite", choices=["issue5"], help="issue5: every model of the performance issue at its "
-                    "batch sizes (ResNet-50 1,256; MobileNetV3 1; ViT-B/16 1; BERT-base 1,64; GPT-2 prefill 1)")
+    ap.add_argument("--suite", choices=["issue5", "zoo"], help="issue5: every model of the performance issue at its "
+                    "batch sizes (ResNet-50 1,256; MobileNetV3 1; ViT-B/16 1; BERT-base 1,64; GPT-2 prefill 1); "
+                    "zoo: the architectures of benchmarks/zoo.py at batch 1 and each one's large batch")
+    ap.add_argument("--zoo-models", help="with --suite zoo: only these (comma-separated names of benchmarks/zoo.py)")
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode on the GPU "
+                    "(reduce-overhead, max-autotune, ...)")
     ap.add_argument("--gpt2-seq", type=int, default=512)
     ap.add_argument("--no-torchvision", dest="torchvision", action="store_false",
                     help="use the plain-torch CNN definitions even where torchvision imports")
@@ -211,6 +218,19 @@ def main(argv=None) -> int:
     if args.suite == "issue5":
         plan = [("resnet50", [1, 256]), ("mobilenet_v3_large", [1]), ("vit_b16", [1]), ("bert_base", [1, 64]),
                 ("gpt2_small", [1])]
+    if args.suite == "zoo":
+        names = args.zoo_models.split(",") if args.zoo_models else list(zoo.ZOO)
+        unknown = [n for n in names if n not in zoo.ZOO]
+        if unknown:
+            ap.error(f"unknown zoo model(s) {unknown}; the zoo: {', '.join(zoo.ZOO)}")
+        batches = [int(x) for x in args.batches.split(",")] if args.batches != "1,8" else None
+        plan = []
+        for n in names:
+            why = zoo.available(n)
+            if why:
+                print(f"{n}: skipped: {why}", flush=True)
+                continue
+            plan.append((n, batches or [1, zoo.ZOO[n].large_batch]))
     with tempfile.TemporaryDirectory() as tmp:
         for name, batches in plan:
             for b in batches:
@@ -221,6 +241,8 @@ def main(argv=None) -> int:
                     continue
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.json:  # after every row: a run stopped at its time limit keeps what it measured
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | torch "
           f"{torch.__version__} | threads {torch.get_num_threads()}")
     print_table(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .buildflags import add_build_flags
+from .output import emit
 from .shapes import parse_name_files, parse_shapes
 from .timing import DEFAULT_PERCENTILES, export_times
 
@@ -39,7 +40,6 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
                    help="load inputs by name from an .npz file; inputs not loaded are random")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     r.add_argument("--export-times", metavar="FILE", help="write every inference's timings and the stats as JSON")
-    r.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     add_build_flags(p)
     return p
 
@@ -62,7 +62,6 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    import json
     from .inputs import gather_inputs
     from .loading import open_engine
     from .measure import measure
@@ -74,20 +73,20 @@ def run(args) -> int:
     summary = measure(engine, inputs, settings)
     if args.export_times:
         export_times(summary, args.export_times)
-    if args.json:
-        d = summary.to_json()
-        d.pop("times")
-        print(json.dumps(d, indent=1))
-        return 0
-    print(f"engine: {args.model} on {engine.device}; inputs: "
-          + ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items()))
+    doc = summary.to_json()
+    doc.pop("times")
+    emit(args, lambda: _text(args, engine, inputs, summary), doc)
+    return 0
+
+
+def _text(args, engine, inputs: dict, summary) -> str:
+    lines = [f"engine: {args.model} on {engine.device}; inputs: "
+             + ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items())]
     if engine.device.type == "cpu":
         from ..threads import describe
-        print(f"threads: {describe()}")
-    for line in summary.lines():
-        print(line)
-    for w in summary.warnings():
-        print(f"warning: {w}")
+        lines.append(f"threads: {describe()}")
+    lines += list(summary.lines())
+    lines += [f"warning: {w}" for w in summary.warnings()]
     if args.export_times:
-        print(f"timings of {len(summary.records)} inferences written to {args.export_times}")
-    return 0
+        lines.append(f"timings of {len(summary.records)} inferences written to {args.export_times}")
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ import time
 from .buildflags import add_build_flags, config_from_args
 from .errors import CLIError
 from .loading import check_readable, check_writable, is_engine, plugins_from_args
+from .output import emit, quiet
 from .progress import Progress
 
 
@@ -38,7 +39,7 @@ def run(args) -> int:
         raise CLIError(f"{args.model!r} is already a Kiln engine; `kiln build` takes an ONNX model")
     config = config_from_args(args)
     check_writable(args.output)  # before the build, not after minutes of it
-    progress = Progress(args.progress)
+    progress = Progress("off" if quiet(args) or (args.json and args.progress == "auto") else args.progress)
     t0 = time.perf_counter()
     try:
         engine = build(args.model, config, progress=progress, plugins=plugins_from_args(args))
@@ -48,9 +49,16 @@ def run(args) -> int:
     if args.export_tactics:
         from ..tune import export_choices
         export_choices(engine, args.export_tactics)
-    print(f"built {args.output} for {engine.device} in {time.perf_counter() - t0:.2f}s")
-    if engine.report is not None:
-        print(engine.report.summary())
-        if args.layers:
-            print(engine.report.layer_table())
+    seconds = time.perf_counter() - t0
+    doc = {"engine": args.output, "device": str(engine.device), "seconds": round(seconds, 3),
+           "report": engine.report.to_json() if engine.report is not None else None}
+
+    def text() -> str:
+        lines = [f"built {args.output} for {engine.device} in {seconds:.2f}s"]
+        if engine.report is not None:
+            lines.append(engine.report.summary())
+            if args.layers:
+                lines.append(engine.report.layer_table())
+        return "\n".join(lines)
+    emit(args, text, doc)
     return 0

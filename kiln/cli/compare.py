@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from .buildflags import add_build_flags
+from .output import emit
 from .errors import CLIError
 
 OUTPUTS_DIFFER = 3  # the comparison ran and failed; 1 is a tool error (the comparison could not run)
@@ -32,7 +33,6 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--input", metavar="NAME:FILE", action="append", default=[], help="an input from a .npy file")
     p.add_argument("--inputs", metavar="FILE.npz", action="append", default=[], help="inputs from an .npz file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_build_flags(p)
     return p
 
@@ -122,7 +122,6 @@ def _check_same_io(model, engine, model_path: str, engine_path: str | None) -> N
 
 
 def run(args) -> int:
-    import json
     from .inputs import gather_inputs
     from .loading import open_engine, open_onnx
     model = open_onnx(args.model)
@@ -145,10 +144,7 @@ def run(args) -> int:
     ok = (all(r["ok"] for r in results.values()) and pl.get("first_divergent") is None
           and pl.get("first_divergent_engine_layer") is None)
     doc["ok"] = ok
-    if args.json:
-        print(json.dumps(doc, indent=1))
-    else:
-        print(render(doc))
+    emit(args, lambda: render(doc), doc)
     return 0 if ok else OUTPUTS_DIFFER
 
 

@@ -130,6 +130,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, metavar="N",
                    help="GPU index N (cuda:N); 'cpu' to run on the host (default: GPU 0 if available, else cpu)")
     s.add_argument("--verbose", "-v", action="store_true", help="verbose logs, tracebacks on error")
+    s.add_argument("--quiet", "-q", action="store_true", help="(Kiln's) print nothing but errors; the exit code "
+                   "tells the result")
+    s.add_argument("--json", action="store_true", help="(Kiln's) instead of the log, print one JSON document: "
+                   "the engine, the performance summary and whether the run passed")
     return p
 
 
@@ -154,7 +158,8 @@ def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()
         return 0
-    log = _Log()
+    as_json = "--json" in argv
+    log = _Log(silent=as_json or "--quiet" in argv or "-q" in argv)
     log.line(f"&&&& RUNNING Kiln.exec # kiln exec {' '.join(shlex.quote(a) for a in argv)}", raw=True)
     try:
         code = _main(parse(argv), log)
@@ -165,6 +170,8 @@ def main(argv: list[str]) -> int:
         log.line("&&&& FAILED Kiln.exec", raw=True)
         raise
     log.line(f"&&&& {'PASSED' if code == 0 else 'FAILED'} Kiln.exec", raw=True)
+    if as_json:
+        print(json.dumps({"passed": code == 0, **log.doc}, indent=1, default=str), flush=True)
     return code
 
 
@@ -182,6 +189,9 @@ def _main(args, log: "_Log") -> int:
         set_threads(args.threads)
     shapes = parse_shapes(args.shapes, "--shapes") if args.shapes else None
     engine = _load(args, log) if args.loadEngine else _build(args, shapes, log)
+    log.doc["engine"] = {"device": str(engine.device), "layers": engine.num_layers,
+                         "inputs": [i.name for i in engine.inputs], "outputs": list(engine.output_names),
+                         **({"saved_to": args.saveEngine} if args.saveEngine else {})}
     if args.dumpLayerInfo or args.exportLayerInfo:
         layers = [vars(l) for l in engine.report.layers] if engine.report else []
         if args.dumpLayerInfo:
@@ -199,12 +209,16 @@ def _main(args, log: "_Log") -> int:
     inputs = gather_inputs(engine.inputs, engine.profiles, shapes, files, [], 0)
     log.line("Input shapes: " + ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in inputs.items()))
     summary = _bench(engine, inputs, args, log)
+    if summary is not None:
+        doc = summary.to_json()
+        doc.pop("times", None)
+        log.doc["performance"] = doc
     if args.dumpOutput or args.exportOutput:
         outs = engine.create_execution_context().infer(inputs)
         if args.dumpOutput:
-            from .run import print_arrays
+            from .run import format_arrays
             log.line("Output tensors:")
-            print_arrays(outs)
+            log.line(format_arrays(outs), raw=True)
         if args.exportOutput:
             import numpy as np
             _write_json(args.exportOutput, [{"name": k, "dimensions": "x".join(map(str, np.shape(v))),
@@ -415,10 +429,16 @@ def _write_json(path: str, obj) -> None:
 
 
 class _Log:
-    """trtexec's '[I] ...' line style on stdout; warnings as '[W]'."""
+    """trtexec's '[I] ...' line style on stdout; warnings as '[W]'. ``silent`` (--quiet, --json) drops the lines;
+    ``doc`` collects what --json prints."""
+
+    def __init__(self, silent: bool = False):
+        self.silent = silent
+        self.doc: dict = {}
 
     def line(self, text: str, level: str = "I", raw: bool = False) -> None:
-        print(text if raw else f"[{level}] {text}", file=sys.stdout, flush=True)
+        if not self.silent:
+            print(text if raw else f"[{level}] {text}", file=sys.stdout, flush=True)
 
 
 def add_parser(sub, common) -> argparse.ArgumentParser:

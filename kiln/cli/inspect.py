@@ -3,9 +3,9 @@ shapes; rejected fusions and why; the memory plan; build metadata. --profile add
 from __future__ import annotations
 
 import argparse
-import json
 
 from .buildflags import add_build_flags
+from .output import emit
 from .shapes import parse_shapes
 
 
@@ -19,7 +19,6 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
                    help="run the engine and add each layer's time (median over --runs) and share of the total")
     p.add_argument("--runs", type=int, default=10, metavar="N", help="inferences timed by --profile (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs used by --profile")
-    p.add_argument("--json", action="store_true", help="print everything as one JSON document")
     p.add_argument("--plot", metavar="FILE.png", help="draw the per-layer time breakdown (implies --profile; "
                                                      "needs matplotlib)")
     p.add_argument("--onnx-out", metavar="FILE.onnx",
@@ -66,14 +65,10 @@ def run(args) -> int:
         model = export_onnx(engine.graph, engine.output_names, info, types)
         onnx.checker.check_model(model)  # what Netron and other tools expect
         onnx.save(model, args.onnx_out)
-    if args.json:
-        print(json.dumps(doc, indent=1, default=str))
-        return 0
-    print(render(doc, args.passes))
-    if args.plot:
-        print(f"\nper-layer plot written to {args.plot}")
-    if args.onnx_out:
-        print(f"\noptimized graph written to {args.onnx_out} (open it in Netron)")
+    text = lambda: render(doc, args.passes) + (  # noqa: E731
+        f"\n\nper-layer plot written to {args.plot}" if args.plot else "") + (
+        f"\n\noptimized graph written to {args.onnx_out} (open it in Netron)" if args.onnx_out else "")
+    emit(args, text, doc)
     return 0
 
 

@@ -68,6 +68,10 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, metavar="N",
                         help="CPU intra-op threads for building and running (default: torch's, one per core); "
                              "the pool's idle threads sleep (OMP_WAIT_POLICY=PASSIVE unless you set it)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing but errors (no progress, no warnings); the exit code tells the result")
+    common.add_argument("--json", action="store_true",
+                        help="print the result as one JSON document on stdout (kiln serve: one JSON line per event)")
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE (by name, from the current directory or PYTHONPATH) for the custom ops "
                              "it declares (kiln.plugin.PluginLibrary or kiln.trt.plugin); repeatable")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         from .exec import main as exec_main
         return _guard(lambda: exec_main(argv[1:]), verbose="--verbose" in argv or "-v" in argv)
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[kiln] %(message)s")
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="[kiln] %(message)s")
     module = importlib.import_module(f".{SUBCOMMANDS[args.command]}", __package__)
     return _guard(lambda: _run(module, args), verbose=args.verbose > 0)
 

@@ -18,4 +18,6 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     from ..quant.cli import quantize
-    return quantize(args.model, args.output, args.calib_data, args.calib_method, args.cache)
+    from .output import emit
+    return quantize(args.model, args.output, args.calib_data, args.calib_method, args.cache,
+                    report=lambda text, doc: emit(args, text, doc))

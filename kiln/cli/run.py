@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from .buildflags import add_build_flags
+from .output import emit
 from .shapes import parse_name_files, parse_shapes
 
 
@@ -38,13 +39,34 @@ def run(args) -> int:
     outputs = engine.create_execution_context().infer(inputs)
     if args.save_inputs:
         np.savez(args.save_inputs, **inputs)
+    doc = {"outputs": {k: _array_json(v, args.full or bool(args.output)) for k, v in outputs.items()}}
     if args.output:
         np.savez(args.output, **{k: np.asarray(v) for k, v in outputs.items()})
-        print(f"wrote {len(outputs)} output(s) to {args.output}: "
-              + ", ".join(f"{k} {describe(v)}" for k, v in outputs.items()))
+        doc["written_to"] = args.output
+        emit(args, f"wrote {len(outputs)} output(s) to {args.output}: "
+             + ", ".join(f"{k} {describe(v)}" for k, v in outputs.items()), doc)
         return 0
-    print_arrays(outputs, full=args.full)
+    emit(args, lambda: format_arrays(outputs, full=args.full), doc)
     return 0
+
+
+def _array_json(a, summary_only: bool) -> dict:
+    """An output in --json: dtype and shape, and its values (nested lists) unless written to a file; with
+    non-finite floats as the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
+    a = np.asarray(a)
+    doc = {"dtype": str(a.dtype), "shape": list(a.shape)}
+    if not summary_only or a.size <= 64:
+        values = a.astype(np.float64) if a.dtype.kind == "f" or str(a.dtype) == "bfloat16" else a
+        doc["values"] = _finite_json(values.tolist())
+    return doc
+
+
+def _finite_json(v):
+    if isinstance(v, list):
+        return [_finite_json(x) for x in v]
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if np.isnan(v) else "inf" if v > 0 else "-inf"
+    return v
 
 
 def describe(a) -> str:
@@ -52,9 +74,7 @@ def describe(a) -> str:
     return f"{a.dtype}[{'x'.join(map(str, a.shape))}]"
 
 
-def print_arrays(arrays: dict, full: bool = False) -> None:
+def format_arrays(arrays: dict, full: bool = False) -> str:
     opts = {"threshold": np.inf} if full else {"threshold": 40, "edgeitems": 3}
     with np.printoptions(precision=5, suppress=True, **opts):
-        for name, a in arrays.items():
-            print(f"{name}: {describe(a)}")
-            print(np.asarray(a))
+        return "\n".join(f"{name}: {describe(a)}\n{np.asarray(a)}" for name, a in arrays.items())

@@ -47,7 +47,9 @@ def run(args) -> int:
     from .errors import CLIError
     if args.http_max_body_bytes < 1 or args.grpc_workers < 1 or args.exit_timeout_secs < 0:
         raise CLIError("--http-max-body-bytes and --grpc-workers must be >= 1, --exit-timeout-secs >= 0")
-    logging.getLogger("kiln.serve").setLevel(logging.INFO)  # model loads and the endpoints are worth seeing
+    from .output import emit_event, quiet
+    # model loads and the endpoints are worth seeing, unless asked for quiet
+    logging.getLogger("kiln.serve").setLevel(logging.ERROR if quiet(args) else logging.INFO)
     options = ServerOptions(
         model_repository=args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, http_address=args.http_address, grpc_address=args.grpc_address,
@@ -56,9 +58,10 @@ def run(args) -> int:
         grpc_workers=args.grpc_workers, exit_timeout_s=args.exit_timeout_secs, plugins=plugins_from_args(args))
     server = Server(options).start()
     for row in server.repository.index():
-        print(f"model {row['name']} version {row.get('version', '-')}: {row['state']}"
-              + (f" ({row['reason']})" if row["reason"] else ""), flush=True)
-    print(f"kiln serve: ready; {server.endpoints()}", flush=True)
+        emit_event(args, f"model {row['name']} version {row.get('version', '-')}: {row['state']}"
+                   + (f" ({row['reason']})" if row["reason"] else ""), {"event": "model", **row})
+    emit_event(args, f"kiln serve: ready; {server.endpoints()}", {"event": "ready", "http_port": server.http_port, "grpc_port": server.grpc_port,
+                "metrics_port": server.metrics_port})
     server.serve_forever()
-    print("kiln serve: stopped", flush=True)
+    emit_event(args, "kiln serve: stopped", {"event": "stopped"})
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import CLIError
 from .loading import check_readable
+from .output import emit
 
 
 def add_parser(sub, common) -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def read_key(path: str, private: bool):
     return key
 
 
-def _generate(path: str) -> None:
+def _generate(path: str) -> dict:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
                                                               PublicFormat)
@@ -52,13 +53,15 @@ def _generate(path: str) -> None:
     private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     from ..engine.signing import fingerprint
-    print(f"wrote {private} (private: keep it secret) and {public} (public, key {fingerprint(key)})")
+    return {"private_key": str(private), "public_key": str(public), "key": fingerprint(key)}
 
 
 def run(args) -> int:
     from ..engine.signing import fingerprint, sign
     if args.generate_key:
-        _generate(args.generate_key)
+        doc = _generate(args.generate_key)
+        emit(args, f"wrote {doc['private_key']} (private: keep it secret) and {doc['public_key']} (public, key "
+                   f"{doc['key']})", doc)
         return 0
     if not args.engine or not args.key:
         raise CLIError("sign needs an engine file and --key (or --generate-key KEY to make a key pair)")
@@ -66,5 +69,5 @@ def run(args) -> int:
     key = read_key(args.key, private=True)
     out = args.output or args.engine
     Path(out).write_bytes(sign(data, key))
-    print(f"{out}: signed by key {fingerprint(key)}")
+    emit(args, f"{out}: signed by key {fingerprint(key)}", {"engine": str(out), "key": fingerprint(key)})
     return 0

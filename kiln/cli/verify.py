@@ -6,6 +6,7 @@ import argparse
 
 from .errors import CLIError
 from .loading import check_readable
+from .output import emit
 
 
 def add_parser(sub, common) -> argparse.ArgumentParser:
@@ -29,6 +30,8 @@ def run(args) -> int:
         raise CLIError(f"{args.engine!r} is not signed")
     unpack(data, f"engine file {args.engine!r}", trusted or None)
     signer = fingerprint(split(data)[1])
-    print(f"{args.engine}: signed by key {signer}" + (", a trusted key" if trusted else
-                                                      " (signature intact; give --trusted-key to require a signer)"))
+    emit(args, f"{args.engine}: signed by key {signer}" + (", a trusted key" if trusted else
+                                                           " (signature intact; give --trusted-key to require a "
+                                                           "signer)"),
+         {"engine": args.engine, "key": signer, "trusted": bool(trusted), "ok": True})
     return 0

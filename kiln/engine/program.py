@@ -82,6 +82,9 @@ class Program:
                                    reads, accepts_out(kernel, ctx.device),
                                    tuple(int(k) for k in n.attrs.get("in_place", ()))))
         self.output_ids = [v.id for v in graph.outputs]
+        # An output that is an engine constant (folded at build) goes to the caller as a copy: the caller may
+        # write into what it gets, and the next run must not see that.
+        self._constant_outputs = [i for i, vid in enumerate(self.output_ids) if vid in constants]
         self._unplaced = [None] * len(self.steps)  # the placements of a run without an arena
         self.input_ids = [v.id for v in graph.inputs]
 
@@ -134,7 +137,14 @@ class Program:
             raise
         except Exception as e:  # noqa: BLE001 - any kernel failure names its layer
             raise _layer_failed(step, e) from e
-        return [env[i] for i in self.output_ids]
+        return self._results(env)
+
+    def _results(self, env: dict[int, Any]) -> list[Any]:
+        outs = [env[i] for i in self.output_ids]
+        for i in self._constant_outputs:
+            if isinstance(outs[i], torch.Tensor):
+                outs[i] = outs[i].clone()
+        return outs
 
     @staticmethod
     def _run_placed_step(step: Step, p, args: list, layout) -> Any:
@@ -176,4 +186,4 @@ class Program:
             hook(step, env)
             for vid in step.free:
                 env.pop(vid, None)
-        return [env[i] for i in self.output_ids]
+        return self._results(env)

@@ -315,6 +315,7 @@ class ExecutionContext:
         self.notes: list[str] = []
         self.profile_index = 0
         self._input_shapes: dict[str, tuple] = {}
+        self._accepted: tuple | None = None  # the last inputs' signature (see _prepare_repeat)
         # Dynamic tensor memory (arena.py): one arena, sized at build for the largest profile shapes.
         self.use_arena = bool(arena) and bool(engine.header.get("arena"))
         self._arena = self._allocate_arena() if self.use_arena else None
@@ -339,6 +340,9 @@ class ExecutionContext:
 
     # -- inputs ------------------------------------------------------------------------------
     def _prepare(self, inputs: Mapping[str, Any] | list) -> tuple[dict[str, torch.Tensor], bool]:
+        repeat = self._prepare_repeat(inputs)
+        if repeat is not None:
+            return repeat
         eng = self.engine
         inputs = inputs_by_name(inputs, [i.name for i in eng.inputs], "engine")
         as_numpy = all(isinstance(x, (np.ndarray, np.generic)) for x in inputs.values())
@@ -355,6 +359,26 @@ class ExecutionContext:
             self._check_shape(info, tuple(t.shape))
             out[info.name] = t
         self._select_profile({k: tuple(v.shape) for k, v in out.items()})
+        self._accepted = _signature(eng.inputs, inputs, out)
+        return out, as_numpy
+
+    def _prepare_repeat(self, inputs: Any) -> tuple[dict[str, torch.Tensor], bool] | None:
+        """The inputs, when they are exactly like the last accepted ones (a dict of plain numpy arrays, or of
+        torch tensors, of the same names, dtypes and shapes): then every check above already passed for
+        them and the same profile holds, so only the conversion is left. None sends the call the long way.
+        A serving loop or benchmark calls with the same signature every time; the checks cost about as much
+        as a small layer."""
+        accepted = self._accepted
+        if accepted is None or type(inputs) is not dict or len(inputs) != len(accepted[1]):
+            return None
+        as_numpy, entries = accepted
+        out = {}
+        for name, kind, dtype, shape in entries:
+            x = inputs.get(name)
+            if type(x) is not kind or x.dtype != dtype or x.shape != shape:
+                return None
+            # A copy, as numpy_to_torch makes: the run must not see the caller change the array meanwhile.
+            out[name] = torch.from_numpy(x.copy()) if as_numpy else x
         return out, as_numpy
 
     def _check_shape(self, info: TensorInfo, shape: tuple) -> None:
@@ -435,6 +459,11 @@ class ExecutionContext:
 
     def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:
         program = self._snapshot()
+        if self.device.type == "cpu":  # no float32 switches to set on the CPU
+            for k, v in feed.items():
+                if v.device.type != "cpu":
+                    feed[k] = v.cpu()
+            return self._launch(feed, program)
         feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
         if not self.use_cuda_graphs:
             return self._eager(feed, program)
@@ -512,6 +541,30 @@ class ExecutionContext:
         if not as_numpy and outputs is None:
             return InferHandle(event, result, lambda r: r)
         return InferHandle(event, result, lambda o: self._finish(o, as_numpy, outputs))
+
+
+# numpy element types that numpy_to_torch converts with a plain copy (the others are reinterpreted or widened).
+_PLAIN_NUMPY = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.int16, np.int32,
+                                               np.int64, np.uint8, np.bool_))
+
+
+def _signature(infos: list, given: Mapping[str, Any], feed: dict[str, torch.Tensor]) -> tuple | None:
+    """What ``_prepare_repeat`` compares a later call with: (numpy?, ((name, type, dtype, shape), ...)), or
+    None when these inputs cannot take the short way (mixed kinds, types that need more than a copy)."""
+    entries = []
+    kinds = set()
+    for info in infos:
+        x = given[info.name]
+        if type(x) is np.ndarray and x.dtype in _PLAIN_NUMPY and x.dtype.isnative:
+            entries.append((info.name, np.ndarray, x.dtype, x.shape))
+        elif type(x) is torch.Tensor and feed[info.name] is x:
+            entries.append((info.name, torch.Tensor, x.dtype, x.shape))
+        else:
+            return None
+        kinds.add(entries[-1][1])
+    if len(kinds) > 1:
+        return None
+    return kinds == {np.ndarray}, tuple(entries)
 
 
 def _cast_hint(want: DType, got: DType) -> str:

@@ -60,6 +60,10 @@ def numpy_to_torch(array: np.ndarray) -> tuple[torch.Tensor, DType]:
 def torch_to_numpy(tensor: torch.Tensor, dtype: DType | None = None) -> np.ndarray:
     """The numpy array for ``tensor``; ``dtype`` (the IR's element type) picks ml_dtypes types for
     values stored widened (int4, float4, ...)."""
+    plain = _PLAIN_TORCH.get(tensor.dtype)
+    if plain is not None and tensor.device.type == "cpu" and (dtype is None or dtype is plain):
+        # The common case in one step (a run's float32 output, say): same bits, no ml_dtypes type.
+        return tensor.detach().contiguous().numpy()
     t = tensor.detach().to("cpu").contiguous()
     if dtype is None or not isinstance(dtype, DType):
         dtype = DType.from_torch(t.dtype) if t.dtype in _TORCH_TO_DTYPE else None
@@ -88,3 +92,8 @@ _TORCH_TO_DTYPE = {torch.float32, torch.float64, torch.float16, torch.bfloat16, 
                    torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.bool,
                    torch.complex64, torch.complex128, torch.float8_e4m3fn, torch.float8_e4m3fnuz,
                    torch.float8_e5m2, torch.float8_e5m2fnuz}
+
+# torch dtypes whose numpy array is the same type (no reinterpretation, no ml_dtypes), with their DType.
+_PLAIN_TORCH = {torch.float32: DType.FLOAT, torch.float64: DType.DOUBLE, torch.float16: DType.FLOAT16,
+                torch.int8: DType.INT8, torch.int16: DType.INT16, torch.int32: DType.INT32, torch.int64: DType.INT64,
+                torch.uint8: DType.UINT8, torch.bool: DType.BOOL}

@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     return quantize(args.model, args.output, args.calib_data, args.calib_method, args.cache)
 
 
-def quantize(model: str, output: str, calib_data: str | None, calib_method: str, cache: str | None) -> int:
-    """Calibrate (or read ``cache``) and write the Q/DQ model; returns the exit status."""
+def quantize(model: str, output: str, calib_data: str | None, calib_method: str, cache: str | None,
+             report=None) -> int:
+    """Calibrate (or read ``cache``) and write the Q/DQ model; returns the exit status. ``report(text, doc)``
+    receives the result (default: the text is printed)."""
     from ..errors import KilnError
     from .cache import Calibration
     from .qdq_export import calibrate_model, write_qdq_model
@@ -50,8 +52,10 @@ def quantize(model: str, output: str, calib_data: str | None, calib_method: str,
     except (OSError, ValueError, KilnError) as e:  # (a bad cache is a CalibrationCacheError)
         print(f"kiln quantize: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {output} ({len(cal.scales)} calibrated tensors"
-          + (f"; left in float (no scale): {', '.join(skipped)}" if skipped else "") + ")")
+    text = (f"wrote {output} ({len(cal.scales)} calibrated tensors"
+            + (f"; left in float (no scale): {', '.join(skipped)}" if skipped else "") + ")")
+    doc = {"model": output, "calibrated_tensors": len(cal.scales), "left_in_float": list(skipped)}
+    (report or (lambda t, d: print(t)))(text, doc)
     return 0
 
 
