@@ -16,6 +16,7 @@ from .common_subexpr import eliminate_common_subexpressions
 from .context import PassContext
 from .dead_code import eliminate_dead_code
 from .fold_constants import fold_constants
+from .fold_pad import fold_pad
 from .fuse_batchnorm import fold_batchnorm
 from .fuse_elementwise import fuse_elementwise
 from .fuse_epilogue import fuse_epilogues
@@ -74,6 +75,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("quantize_weights_int4", quantize_weights_int4, min_level=0),  # BuilderConfig.int4_weights
     SIMPLIFY,
     # Exporters' decomposed forms back into single layers.
+    Pass("fold_pad", fold_pad),  # a zero Pad into the Conv/AveragePool after it
     Pass("recognize_gelu", recognize_gelu),
     Pass("recognize_silu", recognize_silu),
     Pass("recognize_hardswish", recognize_hardswish),
