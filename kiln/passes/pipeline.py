@@ -34,7 +34,7 @@ from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
 from .quantize_int4 import quantize_weights_int4
 from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_hardswish,
-                        recognize_layer_norm, recognize_rms_norm, recognize_silu)
+                        recognize_layer_norm, recognize_mish, recognize_rms_norm, recognize_silu)
 
 log = logging.getLogger("kiln.build")
 
@@ -78,6 +78,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("fold_pad", fold_pad),  # a zero Pad into the Conv/AveragePool after it
     Pass("recognize_gelu", recognize_gelu),
     Pass("recognize_silu", recognize_silu),
+    Pass("recognize_mish", recognize_mish),
     Pass("recognize_hardswish", recognize_hardswish),
     Pass("recognize_layer_norm", recognize_layer_norm),
     Pass("recognize_rms_norm", recognize_rms_norm),

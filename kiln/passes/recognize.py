@@ -3,6 +3,7 @@
     0.5 * x * (1 + erf(x / sqrt2))                         -> Gelu(x)
     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  -> Gelu(x, approximate="tanh")
     x * sigmoid(x)                                          -> Swish(x)            (SiLU)
+    x * tanh(softplus(x)), softplus also as Where(x>20, x, ..) -> Mish(x)
     x * clip(x + 3, 0, 6) / 6,  x * HardSigmoid(x, 1/6)     -> HardSwish(x)
     (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
     x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
@@ -264,6 +265,47 @@ def recognize_silu(graph: Graph, ctx: PassContext) -> bool:
         if mul is None or _other(mul, sig.outputs[0]) is not x:
             continue
         _replace(graph, ctx, "recognize_silu", [sig, mul], "Swish", [x], {"alpha": 1.0}, mul.outputs[0])
+        changed = True
+    return changed
+
+
+# --- Mish ---------------------------------------------------------------------------------------
+def _softplus_input(v: Value) -> tuple[Value, list[Node]] | None:
+    """(x, nodes) when v = Softplus(x), or torch's thresholded Softplus as the dynamo exporter writes it:
+    Where(x > 20, x, Softplus(x)) (past 20 the two agree in float32 arithmetic: log1p(exp(-x)) < 2.1e-9)."""
+    sp = _prod(v, "Softplus")
+    if sp is not None:
+        return sp.inputs[0], [sp]
+    where = _prod(v, "Where")
+    if where is None or len(where.inputs) != 3:
+        return None
+    gt, sp = _prod(where.inputs[0], "Greater"), _prod(where.inputs[2], "Softplus")
+    if gt is None or sp is None:
+        return None
+    x = sp.inputs[0]
+    if where.inputs[1] is not x or gt.inputs[0] is not x or not _close(scalar(gt.inputs[1]), 20.0, 1e-6):
+        return None
+    return x, [gt, sp, where]
+
+
+def recognize_mish(graph: Graph, ctx: PassContext) -> bool:
+    """x * tanh(softplus(x)) -> Mish(x)."""
+    changed = False
+    for tanh in list(graph.nodes):
+        if tanh.graph is not graph or tanh.domain != "" or tanh.op_type != "Tanh":
+            continue
+        found = _softplus_input(tanh.inputs[0])
+        if found is None:
+            continue
+        x, nodes = found
+        mul = _single_consumer(tanh.outputs[0], "Mul")
+        if mul is None or _other(mul, tanh.outputs[0]) is not x:
+            continue
+        old = nodes + [tanh, mul]
+        if not _internal_only(old, mul.outputs[0]):
+            ctx.reject("recognize_mish", old, "an intermediate of x * tanh(softplus(x)) is used elsewhere")
+            continue
+        _replace(graph, ctx, "recognize_mish", old, "Mish", [x], {}, mul.outputs[0])
         changed = True
     return changed
 
