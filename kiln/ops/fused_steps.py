@@ -345,7 +345,7 @@ def decode_attrs(items: Sequence[str]) -> dict:
 def parse_program(program: Sequence[str], attrs: Sequence = ()) -> tuple[tuple[Instr, dict], ...]:
     """(instruction, its attributes) per line of a kiln::Elementwise ``program`` and ``attrs``, parsed once per
     distinct description and cached. The dicts are shared: read them, never change them."""
-    return _parse_program(tuple(program), tuple(tuple(a) for a in attrs))
+    return _parse_program(tuple(program), tuple(map(tuple, attrs)))
 
 
 @lru_cache(maxsize=1024)

@@ -139,3 +139,15 @@ def test_parse_program_pairs_lines_with_their_attributes():
     lines = parse_program(["Gelu(i0)", "Add(t0,i1)"], [["approximate=s:tanh"]])
     assert lines == ((Instr("Gelu", (inp(0),)), {"approximate": "tanh"}), (Instr("Add", (tmp(0), inp(1))), {}))
 
+
+def test_epilogue_programs_for_the_triton_backend():
+    """Each step's ONNX lines, as the Triton backend has always generated them."""
+    from kiln.backends.triton.epilogue import epilogue_program
+    prog, attrs, operands = epilogue_program(["relu", "add:3", "addq:4:0.5", "clip::6.0", "scale:2.0", "cast:10",
+                                              "gelu_tanh", "hardsigmoid:0.2:0.5"], True)
+    assert [line.to_json() for line in prog] == [
+        "Add(i0,i1)", "Relu(t0)", "Add(t1,i2)", "Mul(i3,i4)", "Add(t2,t3)", "Clip(t4)", "Mul(t5,i5)", "Cast(t6)",
+        "Gelu(t7)", "HardSigmoid(t8)"]
+    assert attrs == [{}, {}, {}, {}, {}, {"max": 6.0}, {}, {"to": 10}, {"approximate": "tanh"},
+                     {"alpha": 0.2, "beta": 0.5}]
+    assert operands == ["y", "bias", 3, 4, ("const", 0.5), ("const", 2.0)]
