@@ -1,6 +1,7 @@
 """What a fused layer does after its GEMM or convolution (its ``epilogue``), and what a kiln::Elementwise
 region computes (its ``program``), as small frozen records. This is the one place that reads or writes
-their text: to add an epilogue step, add a record (or an ``ACTIVATIONS`` row) here.
+their text. To add an epilogue step: an ``ACTIVATIONS`` row for an activation (plus a ``_FORMS`` row when it
+has parameters), else a record with ``to_json``, ``apply`` and ``emit`` and its ``_FORMS`` row.
 
 An epilogue is a list of steps applied in order to the layer's own (fresh) output, in place. Stored as
 text, one string a step (``to_json`` / ``parse_step``):
@@ -11,7 +12,7 @@ text, one string a step (``to_json`` / ``parse_step``):
 - ``"addq:I:S"`` (``AddQuantized``: add input I stored 8-bit, times its scale S; made by the fp8 chains of
   kiln/quant/rewrite.py);
 - ``"scale:S"`` (``Scale``: multiply by S) and ``"cast:T"`` (``Cast``: round to ONNX element type T), which
-  the quantized kernels' epilogues use.
+  the quantized kernels give their own epilogues; no pass stores them, and an engine file may not hold them.
 
 Each step has one torch meaning (``apply``, in place where torch allows it) and one meaning as ONNX
 elementwise ops (``emit``), which the Triton backend compiles into the layer's kernel.
