@@ -30,6 +30,7 @@ from kiln.backends import triton as kt  # noqa: E402
 from kiln.backends.triton.launch import ElementwiseLaunch  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
+from kiln.ops.fused_steps import parse_program  # noqa: E402
 
 DEV = torch.device("cuda")
 SHRINK = 1  # --smoke: sizes divided by this, on the CPU under TRITON_INTERPRET=1 (checks the script, times nothing real)
@@ -156,7 +157,8 @@ def sweep(dtype):
     x, r = torch.randn(sz(16384), sz(4096), device=DEV, dtype=dtype), torch.randn(sz(16384), sz(4096), device=DEV, dtype=dtype)
     for block in (512, 1024, 2048, 4096):
         for warps in (4, 8):
-            launch = ElementwiseLaunch(["Sigmoid(i0)", "Mul(i0,t0)", "Mul(t1,i1)"], [{}, {}, {}], 17, config=(block, warps))
+            program = [line for line, _ in parse_program(["Sigmoid(i0)", "Mul(i0,t0)", "Mul(t1,i1)"])]
+            launch = ElementwiseLaunch(program, [{}, {}, {}], 17, config=(block, warps))
             ms = bench(lambda: launch([x, r]))
             ctx_rows.append((block, warps, ms, 3 * x.numel() * x.element_size() / ms / 1e6))
     return ctx_rows

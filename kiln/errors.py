@@ -38,6 +38,11 @@ class EngineFormatError(KilnError):
     """An engine file is truncated, tampered with, foreign, or from a newer format version."""
 
 
+class FusedStepError(KilnError):
+    """A fused layer's epilogue step or elementwise program line that is not well formed (kiln/ops/fused_steps.py
+    lists the forms); the engine validator reports it as an EngineFormatError naming the layer."""
+
+
 class DeviceMismatchError(KilnError):
     """An engine was built for a different device than the one it is loaded or run on."""
 

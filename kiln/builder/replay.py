@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelMismatchError
+from ..errors import FusedStepError, ModelMismatchError
 from ..ir.graph import Graph
 from ..ops import Registry
+from ..ops.fused_steps import AddQuantized, parse_step
 
 __all__ = ["replay_weights", "merge_weights", "weights_from_onnx"]
 
@@ -163,11 +164,19 @@ def merge_weights(engine: Any, replayed: Any, path: str = "plan", scales: bool =
 
 
 def _same_steps(engine: Any, replayed: Any) -> bool:
-    """Whether two epilogue attribute records are the same steps but for ``addq:SLOT:SCALE`` scales."""
+    """Whether two epilogue attribute records are the same steps but for the scales of ``AddQuantized`` steps."""
     def steps(record):
         items = record.get("list", []) if isinstance(record, dict) else []
-        return [s.get("s", "").rsplit(":", 1)[0] if s.get("s", "").startswith("addq:") else s for s in items]
+        return [("addq", step.input) if isinstance(step := _step(s), AddQuantized) else s for s in items]
     return steps(engine) == steps(replayed)
+
+
+def _step(item: Any) -> Any:
+    """The step record of one stored list item, None when it is not a well-formed step."""
+    try:
+        return parse_step(item.get("s")) if isinstance(item, dict) else None
+    except FusedStepError:
+        return None
 
 
 def _item(path: str, i: int, v: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import FusedStepError
 from ..ir.dtype import DType
 from .fields import arr, fail, integer, ints, obj, show, string
 
@@ -158,59 +159,51 @@ def _linear(n):
     _epilogue(n)
 
 
-# -- fused-layer descriptions ----------------------------------------------------------------------------
-_FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)"
-# step name -> pattern of its parameters (after the name): what apply_epilogue and fused_cpu parse.
-_STEPS = {
-    **{name: r"" for name in ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "softplus")},
-    "leaky_relu": rf":(?:{_FLOAT})", "elu": rf":(?:{_FLOAT})", "hardsigmoid": rf":(?:{_FLOAT}):(?:{_FLOAT})",
-    "clip": rf":(?:{_FLOAT})?:(?:{_FLOAT})?", "add": r":(\d{1,4})", "mul": r":(\d{1,4})",
-    "addq": rf":(\d{{1,4}}):(?:{_FLOAT})",
-}
-_STEP_RE = {k: re.compile(v + r"\Z") for k, v in _STEPS.items()}
-
-
+# -- fused-layer descriptions (their forms: kiln/ops/fused_steps.py) -----------------------------------------
 def _epilogue(n: NodeFacts) -> None:
+    from ..ops.fused_steps import STORED_STEP_NAMES, parse_stored_step
     if "epilogue" not in n.attrs:
         return
     steps = arr(n.attrs["epilogue"], n.field("epilogue"), 64)
     for step in steps:
-        name, _, rest = string(step, n.field("epilogue")).partition(":")
-        m = _STEP_RE[name].match(":" + rest if rest or step.endswith(":") else "") if name in _STEP_RE else None
-        if m is None:
+        try:
+            k = parse_stored_step(string(step, n.field("epilogue"))).input
+        except FusedStepError:
             raise fail(n.field("epilogue"), f"has a step {show(step)} that is not one of "
-                                            f"{', '.join(sorted(_STEPS))} with its parameters")
-        if m.groups() and m.group(1) is not None and not 0 <= int(m.group(1)) < len(n.inputs):
-            raise fail(n.field("epilogue"), f"step {step!r} reads input {m.group(1)}; the layer has "
-                                            f"{len(n.inputs)} inputs")
-        if m.groups() and n.inputs[int(m.group(1))] is None:
-            raise fail(n.field("epilogue"), f"step {step!r} reads input {m.group(1)}, which is missing")
-
-
-_LINE = re.compile(r"([A-Za-z]\w*)\(((?:[it]\d{1,4})(?:,[it]\d{1,4})*)?\)\Z")
-_SUB_ATTR = re.compile(rf"\w+=(?:i:[-+]?\d{{1,19}}|f:(?:{_FLOAT})|s:.*)\Z", re.DOTALL)
+                                            f"{', '.join(STORED_STEP_NAMES)} with its parameters") from None
+        if k is not None and not 0 <= k < len(n.inputs):
+            raise fail(n.field("epilogue"), f"step {step!r} reads input {k}; the layer has {len(n.inputs)} inputs")
+        if k is not None and n.inputs[k] is None:
+            raise fail(n.field("epilogue"), f"step {step!r} reads input {k}, which is missing")
 
 
 def _elementwise(n: NodeFacts) -> None:
     """kiln::Elementwise: "Op(i0,t1)" lines over region inputs iN and earlier results tN; sub-attributes
     "name=kind:value"."""
     from ..ops import default_registry
+    from ..ops.fused_steps import Instr, decode_attrs
     program = arr(n.attrs.get("program"), n.field("program"), 4096)
     if not program:
         raise fail(n.field("program"), "is empty")
     registry = default_registry()
     for k, line in enumerate(program):
-        m = _LINE.match(string(line, n.field("program")))
-        if m is None or registry.get("", m.group(1)) is None:
+        try:
+            instr = Instr.from_json(string(line, n.field("program")))
+        except FusedStepError:
+            instr = None
+        if instr is None or registry.get("", instr.op) is None:
             raise fail(n.field("program"), f"line {k} {show(line)} is not Op(operands) with a known ONNX op")
-        for operand in (m.group(2) or "").split(","):
-            if operand and int(operand[1:]) >= (len(n.inputs) if operand[0] == "i" else k):
+        for operand in instr.args:
+            if operand.index >= (len(n.inputs) if operand.kind == "i" else k):
                 raise fail(n.field("program"), f"line {k} {line!r} reads {operand}, which does not exist there")
     subs = arr(n.attrs.get("attrs", []), n.field("attrs"), len(program))
     for items in subs:
         for item in arr(items, n.field("attrs"), 256):
-            if not isinstance(item, str) or not _SUB_ATTR.match(item):
-                raise fail(n.field("attrs"), f"has an entry {show(item)} that is not name=i:INT, f:FLOAT or s:TEXT")
+            try:
+                decode_attrs([item])
+            except FusedStepError:
+                raise fail(n.field("attrs"), f"has an entry {show(item)} that is not name=i:INT, f:FLOAT or "
+                                             f"s:TEXT") from None
 
 
 def _attention(n: NodeFacts) -> None:

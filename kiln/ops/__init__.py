@@ -1,6 +1,7 @@
 """The op library: one module per op family, each exposing an OpSet named ``ops``.
 
-The default registry is built from this explicit list; adding a family means adding it here.
+The default registry is built from this explicit list; adding a family means adding it here. Fused layers'
+epilogue steps and elementwise programs are records of ``fused_steps`` (the place to add a step).
 """
 from __future__ import annotations
 

@@ -9,33 +9,18 @@ Every fused layer is described by plain attributes (an engine stores the descrip
   as exporters' safe-softmax (Where(IsNaN(p), 0, p)) does.
 - ``kiln::Elementwise(inputs...)``: a chain of elementwise ONNX ops, ``program`` lists them in order.
 
-An epilogue is a list of steps applied in order to the layer's own (fresh) output, in place:
-``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"gelu_tanh"``, ``"silu"``, ``"leaky_relu:A"``,
-``"elu:A"``, ``"clip:LO:HI"``, ``"hardsigmoid:A:B"``, ``"hardswish"``, ``"softplus"``, ``"add:I"`` (add input I,
-a residual), ``"mul:I"``, ``"addq:I:S"`` (add input I stored 8-bit, with scale S: I * S; made by the fp8
-chains of kiln/quant/rewrite.py).
+The epilogue steps and program lines are records of kiln/ops/fused_steps.py, the one module that reads or
+writes their text (and the place to add a step): its ``apply_epilogue`` runs a layer's epilogue here.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .fused_steps import apply_epilogue, layer_label, parse_program
 from .registry import KernelContext, OpSet
 
 ops = OpSet("fused")
-
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "leaky_relu", "elu", "clip", "hardsigmoid",
-               "hardswish", "softplus")
-
-
-def layer_label(base: str, node, bias_slot: int = 2) -> str:
-    """A GEMM/convolution layer's kernel name for the build report: its base kernel, then "+bias" and one
-    "+step" per epilogue step ("+residual" for an added tensor), e.g. "torch.conv2d+bias+relu"."""
-    if len(node.inputs) > bias_slot and node.inputs[bias_slot] is not None:
-        base += "+bias"
-    for step in node.attrs.get("epilogue", []):
-        base += "+" + ("residual" if step.startswith("add:") else step.split(":")[0])
-    return base
 
 
 def _conv_label(node) -> str:
@@ -53,48 +38,7 @@ def _attention_label(node) -> str:
 
 
 def _elementwise_label(node) -> str:
-    return f"elementwise[{'+'.join(p.split('(')[0] for p in node.attrs['program'])}]"
-
-
-def apply_epilogue(y: torch.Tensor, epilogue: list[str], inputs: list) -> torch.Tensor:
-    for step in epilogue:
-        name, *p = step.split(":")
-        if name == "relu":
-            y = y.relu_()
-        elif name == "add":
-            y = y.add_(inputs[int(p[0])])
-        elif name == "mul":
-            y = y.mul_(inputs[int(p[0])])
-        elif name == "addq":  # 8-bit codes (zero point 0) dequantized in float32, then added
-            y = y.add_(inputs[int(p[0])].to(torch.float32) * float(p[1]))
-        elif name == "sigmoid":
-            y = y.sigmoid_()
-        elif name == "tanh":
-            y = y.tanh_()
-        elif name == "gelu":
-            y = torch.ops.aten.gelu_(y)
-        elif name == "gelu_tanh":
-            y = torch.ops.aten.gelu_(y, approximate="tanh")
-        elif name == "silu":
-            y = F.silu(y, inplace=True)
-        elif name == "leaky_relu":
-            y = F.leaky_relu_(y, float(p[0]))
-        elif name == "elu":
-            y = F.elu_(y, float(p[0]))
-        elif name == "clip":
-            lo = None if p[0] == "" else float(p[0])
-            hi = None if p[1] == "" else float(p[1])
-            y = y.clamp_(lo, hi)
-        elif name == "hardsigmoid":
-            a, b = float(p[0]), float(p[1])
-            y = y.mul_(a).add_(b).clamp_(0, 1)
-        elif name == "hardswish":
-            y = F.hardswish(y, inplace=True)
-        elif name == "softplus":
-            y = F.softplus(y)
-        else:
-            raise ValueError(f"unknown epilogue step {step!r}")
-    return y
+    return f"elementwise[{'+'.join(line.op for line, _ in parse_program(node.attrs['program']))}]"
 
 
 def _conv_pads(attrs: dict, spatial: int) -> tuple[list[int] | None, list[int]]:
@@ -208,22 +152,8 @@ def fused_elementwise(ctx: KernelContext, inputs: list, attrs: dict) -> torch.Te
     from . import default_registry
     reg = default_registry()
     temps: list = []
-    sub_attrs = attrs.get("attrs", [])
-    for i, line in enumerate(attrs["program"]):
-        op, _, rest = line.partition("(")
-        args = [inputs[int(a[1:])] if a[0] == "i" else temps[int(a[1:])] for a in rest.rstrip(")").split(",") if a]
-        a = decode_sub_attrs(sub_attrs[i]) if i < len(sub_attrs) else {}
-        out = reg.get("", op).kernel(ctx, args, a)
+    for line, a in parse_program(attrs["program"], attrs.get("attrs", [])):
+        args = [inputs[r.index] if r.kind == "i" else temps[r.index] for r in line.args]
+        out = reg.get("", line.op).kernel(ctx, args, a)
         temps.append(out if isinstance(out, torch.Tensor) else out[0])
     return temps[-1]
-
-
-def decode_sub_attrs(items: list[str]) -> dict:
-    """Sub-node attributes are stored as "name=kind:value" strings (kind i, f or s)."""
-    out = {}
-    for item in items:
-        name, _, rest = item.partition("=")
-        kind, _, val = rest.partition(":")
-        out[name] = int(val) if kind == "i" else float(val) if kind == "f" else val
-    return out
-

@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .fused import _conv_pads, apply_epilogue
+from .fused import _conv_pads
+from .fused_steps import Activation, AddInput, Step, apply_epilogue, apply_steps, parse_epilogue
 
 Kernel = Callable
 
@@ -46,9 +47,11 @@ def _available() -> bool:
         return False
 
 
-def _unary(step: str) -> tuple[str, list, str] | None:
+def _unary(step: Step) -> tuple[str, list, str] | None:
     """One epilogue step as oneDNN's (attr, scalars, algorithm), or None when it has no post-op."""
-    name, *p = step.split(":")
+    if not isinstance(step, Activation):
+        return None
+    name, p = step.name, step.params
     # oneDNN's relu and clip ("hardtanh") post-ops turn NaN into 0 (max/min drop it); ONNX and torch keep
     # NaN, so those steps run as the plain in-place epilogue after the oneDNN call (one pass over the output).
     if name in ("sigmoid", "tanh", "hardswish"):
@@ -64,17 +67,18 @@ def _unary(step: str) -> tuple[str, list, str] | None:
     return None
 
 
-def split_epilogue(epilogue: list[str]):
-    """``epilogue`` as (residual input index or None, unary post-op or None, remaining plain steps).
+def split_epilogue(epilogue) -> tuple[int | None, tuple | None, tuple[Step, ...]]:
+    """``epilogue`` (its strings, or records) as (residual input index or None, unary post-op or None,
+    remaining plain steps as records, bound once with the tactic).
 
     A residual add is oneDNN's binary post-op; torch's fused op could follow it only with ReLU, which
     drops NaN (see ``_unary``), so whatever follows an add runs as plain steps."""
-    rest = list(epilogue)
-    if rest and rest[0].startswith("add:"):
-        return int(rest.pop(0)[4:]), None, rest
+    rest = parse_epilogue(epilogue)
+    if rest and isinstance(rest[0], AddInput):
+        return rest[0].input, None, rest[1:]
     unary = _unary(rest[0]) if rest else None
     if unary is not None:
-        rest.pop(0)
+        rest = rest[1:]
     return None, unary, rest
 
 
@@ -119,7 +123,7 @@ def conv_tactic(node, constants: dict) -> Tactic | None:
     weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_convolution_weight(
         dense, pads, strides, dil, groups, list(shape)), dense)
     bias = None if b is None else b.contiguous()
-    add, unary, rest = split_epilogue(list(attrs.get("epilogue", [])))
+    add, unary, rest = split_epilogue(attrs.get("epilogue", []))
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none" if add is None else None, [], "")
     conv = torch.ops.mkldnn._convolution_pointwise.default
     conv_add = torch.ops.mkldnn._convolution_pointwise.binary
@@ -128,14 +132,14 @@ def conv_tactic(node, constants: dict) -> Tactic | None:
         def kernel(ctx, inputs, attrs):
             x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
             y = conv(x, weight.get(x.shape), bias, pads, strides, dil, groups, u_attr, u_scalars, u_alg)
-            return apply_epilogue(y, rest, inputs) if rest else y
+            return apply_steps(y, rest, inputs) if rest else y
     else:
         def kernel(ctx, inputs, attrs):
             x = inputs[0] if explicit is None else F.pad(inputs[0], explicit)
             other = inputs[add].contiguous(memory_format=torch.channels_last)
             y = conv_add(x, other, weight.get(x.shape), bias, pads, strides, dil, groups, "add", None,
                          u_attr, u_scalars, u_alg)
-            return apply_epilogue(y, rest, inputs) if rest else y
+            return apply_steps(y, rest, inputs) if rest else y
     return Tactic(f"onednn_conv[{_describe(add, unary, rest)}]", kernel)
 
 
@@ -152,7 +156,7 @@ def linear_tactic(node, constants: dict) -> Tactic | None:
     weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_linear_weight(dense, _rows(shape)), dense)
     bias = None if b is None else b.contiguous()
     # oneDNN's linear takes either a residual add or one activation as its post-op, not both.
-    add, unary, rest = split_epilogue(list(node.attrs.get("epilogue", [])))
+    add, unary, rest = split_epilogue(node.attrs.get("epilogue", []))
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
     linear = torch.ops.mkldnn._linear_pointwise.default
     linear_add = torch.ops.mkldnn._linear_pointwise.binary
@@ -164,14 +168,14 @@ def linear_tactic(node, constants: dict) -> Tactic | None:
             if x.dim() < 2:
                 return apply_epilogue(F.linear(x, plain_w, bias), attrs.get("epilogue", []), inputs)
             y = linear(x, weight.get(x.shape), bias, u_attr, u_scalars, u_alg)
-            return apply_epilogue(y, rest, inputs) if rest else y
+            return apply_steps(y, rest, inputs) if rest else y
     else:
         def kernel(ctx, inputs, attrs):
             x = inputs[0]
             if x.dim() < 2:
                 return apply_epilogue(F.linear(x, plain_w, bias), attrs.get("epilogue", []), inputs)
             y = linear_add(x, inputs[add].contiguous(), weight.get(x.shape), bias, "add")
-            return apply_epilogue(y, rest, inputs) if rest else y
+            return apply_steps(y, rest, inputs) if rest else y
     return Tactic(f"onednn_linear[{_describe(add, unary, rest)}]", kernel)
 
 
@@ -183,7 +187,7 @@ def prefers_gemm(node) -> bool:
     convolution's fused add+ReLU wins by 2-7%, so those layers keep it (the tuner may still pick either)."""
     w = getattr(node.inputs[1], "const", None) if len(node.inputs) > 1 else None
     return (_gemm_takes(node, w) and list(node.attrs.get("strides", [1, 1])) == [1, 1]
-            and not any(s.startswith("add:") for s in node.attrs.get("epilogue", [])))
+            and not any(isinstance(s, AddInput) for s in parse_epilogue(node.attrs.get("epilogue", []))))
 
 
 def _gemm_takes(node, w: torch.Tensor | None) -> bool:
@@ -215,7 +219,7 @@ def conv1x1_gemm_tactic(node, constants: dict) -> Tactic | None:
     dense = w.reshape(cout, -1).contiguous()
     weight = _PerShape(lambda rows: torch.ops.mkldnn._reorder_linear_weight(dense, rows), dense)
     bias = None if b is None else b.contiguous()
-    add, unary, rest = split_epilogue(list(attrs.get("epilogue", [])))
+    add, unary, rest = split_epilogue(attrs.get("epilogue", []))
     u_attr, u_scalars, u_alg = unary if unary is not None else ("none", [], "")
     linear = torch.ops.mkldnn._linear_pointwise.default
     linear_add = torch.ops.mkldnn._linear_pointwise.binary
@@ -243,14 +247,14 @@ def conv1x1_gemm_tactic(node, constants: dict) -> Tactic | None:
         else:
             y = linear_add(rows, residual_rows(inputs[add]), wt, bias, "add")
         y = as_nchw(y, n, h, w_)
-        return apply_epilogue(y, rest, inputs) if rest else y
+        return apply_steps(y, rest, inputs) if rest else y
     return Tactic(f"onednn_gemm[{_describe(add, unary, rest)}]", kernel)
 
 
 def _describe(add, unary, rest) -> str:
     parts = (["add"] if add is not None else []) + ([unary[0]] if unary is not None else [])
     desc = "+".join(parts) or "none"
-    return desc + (f"; then {','.join(rest)}" if rest else "")
+    return desc + (f"; then {','.join(s.to_json() for s in rest)}" if rest else "")
 
 
 # tactic name (as kiln/tactics/space.py lists it) -> {(domain, op type): chooser(node, constants) -> Tactic | None}

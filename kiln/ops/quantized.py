@@ -34,7 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fused import _conv_pads, apply_epilogue, layer_label
+from .fused import _conv_pads
+from .fused_steps import apply_epilogue, layer_label
 from .registry import KernelContext, OpSet
 
 ops = OpSet("quantized")

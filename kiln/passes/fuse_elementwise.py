@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..backends.triton.ops import can_emit
 from ..ir.graph import Graph, Node, Value
+from ..ops.fused_steps import Instr, encode_attr, inp, tmp
 from .context import PassContext
 from .rewrite import fuse_into, merge_covers, only_use, several_readers_reason
 
@@ -20,11 +21,7 @@ def _encodable(n: Node) -> bool:
 
 
 def _sub_attrs(n: Node) -> list[str]:
-    out = []
-    for k, v in n.attrs.items():
-        kind = "i" if isinstance(v, int) else "f" if isinstance(v, float) else "s"
-        out.append(f"{k}={kind}:{v!r}" if kind == "f" else f"{k}={kind}:{v}")
-    return out
+    return [encode_attr(k, v) for k, v in n.attrs.items()]
 
 
 # Elementwise ops that stay out of regions, each with its reason.
@@ -74,16 +71,16 @@ def fuse_elementwise(graph: Graph, ctx: PassContext) -> bool:
             args = []
             for v in n.inputs:
                 if v is None:
-                    args.append("")
+                    args.append(None)
                 elif v.id in made:
-                    args.append(f"t{made[v.id]}")
+                    args.append(tmp(made[v.id]))
                 else:
                     if v not in inputs:
                         inputs.append(v)
-                    args.append(f"i{inputs.index(v)}")
-            if "" in args:
+                    args.append(inp(inputs.index(v)))
+            if None in args:
                 break
-            program.append(f"{n.op_type}({','.join(args)})")
+            program.append(Instr(n.op_type, tuple(args)).to_json())
             sub_attrs.append(_sub_attrs(n))
             made[n.outputs[0].id] = i
         if len(program) != len(chain):

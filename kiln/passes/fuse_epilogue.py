@@ -15,32 +15,29 @@ from __future__ import annotations
 import torch
 
 from ..ir.graph import Graph, Node
+from ..ops.fused_steps import Activation, AddInput
 from .context import PassContext
 from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar, several_readers_reason
 
 
-def _activation(node: Node, ctx: PassContext) -> str | None:
+# ONNX op -> the epilogue step it is, where the op has no attributes that matter
+_PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Softplus": "softplus"}
+
+
+def _activation(node: Node, ctx: PassContext) -> Activation | None:
     op, a = node.op_type, node.attrs
-    if op == "Relu":
-        return "relu"
-    if op == "Sigmoid":
-        return "sigmoid"
-    if op == "Tanh":
-        return "tanh"
+    if op in _PLAIN:
+        return Activation(_PLAIN[op])
     if op == "Gelu":
-        return "gelu_tanh" if a.get("approximate", "none") == "tanh" else "gelu"
+        return Activation("gelu_tanh" if a.get("approximate", "none") == "tanh" else "gelu")
     if op == "LeakyRelu":
-        return f"leaky_relu:{a.get('alpha', 0.01)!r}"
+        return Activation("leaky_relu", (a.get("alpha", 0.01),))
     if op == "Elu":
-        return f"elu:{a.get('alpha', 1.0)!r}"
+        return Activation("elu", (a.get("alpha", 1.0),))
     if op == "HardSigmoid":
-        return f"hardsigmoid:{a.get('alpha', 0.2)!r}:{a.get('beta', 0.5)!r}"
-    if op == "HardSwish":
-        return "hardswish"
-    if op == "Softplus":
-        return "softplus"
+        return Activation("hardsigmoid", (a.get("alpha", 0.2), a.get("beta", 0.5)))
     if op == "Swish" and a.get("alpha", 1.0) == 1.0:
-        return "silu"
+        return Activation("silu")
     if op == "Clip":
         if ctx.graph.opsets.get("", 21) < 11:
             lo, hi = a.get("min"), a.get("max")
@@ -50,7 +47,7 @@ def _activation(node: Node, ctx: PassContext) -> str | None:
             if (lo_v is not None and scalar(lo_v) is None) or (hi_v is not None and scalar(hi_v) is None):
                 return None
             lo, hi = scalar(lo_v), scalar(hi_v)
-        return f"clip:{'' if lo is None else repr(float(lo))}:{'' if hi is None else repr(float(hi))}"
+        return Activation("clip", (None if lo is None else float(lo), None if hi is None else float(hi)))
     return None
 
 
@@ -222,7 +219,7 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
                     node.inputs.append(None)
                 node.inputs.append(None)
                 node.set_input(len(node.inputs) - 1, other)
-                epilogue.append(f"add:{len(node.inputs) - 1}")
+                epilogue.append(AddInput(len(node.inputs) - 1).to_json())
                 absorbed.append(nxt)
                 out = nxt.outputs[0]
                 continue
@@ -235,7 +232,7 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
             continue
         act = _activation(nxt, ctx)
         if act is not None and nxt.inputs[0] is out:
-            epilogue.append(act)
+            epilogue.append(act.to_json())
             absorbed.append(nxt)
             out = nxt.outputs[0]
             continue

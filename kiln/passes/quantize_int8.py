@@ -21,6 +21,7 @@ import torch
 
 from ..errors import BuildError
 from ..ir.graph import Graph, Node
+from ..ops.fused_steps import AddInput, parse_epilogue
 from ..quant.cache import Calibration
 from ..quant.layer_precision import layer_precision
 from ..quant.rewrite import QUANTIZED, ActParams, apply_quantization
@@ -176,7 +177,7 @@ def _fp8_shortcut_outputs(graph: Graph, chosen: dict[int, str], need: dict[str, 
         if id(y) in outputs or y.name in need or not y.uses:
             continue
         if all(s != 0 and chosen.get(u.meta.get("qid")) == "fp8e4m3"
-               and u.attrs.get("epilogue", []).count(f"add:{s}") == 1 for u, s in y.uses):
+               and parse_epilogue(u.attrs.get("epilogue", [])).count(AddInput(s)) == 1 for u, s in y.uses):
             out.add(y.name)
     return out
 

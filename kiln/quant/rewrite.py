@@ -10,13 +10,14 @@ parameters by value name: ``(scale, zero_point, dtype)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..ir.dtype import DType
 from ..ir.graph import Graph, Node, new_constant
 from ..ir.types import TensorType
+from ..ops.fused_steps import AddInput, AddQuantized, MulInput, parse_epilogue, parse_step
 
 QUANTIZED = {"Linear": "QLinear", "Conv": "QConv"}
 FP8_MAX = 448.0
@@ -105,12 +106,12 @@ def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, A
     return done
 
 
-def _shift(step: str) -> str:
+def _shift(text: str) -> str:
     """Epilogue steps name node inputs by index; the weight scale input moved those from slot 2 on by one."""
-    name, *p = step.split(":")
-    if name in ("add", "mul") and int(p[0]) >= 2:
-        return f"{name}:{int(p[0]) + 1}"
-    return step
+    step = parse_step(text)
+    if isinstance(step, (AddInput, MulInput)) and step.input >= 2:
+        return replace(step, input=step.input + 1).to_json()
+    return text
 
 
 def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
@@ -131,10 +132,10 @@ def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, Ac
             if id(u) not in quantized or (u.attrs["x_dtype"] == "fp8e4m3") != fp8 or "smooth_input" in u.attrs \
                     or u.attrs.get("x_dynamic"):
                 break
-            if slot != 0:
-                steps = u.attrs.get("epilogue", [])
-                if not fp8 or steps.count(f"add:{slot}") != 1 or \
-                        any(st.split(":")[1:2] == [str(slot)] for st in steps if st != f"add:{slot}"):
+            if slot != 0:  # read only by one residual add, the step addq can replace
+                steps = parse_epilogue(u.attrs.get("epilogue", []))
+                if not fp8 or steps.count(AddInput(slot)) != 1 or \
+                        any(st.input == slot for st in steps if st != AddInput(slot)):
                     break
                 residual_reads.append((u, slot))
         else:
@@ -149,6 +150,6 @@ def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, Ac
                 if slot == 0:
                     u.attrs["input_quantized"] = 1
             for u, slot in residual_reads:
-                u.attrs["epilogue"] = [f"addq:{slot}:{float(p.scale)!r}" if st == f"add:{slot}" else st
-                                       for st in u.attrs["epilogue"]]
+                u.attrs["epilogue"] = [AddQuantized(slot, float(p.scale)).to_json()
+                                       if parse_step(st) == AddInput(slot) else st for st in u.attrs["epilogue"]]
             y.type = TensorType(dtype, getattr(y.type, "shape", None))

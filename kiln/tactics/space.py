@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.fused import _conv_pads, apply_epilogue, cudnn_conv_into, fused_attention
+from ..ops.fused import _conv_pads, cudnn_conv_into, fused_attention
+from ..ops.fused_steps import Activation, AddInput, apply_steps, parse_epilogue
 from ..ops.fused_cpu import Tactic
 from .choice import TORCH, Choice, NotApplicable
 from .library import Factory, Row, TacticLibrary
@@ -190,7 +191,7 @@ def _cudnn(node, params, constants, device) -> Tactic:
     explicit, pads = _conv_pads(attrs, 2)
     strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
         int(attrs.get("group", 1))
-    epi = list(attrs.get("epilogue", []))
+    epi = parse_epilogue(attrs.get("epilogue", []))
     own = torch.channels_last if attrs.get("channels_last") else torch.contiguous_format
 
     def kernel(ctx, inputs, attrs, out=None):
@@ -202,9 +203,12 @@ def _cudnn(node, params, constants, device) -> Tactic:
             y = F.conv2d(x, w, b, strides, pads, dil, groups)
         if fmt is not own:
             y = y.contiguous(memory_format=own)
-        return apply_epilogue(y, epi, inputs) if epi else y
+        return apply_steps(y, epi, inputs) if epi else y
     kernel.accepts_out = ("cuda",) if fmt is own else ()
     return Tactic("cudnn", kernel)
+
+
+_RELU, _GELU_TANH = Activation("relu"), Activation("gelu_tanh")  # the steps cuDNN / cuBLASLt fuse
 
 
 def _cudnn_fused(node, params, constants, device) -> Tactic:
@@ -214,13 +218,13 @@ def _cudnn_fused(node, params, constants, device) -> Tactic:
     w, b = _weights(node, constants)
     if w.dim() != 4:
         raise NotApplicable("2-D convolutions only")
-    epi = list(node.attrs.get("epilogue", []))
-    if epi == ["relu"]:
+    epi = parse_epilogue(node.attrs.get("epilogue", []))
+    if epi == (_RELU,):
         add = None
-    elif len(epi) == 2 and epi[0].startswith("add:") and epi[1] == "relu":
-        add = int(epi[0][4:])
+    elif len(epi) == 2 and isinstance(epi[0], AddInput) and epi[1] == _RELU:
+        add = epi[0].input
     else:
-        raise NotApplicable(f"epilogue {epi} is neither relu nor add+relu")
+        raise NotApplicable(f"epilogue {[s.to_json() for s in epi]} is neither relu nor add+relu")
     attrs = node.attrs
     explicit, pads = _conv_pads(attrs, 2)
     strides, dil, groups = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])), \
@@ -276,13 +280,13 @@ def _cublaslt(node, params, constants, device) -> Tactic:
     w, b = _weights(node, constants)
     if b is None or b.dim() != 1 or w.dim() != 2:
         raise NotApplicable("needs a 1-D bias and a 2-D weight")
-    epi = list(node.attrs.get("epilogue", []))
-    act = epi[0] if epi and epi[0] in ("relu", "gelu_tanh") else None
+    epi = parse_epilogue(node.attrs.get("epilogue", []))
+    act = epi[0] if epi and epi[0] in (_RELU, _GELU_TANH) else None
     rest = epi[1:] if act else epi
     if act is None:
         raise NotApplicable("no relu or tanh-GELU step to fuse (torch's F.linear is the same call)")
     wt = w.t()
-    use_gelu = act == "gelu_tanh"
+    use_gelu = act == _GELU_TANH
 
     def kernel(ctx, inputs, attrs, out=None):
         x = inputs[0]
@@ -293,7 +297,7 @@ def _cublaslt(node, params, constants, device) -> Tactic:
         else:
             y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), wt, use_gelu=use_gelu)
             y = y.reshape(*x.shape[:-1], w.shape[0])
-        return apply_epilogue(y, rest, inputs) if rest else y
+        return apply_steps(y, rest, inputs) if rest else y
     kernel.accepts_out = ("cuda",)
     return Tactic("cublaslt", kernel)
 

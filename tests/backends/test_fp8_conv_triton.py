@@ -20,6 +20,7 @@ from kiln.backends.triton.fp8_conv import CONFIGS, Fp8ConvSpec, choose_tile, fp8
 from kiln.backends.triton.fp8_gemm import CONFIGS as GEMM_CONFIGS  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
+from kiln.ops.fused_steps import Instr  # noqa: E402
 from kiln.ops.quantized import qconv, quantize  # noqa: E402
 from kiln.tactics import space  # noqa: E402
 from kiln.tactics.quantized import Fp8ConvTriton  # noqa: E402
@@ -157,7 +158,8 @@ def test_sm90_sources_compile_to_tma_and_fp8_wgmma():
             program, extras = ("Add(i0,i1)", "Mul(i2,i3)", "Add(t0,t1)", "Relu(t2)"), (0, 0.0625)
         else:
             program, extras = ("Add(i0,i1)", "Relu(t0)") + (("Add(t1,i2)",) if res else ()), (0,) if res else ()
-        spec = Fp8ConvSpec(stride2, torch.float32, program, ((),) * len(program), res, out, True, q_out, extras)
+        lines = tuple(map(Instr.from_json, program))
+        spec = Fp8ConvSpec(stride2, torch.float32, lines, ((),) * len(program), res, out, True, q_out, extras)
         ty = {torch.float16: "fp16", torch.float8_e4m3fn: "fp8e4nv"}
         bb, bh, bw = 2, 8, 8
         bn, bk, gm, warps, stages = CONFIGS[0]

@@ -19,6 +19,7 @@ from kiln.backends.triton.fp8_gemm import CONFIGS, INTERPRET_CONFIG, Fp8GemmSpec
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.quantized import qlinear, quantize  # noqa: E402
+from kiln.ops.fused_steps import Instr  # noqa: E402
 from kiln.tactics import space  # noqa: E402
 from kiln.tactics.quantized import Fp8GemmTriton  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
@@ -134,7 +135,8 @@ def test_sm90_sources_compile_to_tma_and_fp8_wgmma():
     jobs = []
     for out, res, program in [(torch.float16, (torch.float16,), ("Add(i0,i1)", "Add(t0,i2)")),
                               (torch.float8_e4m3fn, (), ("Add(i0,i1)", "Gelu(t0)"))]:
-        spec = Fp8GemmSpec(False, torch.float32, program, ((), ()), res, out, True, None, extras=(0,) if res else ())
+        lines = tuple(map(Instr.from_json, program))
+        spec = Fp8GemmSpec(False, torch.float32, lines, ((), ()), res, out, True, None, extras=(0,) if res else ())
         ty = {torch.float16: "fp16", torch.float8_e4m3fn: "fp8e4nv"}
         sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, {bk}]>", "w_desc": f"tensordesc<fp8e4nv[{bn}, {bk}]>",
                "out_desc": f"tensordesc<{ty[out]}[{bm}, {bn}]>", "b_ptr": "*fp32"}

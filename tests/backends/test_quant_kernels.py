@@ -79,10 +79,10 @@ def test_gpu_source_uses_correctly_rounded_division():
 # -- dequantize epilogue ---------------------------------------------------------------------------------------------
 def test_dequant_program_shape():
     prog, _, ops = dequant_program(["gelu", "add:4"], True, True, None)
-    assert prog == ["Cast(i0)", "Mul(t0,i3)", "Add(t1,i1)", "Gelu(t2)", "Add(t3,i2)"]
+    assert [line.to_json() for line in prog] == ["Cast(i0)", "Mul(t0,i3)", "Add(t1,i1)", "Gelu(t2)", "Add(t3,i2)"]
     assert ops == ["y", "bias", 4, "scale"]
     prog, _, _ = dequant_program([], False, False, (0.1, 0, "int8"))
-    assert prog == ["Div(i0,i1)", "Round(t0)", "Clip(t1)", "Cast(t2)"]
+    assert [line.to_json() for line in prog] == ["Div(i0,i1)", "Round(t0)", "Clip(t1)", "Cast(t2)"]
 
 
 @pytest.mark.parametrize("steps", [["relu"], ["gelu"], ["gelu_tanh"], ["add:4"], ["gelu", "add:4"], []])

@@ -26,6 +26,7 @@ from kiln.backends.triton.launch import ElementwiseLaunch  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
 from kiln.ops.fused import fused_conv, fused_elementwise, fused_linear  # noqa: E402
+from kiln.ops.fused_steps import Instr  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on masked-off lanes
 CPU = torch.device("cpu")
@@ -377,7 +378,7 @@ def test_gpu_sources_compile_for_sm90():
     jobs = []
     program = ["Add(i0,i1)", "Tanh(t0)", "Pow(t1,i2)", "Round(t2)", "Elu(t3)", "Softplus(t4)", "Max(t5,i0)",
                "Sigmoid(t6)", "Gelu(t7)", "Less(t8,i1)", "Where(t9,t8,i0)"]
-    launch = ElementwiseLaunch(program, [{}] * len(program), 17)
+    launch = ElementwiseLaunch([Instr.from_json(line) for line in program], [{}] * len(program), 17)
     launch([rand((4, 6, 8), torch.float16, gen), rand((6, 1), torch.bfloat16, gen), torch.tensor(1.5)])
     spec = launch.last_spec
     g = elementwise_source(spec, interpret=False)
@@ -399,7 +400,8 @@ def test_gpu_sources_compile_for_sm90():
         (ints, [()] * (len(ints) - 1) + [(("to", 1),)], (torch.int64, torch.int64, torch.int32),
          ("strided:s0", "flat", ("const", 3))),
     ]:
-        spec = ElementwiseSpec(tuple(prog), tuple(pattrs), 17, dts, lays, 2, "strided", None, True)
+        spec = ElementwiseSpec(tuple(map(Instr.from_json, prog)), tuple(pattrs), 17, dts, lays, 2, "strided", None,
+                               True)
         g = elementwise_source(spec, interpret=False)
         jobs.append({"source": g.source, "signature": aot.elementwise_signature(spec, g),
                      "constexprs": {"BLOCK": 2048}, "num_warps": 8})

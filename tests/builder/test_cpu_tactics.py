@@ -154,14 +154,18 @@ def test_linear_tactic_matches_plain(case, batch_scale):
 
 
 def test_split_epilogue():
+    def split(steps):  # the remaining steps are records: compared as their text
+        add, unary, rest = fused_cpu.split_epilogue(steps)
+        return add, unary, [s.to_json() for s in rest]
+
     # relu and clip stay plain steps: oneDNN's post-ops turn NaN into 0
-    assert fused_cpu.split_epilogue(["add:3", "relu"]) == (3, None, ["relu"])
-    assert fused_cpu.split_epilogue(["add:3", "gelu"]) == (3, None, ["gelu"])
-    assert fused_cpu.split_epilogue(["relu", "add:3"]) == (None, None, ["relu", "add:3"])
-    assert fused_cpu.split_epilogue(["clip:0.0:6.0"]) == (None, None, ["clip:0.0:6.0"])
-    assert fused_cpu.split_epilogue(["sigmoid", "add:3"]) == (None, ("sigmoid", [], ""), ["add:3"])
-    assert fused_cpu.split_epilogue(["elu:1.0"]) == (None, None, ["elu:1.0"])
-    assert fused_cpu.split_epilogue([]) == (None, None, [])
+    assert split(["add:3", "relu"]) == (3, None, ["relu"])
+    assert split(["add:3", "gelu"]) == (3, None, ["gelu"])
+    assert split(["relu", "add:3"]) == (None, None, ["relu", "add:3"])
+    assert split(["clip:0.0:6.0"]) == (None, None, ["clip:0.0:6.0"])
+    assert split(["sigmoid", "add:3"]) == (None, ("sigmoid", [], ""), ["add:3"])
+    assert split(["elu:1.0"]) == (None, None, ["elu:1.0"])
+    assert split([]) == (None, None, [])
 
 
 def _small_convnet():

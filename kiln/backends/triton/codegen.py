@@ -25,7 +25,7 @@ from .ops import HELPER_ARGS, HELPERS, RULES, TL_DTYPE, Operand, Unsupported, co
 
 @dataclass(frozen=True)
 class ElementwiseSpec:
-    program: tuple                 # "Op(i0,t1)" lines
+    program: tuple                 # Instr records (kiln/ops/fused_steps.py), "Op(i0,t1)" as text
     attrs: tuple                   # per line, a dict of decoded sub-node attributes (as sorted item tuples)
     opset: int
     dtypes: tuple                  # torch dtype per region input
@@ -41,11 +41,6 @@ class Generated:
     source: str
     out_dtype: torch.dtype
     scalar_args: tuple  # names of the launch arguments after the pointers, in order
-
-
-def parse_line(line: str) -> tuple[str, list[str]]:
-    op, _, rest = line.partition("(")
-    return op, [a for a in rest.rstrip(")").split(",") if a]
 
 
 def literal(value, dtype: torch.dtype) -> str | None:
@@ -72,14 +67,13 @@ def program_types(program, attrs, opset: int, dtypes) -> torch.dtype:
 def _emit_program(program, attrs, opset, inputs: list[Operand], use) -> tuple[list[str], torch.dtype]:
     lines, temps = [], []
     for k, line in enumerate(program):
-        op, args = parse_line(line)
-        rule = RULES.get(op)
+        rule = RULES.get(line.op)
         if rule is None:
-            raise Unsupported(f"{op} has no Triton generator")
+            raise Unsupported(f"{line.op} has no Triton generator")
         lo, hi = rule.arity
-        if not lo <= len(args) <= hi:
-            raise Unsupported(f"{op} with {len(args)} operands")
-        ops = [inputs[int(a[1:])] if a[0] == "i" else temps[int(a[1:])] for a in args]
+        if not lo <= len(line.args) <= hi:
+            raise Unsupported(f"{line.op} with {len(line.args)} operands")
+        ops = [inputs[r.index] if r.kind == "i" else temps[r.index] for r in line.args]
         a = dict(attrs[k]) if k < len(attrs) else {}
         expr, dt = rule.emit(ops, a, opset, use)
         lines.append(f"t{k} = {expr}")

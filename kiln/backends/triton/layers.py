@@ -13,8 +13,7 @@ import math
 
 import torch
 
-from ...ops.fused import decode_sub_attrs
-from .codegen import parse_line
+from ...ops.fused_steps import Cast, parse_epilogue, parse_program
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import ElementwiseLaunch
 from .ops import TL_DTYPE, Unsupported, can_emit
@@ -76,16 +75,14 @@ class ElementwiseLayer(TritonLayer):
 
     def __init__(self, node, fallback, opset: int):
         super().__init__(node, fallback)
-        program = list(node.attrs["program"])
-        sub = node.attrs.get("attrs", [])
-        attrs = [decode_sub_attrs(sub[i]) if i < len(sub) else {} for i in range(len(program))]
+        lines = parse_program(node.attrs["program"], node.attrs.get("attrs", []))
+        program, attrs = [line for line, _ in lines], [a for _, a in lines]
         for line in program:
-            op, _ = parse_line(line)
-            if not can_emit(op):
-                raise Unsupported(f"{op} has no Triton generator")
+            if not can_emit(line.op):
+                raise Unsupported(f"{line.op} has no Triton generator")
         consts = {k: c for k, v in enumerate(node.inputs) if (c := _scalar_const(v)) is not None}
         self.launch = ElementwiseLaunch(program, attrs, opset, consts)
-        self.name = f"triton_elementwise[{'+'.join(parse_line(p)[0] for p in program)}]"
+        self.name = f"triton_elementwise[{'+'.join(line.op for line in program)}]"
 
     def run(self, ctx, inputs, attrs, out):
         if any(not isinstance(x, torch.Tensor) for x in inputs):
@@ -192,7 +189,7 @@ class EpilogueLayer(TritonLayer):
         program, attrs, self.operands = epilogue_program(steps, self.bias_in_pass)
         consts = {k: ref[1] for k, ref in enumerate(self.operands) if isinstance(ref, tuple)}
         self.launch = ElementwiseLaunch(program, attrs, EPILOGUE_OPSET, consts)
-        self.in_place = not any(s.startswith("cast:") for s in steps)  # a cast changes the element type
+        self.in_place = not any(isinstance(s, Cast) for s in parse_epilogue(steps))  # a cast changes the type
         self.name = f"{'cublas' if self.op == 'Linear' else 'cudnn'}+triton_epilogue[{'+'.join(steps) or 'bias'}]"
 
     def run(self, ctx, inputs, attrs, out):

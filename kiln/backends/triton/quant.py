@@ -20,7 +20,8 @@ import torch
 
 from ...ops.quantized import FP8_MAX, RANGES
 from . import cache
-from .codegen import parse_line, prelude
+from ...ops.fused_steps import Instr, inp, tmp
+from .codegen import prelude
 from .epilogue import EPILOGUE_OPSET, epilogue_program
 from .launch import ElementwiseLaunch, block_config, interpreting
 from .ops import Unsupported
@@ -134,7 +135,7 @@ class Quantize:
 
 # -- dequantize + bias + epilogue (+ requantize) ------------------------------------------------------------
 def dequant_program(steps: list[str], has_bias: bool, scaled: bool, requant: tuple | None
-                    ) -> tuple[list[str], list[dict], list]:
+                    ) -> tuple[list[Instr], list[dict], list]:
     """(program, attrs, operands) of ``[acc * scale] [+ bias]``, ``steps``, then ``requant``.
 
     Operands as ``epilogue_program``'s ("y" = the accumulator, "bias", input indices, ("const", v)) plus
@@ -143,33 +144,30 @@ def dequant_program(steps: list[str], has_bias: bool, scaled: bool, requant: tup
     head, head_attrs = [], []
     if scaled:
         operands = operands + ["scale"]
-        head = ["Cast(i0)", f"Mul(t0,i{len(operands) - 1})"]
+        head = [Instr("Cast", (inp(0),)), Instr("Mul", (tmp(0), inp(len(operands) - 1)))]
         head_attrs = [{"to": 1}, {}]
 
-    def remap(arg: str) -> str:
+    def remap(arg):  # after the head: the accumulator is its result t1, and the program's own results move
         if not head:
             return arg
-        if arg == "i0":
-            return "t1"
-        return f"t{int(arg[1:]) + 2}" if arg[0] == "t" else arg
+        if arg == inp(0):
+            return tmp(1)
+        return tmp(arg.index + 2) if arg.kind == "t" else arg
 
-    body = []
-    for line in program:
-        op, args = parse_line(line)
-        body.append(f"{op}({','.join(remap(a) for a in args)})")
+    body = [Instr(line.op, tuple(remap(a) for a in line.args)) for line in program]
     program, attrs = head + body, head_attrs + attrs
     if requant is not None:
         scale, zp, dtype = requant
         lo, hi = RANGES[dtype]
-        cur = f"t{len(program) - 1}" if program else "i0"
+        cur = tmp(len(program) - 1) if program else inp(0)
         operands.append(("const", float(scale)))
-        program += [f"Div({cur},i{len(operands) - 1})", f"Round(t{len(program)})"]
+        program += [Instr("Div", (cur, inp(len(operands) - 1))), Instr("Round", (tmp(len(program)),))]
         attrs += [{}, {}]
         if zp:
             operands.append(("const", float(zp)))
-            program.append(f"Add(t{len(program) - 1},i{len(operands) - 1})")
+            program.append(Instr("Add", (tmp(len(program) - 1), inp(len(operands) - 1))))
             attrs.append({})
-        program += [f"Clip(t{len(program) - 1})", f"Cast(t{len(program)})"]
+        program += [Instr("Clip", (tmp(len(program) - 1),)), Instr("Cast", (tmp(len(program)),))]
         attrs += [{"min": float(lo), "max": float(hi)}, {"to": _ONNX_CODE[torch.int8 if dtype == "int8" else torch.uint8]}]
     if not program:
         raise Unsupported("nothing to do after the GEMM")
