@@ -122,13 +122,17 @@ class BuilderConfig:
         return self.replace(bf16=native), note
 
     def replace(self, **changes) -> "BuilderConfig":
+        """A copy of this config with the given fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     @property
     def is_cuda(self) -> bool:
+        """True when the config builds for a CUDA device ("cuda" or "cuda:N")."""
         return self.device.startswith("cuda")
 
     def to_json(self) -> dict:
+        """This config as plain JSON data (what the engine header stores); calibration and validation data are not
+        stored, only named when they were a path."""
         d = dataclasses.asdict(dataclasses.replace(self, int8_calibrator=None, validation_data=None))
         for k in ("int8_calibrator", "validation_data"):  # data is not stored; a folder path is named
             d[k] = str(getattr(self, k)) if isinstance(getattr(self, k), (str, bytes)) else None
@@ -137,6 +141,7 @@ class BuilderConfig:
 
     @staticmethod
     def from_json(d: dict) -> "BuilderConfig":
+        """The config ``to_json`` wrote; keys this version of Kiln does not know are ignored."""
         d = dict(d)
         d["profiles"] = tuple(Profile.from_json(p) for p in d.get("profiles", ()))
         known = {f.name for f in dataclasses.fields(BuilderConfig)}

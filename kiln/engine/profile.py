@@ -14,7 +14,13 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Profile:
-    """An optimization profile: for each dynamic input, the smallest, typical and largest shape."""
+    """An optimization profile: for each dynamic input, the smallest, typical and largest shape.
+
+    Attributes:
+        min: the smallest shape per input name, {name: (d0, d1, ...)}.
+        opt: the shape per input that the builder tunes for.
+        max: the largest shape per input; a run with a shape outside min .. max raises ShapeError.
+    """
 
     min: dict[str, Shape] = field(default_factory=dict)
     opt: dict[str, Shape] = field(default_factory=dict)
@@ -22,6 +28,7 @@ class Profile:
 
     @staticmethod
     def fixed(shapes: dict[str, Shape]) -> "Profile":
+        """A profile that fixes every input at one shape (min = opt = max)."""
         shapes = {k: tuple(v) for k, v in shapes.items()}
         return Profile(dict(shapes), dict(shapes), dict(shapes))
 
@@ -43,9 +50,11 @@ class Profile:
         return Profile(lo, opt, hi)
 
     def names(self) -> set[str]:
+        """The input names this profile gives shapes for."""
         return set(self.min) | set(self.opt) | set(self.max)
 
     def validate(self) -> None:
+        """Raise ShapeError unless every input has min, opt and max shapes of one rank with 0 <= min <= opt <= max."""
         for name in self.names():
             if not (name in self.min and name in self.opt and name in self.max):
                 raise ShapeError(f"profile for input {name!r} needs min, opt and max shapes")
@@ -58,6 +67,7 @@ class Profile:
                                  f"got min {list(lo)}, opt {list(opt)}, max {list(hi)}")
 
     def contains(self, shapes: dict[str, Shape]) -> bool:
+        """True when every shape in ``shapes`` lies within min .. max (inputs the profile does not name are ignored)."""
         return self.mismatch(shapes) is None
 
     def mismatch(self, shapes: dict[str, Shape]) -> str | None:
@@ -71,8 +81,10 @@ class Profile:
         return None
 
     def to_json(self) -> dict:
+        """This profile as plain JSON data: {"min": {name: [dims]}, "opt": ..., "max": ...}."""
         return {k: {n: list(s) for n, s in getattr(self, k).items()} for k in ("min", "opt", "max")}
 
     @staticmethod
     def from_json(d: dict) -> "Profile":
+        """The profile ``to_json`` wrote."""
         return Profile(*({n: tuple(s) for n, s in d[k].items()} for k in ("min", "opt", "max")))

@@ -89,6 +89,7 @@ class Engine:
     # -- io description --------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
+        """The number of layers (nodes of the optimized graph) the engine runs."""
         return len(self.graph.nodes)
 
     @property
@@ -334,6 +335,8 @@ class ExecutionContext:
 
     # -- TensorRT-style shape setting (optional) ------------------------------------------
     def set_input_shape(self, name: str, shape) -> None:
+        """Record the shape of input ``name`` ahead of a run, as TensorRT's contexts need; raises InputError for an
+        unknown input. Kiln takes the real shapes from the tensors passed to each run, so this only records it."""
         if name not in {i.name for i in self.engine.inputs}:
             raise InputError(f"unknown input {name!r}; inputs are {[i.name for i in self.engine.inputs]}")
         self._input_shapes[name] = tuple(int(d) for d in shape)

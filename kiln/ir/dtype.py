@@ -13,6 +13,10 @@ import torch
 
 
 class DType(enum.IntEnum):
+    """An element type, numbered as ONNX's TensorProto numbers them (DType.FLOAT == 1, DType.FLOAT16 == 10, ...).
+    Types torch has no dtype for (the 4- and 2-bit types, float4, float8 e8m0) are stored in a wider torch dtype
+    that holds the same values (see ``torch``)."""
+
     UNDEFINED = 0
     FLOAT = 1
     UINT8 = 2
@@ -43,18 +47,22 @@ class DType(enum.IntEnum):
 
     @property
     def short(self) -> str:
+        """A short name for printing: "f32", "f16", "i64", "u8", ..."""
         return _SHORT.get(self, self.name.lower())
 
     @property
     def is_float(self) -> bool:
+        """True for the floating-point types (float8 and float4 included)."""
         return self in _FLOATS
 
     @property
     def is_int(self) -> bool:
+        """True for the integer types, signed and unsigned (bool excluded)."""
         return self in _INTS
 
     @property
     def is_subbyte(self) -> bool:
+        """True for the types narrower than a byte (int4, uint4, int2, uint2, float4)."""
         return self in (DType.UINT4, DType.INT4, DType.UINT2, DType.INT2, DType.FLOAT4E2M1)
 
     @property
@@ -72,6 +80,7 @@ class DType(enum.IntEnum):
 
     @staticmethod
     def from_torch(dt: torch.dtype) -> "DType":
+        """The element type of a torch dtype; raises TypeError for one ONNX has no type for."""
         try:
             return _FROM_TORCH[dt]
         except KeyError:
@@ -79,6 +88,7 @@ class DType(enum.IntEnum):
 
     @staticmethod
     def from_numpy(dt) -> "DType":
+        """The element type of a numpy dtype (or anything ``np.dtype`` accepts); raises TypeError when there is none."""
         dt = np.dtype(dt)
         name = dt.name
         if name in _FROM_NUMPY_NAME:

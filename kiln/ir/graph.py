@@ -33,14 +33,17 @@ class Value:
 
     @property
     def dtype(self):
+        """The element type (a DType), or None when unknown or the value is not a tensor."""
         return getattr(self.type, "dtype", None)
 
     @property
     def shape(self):
+        """The shape (see TensorType.shape), or None when unknown or the value is not a tensor."""
         return getattr(self.type, "shape", None)
 
     @property
     def is_const(self) -> bool:
+        """True when the value is a constant (an initializer or a folded result) held in ``const``."""
         return self.const is not None
 
     def __repr__(self) -> str:
@@ -73,6 +76,7 @@ class Node:
                 v.uses.append((self, len(self.inputs) - 1))
 
     def set_input(self, slot: int, value: Value | None) -> None:
+        """Make input ``slot`` read ``value`` (None: an omitted optional input), keeping the use lists right."""
         old = self.inputs[slot]
         if old is not None:
             old.uses.remove((self, slot))
@@ -90,6 +94,7 @@ class Node:
                 v.producer = None
 
     def subgraphs(self) -> Iterator["Graph"]:
+        """The Graphs among this node's attributes (the bodies of If, Loop, Scan), in attribute order."""
         for a in self.attrs.values():
             if isinstance(a, Graph):
                 yield a
@@ -98,6 +103,7 @@ class Node:
 
     @property
     def label(self) -> str:
+        """A name for messages: the node's name, or ``<OpType>`` when it has none."""
         return self.name or f"<{self.op_type}>"
 
     def __repr__(self) -> str:
@@ -119,10 +125,13 @@ class Graph:
 
     # -- construction -------------------------------------------------------------------
     def add_input(self, value: Value) -> Value:
+        """Append ``value`` to the graph's inputs and return it."""
         self.inputs.append(value)
         return value
 
     def add_constant(self, name: str, tensor: torch.Tensor, type: ValueType | None = None) -> Value:
+        """Add a constant named ``name`` holding ``tensor`` and return its Value; the type is taken from the tensor
+        unless given."""
         from .dtype import DType
         if type is None:
             type = TensorType(DType.from_torch(tensor.dtype), tuple(tensor.shape))
@@ -131,16 +140,19 @@ class Graph:
         return v
 
     def append(self, node: Node) -> Node:
+        """Append ``node`` at the end of the graph and return it."""
         node.graph = self
         self.nodes.append(node)
         return node
 
     def insert_before(self, anchor: Node, node: Node) -> Node:
+        """Insert ``node`` just before ``anchor`` (a node of this graph) and return it."""
         node.graph = self
         self.nodes.insert(self.nodes.index(anchor), node)
         return node
 
     def remove(self, node: Node) -> None:
+        """Remove ``node`` and its links to its inputs; raises GraphError while one of its outputs is still used."""
         for v in node.outputs:
             if v is not None and v.uses:
                 raise GraphError(f"cannot remove node {node.label}: output {v.name!r} is still used")
@@ -157,6 +169,7 @@ class Graph:
 
     # -- queries ------------------------------------------------------------------------
     def walk_graphs(self) -> Iterator["Graph"]:
+        """This graph, then every subgraph nested in its nodes, depth first."""
         yield self
         for n in self.nodes:
             for sg in n.subgraphs():
@@ -168,6 +181,7 @@ class Graph:
             yield from g.nodes
 
     def values(self) -> Iterator[Value]:
+        """Every value of this graph once: inputs, constants, then node outputs (subgraphs not included)."""
         seen: set[int] = set()
         for v in itertools.chain(self.inputs, self.constants.values(),
                                  (o for n in self.nodes for o in n.outputs if o is not None)):
@@ -208,6 +222,8 @@ class Graph:
         self.nodes = order
 
     def verify(self) -> None:
+        """Check the graph's invariants (unique value names, use-def links, every input defined before use,
+        topological order); raises GraphError naming the first broken one."""
         from .verify import verify
         verify(self)
 

@@ -13,15 +13,25 @@ Shape = tuple  # tuple[Dim, ...]
 
 @dataclass(frozen=True)
 class TensorType:
+    """The static type of a tensor: its element type and shape, either possibly unknown.
+
+    Attributes:
+        dtype: the element type, or None when not known yet.
+        shape: a tuple with one entry per dimension: an int (known size), a str (a named symbolic size such as
+            "batch") or None (unknown); the whole shape is None when even the rank is unknown.
+    """
+
     dtype: DType | None = None
     shape: Shape | None = None  # None: rank unknown
 
     @property
     def rank(self) -> int | None:
+        """The number of dimensions, or None when the rank is unknown."""
         return None if self.shape is None else len(self.shape)
 
     @property
     def is_static(self) -> bool:
+        """True when every dimension is a known int."""
         return self.shape is not None and all(isinstance(d, int) for d in self.shape)
 
     def __str__(self) -> str:
@@ -34,6 +44,12 @@ class TensorType:
 
 @dataclass(frozen=True)
 class SequenceType:
+    """The type of an ONNX sequence value.
+
+    Attributes:
+        elem: the type of its elements, or None when not known.
+    """
+
     elem: "ValueType | None" = None
 
     def __str__(self) -> str:
@@ -42,6 +58,12 @@ class SequenceType:
 
 @dataclass(frozen=True)
 class OptionalType:
+    """The type of an ONNX optional value (one element or none).
+
+    Attributes:
+        elem: the type of the element it may hold, or None when not known.
+    """
+
     elem: "ValueType | None" = None
 
     def __str__(self) -> str:

@@ -44,6 +44,7 @@ class PluginLibrary:
         return register
 
     def add(self, plugin: Plugin) -> None:
+        """Add ``plugin``; PluginError when another plugin of the same domain and name is already in the library."""
         key = (plugin.domain, plugin.name)
         old = self._plugins.get(key)
         if old is not None and old is not plugin:
@@ -52,9 +53,11 @@ class PluginLibrary:
         self._plugins[key] = plugin
 
     def merged(self, other: "PluginLibrary") -> "PluginLibrary":
+        """A new library with the plugins of this one and of ``other`` (PluginError when both declare one op)."""
         return PluginLibrary([*self, *other])
 
     def get(self, domain: str, name: str) -> Plugin | None:
+        """The plugin of ``domain`` and op type ``name``, or None."""
         return self._plugins.get((domain, name))
 
     def __iter__(self):
@@ -68,6 +71,7 @@ class PluginLibrary:
 
     # -- what the build and the engine take ---------------------------------------------------------------
     def opset(self):
+        """The library's plugins as a Kiln OpSet, each op running its plugin's reference."""
         from ..ops import OpSet
         ops = OpSet("plugins")
         for p in self:

@@ -101,20 +101,38 @@ def _type_name(hint: Any, default: Any, where: str) -> str:
 
 @dataclass(frozen=True)
 class AttrSpec:
+    """One declared ONNX attribute of a plugin, read from a keyword-only parameter of its reference.
+
+    Attributes:
+        name: the attribute's name (the parameter's).
+        type: its type: "int", "float", "str", "bool", "bytes", "list[int]" or "list[float]".
+        default: the value used when a node omits the attribute (None when required or when None is its default).
+        required: True when the parameter has no default: a node without the attribute is refused.
+    """
+
     name: str
     type: str  # a key of _ATTR_TYPES
     default: Any = None
     required: bool = False
 
     def to_json(self) -> dict:
+        """The attribute's declaration as JSON data (bytes defaults as hex): part of the plugin's signature."""
         default = self.default.hex() if isinstance(self.default, bytes) else self.default
         return {"type": self.type, "required": self.required, "default": default}
 
 
 @dataclass(frozen=True)
 class PluginTactic:
-    """One implementation of a plugin besides its reference: ``fn`` has the reference's signature. ``triton``:
-    a function that launches Triton kernels (offered on CUDA devices, and on the CPU under TRITON_INTERPRET=1)."""
+    """One implementation of a plugin besides its reference, which the tuner times and checks against the
+    reference before it may be chosen. Made by ``Plugin.tactic`` or ``Plugin.triton``.
+
+    Attributes:
+        name: the tactic's name, unique within its plugin (no "/").
+        fn: the implementation, with the reference's signature.
+        devices: the device types it is offered on: "cuda" (the default) and/or "cpu".
+        triton: True when ``fn`` launches Triton kernels (offered on CUDA devices, and on the CPU as well under
+            TRITON_INTERPRET=1).
+    """
 
     name: str
     fn: Callable
@@ -122,6 +140,8 @@ class PluginTactic:
     triton: bool = False
 
     def offered_devices(self) -> tuple[str, ...]:
+        """The device types the tuner may try this tactic on (``devices``, plus "cpu" for a Triton tactic under
+        TRITON_INTERPRET=1)."""
         if self.triton and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
             return tuple(dict.fromkeys(self.devices + ("cpu",)))
         return self.devices
@@ -134,7 +154,25 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 
 @dataclass
 class Plugin:
-    """A registered custom op. Made by ``PluginLibrary.op``; calling it runs the reference."""
+    """A registered custom op. Made by ``PluginLibrary.op``; calling it runs the reference.
+
+    Attributes:
+        domain: the ONNX domain of the nodes it implements ("my.domain").
+        name: the ONNX op type of those nodes.
+        version: recorded in engines; loading an engine built with another version is refused.
+        reference: the PyTorch function that defines the op (CPU and CUDA); tactics are checked against it.
+        shape: the output rule, ``(*TensorDesc, **attrs) -> TensorDesc`` or a tuple of them; None: the input's
+            shape for an elementwise op, else the reference run on meta tensors.
+        dtypes: the float input dtypes it supports (torch dtypes); None: any. A reduced-precision build keeps it
+            in float32 otherwise.
+        elementwise: True when output element i depends on input element i alone.
+        doc: a description (by default the reference's docstring).
+        tactics: its other implementations (PluginTactic), in the order declared.
+        inputs: the input names, from the reference's positional parameters.
+        optional_inputs: how many of the last inputs may be omitted (their default is None).
+        variadic: True when the reference takes ``*inputs``: any number of further inputs.
+        attrs: the declared ONNX attributes by name (AttrSpec), from its keyword-only parameters.
+    """
 
     domain: str
     name: str
@@ -170,6 +208,7 @@ class Plugin:
 
     @property
     def qualified_name(self) -> str:
+        """"domain::name", as ``PluginLibrary.op`` was given it."""
         return f"{self.domain}::{self.name}"
 
     def __call__(self, *inputs, **attrs):
@@ -184,6 +223,7 @@ class Plugin:
                 "elementwise": self.elementwise}
 
     def signature_hash(self) -> str:
+        """The SHA-256 hex digest of ``signature()``: what engines record to detect a changed declaration."""
         return hashlib.sha256(json.dumps(self.signature(), sort_keys=True).encode()).hexdigest()
 
     def record(self) -> dict:
@@ -217,6 +257,7 @@ class Plugin:
         return register
 
     def get_tactic(self, name: str) -> PluginTactic | None:
+        """The tactic named ``name``, or None."""
         return next((t for t in self.tactics if t.name == name), None)
 
     # -- running ------------------------------------------------------------------------------------------
@@ -252,6 +293,8 @@ class Plugin:
         return None
 
     def check_inputs(self, inputs: list, node: str) -> None:
+        """Raise GraphError when the number of inputs does not fit the declaration, or KernelError when a float
+        input has a dtype outside ``dtypes``; ``node`` names the node in the message."""
         n, lo = len(inputs), len(self.inputs) - self.optional_inputs
         if n < lo or (n > len(self.inputs) and not self.variadic):
             want = f"{lo}" + (f" to {len(self.inputs)}" if self.optional_inputs else "") + (" or more" if self.variadic else "")

@@ -26,7 +26,26 @@ log = logging.getLogger("kiln.serve")
 @dataclass(frozen=True)
 class ServerOptions:
     """What ``kiln serve`` takes; ports and addresses spelled and defaulted as tritonserver's flags.
-    A port of 0 binds a free port (the bound ports are on the Server)."""
+    A port of 0 binds a free port (the bound ports are on the Server).
+
+    Attributes:
+        model_repository: the folder of models (one folder per model, versions inside, as Triton lays them out).
+        http_port: the HTTP/REST port (8000).
+        grpc_port: the gRPC port (8001).
+        metrics_port: the Prometheus metrics port (8002).
+        http_address: the address the HTTP endpoint binds ("0.0.0.0": every IPv4 interface).
+        grpc_address: the address the gRPC endpoint binds.
+        metrics_address: the address the metrics endpoint binds.
+        allow_http: open the HTTP endpoint.
+        allow_grpc: open the gRPC endpoint.
+        allow_metrics: open the metrics endpoint.
+        device: where models run; None: "cuda" when a GPU is visible, else "cpu".
+        max_body_bytes: the largest HTTP request body and gRPC message accepted, in bytes (64 MiB).
+        grpc_workers: how many gRPC calls may be in flight at once (each waits on its batch in a thread).
+        exit_timeout_s: how long shutdown waits for requests in flight, in seconds.
+        plugins: a kiln.plugin.PluginLibrary for models with custom ops, or None.
+    """
+
     model_repository: str
     http_port: int = 8000
     grpc_port: int = 8001
@@ -37,14 +56,18 @@ class ServerOptions:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
-    device: str | None = None          # None: "cuda" when a GPU is visible, else "cpu"
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES   # HTTP body and gRPC message limit
-    grpc_workers: int = 64             # gRPC calls in flight at once (each waits on its batch in a thread)
-    exit_timeout_s: float = 30.0       # how long shutdown waits for requests in flight
-    plugins: Any = None                # kiln.plugin.PluginLibrary for models with custom ops
+    device: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    grpc_workers: int = 64
+    exit_timeout_s: float = 30.0
+    plugins: Any = None
 
 
 class Server:
+    """A model repository served over HTTP, gRPC and metrics endpoints: ``start()`` loads the models and opens
+    the endpoints, ``stop()`` shuts down gracefully; also a context manager. After ``start``, ``http_port``,
+    ``grpc_port`` and ``metrics_port`` are the ports bound (None for an endpoint not opened)."""
+
     def __init__(self, options: ServerOptions):
         self.options = options
         self.device = options.device or _default_device()
@@ -82,6 +105,7 @@ class Server:
         return self
 
     def endpoints(self) -> str:
+        """The open endpoints for a log line: "HTTP 0.0.0.0:8000, gRPC 0.0.0.0:8001, metrics 0.0.0.0:8002"."""
         o, parts = self.options, []
         for what, addr, port in (("HTTP", o.http_address, self.http_port), ("gRPC", o.grpc_address, self.grpc_port),
                                  ("metrics", o.metrics_address, self.metrics_port)):

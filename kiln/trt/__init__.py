@@ -57,6 +57,8 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
 
 
 class TensorIOMode(enum.IntEnum):
+    """Whether an engine's I/O tensor is an INPUT or an OUTPUT (NONE: neither)."""
+
     NONE = 0
     INPUT = 1
     OUTPUT = 2
@@ -67,15 +69,24 @@ class IHostMemory(bytes):
 
     @property
     def nbytes(self) -> int:
+        """The size of the serialized engine in bytes."""
         return len(self)
 
     @property
     def dtype(self) -> DataType:
+        """Always DataType.UINT8: the memory is raw bytes."""
         return DataType.UINT8
 
 
 # --- network and parser --------------------------------------------------------------------------------
 class NetworkDefinitionCreationFlag(enum.IntEnum):
+    """Flags for ``Builder.create_network``, combined as a bit mask (1 << flag).
+
+    Kiln: EXPLICIT_BATCH changes nothing (batch is always explicit); STRONGLY_TYPED keeps the model's own types
+    (``BuilderConfig.strict_types``); PREFER_JIT_PYTHON_PLUGINS is what Kiln always does (a plugin runs through its
+    impl); PREFER_AOT_PYTHON_PLUGINS makes the build fail, as Kiln does not launch an aot_impl's PTX.
+    """
+
     EXPLICIT_BATCH = 0  # deprecated in TensorRT 10, where it is always on, as in Kiln
     STRONGLY_TYPED = 1  # keep the model's own types (BuilderConfig.strict_types)
     PREFER_JIT_PYTHON_PLUGINS = 2  # Kiln always runs a plugin's impl (kiln.trt.plugin)
@@ -83,6 +94,8 @@ class NetworkDefinitionCreationFlag(enum.IntEnum):
 
 
 class ParserError:
+    """One error of OnnxParser: ``desc()`` says what went wrong, ``node()`` the node's index (-1: none)."""
+
     def __init__(self, message: str, node: int = -1, code: int = 1):
         self._message, self._node, self._code = message, node, code
 
@@ -100,11 +113,20 @@ class ParserError:
 
 
 class OnnxParser:
+    """Parses an ONNX model into an INetworkDefinition. Errors are kept (``num_errors``, ``get_error``) and sent to
+    the logger; nothing is raised.
+
+    Kiln: an unsupported op is reported with the node's name and why; plugins registered through
+    ``kiln.trt.plugin`` are found by their ONNX domain or TensorRT's ``plugin_namespace`` attribute.
+    """
+
     def __init__(self, network: INetworkDefinition, logger: ILogger):
         self.network, self.logger = network, logger
         self._errors: list[ParserError] = []
 
     def parse(self, model: bytes, path: str | None = None) -> bool:
+        """Parse serialized ONNX ``model`` bytes into the network; True on success. ``path``: the folder external
+        weight files are read from. Clears the errors of an earlier parse."""
         from ..frontend.onnx import parse
         self._errors.clear()
         try:
@@ -118,6 +140,7 @@ class OnnxParser:
         return not self._errors
 
     def parse_from_file(self, path: str) -> bool:
+        """Parse the ONNX file at ``path`` (external weights beside it); True on success, else the errors say why."""
         import os
         try:
             with open(path, "rb") as f:
@@ -130,12 +153,15 @@ class OnnxParser:
 
     @property
     def num_errors(self) -> int:
+        """How many errors the last parse recorded."""
         return len(self._errors)
 
     def get_error(self, index: int) -> ParserError:
+        """The ``index``-th recorded error (``desc()`` says what went wrong)."""
         return self._errors[index]
 
     def clear_errors(self) -> None:
+        """Forget the recorded errors."""
         self._errors.clear()
 
 
@@ -200,6 +226,15 @@ def _with_plugin_domains(model):
 
 # --- builder ---------------------------------------------------------------------------------------------
 class BuilderFlag(enum.IntEnum):
+    """Builder options, set with ``IBuilderConfig.set_flag``; values are TensorRT 10's.
+
+    Kiln honours FP16, INT8, FP8, BF16, TF32, INT4 (int4 weight-only GEMMs), REFIT and REFIT_IDENTICAL (a
+    refittable engine), STRIP_PLAN (serialize without weights), DISABLE_TIMING_CACHE, and accepts a few that are
+    always true or mean nothing here (STRICT_NANS, DIRECT_IO, OBEY/PREFER_PRECISION_CONSTRAINTS,
+    VERSION_COMPATIBLE, GPU_FALLBACK, REJECT_EMPTY_ALGORITHMS, DISABLE_COMPILATION_CACHE). Any other flag is
+    logged as an error when set and makes the build fail until it is cleared.
+    """
+
     FP16 = 0
     INT8 = 1
     DEBUG = 2
@@ -261,6 +296,12 @@ class HardwareCompatibilityLevel(enum.IntEnum):
 
 
 class MemoryPoolType(enum.IntEnum):
+    """The memory pools whose size ``IBuilderConfig.set_memory_pool_limit`` limits.
+
+    Kiln: only WORKSPACE has an effect (``BuilderConfig.workspace_bytes``: a limit on the activation arena and
+    scratch); the other limits are stored and reported back, nothing more.
+    """
+
     WORKSPACE = 0
     DLA_MANAGED_SRAM = 1
     DLA_LOCAL_DRAM = 2
@@ -270,13 +311,18 @@ class MemoryPoolType(enum.IntEnum):
 
 
 class IOptimizationProfile:
+    """The min, opt and max shapes of dynamic inputs; add it to a config with ``add_optimization_profile``
+    (Kiln's ``Profile``)."""
+
     def __init__(self):
         self._shapes: dict[str, tuple] = {}
 
     def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
+        """Set the smallest, tuned-for and largest shape of input ``input``."""
         self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
     def get_shape(self, input: str):  # noqa: A002
+        """[min, opt, max] of input ``input`` as Dims; KeyError when it was not set."""
         return [Dims(s) for s in self._shapes[input]]
 
     def _profile(self) -> Profile:
@@ -285,6 +331,13 @@ class IOptimizationProfile:
 
 # --- INT8 calibrators (subclass one, implement get_batch; set config.int8_calibrator) ----------------------------
 class CalibrationAlgoType(enum.IntEnum):
+    """Which int8 calibration method a calibrator asks for.
+
+    Kiln maps them to ``BuilderConfig.calibration_method``: ENTROPY_CALIBRATION -> "entropy",
+    ENTROPY_CALIBRATION_2 -> "entropy2", MINMAX_CALIBRATION -> "minmax", LEGACY_CALIBRATION -> "percentile" at
+    the calibrator's ``get_quantile()``.
+    """
+
     LEGACY_CALIBRATION = 0
     ENTROPY_CALIBRATION = 1
     ENTROPY_CALIBRATION_2 = 2
@@ -303,30 +356,43 @@ class IInt8Calibrator:
     algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
     def get_batch_size(self) -> int:
+        """The number of samples per batch ``get_batch`` returns (1 by default)."""
         return 1
 
     def get_batch(self, names: list[str]):  # noqa: ARG002 - interface
+        """The next calibration batch for the inputs ``names``: one device or host address (or one array) per name, in
+        that order; None when the data is exhausted. Override it; this one returns None."""
         return None
 
     def read_calibration_cache(self):
+        """Bytes of a calibration cache written earlier, to skip calibrating; None (the default) to calibrate."""
         return None
 
     def write_calibration_cache(self, cache) -> None:
+        """Called with the calibration cache's bytes after calibrating, to be stored; the default does nothing."""
         pass
 
     def get_algorithm(self) -> CalibrationAlgoType:
+        """The calibration method to use (the class's ``algorithm``)."""
         return self.algorithm
 
 
 class IInt8EntropyCalibrator2(IInt8Calibrator):
+    """A calibrator that picks scales by minimizing the KL divergence of the quantized histogram ("entropy2",
+    Kiln's default method)."""
+
     algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
 
 class IInt8EntropyCalibrator(IInt8Calibrator):
+    """A calibrator that uses the older entropy method ("entropy")."""
+
     algorithm = CalibrationAlgoType.ENTROPY_CALIBRATION
 
 
 class IInt8MinMaxCalibrator(IInt8Calibrator):
+    """A calibrator whose scales cover the full observed range of each tensor ("minmax")."""
+
     algorithm = CalibrationAlgoType.MINMAX_CALIBRATION
 
 
@@ -336,6 +402,7 @@ class IInt8LegacyCalibrator(IInt8Calibrator):
     algorithm = CalibrationAlgoType.LEGACY_CALIBRATION
 
     def get_quantile(self) -> float:
+        """The quantile of the absolute values a scale covers (0.9999 by default); override to change it."""
         return 0.9999
 
 
@@ -349,6 +416,13 @@ def _calibration_method(cal) -> str:
 
 
 class IBuilderConfig:
+    """Build options for ``Builder.build_serialized_network``: flags, memory limits, optimization profiles, an int8
+    calibrator, a timing cache and a progress monitor; turned into a Kiln ``BuilderConfig`` at build time.
+
+    Kiln: builds for "cuda" when a GPU is present, else "cpu" (the ``device`` attribute); TF32 is set by default
+    as in TensorRT; ``builder_optimization_level`` (0-5) becomes ``BuilderConfig.optimization_level``.
+    """
+
     def __init__(self, logger: ILogger | None = None):
         self.logger = logger
         self._unsupported: dict[BuilderFlag, str] = {}  # flags set that Kiln cannot honour -> why
@@ -380,6 +454,7 @@ class IBuilderConfig:
         return True
 
     def get_timing_cache(self) -> ITimingCache | None:
+        """The timing cache set with ``set_timing_cache``, or None."""
         return self._timing_cache
 
     def set_flag(self, flag: BuilderFlag) -> None:
@@ -394,6 +469,7 @@ class IBuilderConfig:
                 self.logger.log(ILogger.ERROR, f"{why}; the build will fail unless the flag is cleared")
 
     def clear_flag(self, flag: BuilderFlag) -> None:
+        """Unset a builder flag (and forget the error of an unsupported one)."""
         self._flags.discard(BuilderFlag(flag))
         self._unsupported.pop(BuilderFlag(flag), None)
 
@@ -411,20 +487,25 @@ class IBuilderConfig:
                 self.set_flag(f)
 
     def get_flag(self, flag: BuilderFlag) -> bool:
+        """True when ``flag`` is set."""
         return BuilderFlag(flag) in self._flags
 
     def set_memory_pool_limit(self, pool: MemoryPoolType, size: int) -> None:
+        """Limit the memory pool ``pool`` to ``size`` bytes (Kiln honours only WORKSPACE; see MemoryPoolType)."""
         self._pools[MemoryPoolType(pool)] = int(size)
 
     def get_memory_pool_limit(self, pool: MemoryPoolType) -> int:
+        """The limit set for ``pool`` in bytes; 2**62 (no limit) when none was set."""
         return self._pools.get(MemoryPoolType(pool), 1 << 62)
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        """Add an optimization profile to the build; returns its index."""
         self._profiles.append(profile)
         return len(self._profiles) - 1
 
     @property
     def num_optimization_profiles(self) -> int:
+        """How many optimization profiles were added."""
         return len(self._profiles)
 
     def _kiln(self, strongly_typed: bool = False) -> BuilderConfig:
@@ -441,24 +522,32 @@ class IBuilderConfig:
 
 
 class Builder:
+    """Builds engines: makes networks, configs and optimization profiles, and turns a network and a config into a
+    serialized engine. The ``logger`` receives Kiln's build log at TensorRT's severities."""
+
     def __init__(self, logger: ILogger):
         self.logger = logger
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
+        """An empty network; ``flags`` is a NetworkDefinitionCreationFlag bit mask."""
         return INetworkDefinition(flags, self.logger)
 
     def create_builder_config(self) -> IBuilderConfig:
+        """A new IBuilderConfig with TensorRT's defaults."""
         return IBuilderConfig(self.logger)
 
     def create_optimization_profile(self) -> IOptimizationProfile:
+        """A new, empty IOptimizationProfile."""
         return IOptimizationProfile()
 
     @property
     def platform_has_fast_fp16(self) -> bool:
+        """True when a CUDA GPU of compute capability 5.3 or later is present."""
         return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (5, 3)
 
     @property
     def platform_has_fast_int8(self) -> bool:
+        """True when a CUDA GPU of compute capability 6.1 or later is present."""
         return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (6, 1)
 
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
@@ -510,12 +599,15 @@ class Builder:
                                     f"builder.create_optimization_profile() and config.add_optimization_profile()")
 
     def build_engine_with_config(self, network: INetworkDefinition, config: IBuilderConfig) -> "ICudaEngine | None":
+        """Build and deserialize in one step: an ICudaEngine, or None with the error logged (TensorRT 8's API)."""
         data = self.build_serialized_network(network, config)
         return None if data is None else Runtime(self.logger).deserialize_cuda_engine(data)
 
 
 # --- runtime ---------------------------------------------------------------------------------------------------
 class Runtime:
+    """Loads serialized engines (``deserialize_cuda_engine``); errors go to ``logger``."""
+
     def __init__(self, logger: ILogger):
         self.logger = logger
 
@@ -529,6 +621,9 @@ class Runtime:
 
 
 class ICudaEngine:
+    """A built engine: its I/O tensors, profiles and layers, and the contexts that run it. Wraps a Kiln ``Engine``
+    (the ``engine`` attribute)."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
         self._io = [(i.name, TensorIOMode.INPUT, i) for i in engine.inputs] + \
@@ -536,17 +631,21 @@ class ICudaEngine:
 
     @property
     def num_io_tensors(self) -> int:
+        """The number of inputs and outputs."""
         return len(self._io)
 
     @property
     def num_layers(self) -> int:
+        """The number of layers the engine runs."""
         return self.engine.num_layers
 
     @property
     def num_optimization_profiles(self) -> int:
+        """The number of optimization profiles (1 for an engine built without one)."""
         return max(1, len(self.engine.profiles))
 
     def get_tensor_name(self, index: int) -> str:
+        """The name of I/O tensor ``index``: inputs first, then outputs."""
         return self._io[index][0]
 
     def _info(self, name: str):
@@ -556,12 +655,15 @@ class ICudaEngine:
         raise errors.InputError(f"no I/O tensor named {name!r}")
 
     def get_tensor_mode(self, name: str) -> TensorIOMode:
+        """Whether tensor ``name`` is an input or an output; InputError for a name that is neither."""
         return self._info(name)[0]
 
     def get_tensor_shape(self, name: str) -> Dims:
+        """The shape of I/O tensor ``name`` as built, -1 for each dynamic dimension."""
         return Dims(d if isinstance(d, int) else -1 for d in self._info(name)[1].shape)
 
     def get_tensor_dtype(self, name: str) -> DataType:
+        """The DataType of I/O tensor ``name`` (FLOAT for a type TensorRT has no name for)."""
         return _TO_TRT.get(self._info(name)[1].dtype, DataType.FLOAT)
 
     def get_tensor_profile_shape(self, name: str, profile_index: int):
@@ -595,14 +697,17 @@ class ICudaEngine:
 
     @property
     def num_bindings(self) -> int:
+        """TensorRT 8: the number of I/O tensors."""
         return len(self._io)
 
     @property
     def max_batch_size(self) -> int:
+        """TensorRT 8: always 1, since the batch is part of each tensor's shape."""
         return 1  # explicit batch: the batch is part of each binding's shape
 
     @property
     def has_implicit_batch_dimension(self) -> bool:
+        """TensorRT 8: always False."""
         return False
 
     def _binding(self, binding) -> str:
@@ -614,34 +719,46 @@ class ICudaEngine:
         return self._io[int(binding)][0]
 
     def get_binding_name(self, index: int) -> str:
+        """TensorRT 8: the name of binding ``index`` (inputs first, then outputs)."""
         return self._binding(int(index))
 
     def get_binding_index(self, name: str) -> int:
+        """TensorRT 8: the index of the binding ``name``, -1 when there is none."""
         return next((i for i, (n, _, _) in enumerate(self._io) if n == name), -1)
 
     def binding_is_input(self, binding) -> builtins.bool:
+        """TensorRT 8: True when the binding (by index or name) is an input."""
         return self.get_tensor_mode(self._binding(binding)) == TensorIOMode.INPUT
 
     def get_binding_shape(self, binding) -> Dims:
+        """TensorRT 8: ``get_tensor_shape`` of a binding given by index or name."""
         return self.get_tensor_shape(self._binding(binding))
 
     def get_binding_dtype(self, binding) -> DataType:
+        """TensorRT 8: ``get_tensor_dtype`` of a binding given by index or name."""
         return self.get_tensor_dtype(self._binding(binding))
 
     def get_profile_shape(self, profile_index: int, binding):
+        """TensorRT 8: [min, opt, max] of an input binding in profile ``profile_index``."""
         return self.get_tensor_profile_shape(self._binding(binding), profile_index)
 
     def serialize(self) -> IHostMemory:
+        """The engine as bytes, for ``Runtime.deserialize_cuda_engine`` or a file (Kiln's engine format)."""
         return IHostMemory(self.engine.serialize())
 
     def create_engine_inspector(self) -> EngineInspector:
+        """An EngineInspector that describes this engine's layers."""
         return EngineInspector(self)
 
     def create_execution_context(self) -> "IExecutionContext":
+        """A new IExecutionContext to run this engine."""
         return IExecutionContext(self)
 
 
 class IExecutionContext:
+    """Runs an engine on buffers given by address: set the dynamic input shapes and every tensor's address, then
+    ``execute_async_v3`` (or ``execute_v2``). Set ``profiler`` to an IProfiler to get each layer's time."""
+
     def __init__(self, engine: ICudaEngine):
         self.engine = engine
         self._ctx = engine.engine.create_execution_context()
@@ -652,16 +769,22 @@ class IExecutionContext:
         self._allocators: dict[str, IOutputAllocator] = {}
 
     def set_input_shape(self, name: str, shape) -> bool:
+        """Set the shape of dynamic input ``name`` for the next runs; returns True."""
         self._ctx.set_input_shape(name, shape)
         self._shapes[name] = tuple(int(d) for d in shape)
         return True
 
     def set_optimization_profile_async(self, profile_index: int, stream_handle: int = 0) -> bool:
+        """Choose the optimization profile to start from; returns True.
+
+        Kiln: the stream is not used and a run whose shapes fall outside that profile moves to one that holds them.
+        """
         self._ctx.profile_index = profile_index
         return True
 
     @property
     def all_input_dimensions_specified(self) -> bool:
+        """True when every input has a known shape (static, or set with ``set_input_shape``)."""
         return all(i.name in self._shapes or all(isinstance(d, int) for d in i.shape)
                    for i in self.engine.engine.inputs)
 
@@ -677,6 +800,9 @@ class IExecutionContext:
         return out
 
     def get_tensor_shape(self, name: str) -> Dims:
+        """The shape of tensor ``name`` for the input shapes set so far: -1 for an input's dynamic dims not set yet
+        and for a data-dependent output's dims. An output's shape is inferred from the inputs', so it needs every
+        dynamic input's shape set (ShapeError otherwise)."""
         mode, info = self.engine._info(name)
         if mode == TensorIOMode.INPUT:
             return Dims(self._input_shapes()[name]) if name in self._shapes or all(
@@ -699,11 +825,14 @@ class IExecutionContext:
         return self._out_shape_cache[key]
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
+        """Use the buffer at address ``memory`` (device memory for a GPU engine, host memory for a CPU one) for tensor
+        ``name``; returns True."""
         self.engine._info(name)
         self._addresses[name] = int(memory)
         return True
 
     def get_tensor_address(self, name: str) -> int:
+        """The address set for tensor ``name``, 0 when none was set."""
         return self._addresses.get(name, 0)
 
     def _run(self) -> None:
@@ -745,6 +874,7 @@ class IExecutionContext:
         return True
 
     def get_output_allocator(self, name: str) -> IOutputAllocator | None:
+        """The IOutputAllocator set for output ``name``, or None."""
         return self._allocators.get(name)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
@@ -759,17 +889,21 @@ class IExecutionContext:
 
     # -- TensorRT 8's binding API ------------------------------------------------------------------------
     def set_binding_shape(self, binding, shape) -> builtins.bool:
+        """TensorRT 8: ``set_input_shape`` for a binding given by index or name."""
         return self.set_input_shape(self.engine._binding(binding), shape)
 
     def get_binding_shape(self, binding) -> Dims:
+        """TensorRT 8: ``get_tensor_shape`` for a binding given by index or name."""
         return self.get_tensor_shape(self.engine._binding(binding))
 
     @property
     def all_binding_shapes_specified(self) -> builtins.bool:
+        """TensorRT 8: ``all_input_dimensions_specified``."""
         return self.all_input_dimensions_specified
 
     @property
     def active_optimization_profile(self) -> int:
+        """The index of the optimization profile the context uses now."""
         return int(getattr(self._ctx, "profile_index", 0) or 0)
 
     def execute_async_v2(self, bindings: list[int], stream_handle: int = 0) -> builtins.bool:
@@ -808,18 +942,25 @@ class Refitter:
             return False
 
     def set_named_weights(self, name: str, weights) -> bool:
+        """Set new values (numpy or torch) for the ONNX initializer ``name``, of its dtype and shape; False with the
+        error logged when that fails. Applied by ``refit_cuda_engine``."""
         return self._try(lambda: self._refitter.set_named_weights(name, weights))
 
     def get_named_weights(self, name: str) -> np.ndarray:
+        """The current values of the initializer ``name`` as a numpy array."""
         return self._refitter.get_named_weights(name).numpy()
 
     def get_missing_weights(self) -> list[str]:
+        """Weights that must be set before a refit: always none in Kiln, as a weight not set keeps its value."""
         return self._refitter.get_missing_weights()
 
     def get_all_weights(self) -> list[str]:
+        """The names of every initializer that ``set_named_weights`` accepts."""
         return self._refitter.get_all_weights()
 
     def refit_cuda_engine(self) -> bool:
+        """Give the engine the weights set so far; False with the error logged (the engine unchanged) when they do not
+        fit it."""
         return self._try(self._refitter.refit)
 
 
@@ -830,4 +971,6 @@ class OnnxParserRefitter:
         self.refitter, self.logger = refitter, logger
 
     def refit_from_file(self, path: str) -> bool:
+        """Set every weight from the ONNX file at ``path`` (a model of the same architecture); False with the error
+        logged when it does not match. Then call the refitter's ``refit_cuda_engine``."""
         return self.refitter._try(lambda: self.refitter._refitter.set_weights_from_onnx(path))

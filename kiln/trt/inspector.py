@@ -14,6 +14,8 @@ from .. import errors
 
 
 class LayerInformationFormat(enum.IntEnum):  # NvInferRuntime.h of TensorRT v10.16
+    """The text form of EngineInspector's answers: ONELINE (one readable line per layer) or JSON."""
+
     ONELINE = 0
     JSON = 1
 
@@ -43,6 +45,9 @@ class EngineInspector:
         return report.layers
 
     def get_layer_information(self, layer_index: int, format: LayerInformationFormat) -> str:  # noqa: A002
+        """What layer ``layer_index`` is, per ``format``: one line (name, type, precision, tactic, output shapes) or
+        JSON (also Kiln's fields: the ONNX nodes it covers, its kernel, its measured time). InputError for an
+        index out of range; EngineFormatError for an engine without a build report."""
         layers = self._layers()
         if not 0 <= int(layer_index) < len(layers):
             raise errors.InputError(f"layer index {layer_index} out of range: the engine has {len(layers)} layers")
@@ -50,6 +55,8 @@ class EngineInspector:
         return json.dumps(d) if LayerInformationFormat(format) == LayerInformationFormat.JSON else _oneline(d)
 
     def get_engine_information(self, format: LayerInformationFormat) -> str:  # noqa: A002
+        """Every layer's information per ``format``: one line each, or JSON with the layers and the I/O tensor
+        names."""
         layers = [_layer_dict(x) for x in self._layers()]
         if LayerInformationFormat(format) == LayerInformationFormat.ONELINE:
             return "\n".join(_oneline(d) for d in layers) + "\n"

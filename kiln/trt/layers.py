@@ -115,6 +115,8 @@ class ILayer:
 
     @property
     def name(self) -> str:
+        """The layer's name (TensorRT's "(Unnamed Layer* N) [Type]" until set); the build report and
+        ``layer_precisions`` know the layer by it."""
         return self._name
 
     @name.setter
@@ -124,27 +126,34 @@ class ILayer:
 
     @property
     def num_inputs(self) -> int:
+        """The number of inputs."""
         return len(self._inputs)
 
     @property
     def num_outputs(self) -> int:
+        """The number of outputs."""
         return len(self._outputs)
 
     def get_input(self, index: int):
+        """The ITensor at input ``index``."""
         return self._inputs[index]
 
     def set_input(self, index: int, tensor) -> None:
+        """Make input ``index`` read ``tensor`` (an ITensor of the same network)."""
         self._network._own(tensor, f"{self.name}.set_input")
         self._inputs[index] = tensor
         self._network._touch()
 
     def get_output(self, index: int):
+        """The ITensor at output ``index``; InputError when there is no such output."""
         if not 0 <= index < len(self._outputs):
             raise errors.InputError(f"layer {self.name!r} has {len(self._outputs)} output(s), not an output {index}")
         return self._outputs[index]
 
     @property
     def precision(self) -> DataType:
+        """The precision the layer runs in: FLOAT (the default), HALF, BF16, INT8 or FP8; setting it gives the layer
+        that ``layer_precisions`` entry at build. Another DataType raises InputError."""
         return self._precision if self._precision is not None else DataType.FLOAT
 
     @precision.setter
@@ -157,9 +166,11 @@ class ILayer:
 
     @property
     def precision_is_set(self) -> bool:
+        """True when ``precision`` was set."""
         return self._precision is not None
 
     def reset_precision(self) -> None:
+        """Forget the precision set, leaving the choice to the builder."""
         self._precision = None
 
     def set_output_type(self, index: int, dtype: DataType) -> None:
@@ -172,12 +183,15 @@ class ILayer:
         self._network._touch()
 
     def get_output_type(self, index: int) -> DataType:
+        """The type of output ``index``: the one set with ``set_output_type``, else the type it has."""
         return self._output_types.get(int(index), self.get_output(index).dtype)
 
     def output_type_is_set(self, index: int) -> bool:
+        """True when ``set_output_type`` was called for output ``index``."""
         return int(index) in self._output_types
 
     def reset_output_type(self, index: int) -> None:
+        """Forget the type set for output ``index``."""
         self._output_types.pop(int(index), None)
         self._network._touch()
 
@@ -190,6 +204,8 @@ class ILayer:
         return None
 
     def emit(self, e: Emitter, inputs: list[Value]) -> list[Value]:  # pragma: no cover - interface
+        """Write the layer's equivalent standard ONNX nodes through the Emitter ``e`` and return its output values.
+        Each layer type implements it; the network calls it when it builds its Graph (users do not)."""
         raise NotImplementedError
 
 
@@ -203,6 +219,7 @@ class _Windowed(ILayer):
 
     @property
     def padding_nd(self) -> Dims:
+        """Symmetric padding per spatial dimension (reads ``pre_padding``; setting it sets pre and post padding)."""
         return self.pre_padding
 
     @padding_nd.setter
@@ -215,6 +232,9 @@ class _Windowed(ILayer):
 
 
 class IConvolutionLayer(_Windowed):
+    """A convolution (ONNX Conv). Settings: ``num_output_maps``, ``kernel_size_nd``, ``kernel`` and ``bias``
+    (numpy), ``stride_nd``, ``pre_padding``/``post_padding`` (or ``padding_nd``), ``dilation_nd``, ``num_groups``."""
+
     type_name = "Convolution"
     settings_may_fix_shapes = True  # num_groups is set after add_convolution_nd
 
@@ -248,6 +268,9 @@ class IConvolutionLayer(_Windowed):
 
 
 class IDeconvolutionLayer(IConvolutionLayer):
+    """A transposed convolution (ONNX ConvTranspose), with the settings of IConvolutionLayer; the kernel is laid
+    out as TensorRT's (input channels, output maps per group, spatial dims)."""
+
     type_name = "Deconvolution"
 
     def emit(self, e, inputs):
@@ -259,6 +282,12 @@ class IDeconvolutionLayer(IConvolutionLayer):
 
 
 class IPoolingLayer(_Windowed):
+    """Max or average pooling (ONNX MaxPool or AveragePool). Settings: ``type``, ``window_size_nd``, ``stride_nd``,
+    padding, ``average_count_excludes_padding`` (True by default).
+
+    Kiln: PoolingType.MAX_AVERAGE_BLEND is refused (InputError) when the layer is added.
+    """
+
     type_name = "Pooling"
 
     def __init__(self, network, inputs, index, type, window_size):  # noqa: A002 - TensorRT's name
@@ -307,6 +336,9 @@ _ACTIVATIONS = {
 
 
 class IActivationLayer(ILayer):
+    """An activation function of ``type`` (an ActivationType), with its ``alpha`` and ``beta`` parameters (0 by
+    default; what they mean depends on the type, as in TensorRT)."""
+
     type_name = "Activation"
 
     def __init__(self, network, inputs, index, type):  # noqa: A002
@@ -328,6 +360,9 @@ _ELEMENTWISE = {ElementWiseOperation.SUM: "Add", ElementWiseOperation.PROD: "Mul
 
 
 class IElementWiseLayer(ILayer):
+    """A binary elementwise operation ``op`` (an ElementWiseOperation) of two inputs; as in TensorRT, both inputs must
+    have the same rank (sizes of 1 broadcast)."""
+
     type_name = "ElementWise"
     arity = (2, 2)
 
@@ -348,6 +383,9 @@ class IElementWiseLayer(ILayer):
 
 
 class IMatrixMultiplyLayer(ILayer):
+    """A matrix product of two inputs (ONNX MatMul); ``op0`` and ``op1`` (MatrixOperation) say whether each input is
+    used as is, transposed in its last two dims, or as a vector."""
+
     type_name = "MatrixMultiply"
     arity = (2, 2)
 
@@ -357,9 +395,11 @@ class IMatrixMultiplyLayer(ILayer):
         self.op1 = _enum(MatrixOperation, op1, "add_matrix_multiply op1")
 
     def get_operation(self, index: int) -> MatrixOperation:
+        """The MatrixOperation of input ``index`` (0 or 1)."""
         return (self.op0, self.op1)[index]
 
     def set_operation(self, index: int, op: MatrixOperation) -> None:
+        """Set the MatrixOperation of input ``index`` (0 or 1)."""
         setattr(self, ("op0", "op1")[index], _enum(MatrixOperation, op, "set_operation"))
 
     def emit(self, e, inputs):
@@ -388,6 +428,10 @@ def _swap_last(e: Emitter, x: Value) -> Value:
 
 
 class IShuffleLayer(ILayer):
+    """A transpose, reshape, transpose sequence; each step is skipped while its setting is None. Settings:
+    ``first_transpose``, ``reshape_dims`` (0 copies the input's dim while ``zero_is_placeholder``, the default),
+    ``second_transpose``."""
+
     type_name = "Shuffle"
 
     def __init__(self, network, inputs, index):
@@ -414,6 +458,8 @@ def _default_axis(e: Emitter, x: Value) -> int:
 
 
 class ISoftMaxLayer(ILayer):
+    """Softmax along one axis; by default the axis TensorRT picks (rank minus three, or 0 below rank three)."""
+
     type_name = "SoftMax"
 
     def __init__(self, network, inputs, index):
@@ -422,6 +468,8 @@ class ISoftMaxLayer(ILayer):
 
     @property
     def axes(self) -> int:
+        """The softmax axis as a bit mask (1 << axis); setting it needs exactly one bit, else InputError. Reads 0 while
+        the default axis is in use."""
         return self._axes if self._axes is not None else 0
 
     @axes.setter
@@ -441,6 +489,9 @@ _REDUCE = {ReduceOperation.SUM: "ReduceSum", ReduceOperation.PROD: "ReduceProd",
 
 
 class IReduceLayer(ILayer):
+    """A reduction ``op`` (a ReduceOperation) over the axes of the bit mask ``axes``, keeping the reduced dims when
+    ``keep_dims``. Kiln: ReduceOperation.NONE is refused when the layer is added."""
+
     type_name = "Reduce"
 
     def __init__(self, network, inputs, index, op, axes: int, keep_dims: bool):
@@ -464,6 +515,8 @@ class IReduceLayer(ILayer):
 
 
 class IConstantLayer(ILayer):
+    """A constant tensor: ``weights`` (numpy) of ``shape``; the weights' count must match the shape's volume."""
+
     type_name = "Constant"
     arity = (0, 0)
 
@@ -483,6 +536,9 @@ class IConstantLayer(ILayer):
 
 
 class IConcatenationLayer(ILayer):
+    """Joins its inputs along ``axis``; while ``axis`` is None, the axis TensorRT picks (rank minus three, or 0 below
+    rank three)."""
+
     type_name = "Concatenation"
     arity = (1, None)
 
@@ -496,6 +552,9 @@ class IConcatenationLayer(ILayer):
 
 
 class ISliceLayer(ILayer):
+    """Takes ``shape`` elements per dimension from ``start`` every ``stride`` (strides may be negative); the three
+    have the input's rank."""
+
     type_name = "Slice"
 
     def __init__(self, network, inputs, index, start, shape, stride):
@@ -520,6 +579,9 @@ class ISliceLayer(ILayer):
 
 
 class IGatherLayer(ILayer):
+    """Gathers from the first input at the indices of the second: along ``axis`` (DEFAULT mode), element by element
+    (ELEMENT) or by index tuples (ND, with ``num_elementwise_dims`` leading batch dims)."""
+
     type_name = "Gather"
     arity = (2, 2)
 
@@ -549,6 +611,8 @@ _UNARY = {UnaryOperation.EXP: "Exp", UnaryOperation.LOG: "Log", UnaryOperation.S
 
 
 class IUnaryLayer(ILayer):
+    """An elementwise function ``op`` (a UnaryOperation) of one input."""
+
     type_name = "Unary"
 
     def __init__(self, network, inputs, index, op):
@@ -629,6 +693,8 @@ class INormalizationLayer(ILayer):
 
 
 class IIdentityLayer(ILayer):
+    """Passes its input through unchanged."""
+
     type_name = "Identity"
 
     def emit(self, e, inputs):
@@ -636,6 +702,8 @@ class IIdentityLayer(ILayer):
 
 
 class ICastLayer(ILayer):
+    """Converts its input to ``to_type`` (a DataType with a Kiln element type; others raise InputError)."""
+
     type_name = "Cast"
 
     def __init__(self, network, inputs, index, to_type):

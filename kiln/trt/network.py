@@ -31,6 +31,7 @@ class ITensor:
 
     @property
     def name(self) -> str:
+        """The tensor's name: the one given, else ``<layer name>_output`` (``_output_N`` for output N > 0)."""
         if self._name is not None:
             return self._name
         layer, index = self._producer
@@ -43,10 +44,12 @@ class ITensor:
 
     @property
     def is_network_input(self) -> bool:
+        """True for a network input (one made by ``add_input``)."""
         return self._producer is None
 
     @property
     def is_network_output(self) -> bool:
+        """True when the tensor is marked as a network output."""
         return any(t is self for t in self._network._outputs)
 
     @property
@@ -68,6 +71,8 @@ class ITensor:
 
     @property
     def dtype(self) -> DataType:
+        """The element type: an input's as given (settable), a layer output's as inferred (set it with
+        ``layer.set_output_type``)."""
         if self._producer is None:
             return self._dtype
         dtype = self._network._facts_for(self)[1]
@@ -94,6 +99,15 @@ class _ParsedTensor:
 
 
 class INetworkDefinition:
+    """The network to build: filled by ``OnnxParser.parse``, or built with ``add_input``, the ``add_*`` layer
+    methods and ``mark_output``. Made by ``Builder.create_network``.
+
+    Each ``add_*`` returns the new layer (its settings may be changed afterwards, as in TensorRT), or None with an
+    error logged when its inputs do not fit (shapes, weight counts); a wrong argument (a tensor of another network,
+    an unknown enum value) raises InputError. Kiln: a parsed network has no layer objects (its ONNX graph is
+    ``graph``), and layers cannot be added to it.
+    """
+
     def __init__(self, flags: int = 0, logger: ILogger | None = None):
         self.flags = flags
         self.name = "network"
@@ -246,35 +260,43 @@ class INetworkDefinition:
         return t
 
     def mark_output(self, tensor: ITensor) -> None:
+        """Make ``tensor`` a network output (once; marking it again does nothing)."""
         self._own(tensor, "mark_output")
         if not tensor.is_network_output:
             self._outputs.append(tensor)
             self._touch()
 
     def unmark_output(self, tensor: ITensor) -> None:
+        """Make ``tensor`` no longer a network output."""
         self._own(tensor, "unmark_output")
         self._outputs = [t for t in self._outputs if t is not tensor]
         self._touch()
 
     @property
     def num_inputs(self) -> int:
+        """The number of network inputs."""
         return len(self._parsed.inputs) if self._parsed is not None else len(self._inputs)
 
     @property
     def num_outputs(self) -> int:
+        """The number of network outputs."""
         return len(self._parsed.outputs) if self._parsed is not None else len(self._outputs)
 
     @property
     def num_layers(self) -> int:
+        """The number of layers (for a parsed network, its ONNX nodes)."""
         return len(self._parsed.nodes) if self._parsed is not None else len(self._layers)
 
     def get_input(self, i: int):
+        """Network input ``i``: its ITensor, or for a parsed network an object with its name, shape and dtype."""
         return _ParsedTensor(self._parsed.inputs[i]) if self._parsed is not None else self._inputs[i]
 
     def get_output(self, i: int):
+        """Network output ``i``, as ``get_input`` gives inputs."""
         return _ParsedTensor(self._parsed.outputs[i]) if self._parsed is not None else self._outputs[i]
 
     def get_layer(self, i: int) -> L.ILayer:
+        """Layer ``i`` of a network built with ``add_*``; InputError for a parsed network."""
         if self._parsed is not None:
             raise errors.InputError("get_layer: the layers of a parsed network are its ONNX nodes (network.graph); "
                                     "kiln.trt has layer objects only for networks built with add_*")
@@ -282,6 +304,7 @@ class INetworkDefinition:
 
     @property
     def has_implicit_batch_dimension(self) -> bool:
+        """Always False: the batch is part of every shape."""
         return False
 
     def _add(self, what: str, cls, inputs: list, *args):
@@ -324,65 +347,94 @@ class INetworkDefinition:
 
     # -- the layers: TensorRT's add_* with its argument names ---------------------------------------------------
     def add_convolution_nd(self, input, num_output_maps, kernel_shape, kernel, bias=None):  # noqa: A002
+        """Add a convolution of ``input`` with ``num_output_maps`` filters of ``kernel_shape`` (spatial dims), weights
+        ``kernel`` and optional ``bias``; returns an IConvolutionLayer."""
         return self._add("add_convolution_nd", L.IConvolutionLayer, [input], num_output_maps, kernel_shape, kernel, bias)
 
     def add_deconvolution_nd(self, input, num_output_maps, kernel_shape, kernel, bias=None):  # noqa: A002
+        """Add a transposed convolution, with the arguments of ``add_convolution_nd``; returns an
+        IDeconvolutionLayer."""
         return self._add("add_deconvolution_nd", L.IDeconvolutionLayer, [input], num_output_maps, kernel_shape,
                          kernel, bias)
 
     def add_pooling_nd(self, input, type, window_size):  # noqa: A002
+        """Add pooling of ``type`` (a PoolingType) over windows of ``window_size``; returns an IPoolingLayer."""
         return self._add("add_pooling_nd", L.IPoolingLayer, [input], type, window_size)
 
     def add_activation(self, input, type):  # noqa: A002
+        """Add an activation function of ``type`` (an ActivationType); returns an IActivationLayer."""
         return self._add("add_activation", L.IActivationLayer, [input], type)
 
     def add_elementwise(self, input1, input2, op):
+        """Add the elementwise ``op`` (an ElementWiseOperation) of two tensors of equal rank; returns an
+        IElementWiseLayer."""
         return self._add("add_elementwise", L.IElementWiseLayer, [input1, input2], op)
 
     def add_matrix_multiply(self, input0, op0, input1, op1=MatrixOperation.NONE):
+        """Add the matrix product of ``input0`` and ``input1``, each used as its MatrixOperation says; returns an
+        IMatrixMultiplyLayer."""
         return self._add("add_matrix_multiply", L.IMatrixMultiplyLayer, [input0, input1], op0, op1)
 
     def add_shuffle(self, input):  # noqa: A002
+        """Add a transpose/reshape/transpose of ``input`` (set them on the returned IShuffleLayer)."""
         return self._add("add_shuffle", L.IShuffleLayer, [input])
 
     def add_softmax(self, input):  # noqa: A002
+        """Add a softmax of ``input``; returns an ISoftMaxLayer (set its ``axes``)."""
         return self._add("add_softmax", L.ISoftMaxLayer, [input])
 
     def add_reduce(self, input, op, axes, keep_dims):  # noqa: A002
+        """Add the reduction ``op`` over the axes of the bit mask ``axes`` (1 << axis), keeping them as size 1 when
+        ``keep_dims``; returns an IReduceLayer."""
         return self._add("add_reduce", L.IReduceLayer, [input], op, axes, keep_dims)
 
     def add_constant(self, shape, weights):
+        """Add a constant tensor of ``shape`` holding ``weights``; returns an IConstantLayer."""
         return self._add("add_constant", L.IConstantLayer, [], shape, weights)
 
     def add_concatenation(self, inputs):
+        """Add the concatenation of ``inputs``; returns an IConcatenationLayer (set its ``axis``)."""
         return self._add("add_concatenation", L.IConcatenationLayer, list(inputs))
 
     def add_slice(self, input, start, shape, stride):  # noqa: A002
+        """Add a slice of ``input``: ``shape`` elements per dimension from ``start``, every ``stride``; returns an
+        ISliceLayer."""
         return self._add("add_slice", L.ISliceLayer, [input], start, shape, stride)
 
     def add_gather(self, input, indices, axis):  # noqa: A002
+        """Add a gather from ``input`` at ``indices`` along ``axis``; returns an IGatherLayer."""
         return self._add("add_gather", L.IGatherLayer, [input, indices], axis)
 
     def add_gather_v2(self, input, indices, mode):  # noqa: A002
+        """Add a gather from ``input`` at ``indices`` in ``mode`` (a GatherMode); returns an IGatherLayer."""
         return self._add("add_gather_v2", L.IGatherLayer, [input, indices], 0, GatherMode(mode))
 
     def add_unary(self, input, op):  # noqa: A002
+        """Add the elementwise function ``op`` (a UnaryOperation) of ``input``; returns an IUnaryLayer."""
         return self._add("add_unary", L.IUnaryLayer, [input], op)
 
     def add_scale(self, input, mode, shift=None, scale=None, power=None):  # noqa: A002
+        """Add ``(input * scale + shift) ** power`` with weights shaped by ``mode`` (a ScaleMode), channels on axis 1;
+        absent weights are skipped. Returns an IScaleLayer."""
         return self._add("add_scale", L.IScaleLayer, [input], mode, shift, scale, power)
 
     def add_scale_nd(self, input, mode, shift=None, scale=None, power=None, channel_axis=1):  # noqa: A002
+        """``add_scale`` with the channel axis given as ``channel_axis``."""
         return self._add("add_scale_nd", L.IScaleLayer, [input], mode, shift, scale, power, channel_axis)
 
     def add_normalization(self, input, scale, bias, axesMask):  # noqa: A002, N803 - TensorRT's names
+        """Add a normalization of ``input`` over the axes of the bit mask ``axesMask``, then ``* scale + bias``;
+        returns an INormalizationLayer (Kiln: ``num_groups`` must stay 1)."""
         return self._add("add_normalization", L.INormalizationLayer, [input, scale, bias], axesMask)
 
     def add_identity(self, input):  # noqa: A002
+        """Add a layer that passes ``input`` through; returns an IIdentityLayer."""
         return self._add("add_identity", L.IIdentityLayer, [input])
 
     def add_cast(self, input, to_type):  # noqa: A002
+        """Add a conversion of ``input`` to ``to_type`` (a DataType); returns an ICastLayer."""
         return self._add("add_cast", L.ICastLayer, [input], to_type)
 
     def add_non_zero(self, input):  # noqa: A002
+        """Add the indices of the non-zero elements of ``input``; returns an INonZeroLayer."""
         return self._add("add_non_zero", L.INonZeroLayer, [input])

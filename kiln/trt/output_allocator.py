@@ -23,12 +23,17 @@ class IOutputAllocator:
     """Subclass and implement reallocate_output (or reallocate_output_async) and notify_shape."""
 
     def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+        """Return the address of at least ``size`` bytes (aligned to ``alignment``) for output ``tensor_name``;
+        ``memory`` is the address set so far (0: none), to reuse when big enough. 0 or None fails the run. Implement
+        this or ``reallocate_output_async``."""
         raise NotImplementedError("an IOutputAllocator must implement reallocate_output or reallocate_output_async")
 
     def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int, stream: int) -> int:
+        """``reallocate_output`` with the CUDA stream handle of the run; by default it calls ``reallocate_output``."""
         return self.reallocate_output(tensor_name, memory, size, alignment)
 
     def notify_shape(self, tensor_name: str, shape) -> None:
+        """Told the shape of output ``tensor_name`` once it has been written; the default does nothing."""
         pass
 
 

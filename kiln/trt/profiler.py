@@ -21,6 +21,7 @@ class IProfiler:
     """Subclass and implement report_layer_time."""
 
     def report_layer_time(self, layer_name: str, ms: float) -> None:  # pragma: no cover - interface
+        """Receive the time of layer ``layer_name`` in the run that just finished, in milliseconds."""
         raise NotImplementedError
 
 

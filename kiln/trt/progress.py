@@ -19,6 +19,8 @@ class IProgressMonitor:
     layers, tune, memory), none nested (parent_phase is None); a step is one pass, layer or tuned layer."""
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        """Called when build phase ``phase_name`` starts, with its number of steps (``parent_phase`` is always None in
+        Kiln); the default does nothing."""
         pass
 
     def step_complete(self, phase_name: str, step: int) -> bool:
@@ -26,6 +28,7 @@ class IProgressMonitor:
         return True
 
     def phase_finish(self, phase_name: str) -> None:
+        """Called when build phase ``phase_name`` ends; the default does nothing."""
         pass
 
 

@@ -42,6 +42,7 @@ class ITimingCache:
         return ITimingCache({k: v for k, v in d["entries"].items() if well_formed(v)})
 
     def serialize(self) -> bytes:
+        """The cache as bytes (Kiln's timing-cache JSON), for ``IBuilderConfig.create_timing_cache`` or a file."""
         return json.dumps({"format": FORMAT, "version": VERSION, "entries": self.entries}, sort_keys=True).encode()
 
     def combine(self, input_cache: "ITimingCache", ignore_mismatch: bool = False) -> bool:  # noqa: ARG002 - see above
@@ -53,6 +54,7 @@ class ITimingCache:
         return True
 
     def reset(self) -> bool:
+        """Remove every entry; returns True."""
         self.entries.clear()
         return True
 

@@ -12,6 +12,9 @@ from ..ir.dtype import DType
 
 # --- logging ------------------------------------------------------------------------------------
 class ILogger:
+    """The interface kiln.trt reports through: subclass it and implement ``log``. Severities, most severe first:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE (also ``ILogger.Severity``)."""
+
     class Severity(enum.IntEnum):
         INTERNAL_ERROR = 0
         ERROR = 1
@@ -26,14 +29,18 @@ class ILogger:
     VERBOSE = Severity.VERBOSE
 
     def log(self, severity, msg: str) -> None:  # pragma: no cover - interface
+        """Receive one message of the given severity; called by the builder, parser and runtime."""
         raise NotImplementedError
 
 
 class Logger(ILogger):
+    """An ILogger that prints each message of ``min_severity`` (WARNING by default) or more severe to stdout."""
+
     def __init__(self, min_severity=ILogger.Severity.WARNING):
         self.min_severity = ILogger.Severity(min_severity)
 
     def log(self, severity, msg: str) -> None:
+        """Print ``msg`` as ``[kiln.trt] [W] msg`` when ``severity`` is at least as severe as ``min_severity``."""
         if ILogger.Severity(severity) <= self.min_severity:
             print(f"[kiln.trt] [{ILogger.Severity(severity).name[0]}] {msg}")
 
@@ -43,6 +50,12 @@ class Logger(ILogger):
 # NVIDIA/TensorRT v10.16), so code that stores or compares flag values keeps working; tests/engine/test_trt_api.py
 # pins them.
 class DataType(enum.IntEnum):
+    """Element types of tensors, with TensorRT 10's values (HALF is float16, FP8 is float8 e4m3, BF16 bfloat16).
+
+    Kiln: an engine tensor of a type not listed here is reported as FLOAT; FP4 and E8M0 have no Kiln element type,
+    so network inputs and casts refuse them.
+    """
+
     FLOAT = 0
     HALF = 1
     INT8 = 2
@@ -77,6 +90,7 @@ def nptype(dtype: DataType):
 
 
 def volume(shape: Iterable[int]) -> int:
+    """The number of elements of a tensor of ``shape``: the product of its dimensions (1 for an empty shape)."""
     return math.prod(shape)
 
 
@@ -85,6 +99,7 @@ class Dims(tuple):
 
     @property
     def nbDims(self) -> int:  # noqa: N802 - TensorRT's name
+        """The number of dimensions."""
         return len(self)
 
 
@@ -98,18 +113,26 @@ class _DimsN(Dims):
 
 
 class Dims2(_DimsN):
+    """A two-dimensional shape: ``Dims2(m, k)`` or ``Dims2((m, k))``."""
+
     pass
 
 
 class DimsHW(_DimsN):
+    """A two-dimensional height-by-width shape (kernel sizes, strides, padding): ``DimsHW(h, w)``."""
+
     pass
 
 
 class Dims3(_DimsN):
+    """A three-dimensional shape: ``Dims3(c, h, w)``."""
+
     pass
 
 
 class Dims4(_DimsN):
+    """A four-dimensional shape: ``Dims4(n, c, h, w)``."""
+
     pass
 
 
@@ -131,13 +154,16 @@ class Weights:
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return int(self.array.size)
 
     @property
     def dtype(self) -> DataType:
+        """The DataType of the elements (FLOAT for a numpy type TensorRT has no name for)."""
         return _FROM_NP.get(self.array.dtype.type, DataType.FLOAT)
 
     def numpy(self) -> np.ndarray:
+        """The values as a numpy array (not a copy)."""
         return self.array
 
 
