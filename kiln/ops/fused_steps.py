@@ -7,7 +7,7 @@ An epilogue is a list of steps applied in order to the layer's own (fresh) outpu
 text, one string a step (``to_json`` / ``parse_step``):
 - an activation (``Activation``): ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"gelu_tanh"``,
   ``"silu"``, ``"leaky_relu:A"``, ``"elu:A"``, ``"clip:LO:HI"`` (either bound may be empty: open),
-  ``"hardsigmoid:A:B"``, ``"hardswish"``, ``"softplus"``;
+  ``"hardsigmoid:A:B"``, ``"hardswish"``, ``"softplus"``, ``"mish"``;
 - ``"add:I"`` (``AddInput``: add layer input I, a residual) and ``"mul:I"`` (``MulInput``);
 - ``"addq:I:S"`` (``AddQuantized``: add input I stored 8-bit, times its scale S; made by the fp8 chains of
   kiln/quant/rewrite.py);
@@ -72,6 +72,7 @@ ACTIVATIONS: dict[str, _Kind] = {
     "hardsigmoid": _Kind("HardSigmoid", ("alpha", "beta"), (), lambda y, a, b: y.mul_(a).add_(b).clamp_(0, 1)),
     "hardswish": _Kind("HardSwish", (), (), lambda y: F.hardswish(y, inplace=True)),
     "softplus": _Kind("Softplus", (), (), lambda y: F.softplus(y)),
+    "mish": _Kind("Mish", (), (), lambda y: F.mish(y, inplace=True)),
 }
 
 

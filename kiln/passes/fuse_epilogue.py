@@ -21,7 +21,8 @@ from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, sca
 
 
 # ONNX op -> the epilogue step it is, where the op has no attributes that matter
-_PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Softplus": "softplus"}
+_PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Softplus": "softplus",
+          "Mish": "mish"}
 
 
 def _activation(node: Node, ctx: PassContext) -> Activation | None:

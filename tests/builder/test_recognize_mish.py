@@ -34,3 +34,21 @@ def test_a_shared_softplus_is_not_absorbed():
     engine = kiln.build(Shared().eval(), example_inputs=(x,))
     assert "Mish" not in " ".join(layer.kernel for layer in engine.report.layers)
     assert any(r["rule"] == "recognize_mish" for r in engine.report.rejections)
+
+
+def test_mish_after_a_convolution_is_its_epilogue():
+    class ConvMish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.mish(self.conv(x))
+    model = ConvMish().eval()
+    x = torch.randn(2, 3, 9, 9) * 4
+    x[0, 0, 0, 0] = float("nan")
+    engine = kiln.build(model, example_inputs=(x,))
+    assert [layer.kernel for layer in engine.report.layers] == ["torch.conv2d[nhwc]+bias+mish"]
+    got = engine.create_execution_context().infer({"x": x.numpy()})
+    np.testing.assert_allclose(next(iter(got.values())), model(x).detach().numpy(), rtol=1e-5, atol=1e-5,
+                               equal_nan=True)

@@ -17,7 +17,7 @@ from kiln.ops.fused_steps import (STEP_NAMES, Activation, AddInput, AddQuantized
 STEPS = [
     ("relu", Activation("relu")), ("sigmoid", Activation("sigmoid")), ("tanh", Activation("tanh")),
     ("gelu", Activation("gelu")), ("gelu_tanh", Activation("gelu_tanh")), ("silu", Activation("silu")),
-    ("hardswish", Activation("hardswish")), ("softplus", Activation("softplus")),
+    ("hardswish", Activation("hardswish")), ("softplus", Activation("softplus")), ("mish", Activation("mish")),
     ("leaky_relu:0.01", Activation("leaky_relu", (0.01,))), ("elu:1.0", Activation("elu", (1.0,))),
     ("clip:0.0:6.0", Activation("clip", (0.0, 6.0))), ("clip::6.0", Activation("clip", (None, 6.0))),
     ("clip:-1.5:", Activation("clip", (-1.5, None))),
@@ -75,7 +75,7 @@ def _reference(y: torch.Tensor, text: str, inputs: list) -> torch.Tensor:
     table = {
         "relu": lambda: torch.relu(y), "sigmoid": lambda: torch.sigmoid(y), "tanh": lambda: torch.tanh(y),
         "gelu": lambda: F.gelu(y), "gelu_tanh": lambda: F.gelu(y, approximate="tanh"), "silu": lambda: F.silu(y),
-        "hardswish": lambda: F.hardswish(y), "softplus": lambda: F.softplus(y),
+        "hardswish": lambda: F.hardswish(y), "softplus": lambda: F.softplus(y), "mish": lambda: F.mish(y),
         "leaky_relu": lambda: F.leaky_relu(y, f(p[0])), "elu": lambda: F.elu(y, f(p[0])),
         "clip": lambda: torch.clamp(y, None if p[0] == "" else f(p[0]), None if p[1] == "" else f(p[1])),
         "hardsigmoid": lambda: torch.clamp(y * f(p[0]) + f(p[1]), 0, 1),
