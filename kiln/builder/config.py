@@ -41,6 +41,9 @@ class BuilderConfig:
             re-checked once: a wrong cache costs time, never results).
         tuning_budget_s: a wall-clock limit for tactic tuning; layers left when it runs out keep their default.
         tactic_replay: a ``kiln.tune.export_choices`` file: take its choices, time nothing.
+        layer_threads: on the CPU (opt level 2+, more than one thread), time each layer on one thread and on all,
+            and run the layers one thread serves clearly better on one (kiln/tune/layer_threads.py); False: every
+            layer uses the run's thread setting.
         channels_last: run convolutions in NHWC; None lets the layout pass decide (2-D conv networks do).
         cuda_graphs: replay CUDA graphs per input shape on the GPU.
         refittable: keep the ONNX graph and its initializers in the engine so ``kiln.Refitter`` can give it new
@@ -80,6 +83,7 @@ class BuilderConfig:
     timing_cache: str | None = None
     tuning_budget_s: float | None = None
     tactic_replay: str | None = None
+    layer_threads: bool = True
     channels_last: bool | None = None
     cuda_graphs: bool = True
     refittable: bool = False

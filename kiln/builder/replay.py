@@ -30,11 +30,11 @@ from ..ops.fused_steps import AddQuantized, parse_step
 
 __all__ = ["replay_weights", "merge_weights", "weights_from_onnx"]
 
-# Plan fields kept from the engine, not compared: the tactic the tuner chose (meta) and Concat inputs written in
-# place (attribute, decided from the memory plan), both written after the passes; and the accuracy target's
-# mark on the layers it kept in float32 (meta), which the replay pins by layer_precisions instead: what the mark
-# does, the layer's precision and types, is compared.
-_KEPT_META = ("tactic", "keep_float32")
+# Plan fields kept from the engine, not compared: the tactic the tuner chose and the layers measured to run on one
+# thread (meta), and Concat inputs written in place (attribute, decided from the memory plan), all written after
+# the passes; and the accuracy target's mark on the layers it kept in float32 (meta), which the replay pins by
+# layer_precisions instead: what the mark does, the layer's precision and types, is compared.
+_KEPT_META = ("tactic", "keep_float32", "threads")
 _KEPT_ATTRS = ("in_place",)
 
 

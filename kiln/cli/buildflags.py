@@ -49,6 +49,9 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
                    help="time limit for tactic tuning; layers left when it runs out keep their default tactic")
     g.add_argument("--tactic-replay", metavar="FILE",
                    help="take every layer's tactic from FILE (written by kiln.tune.export_choices); time nothing")
+    g.add_argument("--no-layer-threads", action="store_true",
+                   help="CPU: run every layer on all threads (by default layers measured at build to run better on "
+                        "one thread run on one)")
     g.add_argument("--no-cuda-graphs", action="store_true",
                    help="build an engine whose contexts run eagerly instead of replaying CUDA graphs")
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -123,7 +126,7 @@ def config_from_args(args, **extra):
             workspace_bytes=None if args.workspace is None else int(args.workspace * (1 << 20)),
             profiles=profiles, optimization_level=args.opt_level, timing_cache=args.timing_cache,
             tuning_budget_s=getattr(args, "tuning_budget", None), tactic_replay=getattr(args, "tactic_replay", None),
-            cuda_graphs=not args.no_cuda_graphs,
+            cuda_graphs=not args.no_cuda_graphs, layer_threads=not args.no_layer_threads,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
             strict_types=args.strict_types, onnxruntime_fallback=args.onnxruntime_fallback,
             int4_weights=getattr(args, "int4", False),

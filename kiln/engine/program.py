@@ -35,6 +35,26 @@ class Step:
     reads: tuple = ()  # value ids read, inputs and those its subgraphs read from this scope (for lifetimes)
     accepts_out: bool = False  # its kernel can compute straight into a given buffer (``out=``)
     in_place: tuple = ()  # Concat: input positions whose producers write into its output's slices
+    threads: int | None = None  # CPU: the intra-op threads this layer runs with (None: the run's own setting)
+
+
+def with_threads(kernel: Callable, threads: int) -> Callable:
+    """``kernel`` run with ``threads`` intra-op threads, the caller's setting restored after (also on an error).
+    For small CPU layers, measured at build (kiln/tune/layer_threads.py): waking the pool's sleeping threads
+    costs them more than sharing the work saves. Torch's setting is per thread of the caller, so contexts in
+    other threads are not affected."""
+    def run(ctx, inputs, attrs, **kw):
+        own = torch.get_num_threads()
+        if own == threads:
+            return kernel(ctx, inputs, attrs, **kw)
+        torch.set_num_threads(threads)
+        try:
+            return kernel(ctx, inputs, attrs, **kw)
+        finally:
+            torch.set_num_threads(own)
+    run.accepts_out = getattr(kernel, "accepts_out", ())  # type: ignore[attr-defined]
+    run.__wrapped__ = kernel  # type: ignore[attr-defined]
+    return run
 
 
 def _layer_failed(step: Step, e: Exception) -> KernelError:
@@ -72,6 +92,9 @@ class Program:
                 ctx.run_graph = self._subgraph_runner()
             tactic = None if on_host else (tactics or {}).get(n)  # host layers run the op's own kernel
             kernel = opdef.kernel if tactic is None else tactic.kernel
+            threads = n.meta.get("threads") if ctx.device.type == "cpu" else None
+            if threads is not None:
+                kernel = with_threads(kernel, int(threads))
             inputs = tuple(None if v is None else v.id for v in n.inputs)
             reads = tuple(dict.fromkeys([i for i in inputs if i is not None] +
                                         [v.id for sg in n.subgraphs() for v in outer_reads(sg)]))
@@ -80,7 +103,7 @@ class Program:
                                    tuple(frees.get(i, ())), "" if tactic is None else tactic.name,
                                    placement.moves.get(id(n), ()) if placement is not None else (),
                                    reads, accepts_out(kernel, ctx.device),
-                                   tuple(int(k) for k in n.attrs.get("in_place", ()))))
+                                   tuple(int(k) for k in n.attrs.get("in_place", ())), threads))
         self.output_ids = [v.id for v in graph.outputs]
         # An output that is an engine constant (folded at build) goes to the caller as a copy: the caller may
         # write into what it gets, and the next run must not see that.

@@ -377,6 +377,8 @@ def check_meta(meta, label: str) -> None:
     """The node's meta: plain data; its tactic record {"name", "params"} (or a bare name) well formed. An
     unknown tactic name is left to the binder, which runs the op's own kernel and says so in load_notes."""
     obj(meta, f"{label} meta")
+    if meta.get("threads") is not None:  # a CPU layer measured faster on one thread (kiln/tune/layer_threads.py)
+        integer(meta["threads"], f"{label} meta 'threads'", 1, 1)
     if "tactic" not in meta or meta["tactic"] is None:
         return
     t, field = meta["tactic"], f"{label} meta 'tactic'"

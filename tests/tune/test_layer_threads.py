@@ -1,0 +1,86 @@
+"""Per-layer thread counts on the CPU (kiln/tune/layer_threads.py, Program's with_threads): the outputs never
+change, the caller's thread setting is always restored, and the stored choice is validated like every field."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.engine import format as fmt
+from kiln.engine.program import with_threads
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
+import engine_seeds  # noqa: E402
+
+
+def _engine(**options):
+    return kiln.build(engine_seeds.SEEDS["conv"](), **{**engine_seeds.build_options("conv"), **options})
+
+
+def _feed(engine, seed=0):
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal([d if isinstance(d, int) else 2 for d in i.shape]).astype(np.float32)
+            for i in engine.inputs}
+
+
+def test_with_threads_restores_the_setting_also_on_error():
+    before = torch.get_num_threads()
+    seen = []
+
+    def kernel(ctx, inputs, attrs, out=None):
+        seen.append(torch.get_num_threads())
+        if inputs == "fail":
+            raise RuntimeError("boom")
+        return out
+    kernel.accepts_out = ("cpu",)
+    wrapped = with_threads(kernel, 1)
+    assert wrapped.accepts_out == ("cpu",)
+    assert wrapped(None, [], {}, out="buffer") == "buffer"
+    with pytest.raises(RuntimeError):
+        wrapped(None, "fail", {})
+    assert seen == [1, 1] and torch.get_num_threads() == before
+
+
+def test_layers_marked_for_one_thread_give_the_same_outputs():
+    plain = _engine(layer_threads=False)
+    data = plain.serialize()
+    h, p, w = fmt.unpack(data)
+    for n in p["nodes"]:
+        n.setdefault("meta", {})["threads"] = 1  # every layer on one thread
+    marked = kiln.Engine.deserialize(fmt.pack(h, p, w))
+    assert all(s.threads == 1 for s in marked.program.steps)
+    before = torch.get_num_threads()
+    feed = _feed(plain)
+    want = plain.create_execution_context().infer(feed)
+    got = marked.create_execution_context().infer(feed)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("value", [2, 0, "1", 1.5, [1]])
+def test_a_stored_thread_count_other_than_one_is_refused(value):
+    h, p, w = fmt.unpack(_engine(layer_threads=False).serialize())
+    p["nodes"][0].setdefault("meta", {})["threads"] = value
+    with pytest.raises(kiln.EngineFormatError, match="threads"):
+        kiln.Engine.deserialize(fmt.pack(h, p, w))
+
+
+def test_the_build_marks_only_what_it_measured_and_says_so():
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: nothing to choose")
+    engine = _engine(layer_threads=True)
+    marked = [s.node.label for s in engine.program.steps if s.threads == 1]
+    kernels = {layer.name: layer.kernel for layer in engine.report.layers}
+    for label in marked:
+        assert kernels[label].endswith("[1 thread]")
+    notes = [n for n in engine.report.notes if "on one thread" in n]
+    assert bool(notes) == bool(marked)
+    reference = _engine(layer_threads=False)
+    feed = _feed(engine, 1)
+    want = reference.create_execution_context().infer(feed)
+    got = engine.create_execution_context().infer(feed)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
