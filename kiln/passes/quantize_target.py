@@ -76,20 +76,51 @@ def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
     return bool(pinned)
 
 
+# Ops an integer input passes through unchanged in value on its way to an index or a one-hot comparison.
+_SAME_VALUES = ("Cast", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+
+
+def _constant_source(v):
+    """The constant whose values ``v`` carries (through value-preserving ops such as a broadcast), or None."""
+    for _ in range(16):
+        if v is None:
+            return None
+        if v.const is not None:
+            return v.const
+        p = v.producer
+        if p is None or p.op_type not in _SAME_VALUES or not p.inputs:
+            return None
+        v = p.inputs[0]
+    return None
+
+
 def _index_range(graph: Graph, v) -> int | None:
-    """How many rows the tables that integer input ``v`` indexes have (the smallest over its Gather
-    readers, through Casts), or None when it indexes none: ids, bytes and tokens then cover their range."""
-    sizes, frontier = [], [v]
+    """How many values integer input ``v`` ranges over, from how the model reads it (the smallest over its
+    readers, through value-preserving ops): the rows of the tables it indexes (Gather), the depth of its
+    one-hot encoding (OneHot's depth, or the exporters' Equal against a constant range, as jax2tf writes
+    one_hot: magika's byte values). None when nothing says: the input is then zeros, valid anywhere."""
+    sizes, frontier, seen = [], [v], set()
     while frontier:
         x = frontier.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
         for n, slot in x.uses:
-            if n.op_type == "Cast" and n.outputs and n.outputs[0] is not None:
+            if n.op_type in _SAME_VALUES and slot == 0 and n.outputs and n.outputs[0] is not None:
                 frontier.append(n.outputs[0])
             elif n.op_type == "Gather" and slot == 1 and n.inputs[0] is not None and n.inputs[0].const is not None:
                 table = n.inputs[0].const
                 axis = int(n.attrs.get("axis", 0))
                 if table.dim() and -table.dim() <= axis < table.dim():
                     sizes.append(int(table.shape[axis]))
+            elif n.op_type == "OneHot" and slot == 0 and len(n.inputs) > 1 and n.inputs[1] is not None \
+                    and n.inputs[1].const is not None and n.inputs[1].const.numel() == 1:
+                sizes.append(int(n.inputs[1].const.reshape(()).item()))
+            elif n.op_type == "Equal" and len(n.inputs) == 2:
+                c = _constant_source(n.inputs[1 - slot])
+                if c is not None and c.numel() > 1 and not c.dtype.is_floating_point and int(c.min()) >= 0:
+                    sizes.append(int(c.max()) + 1)  # one-hot as x == arange(depth)
+    sizes = [s for s in sizes if s > 0]
     return min(sizes) if sizes else None
 
 

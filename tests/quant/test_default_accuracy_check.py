@@ -78,3 +78,38 @@ def test_int8_validates_on_held_out_calibration_batches():
     assert seen(data.calibration()) == [0, 1, 2, 4, 5, 6] and seen(data.validation()) == [3, 7]
     few = Data(graph, PassContext(graph, kiln.BuilderConfig(int8=True, int8_calibrator=batches[:3]), None, None))
     assert seen(few.calibration()) == seen(few.validation()) == [0, 1, 2]  # too few to hold any out
+
+
+def _one_hot_model(form: str) -> onnx.ModelProto:
+    """int32 byte values one-hot encoded (jax2tf's Equal against a broadcast range, or OneHot), then a MatMul."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((257, 4)).astype(np.float32), "w")
+    depth = numpy_helper.from_array(np.arange(257, dtype=np.int32).reshape(1, 1, 257), "range")
+    shape = numpy_helper.from_array(np.array([1, 16, 257], np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    if form == "equal":
+        nodes = [helper.make_node("Unsqueeze", ["bytes", "axes"], ["u"]),
+                 helper.make_node("Expand", ["range", "shape"], ["r"]),
+                 helper.make_node("Equal", ["u", "r"], ["eq"]), helper.make_node("Cast", ["eq"], ["oh"], to=TP.FLOAT)]
+        inits = [w, depth, shape, axes]
+    else:
+        nodes = [helper.make_node("OneHot", ["bytes", "d", "values"], ["oh"], axis=-1)]
+        inits = [w, numpy_helper.from_array(np.array(257, np.int64), "d"),
+                 numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "values")]
+    nodes.append(helper.make_node("MatMul", ["oh", "w"], ["y"]))
+    g = helper.make_graph(nodes, "onehot", [helper.make_tensor_value_info("bytes", TP.INT32, [1, 16])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("form", ["equal", "onehot"])
+def test_generated_sample_covers_a_one_hot_inputs_range(form):
+    """Integer inputs read through a one-hot encoding get values over its depth (was: all zeros, which let a
+    reduced-precision build of a byte classifier pass its check on a degenerate input)."""
+    from kiln.passes.context import PassContext
+    from kiln.passes.quantize_target import generated_sample
+    from kiln.frontend import parse
+    graph = parse(_one_hot_model(form))
+    ctx = PassContext(graph, kiln.BuilderConfig(device="cpu"), input_shapes={"bytes": (1, 16)})
+    (feed,) = generated_sample(graph, ctx, batches=1)
+    values = feed["bytes"]
+    assert int(values.min()) >= 0 and int(values.max()) <= 256 and len(set(values.flatten().tolist())) > 4
