@@ -82,7 +82,8 @@ class AccuracyTarget:
 # single layer to blame (ranking by local error then pins 24 layers and still misses). A user who knows
 # better sets a target, or accuracy_target=None to switch the check off.
 DEFAULT_TARGETS = {"f16": {"min_cosine": 0.999}, "bf16": {"min_cosine": 0.995},
-                   "int8": {"min_cosine": 0.99, "min_top1": 0.99}, "fp8": {"min_cosine": 0.99, "min_top1": 0.99}}
+                   "int8": {"min_cosine": 0.99, "min_top1": 0.99}, "fp8": {"min_cosine": 0.99, "min_top1": 0.99},
+                   "int4": {"min_cosine": 0.99, "min_top1": 0.99}}
 
 
 def resolve_target(spec, precision: str) -> AccuracyTarget | None:

@@ -41,7 +41,8 @@ def test_int4_engine_is_the_dequantized_model_and_near_fp32(tmp_path):
     m = mlp()
     engine = kiln.build(m, int4_weights=True)
     assert engine.report.fusions.get("quantize_weights_int4") == 2
-    assert any("int4 weights: 2" in n and "not held to accuracy_target" in n for n in engine.report.notes)
+    assert any("int4 weights: 2" in n and "met" in n and "NOT met" not in n for n in engine.report.notes), \
+        engine.report.notes
     x = np.random.default_rng(1).standard_normal((2, 96)).astype(np.float32)
     got = engine.create_execution_context().infer({"x": x})["y"]
     w1, w2, b2 = (torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer)
@@ -83,7 +84,18 @@ def test_a_layer_int4_cannot_represent_keeps_its_float_weight():
     w1 = np.sign(numpy_helper.to_array(m.graph.initializer[0])) * 0.05
     w1[::32, :] = 1.0  # one large value per block of 32 along K: the 31 small ones round to 0 (~27% of the output)
     m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1.astype(np.float32), "w1"))
-    engine = kiln.build(m, int4_weights=True)
+    engine = kiln.build(m, int4_weights=True, accuracy_target=None)  # the per-layer guard alone
     assert engine.report.fusions.get("quantize_weights_int4") == 1
     assert any(r["rule"] == "quantize_weights_int4" and "keeps its float weight" in r["reason"]
                for r in engine.report.rejections), engine.report.rejections
+
+
+def test_the_model_is_held_to_the_accuracy_target():
+    """Layers go back to float, largest own error first, until the whole model meets the target."""
+    strict = kiln.build(mlp(), int4_weights=True, accuracy_target={"min_cosine": 0.999999})
+    assert not strict.report.fusions.get("quantize_weights_int4")
+    kept = [r for r in strict.report.rejections if r["rule"] == "quantize_weights_int4"]
+    assert len(kept) == 2 and all("missed accuracy_target" in r["reason"] for r in kept), kept
+    assert any("kept in float: 2 layers" in n for n in strict.report.notes), strict.report.notes
+    loose = kiln.build(mlp(), int4_weights=True, accuracy_target={"min_cosine": 0.9})
+    assert loose.report.fusions.get("quantize_weights_int4") == 2
