@@ -47,6 +47,21 @@ def _available() -> bool:
         return False
 
 
+def _dtype_ok(dtype: torch.dtype) -> bool:
+    """oneDNN's CPU convolution and matmul take float32 anywhere and bfloat16 where the CPU computes it natively
+    (AVX512-BF16, AMX): reduced-precision (bf16) engines get the same reordered-weight kernels as float32 ones."""
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and _native_bf16()
+
+
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an older torch: float32 only
+        return False
+
+
 def _unary(step: Step) -> tuple[str, list, str] | None:
     """One epilogue step as oneDNN's (attr, scalars, algorithm), or None when it has no post-op."""
     if not isinstance(step, Activation):
@@ -109,11 +124,11 @@ def _rows(shape) -> int:
 def conv_tactic(node, constants: dict) -> Tactic | None:
     """oneDNN 2-D convolution with a reordered weight, NHWC activations and the epilogue as post-ops."""
     w = constants.get(node.inputs[1].id) if node.inputs[1] is not None else None
-    if w is None or w.dim() != 4 or w.dtype != torch.float32 or w.device.type != "cpu":
+    if w is None or w.dim() != 4 or not _dtype_ok(w.dtype) or w.device.type != "cpu":
         return None
     b_v = node.inputs[2] if len(node.inputs) > 2 else None
     b = None if b_v is None else constants.get(b_v.id)
-    if b_v is not None and (b is None or b.dtype != torch.float32):
+    if b_v is not None and (b is None or b.dtype != w.dtype):
         return None
     attrs = node.attrs
     explicit, pads = _conv_pads(attrs, 2)
@@ -146,11 +161,11 @@ def conv_tactic(node, constants: dict) -> Tactic | None:
 def linear_tactic(node, constants: dict) -> Tactic | None:
     """oneDNN matmul with a reordered [N, K] weight; bias, one activation or a residual add as post-ops."""
     w = constants.get(node.inputs[1].id) if node.inputs[1] is not None else None
-    if w is None or w.dim() != 2 or w.dtype != torch.float32 or w.device.type != "cpu":
+    if w is None or w.dim() != 2 or not _dtype_ok(w.dtype) or w.device.type != "cpu":
         return None
     b_v = node.inputs[2] if len(node.inputs) > 2 else None
     b = None if b_v is None else constants.get(b_v.id)
-    if b_v is not None and (b is None or b.dtype != torch.float32 or b.dim() != 1):
+    if b_v is not None and (b is None or b.dtype != w.dtype or b.dim() != 1):
         return None
     dense = w.contiguous()
     weight = _PerShape(lambda shape: torch.ops.mkldnn._reorder_linear_weight(dense, _rows(shape)), dense)
@@ -192,7 +207,7 @@ def prefers_gemm(node) -> bool:
 
 def _gemm_takes(node, w: torch.Tensor | None) -> bool:
     """A constant fp32 CPU 1x1 weight, no padding, no groups: a 1x1 convolution that is a plain matmul."""
-    if w is None or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1) or w.dtype != torch.float32 \
+    if w is None or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1) or not _dtype_ok(w.dtype) \
             or w.device.type != "cpu":
         return False
     explicit, pads = _conv_pads(node.attrs, 2)
@@ -212,7 +227,7 @@ def conv1x1_gemm_tactic(node, constants: dict) -> Tactic | None:
     attrs = node.attrs
     b_v = node.inputs[2] if len(node.inputs) > 2 else None
     b = None if b_v is None else constants.get(b_v.id)
-    if b_v is not None and (b is None or b.dtype != torch.float32):
+    if b_v is not None and (b is None or b.dtype != w.dtype):
         return None
     sh, sw = (int(s) for s in attrs.get("strides", [1, 1]))
     cout = w.shape[0]
