@@ -7,16 +7,19 @@
     (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
     x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
     softmax(Q @ Kt * s + mask) @ V                          -> kiln::Attention(Q, Kt, V, mask)
+    (also: s on Q or Kt, per-head s, several masks, baddbmm's [B*H] and Swin's [B/nW, nW] views of the scores)
     Where(IsNaN(p), 0, p) @ V  (safe softmax, SDPA export)  -> kiln::Attention(..., nan_to_zero=1)
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
+from .attention_layout import head_merge, head_split, trace_root
 from .context import PassContext
 from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
 
@@ -433,28 +436,214 @@ def recognize_rms_norm(graph: Graph, ctx: PassContext) -> bool:
 
 
 # --- Attention ------------------------------------------------------------------------------------
-def _strip_scale(v: Value, nodes: list[Node]) -> tuple[Value, float]:
-    """Peel Mul/Div by constant scalars off ``v`` (each single-use); return the base value and the scale."""
-    scale = 1.0
+def _scalar_factor(p: Node) -> tuple[float, Value] | None:
+    """A Mul or Div by a constant scalar as (factor, the other operand)."""
+    if p.op_type == "Div" and scalar(p.inputs[1]) is not None:
+        return 1.0 / scalar(p.inputs[1]), p.inputs[0]
+    if p.op_type == "Mul":
+        for i in (1, 0):
+            if scalar(p.inputs[i]) is not None:
+                return scalar(p.inputs[i]), p.inputs[1 - i]
+    return None
+
+
+def _strip_scale(v: Value, nodes: list[Node]) -> tuple[Value, float, list[int] | None]:
+    """Peel Mul/Div by constant scalars off ``v`` (each single-use), also from under one Transpose (K scaled
+    before it is transposed: (k * s).transpose(-2, -1)): returns the base value, the scale, and that Transpose's
+    perm (for the caller to apply to the base) or None."""
+    scale, perm = 1.0, None
     while True:
-        p = _prod(v, "Mul", "Div")
+        p = _prod(v, "Mul", "Div", "Transpose")
         if p is None or len(p.outputs[0].uses) != 1:
-            return v, scale
-        if p.op_type == "Div" and scalar(p.inputs[1]) is not None:
-            scale /= scalar(p.inputs[1])
+            return v, scale, perm
+        if p.op_type == "Transpose":
+            under = _prod(p.inputs[0], "Mul", "Div")
+            if perm is not None or "perm" not in p.attrs or under is None or len(under.outputs[0].uses) != 1 \
+                    or _scalar_factor(under) is None:
+                return v, scale, perm
+            perm = list(p.attrs["perm"])
+            nodes.append(p)
             v = p.inputs[0]
-        elif p.op_type == "Mul" and scalar(p.inputs[1]) is not None:
-            scale *= scalar(p.inputs[1])
-            v = p.inputs[0]
-        elif p.op_type == "Mul" and scalar(p.inputs[0]) is not None:
-            scale *= scalar(p.inputs[0])
-            v = p.inputs[1]
-        else:
-            return v, scale
+            continue
+        factor = _scalar_factor(p)
+        if factor is None:
+            return v, scale, perm
+        scale *= factor[0]
+        v = factor[1]
         nodes.append(p)
 
 
+def _permuted(shape, perm: list[int] | None):
+    return shape if shape is None or perm is None else tuple(shape[i] for i in perm)
+
+
+_SCORE_OPS = ("MatMul", "Mul", "Div", "Add", "Reshape")
+
+
+def _reaches_matmul(v: Value, depth: int = 0) -> bool:
+    """Whether ``v`` is computed from a MatMul through score ops only (which side of an Add holds the scores)."""
+    p = _prod(v, *_SCORE_OPS)
+    if p is None or depth > 8:
+        return False
+    if p.op_type == "MatMul":
+        return True
+    if p.op_type in ("Div", "Reshape"):
+        return _reaches_matmul(p.inputs[0], depth + 1)
+    return any(_reaches_matmul(i, depth + 1) for i in p.inputs)
+
+
+def _lead(shape) -> tuple | None:
+    return None if shape is None or len(shape) < 2 else tuple(shape[:-2])
+
+
+@dataclass
+class _Scores:
+    """The Softmax's input as MatMul(q, kt), scaled, with additive terms, through Reshapes of the leading (batch)
+    dims (Swin's [B/nW, nW, H, N, N] view for its window mask, a baddbmm on [B*H, S, S] viewed [B, H, S, S])."""
+
+    matmul: Node
+    nodes: list[Node]  # the Add/Mul/Div/Reshape nodes between the MatMul and the Softmax
+    scale: float
+    row_scales: list[Value]  # factors constant over each score matrix (last two dims 1): moved onto Q
+    terms: list[tuple[Value, tuple]]  # (additive term, leading dims of the scores it is added to), innermost first
+    frames: list[tuple]  # leading dims of the scores at the MatMul, then after each Reshape
+
+
+def _row_constant(v: Value, ctx: PassContext) -> bool:
+    s = ctx.shape(v)
+    return s is not None and len(s) >= 2 and s[-1] == 1 and s[-2] == 1 and ctx.dtype(v) is not None \
+        and ctx.dtype(v).is_float
+
+
+def _scores(v: Value, ctx: PassContext) -> _Scores | str | None:
+    """Walk from the Softmax's input back to the MatMul; None when it is not attention's scores, a string (the
+    reason) when it is but the form cannot become one attention layer."""
+    nodes: list[Node] = []
+    terms: list[tuple[Value, tuple]] = []
+    row_scales: list[Value] = []
+    frames = [_lead(ctx.shape(v))]
+    scale, scaled = 1.0, False
+    while True:
+        p = _prod(v, *_SCORE_OPS)
+        if p is None or len(p.outputs[0].uses) != 1:
+            return None
+        if p.op_type == "MatMul":
+            break
+        if p.op_type == "Reshape":
+            a, b = ctx.shape(p.inputs[0]), ctx.shape(v)
+            if a is None or b is None or len(a) < 3 or len(b) < 3 or tuple(a[-2:]) != tuple(b[-2:]):
+                return None
+            if row_scales:
+                return "a per-head scale is applied after the scores are reshaped"
+            frames.append(_lead(a))
+            nodes.append(p)
+            v = p.inputs[0]
+            continue
+        if p.op_type == "Div":
+            if scalar(p.inputs[1]) is None or not _reaches_matmul(p.inputs[0]):
+                return None
+            scale, scaled, v = scale / scalar(p.inputs[1]), True, p.inputs[0]
+            nodes.append(p)
+            continue
+        side = next((i for i in (0, 1) if _reaches_matmul(p.inputs[i])), None)
+        if side is None:
+            return None
+        other = p.inputs[1 - side]
+        if p.op_type == "Mul":
+            if scalar(other) is not None:
+                scale *= scalar(other)
+            elif _row_constant(other, ctx):  # Swin v2's per-head logit scale: (Q @ Kt) * c == (Q * c) @ Kt
+                row_scales.append(other)
+            else:
+                return None
+            scaled = True
+        else:
+            if scaled:
+                return "a term is added to the scores before they are scaled (softmax((Q @ Kt + m) * s)), so the " \
+                       "mask would have to be scaled too"
+            if ctx.shape(p.outputs[0]) is None or ctx.shape(p.outputs[0]) != ctx.shape(p.inputs[side]):
+                return "an added term broadcasts the scores to a larger shape (or the shapes are unknown)"
+            if ctx.dtype(other) is None or not ctx.dtype(other).is_float:
+                return "the mask is not additive (float)"
+            terms.append((other, frames[-1]))
+        nodes.append(p)
+        v = p.inputs[side]
+    return _Scores(p, nodes, scale, row_scales, terms[::-1], frames[::-1])
+
+
+def _groups(fine: tuple, coarse: tuple) -> list[list[int]] | None:
+    """For each dim of ``coarse``, the consecutive dims of ``fine`` whose product it is (None if it is not a
+    regrouping of ``fine``)."""
+    groups, i = [], 0
+    for c in coarse:
+        g, p = [], 1
+        while i < len(fine) and p * fine[i] <= c and (p < c or fine[i] == 1):
+            p *= fine[i]
+            g.append(i)
+            i += 1
+        if p != c:
+            return None
+        groups.append(g)
+    if any(fine[j] != 1 for j in range(i, len(fine))):
+        return None
+    if groups and i < len(fine):
+        groups[-1] += list(range(i, len(fine)))
+    return groups
+
+
+def _lifted_shape(shape, frame: tuple, fine: tuple) -> list[int] | None:
+    """The shape of a tensor broadcast against scores with leading dims ``frame``, viewed with leading dims
+    ``fine`` (a dim broadcast in ``frame`` stays broadcast, as 1s)."""
+    if shape is None or not all(isinstance(d, int) for d in shape) or len(shape) > len(frame) + 2:
+        return None
+    groups = _groups(fine, frame)
+    if groups is None:
+        return None
+    aligned = [1] * (len(frame) + 2 - len(shape)) + list(shape)
+    out: list[int] = []
+    for j, g in enumerate(groups):
+        if aligned[j] == 1:
+            out += [1] * len(g)
+        elif aligned[j] == frame[j]:
+            out += [fine[i] for i in g]
+        else:
+            return None
+    return out + aligned[-2:]
+
+
+class _Emit:
+    """New nodes placed before ``anchor``, each with a fresh output."""
+
+    def __init__(self, graph: Graph, anchor: Node):
+        self.graph, self.anchor, self.count = graph, anchor, 0
+
+    def __call__(self, op: str, inputs: list, attrs: dict | None = None, domain: str = "") -> Value:
+        self.count += 1
+        out = Value(f"{self.anchor.label}/{op.lower()}{self.count}")
+        node = Node(op, inputs, [out], attrs or {}, name=f"{self.anchor.label}/{op}{self.count}", domain=domain)
+        node.meta["covers"] = [self.anchor.label]
+        self.graph.insert_before(self.anchor, node)
+        return out
+
+    def reshape(self, v: Value, shape: list[int], current) -> Value:
+        if current is not None and list(current) == list(shape):
+            return v
+        target = new_constant(self.graph, f"{self.anchor.label}.shape", torch.tensor(shape, dtype=torch.int64))
+        return self("Reshape", [v, target])
+
+
+def _probabilities_read_elsewhere(probs: Value, av: Node) -> bool:
+    from .rewrite import is_output
+    return is_output(probs) or any(u is not av for u, _ in probs.uses)
+
+
 def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
+    """softmax(Q @ Kt * scale + masks) @ V -> kiln::Attention(Q, Kt, V, mask) {scale}.
+
+    The scale may sit on the scores, on Q or on Kt (constant scalars), or be a per-head factor constant over each
+    score matrix (moved onto Q); additive float terms (masks, relative position biases) are summed into one mask;
+    Reshapes of the scores' leading dims (a baddbmm on [B*H, S, S], Swin's [B/nW, nW, H, N, N] window-mask view)
+    are undone by running the layer on the finest of those leading dims."""
     changed = False
     opset = graph.opsets.get("", 21)
     for sm in list(graph.nodes):
@@ -472,40 +661,33 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         if len(uses) == 2 and isnan is not None and where is not None and where.inputs[0] is isnan.outputs[0] \
                 and where.inputs[2] is probs and scalar(where.inputs[1]) == 0.0 and only_use(isnan.outputs[0]):
             safe, probs = [isnan, where], where.outputs[0]
-        av = _single_consumer(probs, "MatMul")
-        if av is None or av.inputs[0] is not probs:
+        av = next((u for u, slot in probs.uses if slot == 0 and u.domain == "" and u.op_type == "MatMul"), None)
+        if av is None:
             continue
-        nodes: list[Node] = []
-        scores = sm.inputs[0]
-        mask = None
-        add = _prod(scores, "Add")
-        if add is not None and len(add.outputs[0].uses) == 1:
-            for i in (0, 1):
-                base = add.inputs[i]
-                if _prod(_strip_scale(base, [])[0], "MatMul") is not None:
-                    mask = add.inputs[1 - i]
-                    scores = base
-                    nodes.append(add)
-                    break
-        scores, s_out = _strip_scale(scores, nodes)
-        qk = _prod(scores, "MatMul")
-        if qk is None or len(qk.outputs[0].uses) != 1:
+        sc = _scores(sm.inputs[0], ctx)
+        if sc is None:
             continue
-        nodes.append(qk)
-        q, s_q = _strip_scale(qk.inputs[0], nodes)
-        kt, s_k = _strip_scale(qk.inputs[1], nodes)
-        scale = s_out * s_q * s_k
-        q_shape, kt_shape, v_shape = ctx.shape(q), ctx.shape(kt), ctx.shape(av.inputs[1])
+        if isinstance(sc, str):
+            ctx.reject("recognize_attention", [sm, av], sc)
+            continue
+        if _probabilities_read_elsewhere(probs, av):
+            ctx.reject("recognize_attention", [sc.matmul, sm, av], "the attention probabilities are also read "
+                       "outside the attention (returned, as nn.MultiheadAttention does with need_weights=True, its "
+                       "default), so they must be computed; an attention layer does not output them")
+            continue
+        qk = sc.matmul
+        nodes = list(sc.nodes) + [qk]
+        q, s_q, q_perm = _strip_scale(qk.inputs[0], nodes)
+        kt, s_k, k_perm = _strip_scale(qk.inputs[1], nodes)
+        v = av.inputs[1]
+        q_shape, kt_shape, v_shape = _permuted(ctx.shape(q), q_perm), _permuted(ctx.shape(kt), k_perm), ctx.shape(v)
         if q_shape is None or kt_shape is None or v_shape is None or len(q_shape) < 3 \
-                or len(q_shape) != len(kt_shape) or len(v_shape) != len(q_shape):
+                or len(q_shape) != len(kt_shape) or len(v_shape) != len(ctx.shape(sm.inputs[0])):
             ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must have the same rank >= 3")
             continue
         dt = ctx.dtype(q)
-        if dt is None or not dt.is_float or ctx.dtype(kt) != dt or ctx.dtype(av.inputs[1]) != dt:
+        if dt is None or not dt.is_float or ctx.dtype(kt) != dt or ctx.dtype(v) != dt:
             ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must share one float dtype")
-            continue
-        if mask is not None and ctx.dtype(mask) is not None and not ctx.dtype(mask).is_float:
-            ctx.reject("recognize_attention", [qk, sm, av], "the mask is not additive (float)")
             continue
         all_nodes = nodes + [sm] + safe + [av]
         out = av.outputs[0]
@@ -513,11 +695,53 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
             ctx.reject("recognize_attention", all_nodes, "an intermediate of the attention pattern (e.g. the "
                        "probabilities) is used elsewhere")
             continue
-        ins = [q, kt, av.inputs[1]] + ([mask] if mask is not None else [])
-        attrs = {"scale": float(scale), **({"nan_to_zero": 1} if safe else {})}
-        _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
+        fine = max(sc.frames, key=lambda f: len(f) if f is not None else -1)
+        regrouped = any(f != fine for f in sc.frames)
+        if regrouped:
+            lifted = _lift_operands(q_shape, kt_shape, v_shape, sc, fine, ctx)
+            if isinstance(lifted, str):
+                ctx.reject("recognize_attention", all_nodes, lifted)
+                continue
+        emit = _Emit(graph, av)
+        q = emit("Transpose", [q], {"perm": q_perm}) if q_perm else q
+        kt = emit("Transpose", [kt], {"perm": k_perm}) if k_perm else kt
+        if regrouped:
+            q, kt, v = (emit.reshape(x, s, shape) for x, s, shape in zip((q, kt, v), lifted[0],
+                                                                         (q_shape, kt_shape, v_shape)))
+            terms = [emit.reshape(t, s, ctx.shape(t)) for (t, _), s in zip(sc.terms, lifted[1])]
+        else:
+            terms = [t for t, _ in sc.terms]
+        for c in sc.row_scales:
+            q = emit("Mul", [q, c])
+        mask = terms[0] if terms else None
+        for t in terms[1:]:
+            mask = emit("Add", [mask, t])
+        attrs = {"scale": float(sc.scale * s_q * s_k), **({"nan_to_zero": 1} if safe else {})}
+        ins = [q, kt, v] + ([mask] if mask is not None else [])
+        if regrouped:  # the layer runs on the finest leading dims; its result is viewed back
+            att = emit("Attention", ins, attrs, domain="kiln")
+            merge_covers(att.producer, all_nodes)
+            _replace(graph, ctx, "recognize_attention", all_nodes, "Reshape",
+                     [att, new_constant(graph, f"{av.label}.shape", torch.tensor(ctx.shape(out), dtype=torch.int64))],
+                     {}, out)
+        else:
+            _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
         changed = True
     return changed
+
+
+def _lift_operands(q_shape, kt_shape, v_shape, sc: _Scores, fine: tuple, ctx: PassContext):
+    """The shapes Q, Kt, V and each term take on the finest leading dims, or why they cannot."""
+    if fine is None or not all(isinstance(d, int) for f in sc.frames if f is not None for d in f) \
+            or any(f is None for f in sc.frames):
+        return "the scores are reshaped between the MatMul and the Softmax, and their shapes are not static"
+    shapes = [_lifted_shape(q_shape, sc.frames[0], fine), _lifted_shape(kt_shape, sc.frames[0], fine),
+              _lifted_shape(v_shape, sc.frames[-1], fine)]
+    terms = [_lifted_shape(ctx.shape(t), frame, fine) for t, frame in sc.terms]
+    if any(s is None for s in shapes + terms):
+        return "the scores' Reshapes between the MatMul and the Softmax are not regroupings of one set of " \
+               "leading dims that Q, K, V and the masks can follow (or their shapes are not static)"
+    return shapes, terms
 
 
 # --- Attention heads ----------------------------------------------------------------------------------
@@ -542,6 +766,9 @@ def fold_attention_heads(graph: Graph, ctx: PassContext) -> bool:
 
     Reshape(Transpose(Attention(Tr(R(q)), Tr(R(k), 0231), Tr(R(v))), 0213), [b, s, H*Dv])
         -> kiln::Attention(q, k, v, mask) {heads: H}      (q, k, v and the result as [b, s, H*D])
+
+    Other splits (packed qkv unbound by Gather/Split/Slice, nn.MultiheadAttention's [s, b*H, D] route) are
+    recognized by tracing element positions (attention_layout.py) when shapes are static.
     """
     changed = False
     for att in list(graph.nodes):
@@ -551,8 +778,10 @@ def fold_attention_heads(graph: Graph, ctx: PassContext) -> bool:
         k = _split_heads(att.inputs[1], [0, 2, 3, 1], ctx)
         v = _split_heads(att.inputs[2], [0, 2, 1, 3], ctx)
         if q is None or k is None or v is None:
-            ctx.reject("fold_attention_heads", [att], "Q, K^T and V are not all Transpose(Reshape(x, [b, s, H, D])) "
-                       "of [b, s, H*D] tensors")
+            why = _fold_traced_heads(graph, ctx, att)
+            if why:
+                ctx.reject("fold_attention_heads", [att], why)
+            changed |= not why
             continue
         if not (q[1] == k[1] == v[1] and q[2] == k[2]):
             ctx.reject("fold_attention_heads", [att], "Q, K and V disagree on heads or head size")
@@ -583,3 +812,46 @@ def fold_attention_heads(graph: Graph, ctx: PassContext) -> bool:
             out.type = TensorType(getattr(out.type, "dtype", None))  # now [b, s, H*Dv], no longer 4-D
         changed = True
     return changed
+
+
+def _fold_traced_heads(graph: Graph, ctx: PassContext, att: Node) -> str | None:
+    """Q, K and V cut from [b, s, C] (or [s, b, C]) tensors by any data-movement ops, the result merged back by
+    any: the layer reads the columns it needs (Slice; a Transpose for the sequence-first layout) and writes
+    [b, s, H*Dv] (viewed as what the merge produced). Returns why not, or None once rewritten."""
+    splits = [head_split(att.inputs[0], ctx), head_split(att.inputs[1], ctx, transposed=True),
+              head_split(att.inputs[2], ctx)]
+    bad = [name for name, s in zip(("Q", "K^T", "V"), splits) if s is None]
+    if bad:
+        rank = len(ctx.shape(att.inputs[0]) or ())
+        if rank > 4:
+            return f"the layer runs on {rank - 2} leading dims (the scores were viewed with more, for a mask " \
+                   "broadcast over some of them, as Swin's shifted-window mask), which [b, s, H*D] operands with " \
+                   "heads cannot express"
+        root = trace_root(att.inputs[("Q", "K^T", "V").index(bad[0])])[0]
+        made = f"{root.producer.op_type} {root.producer.label}" if root.producer is not None else "a graph input"
+        return f"{' and '.join(bad)} not head splits of a [b, s, H*D] or [s, b, H*D] tensor: traced back through " \
+               f"data-movement ops, {bad[0]} is computed by {made} (and the trace needs static shapes)"
+    q, k, v = splits
+    if not (q.seq_first == k.seq_first == v.seq_first and q.heads == k.heads == v.heads
+            and q.head_size == k.head_size):
+        return "Q, K and V disagree on heads, head size or layout"
+    merge = head_merge(att.outputs[0], ctx, q.seq_first)
+    if merge is None:
+        return "the result is not merged back to [b, s, H*Dv] (or [s, b, H*Dv]) by data-movement ops"
+    old, out = merge
+    emit = _Emit(graph, old[-1])
+    ins = []
+    for s in splits:
+        x, width = s.root, s.heads * s.head_size
+        if (s.offset, width) != (0, ctx.shape(x)[2]):
+            x = emit("Slice", [x] + [new_constant(graph, f"{att.label}.{n}", torch.tensor([i], dtype=torch.int64))
+                                     for n, i in (("start", s.offset), ("end", s.offset + width), ("axis", 2))])
+        ins.append(emit("Transpose", [x], {"perm": [1, 0, 2]}) if s.seq_first else x)
+    new = emit("Attention", ins + list(att.inputs[3:]), dict(att.attrs, heads=int(q.heads)), domain="kiln")
+    merge_covers(new.producer, [att] + old)
+    if q.seq_first:
+        new = emit("Transpose", [new], {"perm": [1, 0, 2]})
+    # The merge's result may be any row-major view of [b, s, H*Dv] (nn.MultiheadAttention's is [s*b, E]).
+    target = new_constant(graph, f"{att.label}.merged", torch.tensor(ctx.shape(out), dtype=torch.int64))
+    _replace(graph, ctx, "fold_attention_heads", [att] + old, "Reshape", [new, target], {}, out)
+    return None
