@@ -24,10 +24,6 @@ from .rewrite import only_use
 MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Flatten", "Identity"})
 
 
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) for d in shape)
-
-
 def _run(ctx: PassContext, node: Node, pos: torch.Tensor, output: int) -> torch.Tensor | None:
     """``node``'s output ``output`` when its data input holds ``pos`` (its other inputs are constants)."""
     from ..ops import KernelContext
@@ -58,41 +54,53 @@ def trace_root(v: Value, max_nodes: int = 16) -> tuple[Value, list[tuple[Node, i
     return v, chain
 
 
-def trace_positions(v: Value, ctx: PassContext):
-    """(root, positions, nodes) for ``v`` (see trace_root), positions shaped like ``v`` holding each element's
-    flat index in the root; None unless shapes are static."""
-    v, chain = trace_root(v)
-    shape = ctx.shape(v)
-    if not _static(shape):
+def shape_runs(ctx: PassContext, v: Value) -> list[tuple] | None:
+    """``v``'s concrete shape in each propagation run: at the probe values of the profile-ranged dims, then at
+    the reference runs' other values (one entry when every dim is static). A layout found the same at two
+    values of a dim holds for that dim whatever its value. None when a shape is unknown, or a dim is probed
+    but no other run exists to check it against."""
+    runs = [ctx.shape(v)] + [r.shape(v) for r in ctx.facts.reference_runs()]
+    if any(s is None or not all(isinstance(d, int) for d in s) for s in runs):
         return None
-    pos = torch.arange(math.prod(shape)).reshape(shape)
-    for node, output in reversed(chain):
-        pos = _run(ctx, node, pos, output)
-        if pos is None:
-            return None
-    return v, pos, [n for n, _ in chain]
+    if len(runs) == 1 and any(ctx.facts.is_probe(d) for d in runs[0]):
+        return None
+    return [tuple(s) for s in runs]
+
+
+def trace_positions(v: Value, ctx: PassContext):
+    """(root, positions per run, nodes) for ``v`` (see trace_root and shape_runs): positions shaped like ``v``,
+    holding each element's flat index in the root."""
+    v, chain = trace_root(v)
+    runs = shape_runs(ctx, v)
+    if runs is None:
+        return None
+    found = []
+    for shape in runs:
+        pos = torch.arange(math.prod(shape)).reshape(shape)
+        for node, output in reversed(chain):
+            pos = _run(ctx, node, pos, output)
+            if pos is None:
+                return None
+        found.append(pos)
+    return v, found, [n for n, _ in chain]
 
 
 @dataclass(frozen=True)
 class HeadSplit:
     """Q, K or V as the heads of columns ``offset``..``offset + heads * head_size`` of ``root`` ([b, s, C], or
-    [s, b, C] when ``seq_first``)."""
+    [s, b, C] when ``seq_first``; C static)."""
 
     root: Value
     seq_first: bool
     offset: int
     heads: int
     head_size: int
+    channels: int
     nodes: list
 
 
-def head_split(v: Value, ctx: PassContext, transposed: bool = False) -> HeadSplit | None:
-    """``v`` ([b, H, s, D], or [b*H, s, D]; K^T [.., D, s] when ``transposed``) as a HeadSplit, else None."""
-    found = trace_positions(v, ctx)
-    if found is None:
-        return None
-    root, pos, nodes = found
-    rshape = ctx.shape(root)
+def _layout(pos: torch.Tensor, rshape: tuple, transposed: bool) -> tuple | None:
+    """(seq_first, offset, heads, head_size) when ``pos`` is a head split of a root shaped ``rshape``."""
     if len(rshape) != 3 or pos.dim() not in (3, 4):
         return None
     if transposed:
@@ -110,33 +118,59 @@ def head_split(v: Value, ctx: PassContext, transposed: bool = False) -> HeadSpli
         rows = grid.transpose(0, 1) if seq_first else grid  # [b, s, C]
         want = rows[:, :, offset:offset + width].reshape(rb, s, heads, d).transpose(1, 2).reshape(pos.shape)
         if torch.equal(pos, want):
-            return HeadSplit(root, seq_first, offset, heads, d, nodes)
+            return seq_first, offset, heads, int(d)
     return None
+
+
+def head_split(v: Value, ctx: PassContext, transposed: bool = False) -> HeadSplit | None:
+    """``v`` ([b, H, s, D], or [b*H, s, D]; K^T [.., D, s] when ``transposed``) as a HeadSplit, else None."""
+    found = trace_positions(v, ctx)
+    if found is None:
+        return None
+    root, positions, nodes = found
+    rshapes = shape_runs(ctx, root)
+    layouts = {_layout(pos, rshape, transposed) for pos, rshape in zip(positions, rshapes)}
+    channels = {r[-1] for r in rshapes}
+    if len(layouts) != 1 or None in layouts or len(channels) != 1:
+        return None
+    return HeadSplit(root, *layouts.pop(), channels.pop(), nodes)
 
 
 def head_merge(out: Value, ctx: PassContext, seq_first: bool):
     """From the attention result [b, H, s, Dv], the single-reader data-movement ops forward to the furthest value
     holding the heads merged back, [b, s, H*Dv] ([s, b, H*Dv] when ``seq_first``) in row-major order, whatever its
-    shape: returns (nodes, value), or None."""
-    shape = ctx.shape(out)
-    if not _static(shape) or len(shape) != 4:
-        return None
-    b, h, s, dv = shape
-    pos = torch.arange(math.prod(shape)).reshape(shape)
-    merged = pos.transpose(1, 2).reshape(b, s, h * dv)
-    want = (merged.transpose(0, 1) if seq_first else merged).reshape(-1)
+    shape: returns (nodes, value, its shape for a Reshape: -1 for the one dim that varies), or None."""
     chain: list[Node] = []
-    best = None
     v = out
     while len(chain) < 8:
         n = only_use(v)
         if not _moves(n) or n.inputs[0] is not v or len(n.outputs) != 1:
             break
-        pos = _run(ctx, n, pos, 0)
-        if pos is None:
-            break
         chain.append(n)
         v = n.outputs[0]
-        if torch.equal(pos.reshape(-1), want):
-            best = (list(chain), v)
-    return best
+    runs = shape_runs(ctx, out)
+    if runs is None or len(runs[0]) != 4:
+        return None
+    merged_at = set(range(1, len(chain) + 1))  # chain lengths whose result is the merge, in every run
+    for shape in runs:
+        b, h, s, dv = shape
+        pos = torch.arange(math.prod(shape)).reshape(shape)
+        merged = pos.transpose(1, 2).reshape(b, s, h * dv)
+        want = (merged.transpose(0, 1) if seq_first else merged).reshape(-1)
+        ok = set()
+        for i, n in enumerate(chain, 1):
+            pos = _run(ctx, n, pos, 0)
+            if pos is None:
+                break
+            if torch.equal(pos.reshape(-1), want):
+                ok.add(i)
+        merged_at &= ok
+    for length in sorted(merged_at, reverse=True):
+        value = chain[length - 1].outputs[0]
+        shapes = shape_runs(ctx, value)
+        if shapes is None:
+            continue
+        target = [d if all(s[i] == d for s in shapes) else -1 for i, d in enumerate(shapes[0])]
+        if target.count(-1) <= 1:
+            return chain[:length], value, target
+    return None

@@ -85,6 +85,17 @@ class PassContext:
     def shape(self, v) -> Any:
         return self.facts.shape(v)
 
+    def static_shape(self, v) -> tuple | None:
+        """``v``'s shape when no dim depends on a symbolic (profile-ranged) dim, else None: ``shape`` holds
+        probe values for such dims, which a pass must not bake into a constant."""
+        s = self.shape(v)
+        if s is None or not all(isinstance(d, int) for d in s):
+            return None
+        runs = self.facts.reference_runs()
+        if not runs:
+            return None if any(self.facts.is_probe(d) for d in s) else tuple(s)
+        return tuple(s) if all(tuple(r.shape(v) or ()) == tuple(s) for r in runs) else None
+
     def dtype(self, v):
         return getattr(self.facts.type_of(v), "dtype", None)
 

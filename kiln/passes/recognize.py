@@ -19,7 +19,7 @@ import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
-from .attention_layout import head_merge, head_split, trace_root
+from .attention_layout import head_merge, head_split, shape_runs, trace_root
 from .context import PassContext
 from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
 
@@ -505,8 +505,8 @@ class _Scores:
     nodes: list[Node]  # the Add/Mul/Div/Reshape nodes between the MatMul and the Softmax
     scale: float
     row_scales: list[Value]  # factors constant over each score matrix (last two dims 1): moved onto Q
-    terms: list[tuple[Value, tuple]]  # (additive term, leading dims of the scores it is added to), innermost first
-    frames: list[tuple]  # leading dims of the scores at the MatMul, then after each Reshape
+    terms: list[tuple[Value, Value]]  # (additive term, the scores it is added to), innermost first
+    frames: list[Value]  # the scores out of the MatMul, then out of each Reshape (their leading dims differ)
 
 
 def _row_constant(v: Value, ctx: PassContext) -> bool:
@@ -519,9 +519,9 @@ def _scores(v: Value, ctx: PassContext) -> _Scores | str | None:
     """Walk from the Softmax's input back to the MatMul; None when it is not attention's scores, a string (the
     reason) when it is but the form cannot become one attention layer."""
     nodes: list[Node] = []
-    terms: list[tuple[Value, tuple]] = []
+    terms: list[tuple[Value, Value]] = []
     row_scales: list[Value] = []
-    frames = [_lead(ctx.shape(v))]
+    frames = [v]
     scale, scaled = 1.0, False
     while True:
         p = _prod(v, *_SCORE_OPS)
@@ -535,7 +535,7 @@ def _scores(v: Value, ctx: PassContext) -> _Scores | str | None:
                 return None
             if row_scales:
                 return "a per-head scale is applied after the scores are reshaped"
-            frames.append(_lead(a))
+            frames.append(p.inputs[0])
             nodes.append(p)
             v = p.inputs[0]
             continue
@@ -681,8 +681,10 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         kt, s_k, k_perm = _strip_scale(qk.inputs[1], nodes)
         v = av.inputs[1]
         q_shape, kt_shape, v_shape = _permuted(ctx.shape(q), q_perm), _permuted(ctx.shape(kt), k_perm), ctx.shape(v)
-        if q_shape is None or kt_shape is None or v_shape is None or len(q_shape) < 3 \
-                or len(q_shape) != len(kt_shape) or len(v_shape) != len(ctx.shape(sm.inputs[0])):
+        # Reshapes of the scores: the layer runs on the finest of their leading dims (Q, K, V and masks follow).
+        regrouped = any(n.op_type == "Reshape" for n in sc.nodes)
+        if q_shape is None or kt_shape is None or v_shape is None or len(q_shape) < 3 or len(q_shape) != \
+                len(kt_shape) or (not regrouped and len(v_shape) != len(q_shape)):
             ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must have the same rank >= 3")
             continue
         dt = ctx.dtype(q)
@@ -695,10 +697,8 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
             ctx.reject("recognize_attention", all_nodes, "an intermediate of the attention pattern (e.g. the "
                        "probabilities) is used elsewhere")
             continue
-        fine = max(sc.frames, key=lambda f: len(f) if f is not None else -1)
-        regrouped = any(f != fine for f in sc.frames)
         if regrouped:
-            lifted = _lift_operands(q_shape, kt_shape, v_shape, sc, fine, ctx)
+            lifted = _lift_operands([(q, q_perm), (kt, k_perm), (v, None)], sc, out, ctx)
             if isinstance(lifted, str):
                 ctx.reject("recognize_attention", all_nodes, lifted)
                 continue
@@ -706,9 +706,9 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         q = emit("Transpose", [q], {"perm": q_perm}) if q_perm else q
         kt = emit("Transpose", [kt], {"perm": k_perm}) if k_perm else kt
         if regrouped:
-            q, kt, v = (emit.reshape(x, s, shape) for x, s, shape in zip((q, kt, v), lifted[0],
-                                                                         (q_shape, kt_shape, v_shape)))
-            terms = [emit.reshape(t, s, ctx.shape(t)) for (t, _), s in zip(sc.terms, lifted[1])]
+            q, kt, v = (emit.reshape(x, s, _permuted(ctx.static_shape(x), perm))
+                        for x, s, perm in zip((q, kt, v), lifted, (q_perm, k_perm, None)))
+            terms = [emit.reshape(t, s, ctx.static_shape(t)) for (t, _), s in zip(sc.terms, lifted[3:])]
         else:
             terms = [t for t, _ in sc.terms]
         for c in sc.row_scales:
@@ -722,7 +722,7 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
             att = emit("Attention", ins, attrs, domain="kiln")
             merge_covers(att.producer, all_nodes)
             _replace(graph, ctx, "recognize_attention", all_nodes, "Reshape",
-                     [att, new_constant(graph, f"{av.label}.shape", torch.tensor(ctx.shape(out), dtype=torch.int64))],
+                     [att, new_constant(graph, f"{av.label}.shape", torch.tensor(lifted[-1], dtype=torch.int64))],
                      {}, out)
         else:
             _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
@@ -730,18 +730,36 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
     return changed
 
 
-def _lift_operands(q_shape, kt_shape, v_shape, sc: _Scores, fine: tuple, ctx: PassContext):
-    """The shapes Q, Kt, V and each term take on the finest leading dims, or why they cannot."""
-    if fine is None or not all(isinstance(d, int) for f in sc.frames if f is not None for d in f) \
-            or any(f is None for f in sc.frames):
-        return "the scores are reshaped between the MatMul and the Softmax, and their shapes are not static"
-    shapes = [_lifted_shape(q_shape, sc.frames[0], fine), _lifted_shape(kt_shape, sc.frames[0], fine),
-              _lifted_shape(v_shape, sc.frames[-1], fine)]
-    terms = [_lifted_shape(ctx.shape(t), frame, fine) for t, frame in sc.terms]
-    if any(s is None for s in shapes + terms):
-        return "the scores' Reshapes between the MatMul and the Softmax are not regroupings of one set of " \
-               "leading dims that Q, K, V and the masks can follow (or their shapes are not static)"
-    return shapes, terms
+def _lift_operands(operands: list[tuple[Value, list[int] | None]], sc: _Scores, out: Value, ctx: PassContext):
+    """Reshape targets that take Q, Kt, V (each with the perm still to apply) and the terms onto the finest
+    leading dims of the scores' views, and the result back (-1 for the dim a profile lets vary), or why not."""
+    values = [x for x, _ in operands] + [t for t, _ in sc.terms] + [out]
+    perms = [p for _, p in operands] + [None] * (len(sc.terms) + 1)
+    runs = [shape_runs(ctx, x) for x in values + sc.frames]
+    if any(r is None for r in runs) or len({len(r) for r in runs}) != 1:
+        return "the scores are reshaped between the MatMul and the Softmax, and their shapes are unknown (or a " \
+               "profile-ranged dim could not be checked)"
+    frame_of = [0, 0, len(sc.frames) - 1] + [next(j for j, f in enumerate(sc.frames) if f is home)
+                                              for _, home in sc.terms]
+    per_run = []
+    for i in range(len(runs[0])):
+        frames = [_lead(r[i]) for r in runs[len(values):]]
+        fine = max(frames, key=len)
+        lifted = [_lifted_shape(_permuted(r[i], perm), frames[j], fine)
+                  for r, perm, j in zip(runs, perms, frame_of)] + [list(runs[len(values) - 1][i])]
+        if any(s is None for s in lifted):
+            return "the scores' Reshapes between the MatMul and the Softmax are not regroupings of one set of " \
+                   "leading dims that Q, K, V and the masks can follow"
+        per_run.append(lifted)
+    targets = []
+    for shapes in zip(*per_run):
+        if len({len(s) for s in shapes}) != 1:
+            return "the scores' views differ in rank from one profile-ranged size to another"
+        target = [d if all(s[k] == d for s in shapes) else -1 for k, d in enumerate(shapes[0])]
+        if target.count(-1) > 1:
+            return "more than one dim of the scores' views varies with the profile"
+        targets.append(target)
+    return targets
 
 
 # --- Attention heads ----------------------------------------------------------------------------------
@@ -830,7 +848,7 @@ def _fold_traced_heads(graph: Graph, ctx: PassContext, att: Node) -> str | None:
         root = trace_root(att.inputs[("Q", "K^T", "V").index(bad[0])])[0]
         made = f"{root.producer.op_type} {root.producer.label}" if root.producer is not None else "a graph input"
         return f"{' and '.join(bad)} not head splits of a [b, s, H*D] or [s, b, H*D] tensor: traced back through " \
-               f"data-movement ops, {bad[0]} is computed by {made} (and the trace needs static shapes)"
+               f"data-movement ops, {bad[0]} is computed by {made} (or a profile-ranged dim could not be checked)"
     q, k, v = splits
     if not (q.seq_first == k.seq_first == v.seq_first and q.heads == k.heads == v.heads
             and q.head_size == k.head_size):
@@ -838,12 +856,12 @@ def _fold_traced_heads(graph: Graph, ctx: PassContext, att: Node) -> str | None:
     merge = head_merge(att.outputs[0], ctx, q.seq_first)
     if merge is None:
         return "the result is not merged back to [b, s, H*Dv] (or [s, b, H*Dv]) by data-movement ops"
-    old, out = merge
+    old, out, target = merge
     emit = _Emit(graph, old[-1])
     ins = []
     for s in splits:
         x, width = s.root, s.heads * s.head_size
-        if (s.offset, width) != (0, ctx.shape(x)[2]):
+        if (s.offset, width) != (0, s.channels):
             x = emit("Slice", [x] + [new_constant(graph, f"{att.label}.{n}", torch.tensor([i], dtype=torch.int64))
                                      for n, i in (("start", s.offset), ("end", s.offset + width), ("axis", 2))])
         ins.append(emit("Transpose", [x], {"perm": [1, 0, 2]}) if s.seq_first else x)
@@ -852,6 +870,6 @@ def _fold_traced_heads(graph: Graph, ctx: PassContext, att: Node) -> str | None:
     if q.seq_first:
         new = emit("Transpose", [new], {"perm": [1, 0, 2]})
     # The merge's result may be any row-major view of [b, s, H*Dv] (nn.MultiheadAttention's is [s*b, E]).
-    target = new_constant(graph, f"{att.label}.merged", torch.tensor(ctx.shape(out), dtype=torch.int64))
+    target = new_constant(graph, f"{att.label}.merged", torch.tensor(target, dtype=torch.int64))
     _replace(graph, ctx, "fold_attention_heads", [att] + old, "Reshape", [new, target], {}, out)
     return None
