@@ -705,13 +705,16 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         emit = _Emit(graph, av)
         q = emit("Transpose", [q], {"perm": q_perm}) if q_perm else q
         kt = emit("Transpose", [kt], {"perm": k_perm}) if k_perm else kt
+        row_scales = list(sc.row_scales)
         if regrouped:
             q, kt, v = (emit.reshape(x, s, _permuted(ctx.static_shape(x), perm))
                         for x, s, perm in zip((q, kt, v), lifted, (q_perm, k_perm, None)))
             terms = [emit.reshape(t, s, ctx.static_shape(t)) for (t, _), s in zip(sc.terms, lifted[3:])]
+            row_scales = [emit.reshape(c, s, ctx.static_shape(c))
+                          for c, s in zip(row_scales, lifted[3 + len(terms):])]
         else:
             terms = [t for t, _ in sc.terms]
-        for c in sc.row_scales:
+        for c in row_scales:
             q = emit("Mul", [q, c])
         mask = terms[0] if terms else None
         for t in terms[1:]:
@@ -733,14 +736,15 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
 def _lift_operands(operands: list[tuple[Value, list[int] | None]], sc: _Scores, out: Value, ctx: PassContext):
     """Reshape targets that take Q, Kt, V (each with the perm still to apply) and the terms onto the finest
     leading dims of the scores' views, and the result back (-1 for the dim a profile lets vary), or why not."""
-    values = [x for x, _ in operands] + [t for t, _ in sc.terms] + [out]
-    perms = [p for _, p in operands] + [None] * (len(sc.terms) + 1)
+    # The per-head scales sit on the MatMul's scores (a Reshape outside one is refused), as Q does.
+    values = [x for x, _ in operands] + [t for t, _ in sc.terms] + list(sc.row_scales) + [out]
+    perms = [p for _, p in operands] + [None] * (len(values) - len(operands))
     runs = [shape_runs(ctx, x) for x in values + sc.frames]
     if any(r is None for r in runs) or len({len(r) for r in runs}) != 1:
         return "the scores are reshaped between the MatMul and the Softmax, and their shapes are unknown (or a " \
                "profile-ranged dim could not be checked)"
     frame_of = [0, 0, len(sc.frames) - 1] + [next(j for j, f in enumerate(sc.frames) if f is home)
-                                              for _, home in sc.terms]
+                                              for _, home in sc.terms] + [0] * len(sc.row_scales)
     per_run = []
     for i in range(len(runs[0])):
         frames = [_lead(r[i]) for r in runs[len(values):]]
