@@ -7,7 +7,7 @@ nn.MultiheadAttention's [s, b, 3E] projection unflattened, unsqueezed, transpose
 a chain of data-movement ops on the positions 0..n-1 of the tensor it starts from: the result says, for every
 element of Q (or K, V), which element of that tensor it is. Comparing it with the positions a plain head split of
 [b, s, H*D] (or [s, b, H*D]) gives decides the layout exactly, whatever ops the exporter chose. Positions are
-concrete, so this needs static shapes; the Reshape/Transpose pattern in recognize.py covers dynamic ones.
+concrete: a dim a profile lets vary is traced at each of the build's probe sizes, and the layout must agree.
 """
 from __future__ import annotations
 
