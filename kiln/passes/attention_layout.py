@@ -54,24 +54,11 @@ def trace_root(v: Value, max_nodes: int = 16) -> tuple[Value, list[tuple[Node, i
     return v, chain
 
 
-def shape_runs(ctx: PassContext, v: Value) -> list[tuple] | None:
-    """``v``'s concrete shape in each propagation run: at the probe values of the profile-ranged dims, then at
-    the reference runs' other values (one entry when every dim is static). A layout found the same at two
-    values of a dim holds for that dim whatever its value. None when a shape is unknown, or a dim is probed
-    but no other run exists to check it against."""
-    runs = [ctx.shape(v)] + [r.shape(v) for r in ctx.facts.reference_runs()]
-    if any(s is None or not all(isinstance(d, int) for d in s) for s in runs):
-        return None
-    if len(runs) == 1 and any(ctx.facts.is_probe(d) for d in runs[0]):
-        return None
-    return [tuple(s) for s in runs]
-
-
 def trace_positions(v: Value, ctx: PassContext):
-    """(root, positions per run, nodes) for ``v`` (see trace_root and shape_runs): positions shaped like ``v``,
-    holding each element's flat index in the root."""
+    """(root, positions per run, nodes) for ``v`` (see trace_root and PassContext.shape_runs): positions shaped
+    like ``v``, holding each element's flat index in the root."""
     v, chain = trace_root(v)
-    runs = shape_runs(ctx, v)
+    runs = ctx.shape_runs(v)
     if runs is None:
         return None
     found = []
@@ -128,7 +115,7 @@ def head_split(v: Value, ctx: PassContext, transposed: bool = False) -> HeadSpli
     if found is None:
         return None
     root, positions, nodes = found
-    rshapes = shape_runs(ctx, root)
+    rshapes = ctx.shape_runs(root)
     layouts = {_layout(pos, rshape, transposed) for pos, rshape in zip(positions, rshapes)}
     channels = {r[-1] for r in rshapes}
     if len(layouts) != 1 or None in layouts or len(channels) != 1:
@@ -148,7 +135,7 @@ def head_merge(out: Value, ctx: PassContext, seq_first: bool):
             break
         chain.append(n)
         v = n.outputs[0]
-    runs = shape_runs(ctx, out)
+    runs = ctx.shape_runs(out)
     if runs is None or len(runs[0]) != 4:
         return None
     merged_at = set(range(1, len(chain) + 1))  # chain lengths whose result is the merge, in every run
@@ -167,7 +154,7 @@ def head_merge(out: Value, ctx: PassContext, seq_first: bool):
         merged_at &= ok
     for length in sorted(merged_at, reverse=True):
         value = chain[length - 1].outputs[0]
-        shapes = shape_runs(ctx, value)
+        shapes = ctx.shape_runs(value)
         if shapes is None:
             continue
         target = [d if all(s[i] == d for s in shapes) else -1 for i, d in enumerate(shapes[0])]

@@ -85,16 +85,17 @@ class PassContext:
     def shape(self, v) -> Any:
         return self.facts.shape(v)
 
-    def static_shape(self, v) -> tuple | None:
-        """``v``'s shape when no dim depends on a symbolic (profile-ranged) dim, else None: ``shape`` holds
-        probe values for such dims, which a pass must not bake into a constant."""
-        s = self.shape(v)
-        if s is None or not all(isinstance(d, int) for d in s):
+    def shape_runs(self, v) -> list[tuple] | None:
+        """``v``'s concrete shape in each propagation run: at the probe values of the profile-ranged dims, then
+        at the reference runs' other values (one entry when every dim is static). What a pass finds the same at
+        two values of a dim holds for that dim whatever its value; a dim that differs between runs must not be
+        baked into a constant. None when a shape is unknown, or a dim is probed but no other run exists."""
+        runs = [self.shape(v)] + [r.shape(v) for r in self.facts.reference_runs()]
+        if any(s is None or not all(isinstance(d, int) for d in s) for s in runs):
             return None
-        runs = self.facts.reference_runs()
-        if not runs:
-            return None if any(self.facts.is_probe(d) for d in s) else tuple(s)
-        return tuple(s) if all(tuple(r.shape(v) or ()) == tuple(s) for r in runs) else None
+        if len(runs) == 1 and any(self.facts.is_probe(d) for d in runs[0]):
+            return None
+        return [tuple(s) for s in runs]
 
     def dtype(self, v):
         return getattr(self.facts.type_of(v), "dtype", None)

@@ -16,7 +16,7 @@ import torch
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
-from .attention_layout import head_merge, head_split, shape_runs, trace_root
+from .attention_layout import head_merge, head_split, trace_root
 from .context import PassContext
 from .rewrite import (const, internal_only, merge_covers, new_constant, only_use, producer_of, replace_pattern,
                       scalar, sole_reader)
@@ -211,8 +211,8 @@ class _Emit:
         self.graph.insert_before(self.anchor, node)
         return out
 
-    def reshape(self, v: Value, shape: list[int], current) -> Value:
-        if current is not None and list(current) == list(shape):
+    def reshape(self, v: Value, shape: list[int] | None) -> Value:
+        if shape is None:  # already so shaped
             return v
         target = new_constant(self.graph, f"{self.anchor.label}.shape", torch.tensor(shape, dtype=torch.int64))
         return self("Reshape", [v, target])
@@ -293,11 +293,9 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         kt = emit("Transpose", [kt], {"perm": k_perm}) if k_perm else kt
         row_scales = list(sc.row_scales)
         if regrouped:
-            q, kt, v = (emit.reshape(x, s, _permuted(ctx.static_shape(x), perm))
-                        for x, s, perm in zip((q, kt, v), lifted, (q_perm, k_perm, None)))
-            terms = [emit.reshape(t, s, ctx.static_shape(t)) for (t, _), s in zip(sc.terms, lifted[3:])]
-            row_scales = [emit.reshape(c, s, ctx.static_shape(c))
-                          for c, s in zip(row_scales, lifted[3 + len(terms):])]
+            q, kt, v = (emit.reshape(x, s) for x, s in zip((q, kt, v), lifted))
+            terms = [emit.reshape(t, s) for (t, _), s in zip(sc.terms, lifted[3:])]
+            row_scales = [emit.reshape(c, s) for c, s in zip(row_scales, lifted[3 + len(terms):])]
         else:
             terms = [t for t, _ in sc.terms]
         for c in row_scales:
@@ -310,9 +308,8 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
         if regrouped:  # the layer runs on the finest leading dims; its result is viewed back
             att = emit("Attention", ins, attrs, domain="kiln")
             merge_covers(att.producer, all_nodes)
-            replace_pattern(graph, ctx, "recognize_attention", all_nodes, "Reshape",
-                     [att, new_constant(graph, f"{av.label}.shape", torch.tensor(lifted[-1], dtype=torch.int64))],
-                     {}, out)
+            shape = new_constant(graph, f"{av.label}.shape", torch.tensor(lifted[-1], dtype=torch.int64))
+            replace_pattern(graph, ctx, "recognize_attention", all_nodes, "Reshape", [att, shape], {}, out)
         else:
             replace_pattern(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
         changed = True
@@ -321,11 +318,12 @@ def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
 
 def _lift_operands(operands: list[tuple[Value, list[int] | None]], sc: _Scores, out: Value, ctx: PassContext):
     """Reshape targets that take Q, Kt, V (each with the perm still to apply) and the terms onto the finest
-    leading dims of the scores' views, and the result back (-1 for the dim a profile lets vary), or why not."""
+    leading dims of the scores' views (None for one already so shaped), and the result back (-1 for the dim a
+    profile lets vary), or why not."""
     # The per-head scales sit on the MatMul's scores (a Reshape outside one is refused), as Q does.
     values = [x for x, _ in operands] + [t for t, _ in sc.terms] + list(sc.row_scales) + [out]
     perms = [p for _, p in operands] + [None] * (len(values) - len(operands))
-    runs = [shape_runs(ctx, x) for x in values + sc.frames]
+    runs = [ctx.shape_runs(x) for x in values + sc.frames]
     if any(r is None for r in runs) or len({len(r) for r in runs}) != 1:
         return "the scores are reshaped between the MatMul and the Softmax, and their shapes are unknown (or a " \
                "profile-ranged dim could not be checked)"
@@ -342,13 +340,15 @@ def _lift_operands(operands: list[tuple[Value, list[int] | None]], sc: _Scores, 
                    "leading dims that Q, K, V and the masks can follow"
         per_run.append(lifted)
     targets = []
-    for shapes in zip(*per_run):
+    for k, shapes in enumerate(zip(*per_run)):
         if len({len(s) for s in shapes}) != 1:
             return "the scores' views differ in rank from one profile-ranged size to another"
-        target = [d if all(s[k] == d for s in shapes) else -1 for k, d in enumerate(shapes[0])]
+        target = [d if all(s[j] == d for s in shapes) else -1 for j, d in enumerate(shapes[0])]
         if target.count(-1) > 1:
             return "more than one dim of the scores' views varies with the profile"
-        targets.append(target)
+        unchanged = k < len(frame_of) and all(list(s) == list(_permuted(r, perms[k]))
+                                              for s, r in zip(shapes, runs[k]))
+        targets.append(None if unchanged else target)
     return targets
 
 
