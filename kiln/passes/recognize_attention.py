@@ -18,8 +18,8 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.types import TensorType
 from .attention_layout import head_merge, head_split, trace_root
 from .context import PassContext
-from .rewrite import (const, internal_only, merge_covers, new_constant, only_use, producer_of, replace_pattern,
-                      scalar, sole_reader)
+from .rewrite import (const, internal_only, is_output, merge_covers, new_constant, only_use, producer_of,
+                      replace_pattern, scalar, sole_reader)
 
 
 def _scalar_factor(p: Node) -> tuple[float, Value] | None:
@@ -219,7 +219,6 @@ class _Emit:
 
 
 def _probabilities_read_elsewhere(probs: Value, av: Node) -> bool:
-    from .rewrite import is_output
     return is_output(probs) or any(u is not av for u, _ in probs.uses)
 
 

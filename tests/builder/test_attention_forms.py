@@ -100,3 +100,20 @@ def test_dynamic_batch(name):
     found = _attention_layers(engine)
     assert len(found) == layers and sum(1 for n in found if n.attrs.get("heads")) == heads, _reasons(engine)
     _check_output(module, args, engine, grow_batch=True)
+
+
+def test_mask_added_before_the_scale_is_refused_with_its_reason():
+    """softmax((Q @ Kt + m) * s) @ V: the layer's mask is added after its scale, so this form stays unfused."""
+    from onnx import TensorProto, helper, numpy_helper
+    b, h, s, d = 2, 2, 4, 8
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["qk"]), helper.make_node("Add", ["qk", "m"], ["masked"]),
+             helper.make_node("Mul", ["masked", "scale"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    shapes = {"q": [b, h, s, d], "kt": [b, h, d, s], "v": [b, h, s, d], "m": [b, 1, 1, s]}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, sh)
+                                           for n, sh in shapes.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.float32(d ** -0.5), "scale")])
+    engine = kiln.build(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert not _attention_layers(engine)
+    assert any("before they are scaled" in r for r in _reasons(engine)), _reasons(engine)
