@@ -70,6 +70,10 @@ def export_module(module: torch.nn.Module, example_inputs: Any, profiles: Sequen
     was_training = module.training
     module.eval()
     buf = io.BytesIO()
+    # nn.MultiheadAttention takes its fused fast path (aten::_native_multi_head_attention, which the TorchScript
+    # exporter cannot export) in eval mode without grad; the decomposed path exports as plain attention.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,4 +96,5 @@ def export_module(module: torch.nn.Module, example_inputs: Any, profiles: Sequen
                                f"the model yourself and build the .onnx file") from None
     finally:
         module.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buf.getvalue()

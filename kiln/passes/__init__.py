@@ -5,7 +5,7 @@ Where things live:
 - ``context.py``: PassContext, what a pass may ask (config, registry, shapes and dtypes via ``propagate.py``,
   ``reject`` to record why a rewrite did not apply, ``notes`` for the report).
 - ``rewrite.py``: small helpers to replace nodes and make constants.
-- Recognizers (``recognize.py``: GELU, HardSwish, SiLU, LayerNorm, RMSNorm, attention), fusions
+- Recognizers (``recognize.py``: GELU, HardSwish, SiLU, LayerNorm, RMSNorm; ``recognize_attention.py``), fusions
   (``fuse_epilogue.py`` into kiln::Conv/Linear, ``fuse_elementwise.py`` into kiln::Elementwise regions,
   ``fuse_batchnorm.py``, ``fuse_horizontal.py``), cleanups (``fold_constants.py``, ``dead_code.py``,
   ``common_subexpr.py``, ``noops.py``, ``shape_reads.py``, ``symbolic_shapes.py``), layout (``layout.py``),

@@ -85,6 +85,18 @@ class PassContext:
     def shape(self, v) -> Any:
         return self.facts.shape(v)
 
+    def shape_runs(self, v) -> list[tuple] | None:
+        """``v``'s concrete shape in each propagation run: at the probe values of the profile-ranged dims, then
+        at the reference runs' other values (one entry when every dim is static). What a pass finds the same at
+        two values of a dim holds for that dim whatever its value; a dim that differs between runs must not be
+        baked into a constant. None when a shape is unknown, or a dim is probed but no other run exists."""
+        runs = [self.shape(v)] + [r.shape(v) for r in self.facts.reference_runs()]
+        if any(s is None or not all(isinstance(d, int) for d in s) for s in runs):
+            return None
+        if len(runs) == 1 and any(self.facts.is_probe(d) for d in runs[0]):
+            return None
+        return [tuple(s) for s in runs]
+
     def dtype(self, v):
         return getattr(self.facts.type_of(v), "dtype", None)
 

@@ -33,8 +33,9 @@ from .quantize_outputs import quantize_layer_outputs, quantize_pool_outputs
 from .quantize_qdq import import_qdq
 from .quantize_target import fit_precision_target
 from .quantize_int4 import quantize_weights_int4
-from .recognize import (fold_attention_heads, recognize_attention, recognize_gelu, recognize_hardswish,
-                        recognize_layer_norm, recognize_mish, recognize_rms_norm, recognize_silu)
+from .recognize import (recognize_gelu, recognize_hardswish, recognize_layer_norm, recognize_mish,
+                        recognize_rms_norm, recognize_silu)
+from .recognize_attention import fold_attention_heads, recognize_attention
 
 log = logging.getLogger("kiln.build")
 

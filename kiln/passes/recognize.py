@@ -7,8 +7,8 @@
     x * clip(x + 3, 0, 6) / 6,  x * HardSigmoid(x, 1/6)     -> HardSwish(x)
     (x - mean(x)) / sqrt(mean((x - mean)^2) + eps) * g + b  -> LayerNormalization(x, g, b)
     x / sqrt(mean(x^2) + eps) * g                           -> RMSNormalization(x, g)
-    softmax(Q @ Kt * s + mask) @ V                          -> kiln::Attention(Q, Kt, V, mask)
-    Where(IsNaN(p), 0, p) @ V  (safe softmax, SDPA export)  -> kiln::Attention(..., nan_to_zero=1)
+
+Attention has its own file, recognize_attention.py.
 """
 from __future__ import annotations
 
@@ -17,14 +17,8 @@ import math
 import torch
 
 from ..ir.graph import Graph, Node, Value
-from ..ir.types import TensorType
 from .context import PassContext
-from .rewrite import const, fuse_into, merge_covers, new_constant, only_use, scalar
-
-
-def _prod(v: Value | None, *ops: str) -> Node | None:
-    p = v.producer if v is not None else None
-    return p if p is not None and p.domain == "" and p.op_type in ops and p.graph is not None else None
+from .rewrite import const, internal_only, new_constant, only_use, producer_of, replace_pattern, scalar, sole_reader
 
 
 def _other(node: Node, v: Value) -> Value | None:
@@ -38,56 +32,26 @@ def _close(x: float | None, want: float, tol: float = 1e-3) -> bool:
     return x is not None and abs(x - want) <= tol * max(1.0, abs(want))
 
 
-def _single_consumer(v: Value, *ops: str) -> Node | None:
-    n = only_use(v)
-    return n if n is not None and n.domain == "" and n.op_type in ops else None
-
-
-def _replace(graph: Graph, ctx: PassContext, rule: str, old: list[Node], op: str, inputs: list, attrs: dict,
-             out: Value, domain: str = "") -> None:
-    """Put one node computing ``out`` in place of ``old`` (the last of which produced ``out``)."""
-    last = out.producer
-    new = Node(op, inputs, [], attrs, name=f"{last.label}.{op.lower()}", domain=domain)
-    merge_covers(new, old)
-    fuse_into(graph, [n for n in old if n is not last] + [last], new, out)
-    ctx.count(rule)
-
-
-def _internal_only(nodes: list[Node], out: Value) -> bool:
-    """True when no value made inside the pattern (other than ``out``) is read outside it."""
-    inside = set(map(id, nodes))
-    for n in nodes:
-        for o in n.outputs:
-            if o is None or o is out:
-                continue
-            if any(id(u) not in inside for u, _ in o.uses):
-                return False
-            g = n.graph
-            if g is not None and any(x is o for x in g.outputs):
-                return False
-    return True
-
-
 # --- GELU ---------------------------------------------------------------------------------------
 def _gelu_tail(graph: Graph, inner: Node, x: Value):
     """From the node producing erf(..)/tanh(..): (1 + t) * x * 0.5 in any association; returns (nodes, out)."""
-    add = _single_consumer(inner.outputs[0], "Add")
+    add = sole_reader(inner.outputs[0], "Add")
     if add is None or not _close(scalar(_other(add, inner.outputs[0])), 1.0):
         return None
-    m1 = _single_consumer(add.outputs[0], "Mul")
+    m1 = sole_reader(add.outputs[0], "Mul")
     if m1 is None:
         return None
     o = _other(m1, add.outputs[0])
     if o is x:  # x * (1 + t) then * 0.5
-        m2 = _single_consumer(m1.outputs[0], "Mul")
+        m2 = sole_reader(m1.outputs[0], "Mul")
         if m2 is not None and _close(scalar(_other(m2, m1.outputs[0])), 0.5):
             return [add, m1, m2], m2.outputs[0]
         return None
-    half = _prod(o, "Mul")  # (x * 0.5) * (1 + t)
+    half = producer_of(o, "Mul")  # (x * 0.5) * (1 + t)
     if half is not None and x in half.inputs and _close(scalar(_other(half, x)), 0.5) and only_use(o) is m1:
         return [half, add, m1], m1.outputs[0]
     if _close(scalar(o), 0.5):  # 0.5 * (1 + t) then * x
-        m2 = _single_consumer(m1.outputs[0], "Mul")
+        m2 = sole_reader(m1.outputs[0], "Mul")
         if m2 is not None and _other(m2, m1.outputs[0]) is x:
             return [add, m1, m2], m2.outputs[0]
     return None
@@ -126,10 +90,10 @@ def recognize_gelu(graph: Graph, ctx: PassContext) -> bool:
             continue
         nodes, out = tail
         allnodes = head + [node] + nodes
-        if not _internal_only(allnodes, out):
+        if not internal_only(allnodes, out):
             ctx.reject("recognize_gelu", allnodes, "an intermediate value of the GELU pattern is used elsewhere")
             continue
-        _replace(graph, ctx, "recognize_gelu", allnodes, "Gelu", [x], {"approximate": approx}, out)
+        replace_pattern(graph, ctx, "recognize_gelu", allnodes, "Gelu", [x], {"approximate": approx}, out)
         changed = True
     return changed
 
@@ -142,7 +106,7 @@ def _monomial(v: Value, x: Value) -> tuple[float, int, list[Node]] | None:
     c = scalar(v)
     if c is not None:
         return c, 0, []
-    node = _prod(v, "Mul", "Pow")
+    node = producer_of(v, "Mul", "Pow")
     if node is None or len(node.inputs) != 2:  # (that intermediates are read only inside: _internal_only)
         return None
     if node.op_type == "Pow":
@@ -164,7 +128,7 @@ def _tanh_head(pre: Node):
     k = math.sqrt(2 / math.pi)
     for i in (0, 1):
         if _close(scalar(pre.inputs[i]), k):
-            inner = _prod(pre.inputs[1 - i], "Add")
+            inner = producer_of(pre.inputs[1 - i], "Add")
             break
     else:
         return None
@@ -197,14 +161,14 @@ def _times_x_over_6(start: Node, x: Value) -> tuple[list[Node], Value] | None:
         k = scalar(_other(n, v)) if n.op_type == "Mul" else (scalar(n.inputs[1]) if n.inputs[0] is v else None)
         return _close(k, 1 / 6 if n.op_type == "Mul" else 6.0, 1e-4)
 
-    first = _single_consumer(start.outputs[0], "Mul", "Div")
+    first = sole_reader(start.outputs[0], "Mul", "Div")
     if first is None:
         return None
     if first.op_type == "Mul" and _other(first, start.outputs[0]) is x:  # (x * g) then / 6
-        second = _single_consumer(first.outputs[0], "Mul", "Div")
+        second = sole_reader(first.outputs[0], "Mul", "Div")
         return ([first, second], second.outputs[0]) if scale(second, first.outputs[0]) else None
     if scale(first, start.outputs[0]):  # (g / 6) then * x
-        second = _single_consumer(first.outputs[0], "Mul")
+        second = sole_reader(first.outputs[0], "Mul")
         if second is not None and _other(second, first.outputs[0]) is x:
             return [first, second], second.outputs[0]
     return None
@@ -220,7 +184,7 @@ def recognize_hardswish(graph: Graph, ctx: PassContext) -> bool:
             continue
         if node.op_type == "Clip":
             lo, hi = _clip_bounds(node, opset)
-            add = _prod(node.inputs[0], "Add")
+            add = producer_of(node.inputs[0], "Add")
             if lo != 0.0 or hi != 6.0 or add is None or add.graph is not graph or len(add.inputs) != 2:
                 continue
             x = next((a for a, b in (add.inputs, add.inputs[::-1]) if _close(scalar(b), 3.0, 1e-6)), None)
@@ -231,10 +195,10 @@ def recognize_hardswish(graph: Graph, ctx: PassContext) -> bool:
             if not (_close(node.attrs.get("alpha", 0.2), 1 / 6, 1e-4) and _close(node.attrs.get("beta", 0.5), 0.5)):
                 continue
             x = node.inputs[0]
-            mul = _single_consumer(node.outputs[0], "Mul")
+            mul = sole_reader(node.outputs[0], "Mul")
             if mul is None or _other(mul, node.outputs[0]) is not x:
                 continue
-            _replace(graph, ctx, "recognize_hardswish", [node, mul], "HardSwish", [x], {}, mul.outputs[0])
+            replace_pattern(graph, ctx, "recognize_hardswish", [node, mul], "HardSwish", [x], {}, mul.outputs[0])
             changed = True
             continue
         else:
@@ -245,11 +209,11 @@ def recognize_hardswish(graph: Graph, ctx: PassContext) -> bool:
                        "followed by x * . / 6 with each intermediate read only once (a ReLU6 is kept as Clip)")
             continue
         nodes, out = tail
-        if not _internal_only(head + nodes, out):
+        if not internal_only(head + nodes, out):
             ctx.reject("recognize_hardswish", head + nodes, "an intermediate value of the HardSwish pattern is "
                        "used elsewhere")
             continue
-        _replace(graph, ctx, "recognize_hardswish", head + nodes, "HardSwish", [x], {}, out)
+        replace_pattern(graph, ctx, "recognize_hardswish", head + nodes, "HardSwish", [x], {}, out)
         changed = True
     return changed
 
@@ -261,10 +225,10 @@ def recognize_silu(graph: Graph, ctx: PassContext) -> bool:
         if sig.graph is not graph or sig.domain != "" or sig.op_type != "Sigmoid":
             continue
         x = sig.inputs[0]
-        mul = _single_consumer(sig.outputs[0], "Mul")
+        mul = sole_reader(sig.outputs[0], "Mul")
         if mul is None or _other(mul, sig.outputs[0]) is not x:
             continue
-        _replace(graph, ctx, "recognize_silu", [sig, mul], "Swish", [x], {"alpha": 1.0}, mul.outputs[0])
+        replace_pattern(graph, ctx, "recognize_silu", [sig, mul], "Swish", [x], {"alpha": 1.0}, mul.outputs[0])
         changed = True
     return changed
 
@@ -330,12 +294,12 @@ def _trailing_axes(axes: list[int] | None, rank: int | None) -> int | None:
 def _affine(graph: Graph, v: Value):
     """Optional `* gamma` then `+ beta` (constants) after ``v``: returns (nodes, gamma, beta, out)."""
     nodes, gamma, beta, out = [], None, None, v
-    m = _single_consumer(out, "Mul")
+    m = sole_reader(out, "Mul")
     if m is not None and const(_other(m, out)) is not None:
         gamma = _other(m, out)
         nodes.append(m)
         out = m.outputs[0]
-    a = _single_consumer(out, "Add")
+    a = sole_reader(out, "Add")
     if a is not None and const(_other(a, out)) is not None:
         beta = _other(a, out)
         nodes.append(a)
@@ -345,20 +309,20 @@ def _affine(graph: Graph, v: Value):
 
 def _norm_denominator(v: Value):
     """sqrt(mean(d^2) + eps) where v is that value: returns (nodes, square_input, eps, reduce node)."""
-    sqrt = _prod(v, "Sqrt")
+    sqrt = producer_of(v, "Sqrt")
     if sqrt is None:
         return None
-    add = _prod(sqrt.inputs[0], "Add")
+    add = producer_of(sqrt.inputs[0], "Add")
     if add is None:
         return None
     for i in (0, 1):
         eps = scalar(add.inputs[i])
-        red = _prod(add.inputs[1 - i], "ReduceMean")
+        red = producer_of(add.inputs[1 - i], "ReduceMean")
         if eps is not None and red is not None:
             break
     else:
         return None
-    sq = _prod(red.inputs[0], "Pow", "Mul")
+    sq = producer_of(red.inputs[0], "Pow", "Mul")
     if sq is None:
         return None
     if sq.op_type == "Pow" and _close(scalar(sq.inputs[1]), 2.0):
@@ -417,14 +381,14 @@ def recognize_layer_norm(graph: Graph, ctx: PassContext) -> bool:
             continue
         aff_nodes, gamma, beta, out = _affine(graph, div.outputs[0])
         nodes = [mean, sub] + den_nodes + [div] + aff_nodes
-        if not _internal_only(nodes, out):
+        if not internal_only(nodes, out):
             ctx.reject("recognize_layer_norm", nodes, "an intermediate value of the LayerNorm pattern is used elsewhere")
             continue
         gb = _gamma_beta(graph, ctx, x, k, gamma, beta, mean.label)
         if gb is None:
             ctx.reject("recognize_layer_norm", nodes, "normalized dims are not static and gamma/beta are missing")
             continue
-        _replace(graph, ctx, "recognize_layer_norm", nodes, "LayerNormalization", [x, *gb],
+        replace_pattern(graph, ctx, "recognize_layer_norm", nodes, "LayerNormalization", [x, *gb],
                  {"axis": k, "epsilon": float(eps)}, out)
         changed = True
     return changed
@@ -452,7 +416,7 @@ def recognize_rms_norm(graph: Graph, ctx: PassContext) -> bool:
         if use.op_type == "Div" and use.inputs[0] is x and use.inputs[1] is sqrt.outputs[0]:
             scale_nodes, normed = [use], use.outputs[0]
         elif use.op_type == "Reciprocal":
-            mul = _single_consumer(use.outputs[0], "Mul")
+            mul = sole_reader(use.outputs[0], "Mul")
             if mul is None or _other(mul, use.outputs[0]) is not x:
                 continue
             scale_nodes, normed = [use, mul], mul.outputs[0]
@@ -462,166 +426,13 @@ def recognize_rms_norm(graph: Graph, ctx: PassContext) -> bool:
         if beta is not None:  # RMSNorm has no shift: leave the Add outside
             aff_nodes, out = aff_nodes[:-1], aff_nodes[-2].outputs[0] if len(aff_nodes) > 1 else normed
         nodes = den_nodes + scale_nodes + aff_nodes
-        if not _internal_only(nodes, out):
+        if not internal_only(nodes, out):
             ctx.reject("recognize_rms_norm", nodes, "an intermediate value of the RMSNorm pattern is used elsewhere")
             continue
         gb = _gamma_beta(graph, ctx, x, k, gamma, None, sqrt.label)
         if gb is None:
             continue
-        _replace(graph, ctx, "recognize_rms_norm", nodes, "RMSNormalization", [x, gb[0]],
+        replace_pattern(graph, ctx, "recognize_rms_norm", nodes, "RMSNormalization", [x, gb[0]],
                  {"axis": k, "epsilon": float(eps)}, out)
-        changed = True
-    return changed
-
-
-# --- Attention ------------------------------------------------------------------------------------
-def _strip_scale(v: Value, nodes: list[Node]) -> tuple[Value, float]:
-    """Peel Mul/Div by constant scalars off ``v`` (each single-use); return the base value and the scale."""
-    scale = 1.0
-    while True:
-        p = _prod(v, "Mul", "Div")
-        if p is None or len(p.outputs[0].uses) != 1:
-            return v, scale
-        if p.op_type == "Div" and scalar(p.inputs[1]) is not None:
-            scale /= scalar(p.inputs[1])
-            v = p.inputs[0]
-        elif p.op_type == "Mul" and scalar(p.inputs[1]) is not None:
-            scale *= scalar(p.inputs[1])
-            v = p.inputs[0]
-        elif p.op_type == "Mul" and scalar(p.inputs[0]) is not None:
-            scale *= scalar(p.inputs[0])
-            v = p.inputs[1]
-        else:
-            return v, scale
-        nodes.append(p)
-
-
-def recognize_attention(graph: Graph, ctx: PassContext) -> bool:
-    changed = False
-    opset = graph.opsets.get("", 21)
-    for sm in list(graph.nodes):
-        if sm.graph is not graph or sm.domain != "" or sm.op_type != "Softmax":
-            continue
-        rank = len(ctx.shape(sm.inputs[0])) if ctx.shape(sm.inputs[0]) is not None else None
-        axis = sm.attrs.get("axis", -1 if opset >= 13 else 1)
-        if rank is None or axis % rank != rank - 1:
-            continue
-        probs, safe = sm.outputs[0], []
-        # Safe softmax (SDPA's export): Where(IsNaN(p), 0, p) -> p, rows with every key masked give 0.
-        uses = [u for u, _ in probs.uses]
-        isnan = next((u for u in uses if u.domain == "" and u.op_type == "IsNaN"), None)
-        where = next((u for u in uses if u.domain == "" and u.op_type == "Where"), None)
-        if len(uses) == 2 and isnan is not None and where is not None and where.inputs[0] is isnan.outputs[0] \
-                and where.inputs[2] is probs and scalar(where.inputs[1]) == 0.0 and only_use(isnan.outputs[0]):
-            safe, probs = [isnan, where], where.outputs[0]
-        av = _single_consumer(probs, "MatMul")
-        if av is None or av.inputs[0] is not probs:
-            continue
-        nodes: list[Node] = []
-        scores = sm.inputs[0]
-        mask = None
-        add = _prod(scores, "Add")
-        if add is not None and len(add.outputs[0].uses) == 1:
-            for i in (0, 1):
-                base = add.inputs[i]
-                if _prod(_strip_scale(base, [])[0], "MatMul") is not None:
-                    mask = add.inputs[1 - i]
-                    scores = base
-                    nodes.append(add)
-                    break
-        scores, s_out = _strip_scale(scores, nodes)
-        qk = _prod(scores, "MatMul")
-        if qk is None or len(qk.outputs[0].uses) != 1:
-            continue
-        nodes.append(qk)
-        q, s_q = _strip_scale(qk.inputs[0], nodes)
-        kt, s_k = _strip_scale(qk.inputs[1], nodes)
-        scale = s_out * s_q * s_k
-        q_shape, kt_shape, v_shape = ctx.shape(q), ctx.shape(kt), ctx.shape(av.inputs[1])
-        if q_shape is None or kt_shape is None or v_shape is None or len(q_shape) < 3 \
-                or len(q_shape) != len(kt_shape) or len(v_shape) != len(q_shape):
-            ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must have the same rank >= 3")
-            continue
-        dt = ctx.dtype(q)
-        if dt is None or not dt.is_float or ctx.dtype(kt) != dt or ctx.dtype(av.inputs[1]) != dt:
-            ctx.reject("recognize_attention", [qk, sm, av], "Q, K and V must share one float dtype")
-            continue
-        if mask is not None and ctx.dtype(mask) is not None and not ctx.dtype(mask).is_float:
-            ctx.reject("recognize_attention", [qk, sm, av], "the mask is not additive (float)")
-            continue
-        all_nodes = nodes + [sm] + safe + [av]
-        out = av.outputs[0]
-        if not _internal_only(all_nodes, out):
-            ctx.reject("recognize_attention", all_nodes, "an intermediate of the attention pattern (e.g. the "
-                       "probabilities) is used elsewhere")
-            continue
-        ins = [q, kt, av.inputs[1]] + ([mask] if mask is not None else [])
-        attrs = {"scale": float(scale), **({"nan_to_zero": 1} if safe else {})}
-        _replace(graph, ctx, "recognize_attention", all_nodes, "Attention", ins, attrs, out, domain="kiln")
-        changed = True
-    return changed
-
-
-# --- Attention heads ----------------------------------------------------------------------------------
-def _split_heads(v: Value, perm: list[int], ctx: PassContext):
-    """v = Transpose(Reshape(x, [b, s, H, D]), perm) with x [b, s, H*D]: returns (x, H, D, nodes)."""
-    t = _prod(v, "Transpose")
-    if t is None or list(t.attrs.get("perm", [])) != perm or len(t.outputs[0].uses) != 1:
-        return None
-    r = _prod(t.inputs[0], "Reshape")
-    if r is None or len(r.outputs[0].uses) != 1:
-        return None
-    x = r.inputs[0]
-    xs, rs = ctx.shape(x), ctx.shape(r.outputs[0])
-    if xs is None or rs is None or len(xs) != 3 or len(rs) != 4 or tuple(xs[:2]) != tuple(rs[:2]) \
-            or not all(isinstance(d, int) for d in (xs[2], rs[2], rs[3])) or rs[2] * rs[3] != xs[2]:
-        return None
-    return x, rs[2], rs[3], [r, t]
-
-
-def fold_attention_heads(graph: Graph, ctx: PassContext) -> bool:
-    """The exporters' head split/merge around attention goes inside the layer:
-
-    Reshape(Transpose(Attention(Tr(R(q)), Tr(R(k), 0231), Tr(R(v))), 0213), [b, s, H*Dv])
-        -> kiln::Attention(q, k, v, mask) {heads: H}      (q, k, v and the result as [b, s, H*D])
-    """
-    changed = False
-    for att in list(graph.nodes):
-        if att.graph is not graph or att.domain != "kiln" or att.op_type != "Attention" or "heads" in att.attrs:
-            continue
-        q = _split_heads(att.inputs[0], [0, 2, 1, 3], ctx)
-        k = _split_heads(att.inputs[1], [0, 2, 3, 1], ctx)
-        v = _split_heads(att.inputs[2], [0, 2, 1, 3], ctx)
-        if q is None or k is None or v is None:
-            ctx.reject("fold_attention_heads", [att], "Q, K^T and V are not all Transpose(Reshape(x, [b, s, H, D])) "
-                       "of [b, s, H*D] tensors")
-            continue
-        if not (q[1] == k[1] == v[1] and q[2] == k[2]):
-            ctx.reject("fold_attention_heads", [att], "Q, K and V disagree on heads or head size")
-            continue
-        t = _single_consumer(att.outputs[0], "Transpose")
-        r = _single_consumer(t.outputs[0], "Reshape") if t is not None and list(t.attrs.get("perm", [])) == \
-            [0, 2, 1, 3] else None
-        qs = ctx.shape(q[0])
-        out_shape = ctx.shape(r.outputs[0]) if r is not None else None
-        target = const(r.inputs[1]) if r is not None else None
-        if out_shape is not None and tuple(out_shape) == (qs[0], qs[1], v[1] * v[2]):
-            old, out = q[3] + k[3] + v[3] + [att, t, r], r.outputs[0]
-        elif target is not None and (r.attrs.get("allowzero", 0) or not bool((target == 0).any())):
-            # Reshape(Transpose(a, 0213), shape) == Reshape([b, s, H*Dv] merge of a, shape): row-major order is
-            # the same, and a constant shape without 0 entries does not read the input's dims.
-            old, out = q[3] + k[3] + v[3] + [att, t], t.outputs[0]
-        else:
-            ctx.reject("fold_attention_heads", [att], "the result is not merged back to [b, s, H*Dv] by "
-                       "Transpose(0, 2, 1, 3) + Reshape")
-            continue
-        if not _internal_only(old, out):
-            ctx.reject("fold_attention_heads", old, "a head-split intermediate is used elsewhere")
-            continue
-        ins = [q[0], k[0], v[0]] + list(att.inputs[3:])
-        attrs = dict(att.attrs, heads=int(q[1]))
-        _replace(graph, ctx, "fold_attention_heads", old, "Attention", ins, attrs, out, domain="kiln")
-        if out is t.outputs[0]:
-            out.type = TensorType(getattr(out.type, "dtype", None))  # now [b, s, H*Dv], no longer 4-D
         changed = True
     return changed

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from ..ir.graph import Graph, Node, Value, new_constant  # noqa: F401 - the passes take it from here
 from ..ir.types import TensorType
+
+if TYPE_CHECKING:
+    from .context import PassContext
 
 
 def only_use(v: Value) -> Node | None:
@@ -98,3 +103,41 @@ def replace_uses(graph: Graph, old: Value, new: Value, flat: bool) -> None:
         node.set_input(slot, new)
     if any(o is old for o in graph.outputs):
         graph.outputs = [new if o is old else o for o in graph.outputs]
+
+
+# -- matching and replacing a pattern of nodes (the recognizers) ---------------------------------------------
+def producer_of(v: Value | None, *ops: str) -> Node | None:
+    """The node making ``v`` when it is one of the standard-domain ``ops`` (and still in a graph), else None."""
+    p = v.producer if v is not None else None
+    return p if p is not None and p.domain == "" and p.op_type in ops and p.graph is not None else None
+
+
+def sole_reader(v: Value, *ops: str) -> Node | None:
+    """The only reader of ``v`` when it is one of the standard-domain ``ops`` (see only_use), else None."""
+    n = only_use(v)
+    return n if n is not None and n.domain == "" and n.op_type in ops else None
+
+
+def replace_pattern(graph: Graph, ctx: "PassContext", rule: str, old: list[Node], op: str, inputs: list,
+                    attrs: dict, out: Value, domain: str = "") -> None:
+    """Put one node computing ``out`` in place of ``old`` (the last of which produced ``out``)."""
+    last = out.producer
+    new = Node(op, inputs, [], attrs, name=f"{last.label}.{op.lower()}", domain=domain)
+    merge_covers(new, old)
+    fuse_into(graph, [n for n in old if n is not last] + [last], new, out)
+    ctx.count(rule)  # the build report's fusion counts
+
+
+def internal_only(nodes: list[Node], out: Value) -> bool:
+    """True when no value made inside the pattern (other than ``out``) is read outside it."""
+    inside = set(map(id, nodes))
+    for n in nodes:
+        for o in n.outputs:
+            if o is None or o is out:
+                continue
+            if any(id(u) not in inside for u, _ in o.uses):
+                return False
+            g = n.graph
+            if g is not None and any(x is o for x in g.outputs):
+                return False
+    return True
