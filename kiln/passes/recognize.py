@@ -237,13 +237,13 @@ def recognize_silu(graph: Graph, ctx: PassContext) -> bool:
 def _softplus_input(v: Value) -> tuple[Value, list[Node]] | None:
     """(x, nodes) when v = Softplus(x), or torch's thresholded Softplus as the dynamo exporter writes it:
     Where(x > 20, x, Softplus(x)) (past 20 the two agree in float32 arithmetic: log1p(exp(-x)) < 2.1e-9)."""
-    sp = _prod(v, "Softplus")
+    sp = producer_of(v, "Softplus")
     if sp is not None:
         return sp.inputs[0], [sp]
-    where = _prod(v, "Where")
+    where = producer_of(v, "Where")
     if where is None or len(where.inputs) != 3:
         return None
-    gt, sp = _prod(where.inputs[0], "Greater"), _prod(where.inputs[2], "Softplus")
+    gt, sp = producer_of(where.inputs[0], "Greater"), producer_of(where.inputs[2], "Softplus")
     if gt is None or sp is None:
         return None
     x = sp.inputs[0]
@@ -262,14 +262,14 @@ def recognize_mish(graph: Graph, ctx: PassContext) -> bool:
         if found is None:
             continue
         x, nodes = found
-        mul = _single_consumer(tanh.outputs[0], "Mul")
+        mul = sole_reader(tanh.outputs[0], "Mul")
         if mul is None or _other(mul, tanh.outputs[0]) is not x:
             continue
         old = nodes + [tanh, mul]
-        if not _internal_only(old, mul.outputs[0]):
+        if not internal_only(old, mul.outputs[0]):
             ctx.reject("recognize_mish", old, "an intermediate of x * tanh(softplus(x)) is used elsewhere")
             continue
-        _replace(graph, ctx, "recognize_mish", old, "Mish", [x], {}, mul.outputs[0])
+        replace_pattern(graph, ctx, "recognize_mish", old, "Mish", [x], {}, mul.outputs[0])
         changed = True
     return changed
 
