@@ -9,6 +9,7 @@ of the Concat's output (kiln/builder/lower.py) and the runtime hands their produ
 """
 from __future__ import annotations
 
+from ..engine.aliases import is_view
 from ..ops import Registry, default_registry
 
 
@@ -54,7 +55,7 @@ def _why_not(v, concat, outputs, steps, views) -> str | None:
         return "a graph output"
     if len(v.uses) != 1 or v.uses[0][0] is not concat:
         return "read by other layers too"
-    if not p.domain and p.op_type in views:
+    if is_view(p, views=views):
         return f"made by {p.op_type}, a view of another tensor"
     if len([o for o in p.outputs if o is not None]) != 1:
         return f"{p.op_type} has several outputs"

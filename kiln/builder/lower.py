@@ -6,6 +6,7 @@ from ..ir.graph import Graph, Node
 from ..ir.types import TensorType
 from ..ops import Registry, default_registry
 from ..passes.propagate import Facts, propagate
+from ..engine.aliases import storage_roots
 from ..engine.memory import Lifetime, MemoryPlan, plan_memory
 from ..engine.report import LayerInfo
 
@@ -50,34 +51,29 @@ def lifetimes(graph: Graph, facts: Facts, registry: Registry | None = None) -> t
     """Intermediate tensors (not inputs, constants or outputs) with sizes at ``facts``' shapes.
 
     A view's reads extend the life of the tensor it views; a tensor viewed by a graph output is output memory.
-    Layers whose op has the ``view`` trait (torch returns a view of input 0) have no memory of their own.
+    Layers whose op has the ``view`` trait (torch returns a view of input 0) have no memory of their own, nor
+    have Concat inputs written in place (kiln/engine/aliases.py says which values share storage).
     Returns the lifetimes and the names of values whose size is unknown (data-dependent shapes)."""
-    views = (registry or default_registry()).ops_with("view")
+    roots = storage_roots(graph, registry)  # views and Concat parts in place: no storage of their own
     outputs = {v.id for v in graph.outputs}
-    root: dict[int, int] = {}  # value id -> id of the value whose memory it uses
     index = {}
     last: dict[int, int] = {}
-    # Concat inputs written in place (concat_in_place.py) are parts of the Concat's output.
-    part_of = {n.inputs[k].id: n.outputs[0].id for n in graph.nodes if n.attrs.get("in_place")
-               for k in n.attrs["in_place"] if n.inputs[k] is not None}
-    first: dict[int, int] = {}  # a Concat's output -> the first step writing any part of it
+    first: dict[int, int] = {}  # a storage root -> the first step writing any part of it
     for i, n in enumerate(graph.nodes):
         for v in n.inputs:
             if v is not None:
-                last[root.get(v.id, v.id)] = max(last.get(root.get(v.id, v.id), i), i)
+                r = roots.get(v.id, v.id)
+                last[r] = max(last.get(r, i), i)
         for o in n.outputs:
             if o is None:
                 continue
-            if n.op_type in views and n.domain == "" and n.inputs and n.inputs[0] is not None:
-                src = root.get(n.inputs[0].id, n.inputs[0].id)
-                root[o.id] = src
-                if o.id in outputs:
-                    outputs.add(src)
-            elif o.id in part_of:
-                root[o.id] = part_of[o.id]
-                first.setdefault(part_of[o.id], i)
-            else:
+            r = roots.get(o.id)
+            if r is None:
                 index[o.id] = (i, o)
+                continue
+            first.setdefault(r, i)
+            if o.id in outputs:  # a tensor viewed by a graph output is output memory
+                outputs.add(r)
     index = {vid: (min(start, first.get(vid, start)), v) for vid, (start, v) in index.items()}
     result, unknown = [], []
     for vid, (start, v) in index.items():
