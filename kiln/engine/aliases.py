@@ -6,7 +6,7 @@ Two rules, both read from the plan (no run needed):
 - a Concat input written in place (the ``in_place`` attribute, kiln/builder/concat_in_place.py) lives in a
   slice of the Concat's output.
 
-The build's memory plan (``lifetimes`` in kiln/builder/lower.py) places a tensor per storage root from this, and
+The build's memory plan (kiln/builder/memory_plan.py) places a tensor per storage root from this, and
 concat elimination refuses views with it. The run-time arena (arena.py) follows the same ``in_place`` marks and,
 for the rest, trusts what a recorded run shows (storage identity), because a kernel may also return its input
 unchanged where no trait says so; ``tests/engine/test_aliases.py`` checks that every alias named here is one the
