@@ -1,4 +1,11 @@
-"""The whole build: parse, optimize, lower, plan memory, package as an Engine."""
+"""The whole build: parse, optimize, tune, lower to a Plan, run the steps over it, and build the Engine last.
+
+    model ──parse──▶ Graph ──passes──▶ optimized Graph ──tune──▶ choices ──lower──▶ Plan
+          ──mark_concats_in_place──▶ Plan ──plan_activation_memory──▶ Plan ──▶ Engine(graph, header, binding)
+
+The Engine is constructed once, as the last step, from the plan, the header and the weights the plan's graph
+holds; nothing edits it, its header, its report or its program afterwards (tests/builder/test_lowering.py).
+"""
 from __future__ import annotations
 
 import logging
@@ -13,7 +20,9 @@ from ..passes.context import PassContext
 from ..passes.pipeline import run_pipeline
 from .config import BuilderConfig, Profile
 from .concat_in_place import mark_concats_in_place
-from .lower import describe_layers, plan_activation_memory
+from .lower import describe_layers, lower
+from .memory_plan import plan_activation_memory
+from .plan import Plan
 from ..engine.report import BuildReport
 
 if TYPE_CHECKING:
@@ -43,6 +52,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     """
     report_progress = progress or (lambda *a: None)
     from ..engine import device_info
+    from ..engine.binding import resolve_device
     from ..engine.runtime import Engine
     from ..engine.source import record as source_record
     from ..quant.calibrate import copy_graph
@@ -105,16 +115,27 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     report.notes = list(ctx.notes)
     report.quantization = graph.meta.pop("quantization", {})
     report_progress("layers", 1, 1, f"{len(report.layers)} layers")
-    tuned = _tune(graph, config, facts_opt, device, progress, registry, tactics)
+    tuned, choices = _tune(graph, config, facts_opt, device, progress, registry, tactics)
     if tuned is not None:
         report.tuning = tuned.to_json()
         if tuned.budget_exceeded:
             report.notes.append(f"tuning budget of {config.tuning_budget_s}s exceeded: "
                                 f"{len(tuned.untuned_for_budget)} layers kept their default tactic "
                                 f"(e.g. {', '.join(tuned.untuned_for_budget[:3])})")
-    if config.layer_threads and config.optimization_level >= 2 and config.tactic_replay is None:
-        _choose_layer_threads(graph, config, ctx, registry, tactics, report)
     annotate_types(graph, facts_opt)
+
+    # Lowering, then the steps over the plan, each with one job (plan.py).
+    plan = lower(graph, choices, resolve_device(config.device), registry, tactics)
+    _report_tactics(report, plan.binding.choices, tuned)
+    report.notes += plan.binding.notes
+    report_progress("memory", 0, 1, "planning activation memory")
+    plan = mark_concats_in_place(plan)
+    plan = plan_activation_memory(plan, profile_shapes(graph, config, "max"))
+    if config.layer_threads and config.optimization_level >= 2 and config.tactic_replay is None:
+        _choose_layer_threads(plan, config, ctx, report)
+    _report_plan(report, plan, config)
+    report_progress("memory", 1, 1, "memory planned")
+
     header = {
         "config": config.to_json(), "output_names": output_names, "device": device,
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -122,55 +143,49 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     }
     if plugins is not None and (records := plugins.records(graph)):
         header["plugins"] = records
-    engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph)
-    engine.plugins = plugins
-    _report_tactics(report, engine, tuned)
-    report.notes += engine.load_notes
-    report_progress("memory", 0, 1, "planning activation memory")
-    in_place, rejections = mark_concats_in_place(graph, engine.program, registry)
-    if in_place:
-        report.fusions["concat_in_place"] = in_place
-        by_name = {layer.name: layer for layer in report.layers}
-        for n in graph.nodes:
-            if n.attrs.get("in_place") and n.label in by_name:
-                by_name[n.label].kernel += f"[{len(n.attrs['in_place'])}/{len(n.inputs)} inputs in place]"
-    report.rejections += rejections
-    plan, notes, plannable = plan_activation_memory(graph, profile_shapes(graph, config, "max"), registry)
-    report.notes += notes
-    if plan is not None:
-        report.memory = plan.to_json()
-        if config.workspace_bytes is not None and plan.arena_bytes > config.workspace_bytes:
-            raise BuildError(f"activation memory at the largest profile shapes needs {plan.arena_bytes} bytes, over "
-                             f"the workspace limit of {config.workspace_bytes} bytes: raise the limit or lower the "
-                             f"profile's max shapes")
-    header["arena"] = plannable
-    if plan is not None and plannable:
-        header["arena_bytes"] = plan.arena_bytes
-    report_progress("memory", 1, 1, "memory planned")
+    header.update(plan.header_fields())
     report.build_seconds = round(time.perf_counter() - t0, 4)
     if config.verbosity >= 1:
         log.info("build finished:\n%s", report.summary())
-    return engine
+    # Last: the engine, from the plan (its graph and binding), the header and the report; never edited after.
+    return Engine(plan.graph, header, report, registry, tactics, source_graph=source_graph, plugins=plugins,
+                  binding=plan.binding)
+
+
+def _report_plan(report: BuildReport, plan: Plan, config: BuilderConfig) -> None:
+    """The plan steps' results in the build report: Concats done in place, refusals, the memory plan; a
+    memory plan over the workspace limit fails the build."""
+    if plan.concat_inputs_in_place:
+        report.fusions["concat_in_place"] = plan.concat_inputs_in_place
+        by_name = {layer.name: layer for layer in report.layers}
+        for n in plan.graph.nodes:
+            if n.attrs.get("in_place") and n.label in by_name:
+                by_name[n.label].kernel += f"[{len(n.attrs['in_place'])}/{len(n.inputs)} inputs in place]"
+    report.rejections += list(plan.rejections)
+    report.notes += plan.notes
+    if plan.memory is not None:
+        report.memory = plan.memory.to_json()
+        if config.workspace_bytes is not None and plan.memory.arena_bytes > config.workspace_bytes:
+            raise BuildError(f"activation memory at the largest profile shapes needs {plan.memory.arena_bytes} "
+                             f"bytes, over the workspace limit of {config.workspace_bytes} bytes: raise the limit "
+                             f"or lower the profile's max shapes")
 
 
 def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progress: Callable | None,
           registry: Registry, tactics: TacticLibrary | None):
     """Choose each layer's tactic (kiln.tune): replayed, from the timing cache, or timed on the device.
-    The choices are stored in node.meta["tactic"]; layers left at their default store nothing."""
+    Returns (the tuning result or None, {layer label: choice JSON}); layers left at their default have no
+    choice (the lowering stores the choices on the nodes)."""
     replay = None
     if config.tactic_replay:
         from ..tune import load_choices
         replay = load_choices(config.tactic_replay)
     elif config.optimization_level < 2:
-        return None
-    import torch
-
+        return None, {}
     from ..engine import device_info
-    from ..engine.runtime import bind_constants
+    from ..engine.binding import bind_constants, resolve_device
     from ..tune import TimingCache, Tuner
-    dev = torch.device(config.device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve_device(config.device)
     versions = dict(device_info.versions())
     try:
         import triton
@@ -187,29 +202,31 @@ def _tune(graph: Graph, config: BuilderConfig, facts, device_desc: dict, progres
         skip = set(plan_placement(graph, registry).host_nodes)
     result = tuner.tune_graph(graph, facts, constants, progress, replay, skip)
     del constants
+    choices = {}
     for n in graph.nodes:
         r = result.layers.get(n.label)
         if r is not None and r.source != "default":
-            n.meta["tactic"] = r.choice.to_json()
+            choices[n.label] = r.choice.to_json()
     if config.timing_cache and replay is None and cache._new:
         try:
             cache.save()
         except OSError as e:
             log.warning("timing cache %r could not be written: %s", config.timing_cache, e)
-    return result
+    return result, choices
 
 
-def _choose_layer_threads(graph: Graph, config: BuilderConfig, ctx: PassContext, registry: Registry,
-                          tactics: TacticLibrary | None, report: BuildReport) -> None:
-    """CPU layers measured faster on one thread run on one (kiln/tune/layer_threads.py); the report says which."""
+def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, report: BuildReport) -> None:
+    """A step over the plan: CPU layers measured faster on one thread run on one (kiln/tune/layer_threads.py,
+    marks on the plan's graph that the Engine's program reads); the report says which."""
     import torch
-    if torch.device(config.device).type != "cpu":
+    graph = plan.graph
+    if plan.binding.device.type != "cpu":
         return
     from ..passes.quantize_target import generated_sample
     from ..tune.layer_threads import choose_layer_threads
     feeds = generated_sample(graph, ctx, batches=1)
     try:
-        chosen = choose_layer_threads(graph, torch.device("cpu"), registry, tactics, feeds)
+        chosen = choose_layer_threads(graph, plan.binding, plan.registry, feeds)
     except Exception as e:  # noqa: BLE001 - an optimization: the engine runs every layer on all threads instead
         for n in graph.nodes:
             n.meta.pop("threads", None)
@@ -226,8 +243,8 @@ def _choose_layer_threads(graph: Graph, config: BuilderConfig, ctx: PassContext,
                             f"least {1 / 0.8:.2f}x faster than on {torch.get_num_threads()} (kiln/tune/layer_threads.py)")
 
 
-def _report_tactics(report: BuildReport, engine, tuned) -> None:
-    choices = engine._choices
+def _report_tactics(report: BuildReport, choices: dict, tuned) -> None:
+    """Each layer's bound tactic (``choices``: {label: Choice}) and, when tuned, its time and candidates."""
     for info in report.layers:
         c = choices.get(info.name)
         if c is not None:

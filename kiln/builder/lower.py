@@ -1,13 +1,47 @@
-"""Lowering: the optimized graph's nodes become the engine's layers; describe each for the report and
-plan the activation memory at the largest shapes the engine accepts."""
+"""Lowering: the optimized graph and the tuner's choices become a Plan (plan.py) bound on the device.
+
+``lower(graph, choices, device, registry, tactics)`` records each layer's tactic choice on its node, binds the
+graph on the device once (kiln/engine/binding.py: constants there, tactics made) and says, per layer, where it
+runs and whether its kernel writes into a given buffer. The steps over the plan follow (concat_in_place.py,
+memory_plan.py), then the Engine is built from it (builder.py). ``describe_layers`` and ``kernel_name`` name
+each layer's kernel for the build report.
+"""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+import torch
+
+from ..engine.binding import bind
+from ..engine.placement import plan_placement
+from ..engine.program import accepts_out, layer_kernel
+from ..engine.report import LayerInfo
 from ..ir.graph import Graph, Node
 from ..ir.types import TensorType
-from ..ops import Registry, default_registry
-from ..passes.propagate import Facts, propagate
-from ..engine.memory import Lifetime, MemoryPlan, plan_memory
-from ..engine.report import LayerInfo
+from ..ops import Registry
+from ..passes.propagate import Facts
+from .plan import Layer, Plan
+
+
+def lower(graph: Graph, choices: Mapping[str, dict], device: torch.device, registry: Registry,
+          tactics: Any = None) -> Plan:
+    """The plan of ``graph`` on ``device``: ``choices`` ({layer label: tactic choice JSON}, the tuner's; layers
+    not named keep their default) are stored on the nodes (``node.meta["tactic"]``, what the file keeps), the
+    graph is bound with the tactic library ``tactics`` (default: Kiln's own), and each layer says where it runs
+    and whether its kernel computes into a given buffer (``accepts_out``)."""
+    for n in graph.nodes:
+        if n.label in choices:
+            n.meta["tactic"] = choices[n.label]
+    binding = bind(graph, device, registry, tactics)
+    host_nodes = plan_placement(graph, registry).host_nodes if device.type == "cuda" else set()
+    host = torch.device("cpu")
+    layers = []
+    for n in graph.nodes:
+        on_host = id(n) in host_nodes
+        kernel, tactic = layer_kernel(n, registry, binding.tactics, on_host)
+        layers.append(Layer(n, on_host, "" if tactic is None else tactic.name,
+                            accepts_out(kernel, host if on_host else device)))
+    return Plan(graph, tuple(layers), binding, registry)
 
 
 def kernel_name(node: Node, registry: Registry) -> str:
@@ -44,94 +78,3 @@ def describe_layers(graph: Graph, facts: Facts, registry: Registry) -> list[Laye
         layers.append(LayerInfo(n.label, op, list(n.meta.get("covers", [n.label])), kernel_name(n, registry),
                                 precision(n, facts), shapes))
     return layers
-
-
-def lifetimes(graph: Graph, facts: Facts, registry: Registry | None = None) -> tuple[list[Lifetime], list[str]]:
-    """Intermediate tensors (not inputs, constants or outputs) with sizes at ``facts``' shapes.
-
-    A view's reads extend the life of the tensor it views; a tensor viewed by a graph output is output memory.
-    Layers whose op has the ``view`` trait (torch returns a view of input 0) have no memory of their own.
-    Returns the lifetimes and the names of values whose size is unknown (data-dependent shapes)."""
-    views = (registry or default_registry()).ops_with("view")
-    outputs = {v.id for v in graph.outputs}
-    root: dict[int, int] = {}  # value id -> id of the value whose memory it uses
-    index = {}
-    last: dict[int, int] = {}
-    # Concat inputs written in place (concat_in_place.py) are parts of the Concat's output.
-    part_of = {n.inputs[k].id: n.outputs[0].id for n in graph.nodes if n.attrs.get("in_place")
-               for k in n.attrs["in_place"] if n.inputs[k] is not None}
-    first: dict[int, int] = {}  # a Concat's output -> the first step writing any part of it
-    for i, n in enumerate(graph.nodes):
-        for v in n.inputs:
-            if v is not None:
-                last[root.get(v.id, v.id)] = max(last.get(root.get(v.id, v.id), i), i)
-        for o in n.outputs:
-            if o is None:
-                continue
-            if n.op_type in views and n.domain == "" and n.inputs and n.inputs[0] is not None:
-                src = root.get(n.inputs[0].id, n.inputs[0].id)
-                root[o.id] = src
-                if o.id in outputs:
-                    outputs.add(src)
-            elif o.id in part_of:
-                root[o.id] = part_of[o.id]
-                first.setdefault(part_of[o.id], i)
-            else:
-                index[o.id] = (i, o)
-    index = {vid: (min(start, first.get(vid, start)), v) for vid, (start, v) in index.items()}
-    result, unknown = [], []
-    for vid, (start, v) in index.items():
-        if vid in outputs or v.const is not None:
-            continue
-        t = facts.type_of(v)
-        if not isinstance(t, TensorType) or not t.is_static or t.dtype is None:
-            unknown.append(v.name)
-            continue
-        numel = 1
-        for d in t.shape:
-            numel *= d
-        try:
-            size = numel * t.dtype.itemsize
-        except TypeError:
-            unknown.append(v.name)
-            continue
-        result.append(Lifetime(size, start, last.get(vid, start)))
-    return result, unknown
-
-
-def plan_activation_memory(graph: Graph, max_shapes: dict[str, tuple] | None,
-                           registry: Registry) -> tuple[MemoryPlan | None, list[str], bool]:
-    """(plan at the largest shapes, notes, whether a run-time arena can hold every placed tensor: not when
-    some sizes are data-dependent or unbounded, or the graph has control flow whose results vary in shape)."""
-    facts = propagate(graph, max_shapes, registry)
-    undetermined = _data_dependent(graph, facts)
-    notes = []
-    if undetermined:
-        notes.append(f"memory plan: {len(undetermined)} tensors have data-dependent sizes, so intermediates come "
-                     f"from torch's allocator at run time (e.g. {', '.join(undetermined[:3])})")
-    if any(d in facts.symbols for t in facts.types.values() if isinstance(t, TensorType) and t.shape
-           for d in t.shape if isinstance(d, int)):
-        return None, notes + ["memory plan: some input dims are dynamic and no profile bounds them, so the arena "
-                              "is sized at run time for each input shape"], not undetermined
-    lts, unknown = lifetimes(graph, facts, registry)
-    if unknown and not undetermined:
-        notes.append(f"memory plan: {len(unknown)} tensors of unknown size are left out of the plan "
-                     f"(e.g. {', '.join(unknown[:3])})")
-    return plan_memory(lts), notes, not undetermined and not unknown
-
-
-def _data_dependent(graph: Graph, facts: Facts) -> list[str]:
-    """Names of values (all scopes' nodes' outputs) whose shape is not fixed by the input shapes: then one
-    run's tensor sizes say nothing about the next run's at the same input shapes."""
-    out = []
-    for n in graph.all_nodes():
-        for o in n.outputs:
-            if o is None:
-                continue
-            t = facts.type_of(o)
-            if isinstance(t, TensorType):
-                if t.shape is None or any(d is None or isinstance(d, str) for d in t.shape):
-                    out.append(o.name)
-            elif t is not None:  # sequences, optionals: element shapes are not tracked
-                out.append(o.name)
-    return out

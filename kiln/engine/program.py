@@ -21,6 +21,18 @@ def accepts_out(kernel: Callable, device: torch.device) -> bool:
     return device.type in where
 
 
+def layer_kernel(node: Node, registry: Registry, tactics: dict | None, on_host: bool) -> tuple[Callable, Any]:
+    """(kernel, tactic or None) that ``node``'s layer runs: its bound tactic's, else its op's own; a layer placed
+    on the host always runs its op's own. The Program and the build's lowering (which decides from it which
+    layers write into a given buffer) both ask here."""
+    opdef = registry.get(node.domain, node.op_type)
+    if opdef is None:
+        raise KernelError(f"layer {node.label}: no kernel for "
+                          f"{node.domain + '::' if node.domain else ''}{node.op_type}")
+    tactic = None if on_host else (tactics or {}).get(node)
+    return (opdef.kernel if tactic is None else tactic.kernel), tactic
+
+
 @dataclass
 class Step:
     node: Node
@@ -81,17 +93,13 @@ class Program:
         host = torch.device("cpu")
         self.steps: list[Step] = []
         for i, n in enumerate(graph.nodes):
-            opdef = registry.get(n.domain, n.op_type)
-            if opdef is None:
-                raise KernelError(f"layer {n.label}: no kernel for {n.domain + '::' if n.domain else ''}{n.op_type}")
             on_host = placement is not None and id(n) in placement.host_nodes
+            kernel, tactic = layer_kernel(n, registry, tactics, on_host)
             ctx = KernelContext(opset=opset, device=host if on_host else device, num_outputs=len(n.outputs),
                                 output_types=[o.type if o is not None else None for o in n.outputs],
                                 node_name=n.label)
             if any(True for _ in n.subgraphs()):
                 ctx.run_graph = self._subgraph_runner()
-            tactic = None if on_host else (tactics or {}).get(n)  # host layers run the op's own kernel
-            kernel = opdef.kernel if tactic is None else tactic.kernel
             threads = n.meta.get("threads") if ctx.device.type == "cpu" else None
             if threads is not None:
                 kernel = with_threads(kernel, int(threads))

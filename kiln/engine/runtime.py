@@ -25,7 +25,7 @@ from .buffers import check_output_buffers, check_output_shape
 from .precision_flags import float32_precision
 from .profile import Profile
 from ..runtime.interpreter import as_tensor, inputs_by_name
-from .placement import host_constants
+from .binding import Binding, bind, resolve_device
 from .program import Program
 from .spec import EngineSpec
 from ..threads import check_thread_count, warn_if_spinning
@@ -47,13 +47,16 @@ class Engine:
     """An optimized, device-specific plan with its weights. Build with ``kiln.build``; ``save``/``load``."""
 
     def __init__(self, graph: Graph, header: dict, report: Any = None, registry: Registry | None = None,
-                 tactics: Any = None, source_graph: Graph | None = None, notes: list[str] | None = None):
+                 tactics: Any = None, source_graph: Graph | None = None, notes: list[str] | None = None, *,
+                 plugins: Any = None, binding: Binding | None = None):
+        """The one way an engine is made, by ``Engine.load`` and by ``kiln.build`` alike: from its graph (the
+        plan), header and report. ``binding``: the graph already bound on this engine's device (the build's
+        lowering binds once, kiln/builder/lower.py); None binds it here. Nothing edits an engine afterwards
+        but a refit (kiln/builder/refitter.py), which swaps its program whole."""
         self.header = header
         self.report = report
         self.spec = EngineSpec.from_json(header["config"])  # what the engine reads of its build configuration
-        self.device = torch.device(self.spec.device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        self.device = resolve_device(self.spec.device)
         self.registry = registry or default_registry()
         self.output_names: list[str] = list(header["output_names"])
         self.inputs = [TensorInfo(v.name, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
@@ -63,27 +66,28 @@ class Engine:
         self.profiles: tuple[Profile, ...] = self.spec.profiles
         # What loading changed or replaced (another device, torch or Kiln; tactics that do not apply here)
         self.load_notes: list[str] = list(notes or [])
-        self.plugins = None  # the kiln.plugin.PluginLibrary its custom ops run from (set by build and load)
+        self.plugins = plugins  # the kiln.plugin.PluginLibrary its custom ops run from (given by build and load)
         self.signed_by: str | None = None  # the fingerprint of the key that signed the file it was loaded from
         self._tactic_library = tactics  # a kiln.tactics.TacticLibrary (default: Kiln's own)
         # A refittable engine keeps the ONNX graph it was built from, with its current initializers
         # (kiln/builder/refitter.py).
         self.source_graph = source_graph
         self._refit_lock = threading.Lock()
-        self._bind(graph, self.load_notes)
+        self._bind(graph, self.load_notes, binding)
 
-    def _bind(self, graph: Graph, notes: list[str]) -> None:
-        """Make ``graph`` the engine's: its constants on the device, its tactics bound, its program. The program
-        is assigned last, in one step: a run takes the program once (a snapshot), so a context running while
-        the engine is refitted sees the old weights or the new ones, never a mix."""
-        constants = bind_constants(graph, self.device, self.registry)
-        # Device-specific implementations made now, at load, from each layer's stored choice (the tuner's,
-        # kept in node.meta["tactic"]) or its default: the file keeps the plain weights and plain data.
-        from ..tactics import bind_tactics
-        choices: dict = {}
-        tactics = bind_tactics(graph.nodes, constants, self.device, notes, choices, self._tactic_library)
-        program = Program(graph, self.device, self.registry, constants, tactics)
-        self.graph, self._constants, self._choices, self._tactics = graph, constants, choices, tactics
+    def _bind(self, graph: Graph, notes: list[str], binding: Binding | None = None) -> None:
+        """Make ``graph`` the engine's: its constants on the device, its tactics bound (binding.py; or the
+        ``binding`` given, made for this graph on this device), its program. The program is assigned last, in
+        one step: a run takes the program once (a snapshot), so a context running while the engine is
+        refitted sees the old weights or the new ones, never a mix."""
+        if binding is None:
+            binding = bind(graph, self.device, self.registry, self._tactic_library)
+        elif binding.device != self.device:
+            raise KilnError(f"the binding given is for {binding.device}, this engine runs on {self.device}")
+        notes.extend(binding.notes)
+        program = Program(graph, self.device, self.registry, binding.constants, binding.tactics)
+        self.graph, self._constants, self._choices, self._tactics = (graph, binding.constants, binding.choices,
+                                                                     binding.tactics)
         self.program = program
 
     # -- io description --------------------------------------------------------------------
@@ -209,8 +213,8 @@ class Engine:
             check_source_graph(stored_source, weights, registry, where)
             source_graph = decode_graph(stored_source, weights)
         graph = decode_graph(plan, weights)
-        engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph, notes=notes)
-        engine.plugins = plugins
+        engine = Engine(graph, header, report, registry, tactics, source_graph=source_graph, notes=notes,
+                        plugins=plugins)
         key = split(data)[1]
         engine.signed_by = None if key is None else fingerprint(key)
         return engine
@@ -252,25 +256,6 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({self.device}, {self.num_layers} layers, inputs={[i.name for i in self.inputs]})"
-
-
-def bind_constants(graph: Graph, device: torch.device, registry: Registry | None = None) -> dict[int, torch.Tensor]:
-    """Every constant moved to the device once; NHWC convolution weights stored channels-last; on the GPU,
-    small integer constants of the main graph stay on the host, pinned (see placement.py)."""
-    nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
-            if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
-    out = {}
-    on_host = host_constants(graph, registry) if device.type == "cuda" else set()
-    for g in graph.walk_graphs():
-        for v in g.constants.values():
-            if g is graph and v.id in on_host:
-                out[v.id] = v.const.pin_memory()
-                continue
-            t = v.const.to(device)
-            if v.id in nhwc and t.dim() == 4:
-                t = t.contiguous(memory_format=torch.channels_last)
-            out[v.id] = t
-    return out
 
 
 class InferHandle:

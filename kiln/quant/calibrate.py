@@ -41,7 +41,7 @@ def run_graph(graph: Graph, batches: Iterable[Mapping[str, Any]], device: str = 
     from ..ops import default_registry
     dev = torch.device(device)
     registry = registry or default_registry()
-    from ..engine.runtime import bind_constants
+    from ..engine.binding import bind_constants
     consts = bind_constants(graph, dev)  # as the engine binds them: shape constants stay on the host on a GPU
     prog = Program(graph, dev, registry, consts)
     step_hook = None

@@ -27,20 +27,16 @@ GAIN = 0.8  # one thread is chosen only when its median is at most 80% of the ma
 ROUNDS = 5  # timed runs per setting, alternating (after one warm-up run each)
 
 
-def choose_layer_threads(graph, device: torch.device, registry, tactics, feeds: list[dict]) -> dict[str, tuple]:
-    """Time every layer of ``graph`` (its bound tactics, on ``device``) on one thread and on the current
-    thread count; returns {layer label: (one-thread ms, many-thread ms)} for the layers one thread serves
-    better, and marks those nodes (``meta["threads"] = 1``). Nothing on a GPU, with one thread, or without
-    inputs to run."""
+def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> dict[str, tuple]:
+    """Time every layer of ``graph`` (with its ``binding``'s constants and tactics: kiln/engine/binding.py) on one
+    thread and on the current thread count; returns {layer label: (one-thread ms, many-thread ms)} for the
+    layers one thread serves better, and marks those nodes (``meta["threads"] = 1``). Nothing on a GPU, with
+    one thread, or without inputs to run."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads <= 1 or not feeds:
+    if binding.device.type != "cpu" or threads <= 1 or not feeds:
         return {}
     from ..engine.program import Program
-    from ..engine.runtime import bind_constants
-    from ..tactics import bind_tactics
-    constants = bind_constants(graph, device, registry)
-    program = Program(graph, device, registry, constants, bind_tactics(graph.nodes, constants, device, None, None,
-                                                                         tactics))
+    program = Program(graph, binding.device, registry, binding.constants, binding.tactics)
     ids = {v.name: v.id for v in graph.inputs}
     feed = {ids[k]: v for k, v in feeds[0].items() if k in ids}
     samples: dict[int, list[list[float]]] = {1: [[] for _ in program.steps], threads: [[] for _ in program.steps]}

@@ -3,7 +3,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 import kiln
-from kiln.builder.lower import lifetimes
+from kiln.builder.memory_plan import lifetimes
 from kiln.passes.propagate import propagate
 
 
