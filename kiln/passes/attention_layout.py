@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from ..ir.graph import Node, Value
+from ..ops import default_registry
 from .context import PassContext
 from .rewrite import only_use
 
 # Ops that only move elements (their other inputs constant): running one on positions tells where each goes.
-MOVES = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Flatten", "Identity"})
+# The registry's views (Reshape, Transpose, Slice, Split, ...) and Gather, which copies but only selects.
+MOVES = default_registry().ops_with("view") | {"Gather"}
 
 
 def _run(ctx: PassContext, node: Node, pos: torch.Tensor, output: int) -> torch.Tensor | None:

@@ -76,29 +76,32 @@ def fit_precision_target(graph: Graph, ctx: PassContext) -> bool:
     return bool(pinned)
 
 
-# Ops an integer input passes through unchanged in value on its way to an index or a one-hot comparison.
-_SAME_VALUES = ("Cast", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+def _same_values(registry) -> frozenset[str]:
+    """Ops an integer input passes through unchanged in value on its way to an index or a one-hot comparison:
+    the registry's views, a broadcast and a cast."""
+    return registry.ops_with("view") | {"Expand", "Cast"}
 
 
-def _constant_source(v):
-    """The constant whose values ``v`` carries (through value-preserving ops such as a broadcast), or None."""
+def _constant_source(v, same: frozenset[str]):
+    """The constant whose values ``v`` carries (through the value-preserving ops ``same``), or None."""
     for _ in range(16):
         if v is None:
             return None
         if v.const is not None:
             return v.const
         p = v.producer
-        if p is None or p.op_type not in _SAME_VALUES or not p.inputs:
+        if p is None or p.op_type not in same or not p.inputs:
             return None
         v = p.inputs[0]
     return None
 
 
-def _index_range(graph: Graph, v) -> int | None:
+def _index_range(graph: Graph, v, registry) -> int | None:
     """How many values integer input ``v`` ranges over, from how the model reads it (the smallest over its
     readers, through value-preserving ops): the rows of the tables it indexes (Gather), the depth of its
     one-hot encoding (OneHot's depth, or the exporters' Equal against a constant range, as jax2tf writes
     one_hot: magika's byte values). None when nothing says: the input is then zeros, valid anywhere."""
+    same = _same_values(registry)
     sizes, frontier, seen = [], [v], set()
     while frontier:
         x = frontier.pop()
@@ -106,7 +109,7 @@ def _index_range(graph: Graph, v) -> int | None:
             continue
         seen.add(id(x))
         for n, slot in x.uses:
-            if n.op_type in _SAME_VALUES and slot == 0 and n.outputs and n.outputs[0] is not None:
+            if n.op_type in same and slot == 0 and n.outputs and n.outputs[0] is not None:
                 frontier.append(n.outputs[0])
             elif n.op_type == "Gather" and slot == 1 and n.inputs[0] is not None and n.inputs[0].const is not None:
                 table = n.inputs[0].const
@@ -117,7 +120,7 @@ def _index_range(graph: Graph, v) -> int | None:
                     and n.inputs[1].const is not None and n.inputs[1].const.numel() == 1:
                 sizes.append(int(n.inputs[1].const.reshape(()).item()))
             elif n.op_type == "Equal" and len(n.inputs) == 2:
-                c = _constant_source(n.inputs[1 - slot])
+                c = _constant_source(n.inputs[1 - slot], same)
                 if c is not None and c.numel() > 1 and not c.dtype.is_floating_point and int(c.min()) >= 0:
                     sizes.append(int(c.max()) + 1)  # one-hot as x == arange(depth)
     sizes = [s for s in sizes if s > 0]
@@ -140,7 +143,7 @@ def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[d
             shape, dtype = shapes.get(v.name), getattr(v.type, "dtype", None)
             if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
                 return []
-            rows = None if dtype.is_float or dtype.torch == torch.bool else _index_range(graph, v)
+            rows = None if dtype.is_float or dtype.torch == torch.bool else _index_range(graph, v, ctx.registry)
             if dtype.is_float:
                 x = torch.randn(tuple(shape), generator=gen).to(dtype.torch)
             elif rows:
