@@ -42,7 +42,9 @@ def _spatial_pads(pad: Node, rank: int | None, opset: int) -> list[int] | str:
             if a is None:
                 return "the axes are not constant"
             axes = [int(v) for v in a.tolist()]
-    if pads is None or rank is None:
+    if pads is None:
+        return "the pads are not given as a list (opset 1's paddings)"
+    if rank is None:
         return "the input rank is unknown"
     if value != 0.0:
         return f"the pad value is {value}, not 0"

@@ -279,3 +279,30 @@ def test_int8_refit_can_recalibrate():
     scales = [n.attrs["x_scale"] for n in engine.graph.nodes if "x_scale" in n.attrs]
     assert scales and scales == [n.attrs["x_scale"] for n in fresh.graph.nodes if "x_scale" in n.attrs]
     assert_close(run(engine), run(fresh), {"int8": True})
+
+
+def test_refit_of_an_engine_with_a_plugin():
+    """The replay runs the build's passes with the engine's plugins: a refitted engine with a custom op equals a
+    fresh build of the new weights."""
+    from kiln.plugin import PluginLibrary
+    plugins = PluginLibrary()
+
+    @plugins.op("test.refit::SoftClip", elementwise=True)
+    def soft_clip(x, *, alpha: float = 1.0):
+        return alpha * torch.tanh(x / alpha)
+
+    def model(seed):
+        w = numpy_helper.from_array(np.random.default_rng(seed).standard_normal((8, 4)).astype(np.float32), "w")
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]),
+                               helper.make_node("SoftClip", ["m"], ["y"], domain="test.refit", alpha=2.0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("test.refit", 1)])
+    engine = kiln.build(model(0), kiln.BuilderConfig(device="cpu", refittable=True), plugins=plugins)
+    refitter = kiln.Refitter(engine)
+    refitter.set_named_weights("w", numpy_helper.to_array(model(1).graph.initializer[0]))
+    refitter.refit()
+    x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+    fresh = kiln.build(model(1), kiln.BuilderConfig(device="cpu"), plugins=plugins)
+    np.testing.assert_array_equal(engine.create_execution_context().infer({"x": x})["y"],
+                                  fresh.create_execution_context().infer({"x": x})["y"])
