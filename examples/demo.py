@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import kiln
+import kiln  # before torch: kiln sets the CPU pool's wait policy before torch starts it (kiln/threads.py)
+import torch
 
 HERE = Path(__file__).resolve().parent
 
