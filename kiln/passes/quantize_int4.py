@@ -61,11 +61,9 @@ def quantize_weights_int4(graph: Graph, ctx: PassContext) -> bool:
             ctx.reject(RULE, [c.node], f"kept in float: the model missed accuracy_target with this layer in int4 "
                                        f"(its output error {c.error:.3f} on random inputs)")
         else:
-            _convert(graph, c)
             ctx.count(RULE)
+    _convert_all(graph, [c for c in planned if c.label not in kept])
     done = ctx.applied.get(RULE, 0)
-    if done:
-        graph.opsets.setdefault(MS, 1)
     worst = max((c.error for c in planned if c.label not in kept), default=0.0)
     ctx.notes.append(f"int4 weights: {done} MatMul/Gemm layers as MatMulNBits (blocks of {block}, symmetric); worst "
                      f"layer output error {worst:.3g} (relative, random inputs); {summary}")
@@ -107,9 +105,16 @@ def _plan(graph: Graph, ctx: PassContext, block: int) -> list[_Candidate]:
     return out
 
 
-def _convert(graph: Graph, c: _Candidate) -> None:
-    """``c``'s MatMul/Gemm (found by label in ``graph``, which may be a copy) replaced by MatMulNBits."""
-    node = next(n for n in graph.nodes if n.label == c.label and n.op_type in ("MatMul", "Gemm"))
+def _convert_all(graph: Graph, candidates: list[_Candidate]) -> None:
+    """Each candidate's MatMul/Gemm (found by label: ``graph`` may be a copy) replaced by MatMulNBits."""
+    by_label = {n.label: n for n in graph.nodes if n.op_type in ("MatMul", "Gemm")}
+    for c in candidates:
+        _convert(graph, by_label[c.label], c)
+    if candidates:
+        graph.opsets.setdefault(MS, 1)
+
+
+def _convert(graph: Graph, node: Node, c: _Candidate) -> None:
     x = node.inputs[0]
     dt = getattr(x.type, "dtype", None)
     bias = node.inputs[2] if c.bias is not None and len(node.inputs) > 2 else None
@@ -127,7 +132,6 @@ def _convert(graph: Graph, c: _Candidate) -> None:
     new.meta["covers"] = [c.label]
     new.graph = graph
     graph.nodes.insert(at, new)
-    graph.opsets.setdefault(MS, 1)
 
 
 def _fit_target(graph: Graph, ctx: PassContext, planned: list[_Candidate]) -> tuple[set[str], str]:
@@ -154,9 +158,7 @@ def _fit_target(graph: Graph, ctx: PassContext, planned: list[_Candidate]) -> tu
 
     def measure(kept: set[str]) -> dict:
         g = copy_graph(graph)
-        for c in planned:
-            if c.label not in kept:
-                _convert(g, c)
+        _convert_all(g, [c for c in planned if c.label not in kept])
         return compare(ref, run_graph(g, batches, ctx.config.device, ctx.registry))
 
     kept: set[str] = set()
