@@ -73,11 +73,10 @@ def test_the_build_marks_only_what_it_measured_and_says_so():
         pytest.skip("one intra-op thread: nothing to choose")
     engine = _engine(layer_threads=True)
     marked = [s.node.label for s in engine.program.steps if s.threads == 1]
-    kernels = {layer.name: layer.kernel for layer in engine.report.layers}
-    for label in marked:
-        assert kernels[label].endswith("[1 thread]")
     notes = [n for n in engine.report.notes if "on one thread" in n]
     assert bool(notes) == bool(marked)
+    for label in marked:
+        assert label in notes[0]
     reference = _engine(layer_threads=False)
     feed = _feed(engine, 1)
     want = reference.create_execution_context().infer(feed)
