@@ -272,3 +272,26 @@ def test_kiln_build_debug_tensors():
     np.testing.assert_allclose(got["y"], np.maximum(got["m"], 0), atol=1e-6)
     np.testing.assert_allclose(out["y"], got["y"], atol=1e-6)
     assert list(out) == ["y"], "debug tensors are not outputs of a run"
+
+
+def test_debug_tensors_survive_refit_and_weights_from(tmp_path):
+    """A refit and a weight-stripped load replay the build's passes: the debug outputs are replayed with them."""
+    model = matmul_relu_model()
+    onnx.save(model, tmp_path / "model.onnx")
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    x = np.random.default_rng(5).standard_normal((2, 3)).astype(np.float32)
+
+    def debug_values(engine):
+        seen = {}
+        engine.create_execution_context().infer({"x": x}, debug=lambda values: seen.update(
+            (n, t.clone().numpy()) for n, t in values))
+        return seen
+
+    engine = kiln.build(model, refittable=True, debug_tensors=["m"])
+    stripped = kiln.Engine.deserialize(engine.serialize(weights=False), weights_from=tmp_path / "model.onnx")
+    assert stripped.debug_names == ["m"]
+    np.testing.assert_allclose(debug_values(stripped)["m"], x @ w, rtol=1e-5, atol=1e-6)
+    refitter = kiln.Refitter(engine)
+    refitter.set_named_weights("w", w * 2)
+    refitter.refit()
+    np.testing.assert_allclose(debug_values(engine)["m"], x @ (w * 2), rtol=1e-5, atol=1e-5)
