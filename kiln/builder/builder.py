@@ -34,7 +34,8 @@ log = logging.getLogger("kiln.build")
 
 def build(model: Any, config: BuilderConfig | None = None, progress: Callable | None = None, *,
           tactics: TacticLibrary | None = None, pipeline: Sequence | None = None, plugins: PluginLibrary | None = None,
-          example_inputs: Any = None, exporter: str = "torchscript", **overrides) -> "Engine":
+          example_inputs: Any = None, exporter: str = "torchscript", debug_tensors: Sequence[str] = (),
+          **overrides) -> "Engine":
     """Build an engine from a model path, bytes, onnx.ModelProto, kiln Graph, or torch.nn.Module.
 
     A torch.nn.Module is exported first with torch.onnx.export (kiln/frontend/torch_export.py) on
@@ -47,6 +48,11 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     ``plugins``: custom ops (a kiln.plugin.PluginLibrary): their nodes run the plugin's reference or a tactic the
     tuner timed and checked; the engine records each plugin used (name, version, signature hash), and loading it
     needs the same plugins (``Engine.load(path, plugins=)``).
+    ``debug_tensors``: names of tensors of the model (inputs, initializers or node outputs) to keep observable in
+    the engine (TensorRT's debug tensors): each becomes an extra output of the build after the model's own, so no
+    pass fuses it away or overwrites it, and the engine lists them (``Engine.debug_tensors``); a run hands their
+    values to a ``debug`` callback (``ExecutionContext.infer``). Marking a tensor can cost the fusions it took part
+    in, as in TensorRT.
     ``progress``, if given, is called as ``progress(stage, done, total, message)`` as the build advances
     (stages: "parse", "passes", "layers", "tune", "memory"); it only observes, it cannot change the build.
     """
@@ -79,10 +85,11 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
                          "an ONNX model's input shapes come from the model and the profiles")
     graph = _as_graph(model, registry, config.onnxruntime_fallback)
     source = source_record(graph)  # what a weight-stripped or refitted engine checks its new weights against
+    output_names = [v.name for v in graph.outputs]
+    debug_names = add_debug_outputs(graph, debug_tensors)  # after the record: a model has no debug outputs
     source_graph = copy_graph(graph) if config.refittable else None
     report_progress("parse", 1, 1, "model read")
     onnx_nodes = sum(1 for _ in graph.all_nodes())
-    output_names = [v.name for v in graph.outputs]
     _check_profiles(graph, config)
     static_shapes = static_input_shapes(graph, config)
     ctx = PassContext(graph, config, registry, static_shapes)
@@ -102,6 +109,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     timings = run_pipeline(graph, ctx, pipeline, progress=progress)
     graph.toposort()
     graph.verify()
+    name_debug_outputs(graph, debug_names)
 
     opt_shapes = profile_shapes(graph, config, "opt")
     from ..passes.propagate import propagate
@@ -141,6 +149,8 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
         "versions": device_info.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "producer": graph.meta.get("producer", ""), "source": source,
     }
+    if debug_names:  # absent otherwise: an engine without debug tensors is written as before
+        header["debug_tensors"] = debug_names
     if plugins is not None and (records := plugins.records(graph)):
         header["plugins"] = records
     header.update(plan.header_fields())
@@ -150,6 +160,44 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     # Last: the engine, from the plan (its graph and binding), the header and the report; never edited after.
     return Engine(plan.graph, header, report, registry, tactics, source_graph=source_graph, plugins=plugins,
                   binding=plan.binding)
+
+
+def add_debug_outputs(graph: Graph, names: Sequence[str]) -> list[str]:
+    """Append the values named ``names`` (inputs, constants or node outputs of the main graph) to
+    ``graph.outputs``, after the model's own outputs and in the order given (repeats dropped), so that the passes
+    keep them as they keep outputs: not fused away, not freed or overwritten. Returns the names appended.
+    BuildError for a name the graph does not have."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    if not names:
+        return []
+    by_name = {v.name: v for v in graph.values()}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise BuildError(f"debug tensor(s) {missing} are not tensors of the model (its inputs, initializers or "
+                         f"node outputs); tensors of subgraphs cannot be marked")
+    graph.outputs = list(graph.outputs) + [by_name[n] for n in names]
+    return names
+
+
+def name_debug_outputs(graph: Graph, names: Sequence[str]) -> None:
+    """After the passes: give the last ``len(names)`` outputs (the debug tensors) their marked names again. A pass
+    that drops a no-op may hand an output over to the value it copied, of another name; the engine file records
+    each debug tensor under the name of the value it labels (checked at load, kiln/engine/validate.py)."""
+    if not names:
+        return
+    taken = {v.name: v for v in graph.values()}
+    for name, v in zip(names, graph.outputs[len(graph.outputs) - len(names):]):
+        if v.name == name:
+            continue
+        other = taken.get(name)
+        if (other is not None and other is not v) or v in graph.inputs:
+            raise BuildError(f"debug tensor {name!r} became the value {v.name!r} in the optimized graph, and "
+                             f"cannot take its name back{' (it is a network input)' if v in graph.inputs else ''}")
+        if v.const is not None and graph.constants.get(v.name) is v:
+            graph.constants[name] = graph.constants.pop(v.name)
+        taken.pop(v.name, None)
+        v.name = name
+        taken[name] = v
 
 
 def _report_plan(report: BuildReport, plan: Plan, config: BuilderConfig) -> None:

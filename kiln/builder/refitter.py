@@ -92,7 +92,7 @@ class Refitter:
             keep = copy_graph(source)
             engine_plan, _ = encode_graph(engine.graph)
             plan, weights = replay_weights(source, engine.header["config"], engine.report, engine_plan,
-                                           engine.registry, calibration_data)
+                                           engine.registry, calibration_data, engine.debug_names)
             notes: list[str] = []
             engine._bind(decode_graph(plan, weights), notes)
             engine.source_graph = keep

@@ -39,21 +39,24 @@ _KEPT_ATTRS = ("in_place",)
 
 
 def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: dict, registry: Registry,
-                   calibration_data: Any = None) -> tuple[dict, dict[str, torch.Tensor]]:
+                   calibration_data: Any = None, debug_tensors=()) -> tuple[dict, dict[str, torch.Tensor]]:
     """(plan, weights) for an engine whose plan is ``engine_plan``, computed from the initializers of
     ``source`` (the parsed ONNX graph; consumed). Raises ModelMismatchError when the passes make another graph.
     ``calibration_data`` (BuilderConfig.int8_calibrator's forms): the quantized layers' activation scales are
-    calibrated anew on it, instead of the engine's own being kept."""
+    calibrated anew on it, instead of the engine's own being kept. ``debug_tensors``: the engine's debug tensor
+    names (header field 'debug_tensors'), the last outputs of ``source``, named again after the passes as the
+    build names them."""
     from ..engine.graph_json import encode_graph
     from ..passes.context import PassContext
     from ..passes.pipeline import run_pipeline
     from ..passes.propagate import propagate
-    from .builder import annotate_types, profile_shapes, static_input_shapes
+    from .builder import annotate_types, name_debug_outputs, profile_shapes, static_input_shapes
     with tempfile.TemporaryDirectory(prefix="kiln-refit-") as tmp:
         config = _replay_config(config_json, report, Path(tmp), calibration_data)
         ctx = PassContext(source, config, registry, static_input_shapes(source, config))
         run_pipeline(source, ctx)
     source.toposort()
+    name_debug_outputs(source, list(debug_tensors))
     annotate_types(source, propagate(source, profile_shapes(source, config, "opt"), registry))
     plan, weights = encode_graph(source)
     return merge_weights(engine_plan, plan, scales=calibration_data is not None), weights
@@ -213,6 +216,8 @@ def weights_from_onnx(header: dict, plan: dict, report: Any, model: Any, registr
     what = f"ONNX model {str(model)!r}" if isinstance(model, (str, Path)) else "the ONNX model given"
     graph = parse(model)
     check_matches(graph, header["source"], what)
+    from .builder import add_debug_outputs
+    debug = add_debug_outputs(graph, header.get("debug_tensors", ()))
     keep = copy_graph(graph) if header["config"].get("refittable") else None
-    plan, weights = replay_weights(graph, header["config"], report, plan, registry)
+    plan, weights = replay_weights(graph, header["config"], report, plan, registry, debug_tensors=debug)
     return plan, weights, keep

@@ -63,6 +63,18 @@ class Engine:
                        for v in graph.inputs]
         self.outputs = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None) or ()))
                         for n, v in zip(self.output_names, graph.outputs)]
+        # Debug tensors (kiln.build's debug_tensors): the plan's outputs after the model's own, kept observable.
+        self.debug_names: list[str] = list(header.get("debug_tensors", ()))
+        first = len(self.output_names)
+        self.debug_tensors = [TensorInfo(n, getattr(v.type, "dtype", None), tuple(getattr(v.type, "shape", None)
+                                                                                  or ()))
+                              for n, v in zip(self.debug_names, graph.outputs[first:])]
+        self._debug_order: tuple = ()  # (name, index in the program's outputs), in the order the layers run
+        if self.debug_tensors:
+            step_of = {o.id: i for i, n in enumerate(graph.nodes) for o in n.outputs if o is not None}
+            order = sorted(range(len(self.debug_tensors)),
+                           key=lambda k: step_of.get(graph.outputs[first + k].id, -1))
+            self._debug_order = tuple((self.debug_names[k], first + k) for k in order)
         self.profiles: tuple[Profile, ...] = self.spec.profiles
         # What loading changed or replaced (another device, torch or Kiln; tactics that do not apply here)
         self.load_notes: list[str] = list(notes or [])
@@ -118,6 +130,11 @@ class Engine:
         ``threads``: CPU intra-op threads for its runs (process-wide in torch, set before each run; see
         kiln/threads.py); None keeps the process's setting."""
         return ExecutionContext(self, arena=arena, threads=threads)
+
+    def debug_values(self, outs: list[Any]) -> list[tuple[str, Any]]:
+        """(name, value) of each debug tensor, taken from a run's full output list (the program's), in the order
+        the layers that compute them run (inputs and constants first)."""
+        return [(name, outs[i]) for name, i in self._debug_order]
 
     # -- persistence -----------------------------------------------------------------------
     def serialize(self, weights: bool = True, signing_key: Any = None) -> bytes:
@@ -487,7 +504,10 @@ class ExecutionContext:
             self.stream.synchronize()
             return None
 
-    def _finish(self, outs: list[Any], as_numpy: bool, out_buffers: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _finish(self, outs: list[Any], as_numpy: bool, out_buffers: Mapping[str, Any] | None,
+                debug: Any = None) -> dict[str, Any]:
+        if debug is not None:  # the run is complete here (InferHandle.wait synchronized it)
+            debug(self.engine.debug_values(outs))
         result = {}
         for info, x in zip(self.engine.outputs, outs):
             if out_buffers is not None and info.name in out_buffers:
@@ -506,29 +526,39 @@ class ExecutionContext:
                 result[info.name] = x
         return result
 
-    def infer(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Run synchronously. numpy in -> numpy out; torch in -> torch out on the engine's device."""
-        return self.infer_async(inputs, outputs).wait()
+    def infer(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None,
+              debug: Any = None) -> dict[str, Any]:
+        """Run synchronously. numpy in -> numpy out; torch in -> torch out on the engine's device. ``debug``: see
+        ``infer_async``."""
+        return self.infer_async(inputs, outputs, debug).wait()
 
-    def infer_async(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None) -> InferHandle:
-        """Enqueue on this context's stream and return at once (on CPU the work is done on return)."""
+    def infer_async(self, inputs: Mapping[str, Any] | list, outputs: Mapping[str, Any] | None = None,
+                    debug: Any = None) -> InferHandle:
+        """Enqueue on this context's stream and return at once (on CPU the work is done on return).
+
+        ``debug``: for an engine with debug tensors (``Engine.debug_tensors``), called once the run is complete (in
+        ``wait()``) with [(name, torch tensor)] of every debug tensor, in the order the layers computing them ran;
+        the tensors are the engine's own (valid until the next run), to read, not to keep or write."""
         check_output_buffers(outputs, self.engine.outputs, self.device)
         feed, as_numpy = self._prepare(inputs)
+        if not self.engine.debug_tensors:
+            debug = None
         with self._lock:
             if self.stream is None:
                 if self.threads is not None and torch.get_num_threads() != self.threads:
                     torch.set_num_threads(self.threads)
                 outs = self._run_on_device(feed)
-                return InferHandle(None, outs, lambda o: self._finish(o, as_numpy, outputs))
+                return InferHandle(None, outs, lambda o: self._finish(o, as_numpy, outputs, debug))
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            direct = not as_numpy and outputs is None and debug is None
             with torch.cuda.stream(self.stream):
                 outs = self._run_on_device(feed)
-                result = self._finish(outs, False, None) if not as_numpy and outputs is None else outs
+                result = self._finish(outs, False, None) if direct else outs
                 event = torch.cuda.Event()
                 event.record(self.stream)
-        if not as_numpy and outputs is None:
+        if direct:
             return InferHandle(event, result, lambda r: r)
-        return InferHandle(event, result, lambda o: self._finish(o, as_numpy, outputs))
+        return InferHandle(event, result, lambda o: self._finish(o, as_numpy, outputs, debug))
 
 
 # numpy element types that numpy_to_torch converts with a plain copy (the others are reinterpreted or widened).

@@ -48,6 +48,7 @@ def check_header(h: Any) -> dict:
         ints(rec[1], f"header field 'raw_dtypes' {k!r} shape", 0, MAX_DIM, MAX_RANK)
     for k, name in enumerate(arr(h["output_names"], "header field 'output_names'", MAX_NAMES)):
         string(name, f"header field 'output_names' {k}")
+    _check_debug_names(h)
     _check_device(obj(h["device"], "header field 'device'"))
     if "built_for" in h:  # an engine moved to another device and saved there: the device it was built for
         _check_device(obj(h["built_for"], "header field 'built_for'"), "built_for")
@@ -68,6 +69,32 @@ def check_header(h: Any) -> dict:
     if "source" in h:  # format 2: the model it was built from (source.py)
         check_record(h["source"])
     return h
+
+
+def _check_debug_names(h: dict) -> None:
+    """Header field 'debug_tensors' (absent before debug tensors existed, and in engines without any): the names
+    of the plan's outputs after the model's own, distinct, non-empty strings."""
+    seen: set[str] = set()
+    for k, name in enumerate(arr(h.get("debug_tensors", []), "header field 'debug_tensors'", MAX_NAMES)):
+        field = f"header field 'debug_tensors' {k}"
+        if not string(name, field):
+            raise fail(field, "is empty: a debug tensor has a name")
+        if name in seen:
+            raise fail(field, f"names {show(name)} a second time")
+        seen.add(name)
+
+
+def _check_debug_values(header: dict, plan: dict) -> None:
+    """Each debug tensor labels the plan output of its name (the build names them so, builder.name_debug_outputs):
+    a name the plan does not have there is an edited file. The plan's outputs are already checked."""
+    first = len(header["output_names"])
+    for k, name in enumerate(header.get("debug_tensors", [])):
+        index = plan["outputs"][first + k]
+        value = plan["values"][index]["name"] if isinstance(index, int) else None
+        if value != name:
+            raise fail(f"header field 'debug_tensors' {k}",
+                       f"names {show(name)}, which is not a tensor of the plan: plan output {first + k} is "
+                       f"{show(value)}")
 
 
 def _check_device(d: dict, key: str = "device") -> None:
@@ -161,7 +188,8 @@ def check_engine(header: dict, plan: Any, weights: dict[str, torch.Tensor], regi
         device, kind = header["config"].get("device", "cpu"), header["device"]["type"]
         if (device == "cpu") != (kind == "cpu"):
             raise fail("header field 'config.device'", f"is {device!r}, the device record is a {kind!r} device")
-        check_plan(plan, weights, registry, len(header["output_names"]))
+        check_plan(plan, weights, registry, len(header["output_names"]) + len(header.get("debug_tensors", [])))
+        _check_debug_values(header, plan)
     except EngineFormatError as e:
         raise EngineFormatError(f"{where}: {e}") from None
 

@@ -4,9 +4,10 @@
 
 Covered: Logger, Builder, INetworkDefinition (parsed, or built with add_* as in kiln/trt/network.py), OnnxParser,
 IBuilderConfig, IOptimizationProfile, Runtime, ICudaEngine, IExecutionContext, DataType, volume, nptype,
-IProgressMonitor, ITimingCache, IProfiler, EngineInspector, IOutputAllocator (docs/trt.md says what differs). Buffers are passed as raw addresses,
-as in TensorRT: device pointers (``tensor.data_ptr()``, cuda-python/pycuda allocations) on the GPU, host
-pointers (``array.ctypes.data``) on the CPU. The builder targets the GPU when there is one, else the CPU.
+IProgressMonitor, ITimingCache, IProfiler, EngineInspector, IOutputAllocator, IDebugListener (docs/trt.md says
+what differs). Buffers are passed as raw addresses, as in TensorRT: device pointers (``tensor.data_ptr()``,
+cuda-python/pycuda allocations) on the GPU, host pointers (``array.ctypes.data``) on the CPU. The builder targets
+the GPU when there is one, else the CPU.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from .profiler import IProfiler, run_profiled
 from .progress import IProgressMonitor, monitor_progress
 from .timing_cache import ITimingCache
 from .output_allocator import IOutputAllocator, deliver
+from .debug_listener import IDebugListener, TensorLocation, notify as _notify_debug
 
 __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "OnnxParser", "BuilderFlag",
            "MemoryPoolType", "IBuilderConfig", "IOptimizationProfile", "Runtime", "ICudaEngine", "IExecutionContext",
@@ -51,9 +53,10 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
            "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
            "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
            "INormalizationLayer", "IIdentityLayer", "ICastLayer", "INonZeroLayer",
-           # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py)
+           # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py,
+           # output_allocator.py, debug_listener.py)
            "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat",
-           "IOutputAllocator"]
+           "IOutputAllocator", "IDebugListener", "TensorLocation"]
 
 
 class TensorIOMode(enum.IntEnum):
@@ -570,7 +573,8 @@ class Builder:
                 if cache_path is not None:
                     kiln_config = kiln_config.replace(timing_cache=cache_path)
                 try:
-                    engine = _build(graph, kiln_config, plugins=_plugins(), progress=progress)
+                    engine = _build(graph, kiln_config, plugins=_plugins(), progress=progress,
+                                    debug_tensors=network.debug_names())
                 finally:
                     if progress is not None:
                         progress.close()
@@ -614,7 +618,7 @@ class Runtime:
     def deserialize_cuda_engine(self, data) -> "ICudaEngine | None":
         """An ICudaEngine, or None (with the reason logged) for a bad or foreign engine, as TensorRT does."""
         try:
-            return ICudaEngine(Engine.deserialize(bytes(data), plugins=_plugins()))
+            return ICudaEngine(Engine.deserialize(bytes(data), plugins=_plugins()), self.logger)
         except errors.KilnError as e:
             self.logger.log(ILogger.ERROR, str(e))
             return None
@@ -624,8 +628,9 @@ class ICudaEngine:
     """A built engine: its I/O tensors, profiles and layers, and the contexts that run it. Wraps a Kiln ``Engine``
     (the ``engine`` attribute)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, logger: ILogger | None = None):
         self.engine = engine
+        self.logger = logger  # the Runtime's: a context's refused calls are logged there, as in TensorRT
         self._io = [(i.name, TensorIOMode.INPUT, i) for i in engine.inputs] + \
                    [(o.name, TensorIOMode.OUTPUT, o) for o in engine.outputs]
 
@@ -653,6 +658,10 @@ class ICudaEngine:
             if n == name:
                 return mode, info
         raise errors.InputError(f"no I/O tensor named {name!r}")
+
+    def is_debug_tensor(self, name: str) -> builtins.bool:
+        """True when ``name`` was marked as a debug tensor at build (``INetworkDefinition.mark_debug``)."""
+        return name in self.engine.debug_names
 
     def get_tensor_mode(self, name: str) -> TensorIOMode:
         """Whether tensor ``name`` is an input or an output; InputError for a name that is neither."""
@@ -767,6 +776,9 @@ class IExecutionContext:
         self._out_shape_cache: dict[tuple, dict[str, tuple]] = {}
         self.profiler: IProfiler | None = None  # told each layer's time after each execute
         self._allocators: dict[str, IOutputAllocator] = {}
+        self._debug_listener: IDebugListener | None = None
+        self._debug_on: set[str] = set()  # debug tensors whose state is on (all off at first, as in TensorRT)
+        self._stream = 0  # the stream handle of the execute in progress (given to the debug listener)
 
     def set_input_shape(self, name: str, shape) -> bool:
         """Set the shape of dynamic input ``name`` for the next runs; returns True."""
@@ -854,10 +866,17 @@ class IExecutionContext:
                 raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape: give it an IOutputAllocator "
                                         f"with context.set_output_allocator({o.name!r}, allocator)")
             buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
+        debug = None
+        if self._debug_listener is not None and self._debug_on:
+            listener, on, stream = self._debug_listener, set(self._debug_on), self._stream
+            dtypes = {t.name: t.dtype for t in eng.debug_tensors}
+
+            def debug(values):
+                _notify_debug(listener, values, on, dtypes, stream)
         if self.profiler is not None:
-            result = run_profiled(eng, feed, buffers, self.profiler)
+            result = run_profiled(eng, feed, buffers, self.profiler, debug)
         else:
-            result = self._ctx.infer(feed, outputs=buffers)
+            result = self._ctx.infer(feed, outputs=buffers, debug=debug)
         dtypes = {o.name: o.dtype for o in eng.outputs}
         for name, allocator in self._allocators.items():
             self._addresses[name] = deliver(allocator, name, result[name], self._addresses.get(name, 0),
@@ -877,14 +896,64 @@ class IExecutionContext:
         """The IOutputAllocator set for output ``name``, or None."""
         return self._allocators.get(name)
 
+    # -- debug tensors (kiln/trt/debug_listener.py) -------------------------------------------------------
+    def set_debug_listener(self, listener: IDebugListener | None) -> builtins.bool:
+        """Call ``listener.process_debug_tensor`` for the debug tensors whose state is on, after each execute (None:
+        no listener); returns True."""
+        if listener is not None and not callable(getattr(listener, "process_debug_tensor", None)):
+            raise errors.InputError(f"set_debug_listener: expected an IDebugListener, got {type(listener).__name__}")
+        self._debug_listener = listener
+        return True
+
+    def get_debug_listener(self) -> IDebugListener | None:
+        """The IDebugListener set with ``set_debug_listener``, or None."""
+        return self._debug_listener
+
+    @property
+    def debug_listener(self) -> IDebugListener | None:
+        """The IDebugListener (``set_debug_listener`` / ``get_debug_listener`` as a property)."""
+        return self._debug_listener
+
+    @debug_listener.setter
+    def debug_listener(self, listener: IDebugListener | None) -> None:
+        self.set_debug_listener(listener)
+
+    def set_tensor_debug_state(self, name: str, flag: builtins.bool) -> builtins.bool:
+        """Turn the debug state of debug tensor ``name`` on or off (off by default); False, with the error logged to
+        the Runtime's logger, for a name that was not marked as a debug tensor at build, as in TensorRT."""
+        if not self.engine.is_debug_tensor(name):
+            if self.engine.logger is not None:
+                self.engine.logger.log(ILogger.ERROR, f"set_tensor_debug_state: {name!r} is not a debug tensor of "
+                                                      f"this engine (mark it with network.mark_debug at build)")
+            return False
+        if flag:
+            self._debug_on.add(name)
+        else:
+            self._debug_on.discard(name)
+        return True
+
+    def get_debug_state(self, name: str) -> builtins.bool:
+        """True when ``name`` is a debug tensor whose debug state is on (False for any other name)."""
+        return name in self._debug_on
+
+    def set_all_tensors_debug_state(self, flag: builtins.bool) -> builtins.bool:
+        """Turn the debug state of every debug tensor of the engine on or off; returns True."""
+        self._debug_on = set(self.engine.engine.debug_names) if flag else set()
+        return True
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         """Enqueue on the caller's CUDA stream (by handle); on the CPU the work is done on return."""
-        if self.engine.engine.device.type == "cuda":
-            stream = torch.cuda.ExternalStream(int(stream_handle)) if stream_handle else torch.cuda.current_stream()
-            with torch.cuda.stream(stream):
+        self._stream = int(stream_handle or 0)
+        try:
+            if self.engine.engine.device.type == "cuda":
+                stream = torch.cuda.ExternalStream(int(stream_handle)) if stream_handle else \
+                    torch.cuda.current_stream()
+                with torch.cuda.stream(stream):
+                    self._run()
+            else:
                 self._run()
-        else:
-            self._run()
+        finally:
+            self._stream = 0
         return True
 
     # -- TensorRT 8's binding API ------------------------------------------------------------------------

@@ -90,12 +90,60 @@ class ITensor:
 
 
 class _ParsedTensor:
-    """An input or output of a network filled by OnnxParser."""
+    """A tensor of a network filled by OnnxParser (an input, output or node output): its name, shape and dtype."""
 
-    def __init__(self, value):
+    def __init__(self, value, network=None, facts=None):
+        self._network = network
         self.name = value.name
-        self.shape = Dims(-1 if not isinstance(d, int) else d for d in (value.shape or ()))
-        self.dtype = _TO_TRT.get(value.dtype, DataType.FLOAT)
+        shape, dtype = value.shape, value.dtype
+        if facts is not None and shape is None:  # a node output: its shape and type as inferred
+            shape, dtype = facts.shape(value), getattr(facts.type_of(value), "dtype", None)
+        self.shape = Dims(-1 if not isinstance(d, int) else d for d in (shape or ()))
+        self.dtype = _TO_TRT.get(dtype, DataType.FLOAT)
+
+    def __repr__(self) -> str:
+        return f"ITensor({self.name!r})"
+
+
+class _ParsedLayer:
+    """A layer of a network filled by OnnxParser: one ONNX node, read-only (its tensors can be marked as outputs
+    of the model only through the model, and as debug tensors with ``network.mark_debug``)."""
+
+    def __init__(self, node, network):
+        self._node, self._network = node, network
+
+    @property
+    def name(self) -> str:
+        """The ONNX node's name (``<OpType>`` when it has none)."""
+        return self._node.label
+
+    @property
+    def type_name(self) -> str:
+        """The ONNX op type of the node."""
+        return self._node.op_type
+
+    @property
+    def num_inputs(self) -> int:
+        """The number of the node's inputs."""
+        return len(self._node.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        """The number of the node's outputs."""
+        return len(self._node.outputs)
+
+    def get_input(self, index: int):
+        """Input ``index`` of the node as a tensor (None for an omitted optional input)."""
+        v = self._node.inputs[index]
+        return None if v is None else _ParsedTensor(v, self._network, self._network._parsed_facts())
+
+    def get_output(self, index: int):
+        """Output ``index`` of the node as a tensor, e.g. for ``network.mark_debug``."""
+        v = self._node.outputs[index]
+        return None if v is None else _ParsedTensor(v, self._network, self._network._parsed_facts())
+
+    def __repr__(self) -> str:
+        return f"ILayer({self.name!r}, {self.type_name})"
 
 
 class INetworkDefinition:
@@ -104,8 +152,8 @@ class INetworkDefinition:
 
     Each ``add_*`` returns the new layer (its settings may be changed afterwards, as in TensorRT), or None with an
     error logged when its inputs do not fit (shapes, weight counts); a wrong argument (a tensor of another network,
-    an unknown enum value) raises InputError. Kiln: a parsed network has no layer objects (its ONNX graph is
-    ``graph``), and layers cannot be added to it.
+    an unknown enum value) raises InputError. Kiln: a parsed network's layers are its ONNX nodes (``graph``), read
+    through ``get_layer`` (read-only), and layers cannot be added to it.
     """
 
     def __init__(self, flags: int = 0, logger: ILogger | None = None):
@@ -116,8 +164,10 @@ class INetworkDefinition:
         self._inputs: list[ITensor] = []
         self._layers: list[L.ILayer] = []
         self._outputs: list[ITensor] = []
+        self._debug: list = []  # debug tensors: ITensors of a built network, tensor names of a parsed one
         self._version = 0
         self._cached = None  # (version, graph, values by tensor id, facts)
+        self._parsed_cache = None  # (parsed graph, facts): the shapes get_layer's tensors report
 
     # -- the graph ---------------------------------------------------------------------------------------------
     @property
@@ -272,6 +322,59 @@ class INetworkDefinition:
         self._outputs = [t for t in self._outputs if t is not tensor]
         self._touch()
 
+    def _parsed_facts(self):
+        """Shapes and types of the parsed graph's values (None where inference fails), computed once per parse."""
+        if self._parsed is None:
+            return None
+        if self._parsed_cache is None or self._parsed_cache[0] is not self._parsed:
+            from ..passes.propagate import propagate
+            try:
+                facts = propagate(self._parsed)
+            except (errors.KilnError, RuntimeError, ValueError, IndexError, TypeError):
+                facts = None
+            self._parsed_cache = (self._parsed, facts)
+        return self._parsed_cache[1]
+
+    # -- debug tensors (kiln/trt/debug_listener.py) ---------------------------------------------------------
+    def _debug_key(self, tensor, what: str):
+        """What ``_debug`` holds for ``tensor``: the ITensor of a built network, the name of a parsed one's."""
+        if isinstance(tensor, _ParsedTensor):
+            if tensor._network is not self:
+                raise errors.InputError(f"{what}: tensor {tensor.name!r} belongs to another network")
+            return tensor.name
+        self._own(tensor, what)
+        return tensor
+
+    def _debug_index(self, key) -> int:
+        return next((i for i, k in enumerate(self._debug) if (k == key if isinstance(key, str) else k is key)), -1)
+
+    def mark_debug(self, tensor) -> bool:
+        """Mark ``tensor`` as a debug tensor: the engine keeps it observable, and an execution context's
+        IDebugListener receives its value after each execute where its debug state is on. Returns True (marking it
+        again changes nothing). Kiln: the tensor stays unfused in the engine, as in TensorRT."""
+        key = self._debug_key(tensor, "mark_debug")
+        if self._debug_index(key) < 0:
+            self._debug.append(key)
+            self._touch()
+        return True
+
+    def unmark_debug(self, tensor) -> bool:
+        """Make ``tensor`` no longer a debug tensor; True when it was one, False (nothing changed) otherwise."""
+        i = self._debug_index(self._debug_key(tensor, "unmark_debug"))
+        if i < 0:
+            return False
+        del self._debug[i]
+        self._touch()
+        return True
+
+    def is_debug_tensor(self, tensor) -> bool:
+        """True when ``tensor`` is marked as a debug tensor."""
+        return self._debug_index(self._debug_key(tensor, "is_debug_tensor")) >= 0
+
+    def debug_names(self) -> list[str]:
+        """The names of the debug tensors, in the order they were marked (what the build keeps observable)."""
+        return [k if isinstance(k, str) else k.name for k in self._debug]
+
     @property
     def num_inputs(self) -> int:
         """The number of network inputs."""
@@ -289,17 +392,18 @@ class INetworkDefinition:
 
     def get_input(self, i: int):
         """Network input ``i``: its ITensor, or for a parsed network an object with its name, shape and dtype."""
-        return _ParsedTensor(self._parsed.inputs[i]) if self._parsed is not None else self._inputs[i]
+        return _ParsedTensor(self._parsed.inputs[i], self) if self._parsed is not None else self._inputs[i]
 
     def get_output(self, i: int):
         """Network output ``i``, as ``get_input`` gives inputs."""
-        return _ParsedTensor(self._parsed.outputs[i]) if self._parsed is not None else self._outputs[i]
+        return _ParsedTensor(self._parsed.outputs[i], self) if self._parsed is not None else self._outputs[i]
 
-    def get_layer(self, i: int) -> L.ILayer:
-        """Layer ``i`` of a network built with ``add_*``; InputError for a parsed network."""
+    def get_layer(self, i: int):
+        """Layer ``i``: an ILayer of a network built with ``add_*``; for a parsed network, its ``i``-th ONNX node as
+        a read-only layer (name, type_name, get_input, get_output: enough for ``mark_debug``; Kiln has no layer
+        settings for parsed networks)."""
         if self._parsed is not None:
-            raise errors.InputError("get_layer: the layers of a parsed network are its ONNX nodes (network.graph); "
-                                    "kiln.trt has layer objects only for networks built with add_*")
+            return _ParsedLayer(self._parsed.nodes[i], self)
         return self._layers[i]
 
     @property

@@ -26,9 +26,10 @@ class IProfiler:
 
 
 def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                 profiler: IProfiler) -> dict[str, torch.Tensor]:
+                 profiler: IProfiler, debug=None) -> dict[str, torch.Tensor]:
     """Run ``engine`` on ``feed`` into ``buffers`` (output name -> tensor), reporting each layer's time; every
-    output by name (those without a buffer as computed)."""
+    output by name (those without a buffer as computed). ``debug``: called after the run with the debug tensors'
+    values, as ``ExecutionContext.infer``'s."""
     program = engine.program
     on_cuda = engine.device.type == "cuda"
     marks: list = []
@@ -61,4 +62,6 @@ def run_profiled(engine, feed: dict[str, torch.Tensor], buffers: dict[str, torch
         times = [(b - a) * 1000 for a, b in zip([first] + marks[:-1], marks)]
     for step, ms in zip(program.steps, times):
         profiler.report_layer_time(step.node.label, float(np.float32(ms)))
+    if debug is not None and engine.debug_tensors:
+        debug(engine.debug_values(outs))
     return result

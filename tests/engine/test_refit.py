@@ -223,6 +223,35 @@ def test_trt_refitter():
     assert_close(run(engine.engine), run(kiln.build(conv_bn_model(2))))
 
 
+def test_trt_onnx_parser_refitter(tmp_path):
+    import onnx
+    import kiln.trt as trt
+    from trt_support import RecordingLogger
+    logger = RecordingLogger()
+    builder = trt.Builder(logger)
+    network = builder.create_network()
+    assert trt.OnnxParser(network, logger).parse(conv_bn_model(1).SerializeToString())
+    config = builder.create_builder_config()
+    config.device = "cpu"
+    config.set_flag(trt.BuilderFlag.REFIT)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 8, 8))
+    config.add_optimization_profile(profile)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    refitter = trt.Refitter(engine, logger)
+    onnx.save(conv_bn_model(2), tmp_path / "new.onnx")
+    assert trt.OnnxParserRefitter(refitter, logger).refit_from_file(str(tmp_path / "new.onnx"))
+    assert refitter.refit_cuda_engine()
+    assert_close(run(engine.engine), run(kiln.build(conv_bn_model(2))))
+    other = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])]))
+    onnx.save(other, tmp_path / "other.onnx")
+    assert not trt.OnnxParserRefitter(refitter, logger).refit_from_file(str(tmp_path / "other.onnx"))
+    assert logger.errors, "a model of another architecture: False, the reason logged"
+
+
 # -- weight-stripped engines ---------------------------------------------------------------------------------
 def test_stripped_engine_loads_with_weights_from(tmp_path):
     import onnx
