@@ -130,7 +130,7 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
             report.notes.append(f"tuning budget of {config.tuning_budget_s}s exceeded: "
                                 f"{len(tuned.untuned_for_budget)} layers kept their default tactic "
                                 f"(e.g. {', '.join(tuned.untuned_for_budget[:3])})")
-    annotate_types(graph, facts_opt)
+    annotate_types(graph, facts_opt, config, registry)
 
     # Lowering, then the steps over the plan, each with one job (plan.py).
     plan = lower(graph, choices, resolve_device(config.device), registry, tactics)
@@ -397,8 +397,13 @@ def profile_shapes(graph: Graph, config: BuilderConfig, which: str) -> dict[str,
     return dict(getattr(config.profiles[0], which))
 
 
-def annotate_types(graph: Graph, facts) -> None:
-    """Record the inferred dtypes on values whose declared type had none (shapes stay as declared)."""
+def annotate_types(graph: Graph, facts, config: BuilderConfig | None = None,
+                   registry: Registry | None = None) -> None:
+    """Record the inferred dtypes on values whose declared type had none (shapes stay as declared), and give the
+    graph outputs declared without a shape (a kiln.trt network declares none) their shape over the profiles:
+    a dim that is the same at ``facts`` (the opt shapes) and at every profile's min and max is that number,
+    any other a named dynamic dim. The engine's I/O shapes come from here (``ICudaEngine.get_tensor_shape``:
+    a caller sizes its output buffers from them). An output whose shape depends on data stays undeclared."""
     for n in graph.nodes:
         for o in n.outputs:
             if o is None or not isinstance(o.type, TensorType) or o.type.dtype is not None:
@@ -406,6 +411,21 @@ def annotate_types(graph: Graph, facts) -> None:
             t = facts.types.get(o.id)
             if isinstance(t, TensorType) and t.dtype is not None:
                 o.type = TensorType(t.dtype, o.type.shape)
+    shapeless = [v for v in graph.outputs if isinstance(v.type, TensorType) and v.type.shape is None]
+    if not shapeless:
+        return
+    runs = [facts]
+    if config is not None and config.profiles:
+        from ..passes.propagate import propagate
+        runs += [propagate(graph, dict(getattr(p, which)), registry)
+                 for p in config.profiles for which in ("min", "max")]
+    for v in shapeless:
+        shapes = [f.shape(v) for f in runs]
+        if any(s is None or not all(isinstance(d, int) for d in s) for s in shapes) or \
+                len({len(s) for s in shapes}) != 1:
+            continue
+        v.type = TensorType(v.type.dtype, tuple(
+            d if all(s[i] == d for s in shapes) else f"{v.name}_dim{i}" for i, d in enumerate(shapes[0])))
 
 
 __all__ = ["build", "BuilderConfig", "Profile"]

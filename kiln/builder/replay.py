@@ -57,7 +57,7 @@ def replay_weights(source: Graph, config_json: dict, report: Any, engine_plan: d
         run_pipeline(source, ctx)
     source.toposort()
     name_debug_outputs(source, list(debug_tensors))
-    annotate_types(source, propagate(source, profile_shapes(source, config, "opt"), registry))
+    annotate_types(source, propagate(source, profile_shapes(source, config, "opt"), registry), config, registry)
     plan, weights = encode_graph(source)
     return merge_weights(engine_plan, plan, scales=calibration_data is not None), weights
 

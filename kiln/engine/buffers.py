@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..ir.dtype import DType
+from .device_address import check_device_address
 
 
 @functools.cache  # per element type, not per inference
@@ -75,12 +76,14 @@ def check_output_shape(name: str, buf: Any, shape: tuple) -> None:
                          f"{list(shape)}")
 
 
-def wrap_address(ptr: int, shape: tuple, dtype: DType, device: torch.device) -> torch.Tensor:
+def wrap_address(ptr: int, shape: tuple, dtype: DType, device: torch.device, what: str = "buffer") -> torch.Tensor:
     """A tensor viewing ``ptr``'s memory (no copy): the raw addresses of kiln.trt's ``set_tensor_address`` and of
-    calibrators that return addresses."""
+    calibrators that return addresses. On a GPU the address is checked first (kiln/engine/device_address.py):
+    a host address or a too small allocation is an InputError naming ``what``, not a fault on the device."""
     tdt = dtype.torch
     nbytes = math.prod(shape) * tdt.itemsize
     if device.type == "cuda":
+        check_device_address(int(ptr), nbytes, what)
         typestr = np.dtype(torch.empty(0, dtype=tdt).numpy().dtype).str if tdt != torch.bfloat16 else "<V2"
         holder = type("_CudaBuffer", (), {})()
         holder.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (int(ptr), False),

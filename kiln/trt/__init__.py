@@ -855,7 +855,7 @@ class IExecutionContext:
         if missing:
             raise errors.InputError(f"no address set for tensor(s) {missing}: call set_tensor_address (or, for an "
                                     f"output, set_output_allocator) first")
-        feed = {i.name: wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device)
+        feed = {i.name: wrap_address(self._addresses[i.name], shapes[i.name], i.dtype, eng.device, f"input {i.name!r}")
                 for i in eng.inputs}
         out_shapes = self._output_shapes()
         buffers = {}
@@ -865,7 +865,8 @@ class IExecutionContext:
             if out_shapes[o.name] is None:
                 raise errors.ShapeError(f"output {o.name!r} has a data-dependent shape: give it an IOutputAllocator "
                                         f"with context.set_output_allocator({o.name!r}, allocator)")
-            buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device)
+            buffers[o.name] = wrap_address(self._addresses[o.name], out_shapes[o.name], o.dtype, eng.device,
+                                           f"output {o.name!r}")
         debug = None
         if self._debug_listener is not None and self._debug_on:
             listener, on, stream = self._debug_listener, set(self._debug_on), self._stream

@@ -7,7 +7,7 @@ import pytest
 
 import kiln.trt as trt
 from kiln import errors
-from trt_support import RecordingLogger
+from trt_support import RecordingLogger, engine_buffer, engine_empty, host
 
 
 
@@ -106,19 +106,19 @@ def test_profiler_and_engine_inspector():
         builder.build_serialized_network(_network(builder), builder.create_builder_config()))
     context = engine.create_execution_context()
     context.profiler = profiler = Profiler()
-    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    y, y_plain = np.empty((1, 4, 6, 6), np.float32), np.empty((1, 4, 6, 6), np.float32)
-    context.set_tensor_address("x", x.ctypes.data)
-    context.set_tensor_address("y", y.ctypes.data)
+    x, x_address = engine_buffer(engine, np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    (y, y_address), (y_plain, y_plain_address) = [engine_empty(engine, (1, 4, 6, 6), np.float32) for _ in range(2)]
+    context.set_tensor_address("x", x_address)
+    context.set_tensor_address("y", y_address)
     assert context.execute_async_v3(0)
     names = [n for n, _ in profiler.times]
     assert len(names) == engine.num_layers and all(ms >= 0 for _, ms in profiler.times)
     context.execute_async_v3(0)
     assert len(profiler.times) == 2 * engine.num_layers  # reported after each execute
     context.profiler = None
-    context.set_tensor_address("y", y_plain.ctypes.data)
+    context.set_tensor_address("y", y_plain_address)
     context.execute_async_v3(0)
-    np.testing.assert_array_equal(y, y_plain)  # the profiled run computes what the plain one does
+    np.testing.assert_array_equal(host(y), host(y_plain))  # the profiled run computes what the plain one does
 
     inspector = engine.create_engine_inspector()
     layers = [json.loads(inspector.get_layer_information(i, trt.LayerInformationFormat.JSON))
@@ -137,17 +137,18 @@ def test_interface_enum_values_are_tensorrts():
 
 
 class Allocator(trt.IOutputAllocator):
-    """Grows a host buffer when an output needs more room, as TensorRT's samples' allocators do."""
+    """Grows a buffer where the engine runs when an output needs more room, as TensorRT's samples' allocators do."""
 
-    def __init__(self):
+    def __init__(self, engine):
         super().__init__()
-        self.buffer, self.shape, self.calls = np.empty(8, np.uint8), None, []
+        self.engine = engine
+        (self.buffer, self.address), self.shape, self.calls = engine_empty(engine, (8,), np.uint8), None, []
 
     def reallocate_output(self, tensor_name, memory, size, alignment):
         self.calls.append((tensor_name, memory, size, alignment))
         if size > self.buffer.nbytes:
-            self.buffer = np.empty(size, np.uint8)
-        return self.buffer.ctypes.data
+            self.buffer, self.address = engine_empty(self.engine, (size,), np.uint8)
+        return self.address
 
     def notify_shape(self, tensor_name, shape):
         self.shape = tuple(shape)
@@ -166,16 +167,17 @@ def test_output_allocator_for_a_data_dependent_output():
     context = engine.create_execution_context()
     assert tuple(context.get_tensor_shape("idx")) == (2, -1)
     x = np.array([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 5, 0]], np.float32)
-    context.set_tensor_address("x", x.ctypes.data)
+    x_buffer, x_address = engine_buffer(engine, x)
+    context.set_tensor_address("x", x_address)
     with pytest.raises(errors.InputError, match="set_output_allocator"):
         context.execute_async_v3(0)
     context.set_tensor_address("idx", 0)
     with pytest.raises(errors.ShapeError, match="data-dependent shape: give it an IOutputAllocator"):
         context.execute_async_v3(0)
-    allocator = Allocator()
+    allocator = Allocator(engine)
     assert context.set_output_allocator("idx", allocator) and context.get_output_allocator("idx") is allocator
     assert context.execute_async_v3(0)
     assert allocator.shape == (2, 4) and allocator.calls[0][2:] == (64, 256)
-    got = allocator.buffer[:64].view(np.int64).reshape(allocator.shape)
+    got = host(allocator.buffer)[:64].view(np.int64).reshape(allocator.shape)
     np.testing.assert_array_equal(got, np.array(np.nonzero(x)))
-    assert context.get_tensor_address("idx") == allocator.buffer.ctypes.data
+    assert context.get_tensor_address("idx") == allocator.address

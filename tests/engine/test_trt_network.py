@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import kiln.trt as trt
 from kiln import errors
-from trt_support import RecordingLogger
+from trt_support import RecordingLogger, engine_buffer, engine_empty, host
 
 RNG = np.random.default_rng(0)
 
@@ -19,7 +19,7 @@ RNG = np.random.default_rng(0)
 
 
 def _run(builder, network, feeds: dict, profile: dict | None = None, config=None) -> dict:
-    """Build ``network``, run it once on host buffers, return every output by name."""
+    """Build ``network``, run it once on buffers where the engine runs, return every output by name (numpy)."""
     config = config or builder.create_builder_config()
     if profile:
         p = builder.create_optimization_profile()
@@ -30,19 +30,22 @@ def _run(builder, network, feeds: dict, profile: dict | None = None, config=None
     assert plan is not None
     engine = trt.Runtime(builder.logger).deserialize_cuda_engine(plan)
     ctx = engine.create_execution_context()
-    outs = {}
+    outs, held = {}, []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             ctx.set_input_shape(name, feeds[name].shape)
-            ctx.set_tensor_address(name, feeds[name].ctypes.data)
+            buf, address = engine_buffer(engine, feeds[name])
+            held.append(buf)
+            ctx.set_tensor_address(name, address)
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            outs[name] = np.empty(tuple(ctx.get_tensor_shape(name)), trt.nptype(engine.get_tensor_dtype(name)))
-            ctx.set_tensor_address(name, outs[name].ctypes.data)
+            outs[name], address = engine_empty(engine, ctx.get_tensor_shape(name),
+                                               trt.nptype(engine.get_tensor_dtype(name)))
+            ctx.set_tensor_address(name, address)
     assert ctx.execute_async_v3(0)
-    return outs
+    return {name: host(buf) for name, buf in outs.items()}
 
 
 def _mnist_weights():
@@ -379,3 +382,32 @@ def test_wrong_input_counts_and_unwritable_settings():
     conv.kernel_size_nd = (5, 5)  # 54 weights no longer fit 2 maps of 5x5
     with pytest.raises(errors.GraphError, match=r"\[Convolution\].*cannot reshape"):
         conv.get_output(0).shape
+
+
+def test_engine_reports_the_shapes_of_a_networks_outputs():
+    """A network built with add_* declares no output shapes; the engine's are the inferred ones (-1 where the
+    profile lets a dim vary), so buffers sized from ``engine.get_tensor_shape`` fit (they were () before, and a
+    GPU engine then wrote past the caller's buffer)."""
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    net = builder.create_network(0)
+    x = net.add_input("x", trt.float32, (-1, 4))
+    w = net.add_constant((4, 3), _x(4, 3))
+    mm = net.add_matrix_multiply(x, trt.MatrixOperation.NONE, w.get_output(0), trt.MatrixOperation.NONE)
+    net.mark_output(mm.get_output(0))
+    total = net.add_reduce(mm.get_output(0), trt.ReduceOperation.SUM, 1 << 1, False)
+    net.mark_output(total.get_output(0))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 4), (4, 4), (8, 4))
+    config.add_optimization_profile(profile)
+    engine = trt.Runtime(builder.logger).deserialize_cuda_engine(builder.build_serialized_network(net, config))
+    outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
+               if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
+    assert [tuple(engine.get_tensor_shape(n)) for n in outputs] == [(-1, 3), (-1,)]
+
+    static = builder.create_network(0)
+    y = static.add_input("y", trt.float32, (2, 4))
+    static.mark_output(static.add_activation(y, trt.ActivationType.RELU).get_output(0))
+    engine = trt.Runtime(builder.logger).deserialize_cuda_engine(
+        builder.build_serialized_network(static, builder.create_builder_config()))
+    assert tuple(engine.get_tensor_shape(engine.get_tensor_name(1))) == (2, 4)
