@@ -148,7 +148,7 @@ def bench_shape(shape, batch, configs, device, ctx, failures: list) -> list[dict
         ref = oracle(node, xin[:CHECK_IMAGES])
         for cfg in configs:
             try:
-                t = qconv_tactic(node, {"config": list(cfg)}, consts, device)
+                t = qconv_tactic(node, {"config": list(cfg)}, consts, device, on_cpu=device.type == "cpu")
             except NotApplicable as e:
                 rows.append({"shape": name, "mode": mode, "config": cfg, "skipped": str(e)})
                 continue

@@ -64,7 +64,7 @@ def copy_ceiling() -> float:
 def region_layer(program, n, attrs=None):
     node = Node("Elementwise", [Value(f"x{k}") for k in range(n)], [Value("y")],
                 {"program": program, "attrs": attrs or []}, name="r", domain="kiln")
-    layer, why = kt.try_compile_layer(node, DEV)
+    layer, why = kt.try_compile_layer(node, DEV, on_cpu=DEV.type == "cpu")
     assert layer is not None, why
     return layer, node.attrs
 
@@ -110,7 +110,7 @@ def cases(dtype):
     def row(op, shape, extra):
         node = Node(op, [Value(f"x{k}") for k in range(1 + len(extra))], [Value("y")], {"axis": -1, "epsilon": 1e-5},
                     name=op)
-        lay = kt.compile_layer(node, DEV, opset=23)
+        lay = kt.compile_layer(node, DEV, opset=23, on_cpu=DEV.type == "cpu")
         return lambda xx: lay(KernelContext(opset=23, device=DEV), [xx, *extra], node.attrs)
 
     for rows, cols in ((sz(16384), sz(4096)), (sz(4096), sz(32768)), (sz(262144), 128)):
@@ -134,7 +134,7 @@ def cases(dtype):
             torch.randn(sz(4096), sz(4096), device=DEV, dtype=dtype) * 0.02, torch.randn(sz(4096), device=DEV, dtype=dtype)
         node = Node("Linear", [Value("x"), Value("w"), Value("b"), Value("r")], [Value("y")],
                     {"epilogue": ["gelu", "add:3"]}, name="fc", domain="kiln")
-        lin = kt.compile_layer(node, DEV)
+        lin = kt.compile_layer(node, DEV, on_cpu=DEV.type == "cpu")
         res = torch.randn(sz(8192), sz(4096), device=DEV, dtype=dtype)
         out.append(("linear+gelu+res 8192x4096x4096", lambda: lin(ctx, [a, w, bias, res], node.attrs),
                     lambda: F.gelu(F.linear(a, w, bias)) + res, None, 2e-2))

@@ -44,7 +44,9 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
 
     ``overrides`` are BuilderConfig fields: ``kiln.build("m.onnx", device="cuda", fp16=True)``.
     ``tactics``: the candidate implementations to tune and bind (a kiln.tactics.TacticLibrary; default:
-    kiln.tactics.DEFAULT). ``pipeline``: the graph passes to run (default: kiln.passes.pipeline.DEFAULT_PIPELINE).
+    kiln.tactics.DEFAULT; ``DEFAULT.with_triton_on_cpu()`` also offers Triton tactics on a CPU, in Triton's
+    interpreter: KilnError unless the process runs under TRITON_INTERPRET=1). ``pipeline``: the graph passes to
+    run (default: kiln.passes.pipeline.DEFAULT_PIPELINE).
     ``plugins``: custom ops (a kiln.plugin.PluginLibrary): their nodes run the plugin's reference or a tactic the
     tuner timed and checked; the engine records each plugin used (name, version, signature hash), and loading it
     needs the same plugins (``Engine.load(path, plugins=)``).
@@ -74,6 +76,9 @@ def build(model: Any, config: BuilderConfig | None = None, progress: Callable | 
     registry = (plugins.registry() if plugins is not None else None) or default_registry()
     if plugins is not None and len(plugins):
         tactics = plugins.tactics(tactics)
+    if tactics is not None and tactics.triton_on_cpu and resolve_device(config.device).type == "cpu":
+        from ..backends.triton import require_interpreter
+        require_interpreter()  # said now, not as every Triton candidate's failure in the tuner
     device = device_info.describe(config.device)
     report_progress("parse", 0, 1, "reading the model")
     if _is_module(model):

@@ -11,6 +11,7 @@ from ..errors import KernelError, KilnError
 from ..ir.graph import Graph, Node, outer_reads
 from ..ops import KernelContext, Registry
 from ..runtime.interpreter import Interpreter, last_uses
+from .aliases import storage_roots
 from .placement import plan_placement, to_device
 
 
@@ -113,6 +114,7 @@ class Program:
                                    reads, accepts_out(kernel, ctx.device),
                                    tuple(int(k) for k in n.attrs.get("in_place", ())), threads))
         self.output_ids = [v.id for v in graph.outputs]
+        self.aliases = storage_roots(graph, registry)  # which values share storage (the arena places by it)
         # An output that is an engine constant (folded at build) goes to the caller as a copy: the caller may
         # write into what it gets, and the next run must not see that.
         self._constant_outputs = [i for i, vid in enumerate(self.output_ids) if vid in constants]

@@ -440,6 +440,11 @@ class ExecutionContext:
             recorder, inputs = Recorder(), dict(env)
             outs = program.run(env, hook=recorder)
             layout = plan_layout(program, recorder, inputs, self.device, self._arena)
+            for label, why in layout.unplaceable.items():  # a kernel aliased storage the analysis did not name
+                msg = f"arena: layer {label} is kept out of the arena: {why}"
+                if msg not in self.notes:
+                    self.notes.append(msg)
+                    log.warning(msg)
             if layout.arena is not self._arena:
                 msg = (f"arena grown from {self._arena.numel()} to {layout.arena.numel()} bytes for input shapes "
                        f"{[list(s) for _, s, _ in key]} (build plan: {self.engine.arena_bytes})")
@@ -453,13 +458,16 @@ class ExecutionContext:
 
     def memory_stats(self) -> dict | None:
         """Where the last run's intermediates lived: arena bytes, tensors placed in the arena and those left to
-        torch's allocator (by op type), Concat layers done in place, layers that declined their buffer."""
+        torch's allocator (by op type), Concat layers done in place, layers that declined their buffer, and layers kept
+        out of the arena because their kernel returned storage the alias analysis does not name ("unplaceable":
+        {layer name: why}; each is also logged once at WARNING and added to ``notes``)."""
         if not self.use_arena:
             return None
         out = {"arena_allocated_bytes": self._arena.numel(), "build_arena_bytes": self.engine.arena_bytes}
         if self._last_layout is not None:
             out.update(self._last_layout.stats.to_json())
             out["declined"] = sorted(self._last_layout.missed)
+            out["unplaceable"] = dict(self._last_layout.unplaceable)
         return out
 
     def _run_on_device(self, feed: dict[str, torch.Tensor]) -> list[Any]:

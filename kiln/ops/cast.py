@@ -13,7 +13,8 @@ ops = OpSet("cast")
 @ops.op("Cast", elementwise=True, host=True)
 def cast(ctx: KernelContext, inputs: list, attrs: dict):
     """Convert element values to type ``to``; ``saturate`` (opset 19+) and ``round_mode`` (24+) shape float8."""
-    return convert(inputs[0], DType(attrs["to"]), bool(attrs.get("saturate", 1)), attrs.get("round_mode", "up"))
+    x = inputs[0]
+    return _fresh(convert(x, DType(attrs["to"]), bool(attrs.get("saturate", 1)), attrs.get("round_mode", "up")), x)
 
 
 @ops.op("CastLike")
@@ -22,7 +23,13 @@ def cast_like(ctx: KernelContext, inputs: list, attrs: dict):
     x, like = inputs
     # The IR knows the real type; storage alone cannot tell int4 from int8 or float4 from float.
     dst = ctx.output_dtype(0) or DType.from_torch(like.dtype)
-    return convert(x, dst, bool(attrs.get("saturate", 1)), attrs.get("round_mode", "up"))
+    return _fresh(convert(x, dst, bool(attrs.get("saturate", 1)), attrs.get("round_mode", "up")), x)
+
+
+def _fresh(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y``, copied when it is ``x`` itself (a cast to the type it has): Cast is not a view (registry.py's
+    kernel contract), so its output must not share its input's storage."""
+    return y.clone() if y is x else y
 
 
 # Bit-level helpers for the types Kiln stores widened (their storage bits are not their ONNX bits).

@@ -7,7 +7,10 @@ Kernel contract: ``kernel(ctx, inputs, attrs)`` where ``inputs`` holds one runti
 (torch.Tensor, a Python list for an ONNX sequence, None for a missing optional input or an empty
 optional) and ``attrs`` the node's attributes as plain Python values (ints, floats, str, lists,
 torch tensors, kiln Graphs). It returns a torch.Tensor for a single output, or a tuple with one entry
-per node output (entries past ``ctx.num_outputs`` are ignored).
+per node output (entries past ``ctx.num_outputs`` are ignored). Outputs are new storage unless the op has the
+``view`` trait: the alias analysis (kiln/engine/aliases.py) knows only the trait, and the run-time arena places
+tensors by it (a kernel returning its input anyway is caught when a run is recorded, kept out of the arena and
+reported).
 """
 from __future__ import annotations
 

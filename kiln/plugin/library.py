@@ -86,17 +86,22 @@ class PluginLibrary:
 
     def tactics(self, base=None):
         """``base`` (default: Kiln's own tactic library) with each plugin's tactics as candidates of its op."""
-        from ..tactics import DEFAULT, Row
+        from ..tactics import DEFAULT, Row, triton_factory
         lib = DEFAULT if base is None else base
         for p in self:
             if not p.tactics:
                 continue
             rows = [Row("torch", {}, "any", 0)]
-            rows += [Row(PLUGIN_TACTIC, {"tactic": t.name}, dev, 0) for t in p.tactics for dev in t.offered_devices()]
+            rows += [Row(PLUGIN_TACTIC, {"tactic": t.name}, dev, 0) for t in p.tactics
+                     for dev in t.offered_devices(lib.triton_on_cpu)]
             lib = lib.with_rows(p.domain, p.name, *rows)
-        return lib.with_factories(**{PLUGIN_TACTIC: self._make_tactic})
 
-    def _make_tactic(self, node, params: dict, constants: dict, device: torch.device):
+        @triton_factory  # takes the library's triton_on_cpu (for the plugins' Triton tactics)
+        def make(node, params: dict, constants: dict, device: torch.device, on_cpu: bool = False):
+            return self._make_tactic(node, params, constants, device, on_cpu)
+        return lib.with_factories(**{PLUGIN_TACTIC: make})
+
+    def _make_tactic(self, node, params: dict, constants: dict, device: torch.device, on_cpu: bool = False):
         from ..ops.fused_cpu import Tactic
         from ..tactics import NotApplicable
         p = self.get(node.domain, node.op_type)
@@ -104,8 +109,9 @@ class PluginLibrary:
         if t is None:
             raise NotApplicable(f"{node.domain}::{node.op_type} has no plugin tactic {params.get('tactic')!r} "
                                 f"in this process's plugins")
-        if device.type not in t.offered_devices():
-            raise NotApplicable(f"plugin tactic {t.name!r} runs on {', '.join(t.offered_devices())}, not {device.type}")
+        if device.type not in t.offered_devices(on_cpu):
+            raise NotApplicable(f"plugin tactic {t.name!r} runs on {', '.join(t.offered_devices(on_cpu))}, "
+                                f"not {device.type}")
         return Tactic(f"{PLUGIN_TACTIC}:{t.name}", _kernel(p, t.fn))
 
     # -- what an engine records, and the check at load -------------------------------------------------------

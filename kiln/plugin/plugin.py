@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -130,8 +129,8 @@ class PluginTactic:
         name: the tactic's name, unique within its plugin (no "/").
         fn: the implementation, with the reference's signature.
         devices: the device types it is offered on: "cuda" (the default) and/or "cpu".
-        triton: True when ``fn`` launches Triton kernels (offered on CUDA devices, and on the CPU as well under
-            TRITON_INTERPRET=1).
+        triton: True when ``fn`` launches Triton kernels (offered on CUDA devices, and on the CPU as well when the
+            tactic library asks for it: ``TacticLibrary(triton_on_cpu=True)``, in Triton's interpreter).
     """
 
     name: str
@@ -139,10 +138,10 @@ class PluginTactic:
     devices: tuple[str, ...] = ("cuda",)
     triton: bool = False
 
-    def offered_devices(self) -> tuple[str, ...]:
-        """The device types the tuner may try this tactic on (``devices``, plus "cpu" for a Triton tactic under
-        TRITON_INTERPRET=1)."""
-        if self.triton and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    def offered_devices(self, triton_on_cpu: bool = False) -> tuple[str, ...]:
+        """The device types the tuner may try this tactic on (``devices``, plus "cpu" for a Triton tactic when
+        ``triton_on_cpu``: the tactic library's option, see kiln.tactics.TacticLibrary)."""
+        if self.triton and triton_on_cpu:
             return tuple(dict.fromkeys(self.devices + ("cpu",)))
         return self.devices
 

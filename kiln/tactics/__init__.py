@@ -3,7 +3,8 @@
 - ``choice.py``: ``Choice`` (a tactic name and its params: what an engine stores, a timing cache records and
   a replay file lists) and ``NotApplicable``.
 - ``library.py``: ``TacticLibrary``, the space as one immutable object (``Row``s of candidates per layer kind,
-  a factory per tactic name); ``kiln.build(..., tactics=library)`` builds and binds with another one.
+  a factory per tactic name, ``triton_on_cpu``: whether Triton tactics are offered for CPU tensors, in Triton's
+  interpreter); ``kiln.build(..., tactics=library)`` builds and binds with another one.
 - ``space.py``: Kiln's own table and factories (cuDNN, cuBLASLt, SDPA, oneDNN, the Triton layers), each
   layer's default, and ``DEFAULT``, their library.
 - ``quantized.py``: the 8-bit tactics of kiln::QLinear / kiln::QConv (int8/fp8 GEMMs, fp8 convolutions, the
@@ -15,8 +16,8 @@ It imports neither of them, nor the builder, the passes or the quantizer (tests/
 """
 from .bind import bind_tactics
 from .choice import TORCH, Choice, NotApplicable
-from .library import Row, TacticLibrary
+from .library import Row, TacticLibrary, triton_factory
 from .space import DEFAULT, FACTORIES, SPACE, candidates, default_choice, make
 
-__all__ = ["bind_tactics", "TORCH", "Choice", "NotApplicable", "Row", "TacticLibrary", "DEFAULT", "FACTORIES", "SPACE",
-           "candidates", "default_choice", "make"]
+__all__ = ["bind_tactics", "TORCH", "Choice", "NotApplicable", "Row", "TacticLibrary", "triton_factory", "DEFAULT",
+           "FACTORIES", "SPACE", "candidates", "default_choice", "make"]

@@ -6,6 +6,11 @@ type) and the factory per tactic name; it lists a layer's candidates (``candidat
 a kernel (``make``). It is immutable: ``with_rows`` and ``with_factories`` return a new library, which a test
 or an extension passes to ``kiln.build(..., tactics=library)`` (and the engine binds its layers with it)
 instead of editing a module's table. ``kiln.tactics.DEFAULT`` is Kiln's own (space.py).
+
+Whether Triton tactics are offered for CPU tensors is the library's ``triton_on_cpu`` (default False), passed to
+each factory marked with :func:`triton_factory` as its ``on_cpu`` keyword: those tactics then run in Triton's
+interpreter, which is Triton's own switch (``TRITON_INTERPRET=1``, read by Triton); a library asking for them
+where Triton is not interpreting raises KilnError. The tests use it; Kiln never reads or sets the variable.
 """
 from __future__ import annotations
 
@@ -37,13 +42,26 @@ class Row:
         return (self.device == "any" or self.device == device.type) and level >= self.min_level
 
 
+def triton_factory(factory: Factory) -> Factory:
+    """Mark ``factory`` as making tactics that launch Triton kernels: ``TacticLibrary.make`` then passes it the
+    library's ``triton_on_cpu`` as the keyword ``on_cpu`` (whether a CPU device may get one)."""
+    factory.triton = True  # type: ignore[attr-defined]
+    return factory
+
+
 class TacticLibrary:
+    """The candidates per layer kind and the factory per tactic name (see the module's docstring).
+
+    ``triton_on_cpu``: offer Triton tactics for CPU tensors too (default False: CUDA only). They run in Triton's
+    interpreter, so the process must run under ``TRITON_INTERPRET=1`` (KilnError otherwise); meant for tests."""
+
     def __init__(self, rows: Mapping[tuple[str, str], Iterable[Row]], factories: Mapping[str, Factory],
-                 expand: Expand | None = None):
+                 expand: Expand | None = None, *, triton_on_cpu: bool = False):
         self.space: Mapping[tuple[str, str], tuple[Row, ...]] = MappingProxyType(
             {kind: tuple(rs) for kind, rs in rows.items()})
         self.factories: Mapping[str, Factory] = MappingProxyType(dict(factories))
         self._expand = expand
+        self.triton_on_cpu = bool(triton_on_cpu)
 
     # -- the table --------------------------------------------------------------------------------------------
     def rows(self, domain: str, op_type: str) -> tuple[Row, ...]:
@@ -56,11 +74,16 @@ class TacticLibrary:
         """A library with ``rows`` appended to the candidates of (domain, op type)."""
         kind = (domain or "", op_type)
         return TacticLibrary({**self.space, kind: self.space.get(kind, ()) + tuple(rows)}, self.factories,
-                             self._expand)
+                             self._expand, triton_on_cpu=self.triton_on_cpu)
 
     def with_factories(self, **factories: Factory) -> "TacticLibrary":
         """A library that also makes the tactics named by the keywords."""
-        return TacticLibrary(self.space, {**self.factories, **factories}, self._expand)
+        return TacticLibrary(self.space, {**self.factories, **factories}, self._expand,
+                             triton_on_cpu=self.triton_on_cpu)
+
+    def with_triton_on_cpu(self, on: bool = True) -> "TacticLibrary":
+        """This library with ``triton_on_cpu`` set to ``on`` (see the class docstring)."""
+        return TacticLibrary(self.space, self.factories, self._expand, triton_on_cpu=on)
 
     def candidates(self, node, device: torch.device, level: int = 3) -> list[Choice]:
         """The choices to time for ``node`` at ``level``, "torch" (the reference) first; [] if it has no space."""
@@ -76,14 +99,21 @@ class TacticLibrary:
 
     # -- Choice -> kernel -------------------------------------------------------------------------------------
     def make(self, choice: Choice, node, constants: dict, device: torch.device) -> Tactic | None:
-        """The tactic for ``choice`` on ``node`` (None for "torch": the op's own kernel). Raises NotApplicable."""
+        """The tactic for ``choice`` on ``node`` (None for "torch": the op's own kernel). Raises NotApplicable, or
+        KilnError for a Triton tactic on the CPU asked for where Triton is not interpreting."""
         if choice.name == "torch":
             return None
         factory = self.factories.get(choice.name)
         if factory is None:
             raise NotApplicable(f"unknown tactic {choice.name!r}")
+        options = {}
+        if getattr(factory, "triton", False):
+            options["on_cpu"] = self.triton_on_cpu
+            if self.triton_on_cpu and device.type == "cpu":
+                from ..backends.triton import require_interpreter
+                require_interpreter()  # KilnError, not a NotApplicable the tuner would only note
         try:
-            t = factory(node, choice.params, constants, device)
+            t = factory(node, choice.params, constants, device, **options)
         except NotApplicable:
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a replayed choice made for another kind of layer

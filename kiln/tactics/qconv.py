@@ -13,12 +13,13 @@ from ..ops.fused_cpu import Tactic
 from .space import NotApplicable
 
 
-def qconv_tactic(node, params: dict, constants: dict, device: torch.device):
+def qconv_tactic(node, params: dict, constants: dict, device: torch.device, *, on_cpu: bool = False):
     """The Triton implicit-GEMM tactic for a kiln::QConv (``params``: ``config``, optional ``quant_in``).
-    Raises NotApplicable off CUDA (on the CPU only under TRITON_INTERPRET=1) or for a layer it cannot take."""
+    Raises NotApplicable off CUDA (on the CPU only with ``on_cpu``, in Triton's interpreter: see
+    ``kiln.backends.triton.available``) or for a layer it cannot take."""
     if (node.domain, node.op_type) != ("kiln", "QConv"):
         raise NotApplicable("the Triton implicit-GEMM convolution takes kiln::QConv")
-    ok, why = available(device)
+    ok, why = available(device, on_cpu)
     if not ok:
         raise NotApplicable(why)
     config = params.get("config") or (INTERPRET_CONFIG if interpreting() else CONFIGS[0])

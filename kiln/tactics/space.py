@@ -21,7 +21,7 @@ from ..ops.fused import _conv_pads, cudnn_conv_into, fused_attention
 from ..ops.fused_steps import Activation, AddInput, apply_steps, parse_epilogue
 from ..ops.fused_cpu import Tactic
 from .choice import TORCH, Choice, NotApplicable
-from .library import Factory, Row, TacticLibrary
+from .library import Factory, Row, TacticLibrary, triton_factory
 
 __all__ = ["DEFAULT", "SPACE", "FACTORIES", "Choice", "NotApplicable", "TORCH", "Row", "Tactic", "TacticLibrary",
            "candidates", "default_choice", "make"]
@@ -242,24 +242,26 @@ def _cudnn_fused(node, params, constants, device) -> Tactic:
     return Tactic("cudnn_fused", kernel)
 
 
-def _triton(node, params, constants, device) -> Tactic:
+@triton_factory
+def _triton(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     from ..backends import triton as kt
-    layer, why = kt.try_compile_layer(node, device)
+    layer, why = kt.try_compile_layer(node, device, on_cpu=on_cpu)
     if layer is None:
         raise NotApplicable(why)
     return Tactic(layer.name, layer)
 
 
-def _triton_epilogue(node, params, constants, device) -> Tactic:
-    from ..backends import triton as kt
+@triton_factory
+def _triton_epilogue(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     if (node.domain, node.op_type) not in (("kiln", "Conv"), ("kiln", "Linear")):
         raise NotApplicable("a library call + Triton epilogue is for kiln::Conv / kiln::Linear")
-    return _triton(node, params, constants, device)
+    return _triton(node, params, constants, device, on_cpu)
 
 
-def _triton_gemm(node, params, constants, device) -> Tactic:
+@triton_factory
+def _triton_gemm(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     from ..backends import triton as kt
-    ok, why = kt.available(device)
+    ok, why = kt.available(device, on_cpu)
     if not ok:
         raise NotApplicable(why)
     from ..backends.triton.layers import GemmLayer
@@ -356,17 +358,19 @@ def _quantized(name: str) -> Factory:
 _FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "qconv_fp16")})
 
 
-def _triton_qconv(node, params, constants, device) -> Tactic:
+@triton_factory
+def _triton_qconv(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     from .qconv import qconv_tactic  # imported on first use: it pulls in the Triton backend
-    return qconv_tactic(node, params, constants, device)
+    return qconv_tactic(node, params, constants, device, on_cpu=on_cpu)
 
 
 _FACTORIES["triton_qconv"] = _triton_qconv
 
 
-def _triton_pool(node, params, constants, device) -> Tactic:
+@triton_factory
+def _triton_pool(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     from ..backends import triton as kt
-    ok, why = kt.available(device)
+    ok, why = kt.available(device, on_cpu)
     if not ok:
         raise NotApplicable(why)
     if (node.domain or "", node.op_type) not in (("", "MaxPool"), ("kiln", "MaxPoolQuantize")):
@@ -386,9 +390,10 @@ def _triton_pool(node, params, constants, device) -> Tactic:
 _FACTORIES["triton_pool"] = _triton_pool
 
 
-def _triton_nbits(node, params, constants, device) -> Tactic:
+@triton_factory
+def _triton_nbits(node, params, constants, device, on_cpu: bool = False) -> Tactic:
     from ..backends import triton as kt
-    ok, why = kt.available(device)
+    ok, why = kt.available(device, on_cpu)
     if not ok:
         raise NotApplicable(why)
     from ..backends.triton.nbits import NBitsLayer

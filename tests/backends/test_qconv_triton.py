@@ -59,7 +59,7 @@ def inputs_of(node, x, *extras):
 
 
 def run_tactic(node, consts, inputs, config=SMALL, **params):
-    t = qconv_tactic(node, {"config": list(config), **params}, consts, CPU)
+    t = qconv_tactic(node, {"config": list(config), **params}, consts, CPU, on_cpu=True)
     return t, t.kernel(ctx(), inputs, node.attrs)
 
 
@@ -165,19 +165,18 @@ def test_fp8_layer(quant_in, c, k, stride, pad):
 def test_not_applicable(attrs, why):
     node, consts = make_layer(16, 16, 3, 1, 1, **attrs)
     with pytest.raises(NotApplicable, match=why):
-        qconv_tactic(node, {"config": list(SMALL)}, consts, CPU)
+        qconv_tactic(node, {"config": list(SMALL)}, consts, CPU, on_cpu=True)
 
 
-def test_not_applicable_off_cuda(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_not_applicable_on_the_cpu_unless_asked():
     node, consts = make_layer(16, 16, 3, 1, 1)
-    with pytest.raises(NotApplicable, match="TRITON_INTERPRET"):
+    with pytest.raises(NotApplicable, match="triton_on_cpu"):
         qconv_tactic(node, {}, consts, CPU)
 
 
 def test_a_call_it_cannot_take_is_an_error_not_a_fallback():
     node, consts = make_layer(16, 16, 3, 1, 1, input_quantized=1)
-    t = qconv_tactic(node, {"config": list(SMALL)}, consts, CPU)
+    t = qconv_tactic(node, {"config": list(SMALL)}, consts, CPU, on_cpu=True)
     with pytest.raises(KernelError, match="input_quantized"):
         t.kernel(ctx(), inputs_of(node, torch.randn(1, 16, 6, 6)), node.attrs)
 
@@ -214,7 +213,8 @@ def test_space_rows_and_factory():
     node, consts = make_layer(16, 16, 3, 1, 1, epilogue=["relu"])
     chosen = space.candidates(node, torch.device("cuda"), level=4)
     assert sum(c.name == "triton_qconv" for c in chosen) == len(rows)
-    t = space.make(space.Choice("triton_qconv", {"config": list(SMALL)}), node, consts, CPU)
+    on_cpu = space.DEFAULT.with_triton_on_cpu()  # the interpreter runs it on the CPU
+    t = on_cpu.make(space.Choice("triton_qconv", {"config": list(SMALL)}), node, consts, CPU)
     assert t.name.startswith("triton_qconv[int8,tap,bias+relu]/config=")
     x = torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(t.kernel(ctx(), inputs_of(node, x), node.attrs),

@@ -59,7 +59,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def check_region(program, inputs, attrs=None, consts=None, opset=17, tol=None):
     """Generated kernel vs kiln::Elementwise's reference (float64 for float inputs)."""
     node = region(program, len(inputs), attrs, {k: inputs[k] for k in (consts or ())})
-    layer, why = kt.try_compile_layer(node, CPU, opset=opset)
+    layer, why = kt.try_compile_layer(node, CPU, opset=opset, on_cpu=True)
     assert layer is not None, why
     got = layer(ctx(opset), list(inputs), node.attrs)
     assert not layer.fallbacks, layer.fallbacks
@@ -164,7 +164,7 @@ def test_constant_scalars_become_literals():
     x = rand((3, 16), torch.float32, gen)
     two, eps = torch.tensor(2.0), torch.tensor([1e-5])
     node = region(["Pow(i0,i1)", "Add(t0,i2)", "Sqrt(t1)"], 3, consts={1: two, 2: eps})
-    layer = kt.compile_layer(node, CPU)
+    layer = kt.compile_layer(node, CPU, on_cpu=True)
     got = layer(ctx(), [x, two, eps], node.attrs)
     torch.testing.assert_close(got, torch.sqrt(x * x + 1e-5), rtol=1e-6, atol=1e-7)
     spec = layer.launch.last_spec
@@ -177,7 +177,7 @@ def test_write_into_concat_slice():
     gen = torch.Generator().manual_seed(5)
     a, b = rand((4, 6), torch.float32, gen), rand((6,), torch.float32, gen)
     node = region(["Add(i0,i1)", "Relu(t0)"], 2)
-    layer = kt.compile_layer(node, CPU)
+    layer = kt.compile_layer(node, CPU, on_cpu=True)
     big = torch.full((4, 20), float("nan"))
     view = big[:, 7:13]
     got = layer(ctx(), [a, b], node.attrs, out=view)
@@ -189,10 +189,10 @@ def test_write_into_concat_slice():
 
 def test_unsupported_falls_back_and_says_why():
     node = region(["Add(i0,i1)", "Mod(t0,i1)"], 2)
-    layer, why = kt.try_compile_layer(node, CPU)
+    layer, why = kt.try_compile_layer(node, CPU, on_cpu=True)
     assert layer is None and "Mod" in why
     node = region(["Div(i0,i1)", "Neg(t0)"], 2)  # integer Div truncates: the op's kernel runs it
-    layer = kt.compile_layer(node, CPU)
+    layer = kt.compile_layer(node, CPU, on_cpu=True)
     a = torch.tensor([7, -7, 9], dtype=torch.int32)
     b = torch.tensor([2, 2, -4], dtype=torch.int32)
     got = layer(ctx(), [a, b], node.attrs)
@@ -206,22 +206,22 @@ def test_cache_hits(tmp_path):
     program = ["Mul(i0,i1)", "Sigmoid(t0)", "Mul(t1,i0)"]
     x, y = torch.randn(8, 8), torch.randn(8, 8)
     before = dict(cache.stats)
-    l1 = kt.compile_layer(region(program, 2), CPU)
+    l1 = kt.compile_layer(region(program, 2), CPU, on_cpu=True)
     r1 = l1(ctx(), [x, y], {})
     assert cache.stats["generated"] == before["generated"] + 1 and cache.stats["disk_writes"] == before["disk_writes"] + 1
     files = list(tmp_path.glob("kiln_*.py"))
     assert len(files) == 1 and "tl.sigmoid" in files[0].read_text()
-    l2 = kt.compile_layer(region(program, 2), CPU)  # another layer, same description: the same kernel
+    l2 = kt.compile_layer(region(program, 2), CPU, on_cpu=True)  # another layer, same description: the same kernel
     r2 = l2(ctx(), [x, y], {})
     assert cache.stats["memory_hits"] == before["memory_hits"] + 1 and cache.stats["generated"] == before["generated"] + 1
     assert l1.launch._plans and next(iter(l1.launch._plans.values()))[0] is next(iter(l2.launch._plans.values()))[0]
     cache.clear_memory()  # a new process: generated again, found on disk, not rewritten
-    l3 = kt.compile_layer(region(program, 2), CPU)
+    l3 = kt.compile_layer(region(program, 2), CPU, on_cpu=True)
     l3(ctx(), [x, y], {})
     assert cache.stats["disk_hits"] == before["disk_hits"] + 1 and cache.stats["disk_writes"] == before["disk_writes"] + 1
     files[0].write_text("tampered")  # a file that does not match its hash is rewritten, never trusted
     cache.clear_memory()
-    r4 = kt.compile_layer(region(program, 2), CPU)(ctx(), [x, y], {})
+    r4 = kt.compile_layer(region(program, 2), CPU, on_cpu=True)(ctx(), [x, y], {})
     assert "tl.sigmoid" in files[0].read_text()
     torch.testing.assert_close(r1, r2)
     torch.testing.assert_close(r1, r4)
@@ -265,7 +265,7 @@ def test_rows_against_onnx_reference(op, attrs, opset, dtype, looped, monkeypatc
     if op == "LayerNormalization":
         ins.append(rand(ins[1].shape, dtype, gen))
     node = row_node(op, len(ins), attrs)
-    layer, why = kt.try_compile_layer(node, CPU, opset=opset)
+    layer, why = kt.try_compile_layer(node, CPU, opset=opset, on_cpu=True)
     assert layer is not None, why
     got = layer(ctx(opset), ins, attrs)
     assert not layer.fallbacks, layer.fallbacks
@@ -280,7 +280,7 @@ def test_rows_against_onnx_reference(op, attrs, opset, dtype, looped, monkeypatc
 
 def test_softmax_not_last_axis_falls_back():
     node = row_node("Softmax", 1, {"axis": 0})
-    layer = kt.compile_layer(node, CPU, opset=13)
+    layer = kt.compile_layer(node, CPU, opset=13, on_cpu=True)
     x = torch.randn(4, 6)
     torch.testing.assert_close(layer(ctx(13), [x], {"axis": 0}), torch.softmax(x, 0))
     assert layer.fallbacks
@@ -289,7 +289,7 @@ def test_softmax_not_last_axis_falls_back():
 def test_layernorm_rows_into_slice():
     x, w, b = torch.randn(6, 32), torch.randn(32), torch.randn(32)
     node = row_node("LayerNormalization", 3, {"axis": -1})
-    layer = kt.compile_layer(node, CPU)
+    layer = kt.compile_layer(node, CPU, on_cpu=True)
     big = torch.full((6, 64), float("nan"))
     layer(ctx(), [x, w, b], {"axis": -1}, out=big[:, 32:])
     torch.testing.assert_close(big[:, 32:], torch.nn.functional.layer_norm(x, (32,), w, b), rtol=1e-5, atol=1e-5)
@@ -311,7 +311,7 @@ def test_layernorm_quantize_rows(q_dtype, dtype, looped, monkeypatch):
     attrs = {"axis": -1, "epsilon": 1e-5, "q_scale": 0.011, "q_zero_point": 0, "q_dtype": q_dtype}
     node = Node("LayerNormQuantize", [Value("x"), Value("w"), Value("b")], [Value("y"), Value("yq")], attrs,
                 name="lnq", domain="kiln")
-    layer, why = kt.try_compile_layer(node, CPU, opset=17)
+    layer, why = kt.try_compile_layer(node, CPU, opset=17, on_cpu=True)
     assert layer is not None, why
     y, yq = layer(ctx(17, 2), [x, w, b], attrs)
     assert not layer.fallbacks and layer.name == "triton_layernorm+quantize"
@@ -334,7 +334,7 @@ def test_linear_epilogue(epilogue, dtype):
     res = rand((2, 5, 16), dtype, gen)
     node = Node("Linear", [Value("x"), Value("w"), Value("b"), Value("r")], [Value("y")], {"epilogue": epilogue},
                 name="fc", domain="kiln")
-    layer, why = kt.try_compile_layer(node, CPU)
+    layer, why = kt.try_compile_layer(node, CPU, on_cpu=True)
     assert layer is not None, why
     got = layer(ctx(), [x, w, b, res], node.attrs)
     assert not layer.fallbacks
@@ -351,7 +351,7 @@ def test_conv_bias_epilogue(channels_last):
     attrs = {"pads": [1, 1, 1, 1], "epilogue": ["add:3", "relu"], "channels_last": channels_last}
     node = Node("Conv", [Value("x"), Value("w"), Value("b"), Value("r")], [Value("y")], attrs, name="c",
                 domain="kiln")
-    layer = kt.compile_layer(node, CPU)
+    layer = kt.compile_layer(node, CPU, on_cpu=True)
     got = layer(ctx(), [x, w, b, res], attrs)
     assert not layer.fallbacks and layer.name.startswith("cudnn+triton_epilogue")
     ref = fused_conv(ctx(), [x.double(), w.double(), b.double(), res.double()], attrs)
@@ -360,7 +360,7 @@ def test_conv_bias_epilogue(channels_last):
 
 def test_plain_linear_is_left_to_the_library():
     node = Node("Linear", [Value("x"), Value("w"), Value("b")], [Value("y")], {}, name="fc", domain="kiln")
-    layer, why = kt.try_compile_layer(node, CPU)
+    layer, why = kt.try_compile_layer(node, CPU, on_cpu=True)
     assert layer is None and "no epilogue" in why
 
 
@@ -457,7 +457,7 @@ def test_engine_layers_through_program():
     x = rng.standard_normal((3, 4, 16)).astype(np.float32)
     want = engine.create_execution_context().infer({"x": x})["y"]
     reasons: dict = {}
-    tactics = kt.choose_tactics(engine.graph.nodes, CPU, reasons=reasons)
+    tactics = kt.choose_tactics(engine.graph.nodes, CPU, reasons=reasons, on_cpu=True)
     assert {t.name for t in tactics.values()} >= {"triton_layernorm", "triton_softmax"}
     assert any(t.name.startswith("triton_elementwise") for t in tactics.values())
     prog = Program(engine.graph, CPU, engine.registry, engine._constants, tactics)
@@ -484,7 +484,7 @@ def test_gemm_template_with_fused_epilogue(epilogue, dtype):
     big = torch.full((60, 100), float("nan"), dtype=dtype)  # into a concat slice
     layer(ctx(), [x.reshape(60, 72), w, b, res.reshape(60, 40)], node.attrs, out=big[:, 30:70])
     assert rel_err(big[:, 30:70], ref.reshape(60, 40)) <= 1e-2 and torch.isnan(big[:, :30]).all()
-    names = [c.name for c in kt.candidates(node, CPU)]
+    names = [c.name for c in kt.candidates(node, CPU, on_cpu=True)]
     from kiln.backends.triton.gemm import CONFIGS
     assert len(names) == len(CONFIGS) + (1 if epilogue else 0)  # bias alone: cuBLAS needs no extra pass
 
@@ -502,7 +502,7 @@ def test_reductions_against_onnx_reference(op, axes, keepdims, dtype, looped, mo
     opset = 18
     ax = torch.tensor(axes, dtype=torch.int64)
     node = Node(op, [Value("x"), Value("axes", const=ax)], [Value("y")], {"keepdims": keepdims}, name=op)
-    layer, why = kt.try_compile_layer(node, CPU, opset=opset)
+    layer, why = kt.try_compile_layer(node, CPU, opset=opset, on_cpu=True)
     assert layer is not None, why
     got = layer(ctx(opset), [x, ax], node.attrs)
     assert not layer.fallbacks, layer.fallbacks
@@ -520,7 +520,7 @@ def test_reductions_against_onnx_reference(op, axes, keepdims, dtype, looped, mo
 def test_reduction_not_trailing_falls_back():
     ax = torch.tensor([0])
     node = Node("ReduceMean", [Value("x"), Value("axes", const=ax)], [Value("y")], {}, name="m")
-    layer = kt.compile_layer(node, CPU, opset=18)
+    layer = kt.compile_layer(node, CPU, opset=18, on_cpu=True)
     x = torch.randn(3, 4)
     torch.testing.assert_close(layer(ctx(18), [x, ax], {}), x.mean(0, keepdim=True))
     assert layer.fallbacks
@@ -552,3 +552,31 @@ def test_output_follows_a_dense_layout():
     assert got.is_contiguous(memory_format=torch.channels_last)
     spec = layer.launch.last_spec
     assert spec.out_layout == "flat" and spec.layouts[0] == "flat" and spec.layouts[2] == "flat"
+
+
+# -- whether generated kernels are offered on the CPU: an explicit option, never the environment --------------
+def test_cpu_tensors_get_generated_kernels_only_when_asked():
+    node = Node("Softmax", [Value("x")], [Value("y")], {"axis": -1}, name="sm")
+    ok, why = kt.available(CPU)
+    assert not ok and "triton_on_cpu" in why
+    assert kt.compile_layer(node, CPU) is None  # Triton interprets in this process, but nobody asked
+    assert kt.compile_layer(node, CPU, on_cpu=True) is not None
+
+
+def test_asking_where_triton_does_not_interpret_is_an_error(monkeypatch):
+    import kiln
+    from kiln.errors import KilnError
+    from kiln.tactics import DEFAULT, Choice
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # Triton's own switch off, as in a process started without it
+    node = Node("Softmax", [Value("x")], [Value("y")], {"axis": -1}, name="sm")
+    with pytest.raises(KilnError, match="TRITON_INTERPRET=1"):
+        kt.available(CPU, on_cpu=True)
+    with pytest.raises(KilnError, match="TRITON_INTERPRET=1"):
+        DEFAULT.with_triton_on_cpu().make(Choice("triton"), node, {}, CPU)
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(KilnError, match="TRITON_INTERPRET=1"):
+        kiln.build(model, device="cpu", tactics=DEFAULT.with_triton_on_cpu())
+    assert kiln.build(model, device="cpu").num_layers == 1  # without the option nothing asks for Triton

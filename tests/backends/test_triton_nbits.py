@@ -67,4 +67,5 @@ def test_offered_on_cuda_only_and_refuses_act_order():
     node.set_input(4, Value("g_idx"))
     from kiln.tactics import Choice
     with pytest.raises(NotApplicable, match="g_idx"):
-        DEFAULT.make(Choice("triton_nbits", {"config": list(CONFIGS[0])}), node, constants, torch.device("cpu"))
+        DEFAULT.with_triton_on_cpu().make(Choice("triton_nbits", {"config": list(CONFIGS[0])}), node, constants,
+                                          torch.device("cpu"))

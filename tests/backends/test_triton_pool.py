@@ -83,11 +83,14 @@ def test_refuses(attrs, why):
 
 
 def test_factory_and_space_row():
-    t = space.make(space.Choice("triton_pool"), node(kernel_shape=[2, 2]), {}, torch.device("cpu"))  # interpreter
+    on_cpu = space.DEFAULT.with_triton_on_cpu()  # the interpreter runs it on the CPU
+    t = on_cpu.make(space.Choice("triton_pool"), node(kernel_shape=[2, 2]), {}, torch.device("cpu"))
     assert t.name == "triton_max_pool"
+    with pytest.raises(space.NotApplicable, match="triton_on_cpu"):  # the default library: not on a CPU
+        space.make(space.Choice("triton_pool"), node(kernel_shape=[2, 2]), {}, torch.device("cpu"))
     two = Node("MaxPool", [Value("x")], [Value("y"), Value("i")], {"kernel_shape": [2, 2]}, name="p")
     with pytest.raises(space.NotApplicable, match="Indices"):
-        space.make(space.Choice("triton_pool"), two, {}, torch.device("cpu"))
+        on_cpu.make(space.Choice("triton_pool"), two, {}, torch.device("cpu"))
     assert [c.name for c in space.candidates(two, torch.device("cuda"))] == ["torch", "triton_pool"]
 
 

@@ -1,5 +1,5 @@
 """The alias analysis (kiln/engine/aliases.py): which values share storage, from the ops' ``view`` trait and the
-Concat ``in_place`` marks; and every alias it names is one a run shows (the arena's storage identity)."""
+Concat ``in_place`` marks; and every alias it names is one a run shows (storage identity; the arena places by it)."""
 from __future__ import annotations
 
 import torch
@@ -53,3 +53,14 @@ def test_every_alias_named_is_one_a_run_shows():
     for vid, root in roots.items():
         a, b = recorder.tensors[vid], recorder.tensors[root]
         assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def test_a_concat_written_in_place_into_another_resolves_to_the_outer():
+    g = _graph([helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+                helper.make_node("Concat", ["a", "b"], ["c"], axis=0), helper.make_node("Abs", ["x"], ["d"]),
+                helper.make_node("Concat", ["c", "d"], ["e"], axis=0), helper.make_node("Abs", ["e"], ["y"])])
+    concats = [n for n in g.nodes if n.op_type == "Concat"]
+    concats[0].attrs["in_place"] = [1]
+    concats[1].attrs["in_place"] = [0]
+    ids = _ids(g)
+    assert storage_roots(g) == {ids["b"]: ids["e"], ids["c"]: ids["e"]}

@@ -9,8 +9,12 @@ from onnx import TensorProto, helper
 import kiln
 from kiln.errors import EngineFormatError, KernelError, PluginError
 from kiln.plugin import PluginLibrary, TensorDesc
+from kiln.tactics import DEFAULT
 
 import softclip_plugin
+
+
+TRITON_ON_CPU = DEFAULT.with_triton_on_cpu()  # the Triton tactic is offered on the CPU, run by the interpreter
 
 
 def softclip_model(alpha=2.0, extra_attrs=None, shape=(2, 300)):
@@ -29,7 +33,7 @@ def expected(x, alpha=2.0):
 
 @pytest.fixture(scope="module")
 def built():
-    return kiln.build(softclip_model(), plugins=softclip_plugin.plugins, optimization_level=3)
+    return kiln.build(softclip_model(), plugins=softclip_plugin.plugins, optimization_level=3, tactics=TRITON_ON_CPU)
 
 
 def test_builds_and_runs_the_reference(built):
@@ -227,7 +231,13 @@ def test_malformed_plugin_record_is_a_format_error(built, records, match):
 
 def test_checked_on_float16_too():
     engine = kiln.build(softclip_model(), plugins=softclip_plugin.plugins, fp16=True, accuracy_target=None,
-                        optimization_level=3)
+                        optimization_level=3, tactics=TRITON_ON_CPU)
     x = torch.randn(2, 300) * 3
     y = engine.create_execution_context().infer({"x": x})["y"]
     np.testing.assert_allclose(y.numpy(), expected(x).numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_the_triton_tactic_is_offered_on_the_cpu_only_when_asked():
+    engine = kiln.build(softclip_model(), plugins=softclip_plugin.plugins, optimization_level=3)
+    layer = next(l for l in engine.report.layers if l.name == "softclip")
+    assert not any("block256" in c for c in layer.candidates), layer.candidates

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import KilnError
 from .cache import exec_source
 from .codegen import ElementwiseSpec, Generated
 
@@ -29,18 +30,17 @@ def elementwise_signature(spec: ElementwiseSpec, gen: Generated) -> dict[str, st
 
 def compile_source(source: str, signature: dict[str, str], constexprs: dict, arch: int = 90, num_warps: int = 4,
                    num_stages: int = 3):
-    """Compile ``source``'s ``kernel`` for sm_``arch``; returns Triton's CompiledKernel (``.asm['ptx']``)."""
+    """Compile ``source``'s ``kernel`` for sm_``arch``; returns Triton's CompiledKernel (``.asm['ptx']``).
+    ``@triton.jit`` must make real JIT functions, so Triton must not be interpreting in this process (a process
+    that is, as the tests are, compiles through ``compile_in_subprocess``)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"  # @triton.jit must make real JIT functions here, even in the tests
-    try:
-        return _compile(triton, GPUTarget, source, signature, constexprs, arch, num_warps, num_stages)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+
+    from .launch import interpreting
+    if interpreting():
+        raise KilnError("ahead-of-time compilation needs Triton's compiler, but Triton is interpreting in this "
+                        "process (TRITON_INTERPRET=1): use compile_in_subprocess")
+    return _compile(triton, GPUTarget, source, signature, constexprs, arch, num_warps, num_stages)
 
 
 def _compile(triton, GPUTarget, source, signature, constexprs, arch, num_warps, num_stages):
@@ -55,8 +55,8 @@ def _compile(triton, GPUTarget, source, signature, constexprs, arch, num_warps, 
 
 def compile_in_subprocess(jobs: list[dict], arch: int = 90, timeout: float = 300) -> list[str]:
     """Compile each job ({source, signature, constexprs, num_warps, expect: strings the PTX must hold}) in a
-    fresh interpreter without
-    TRITON_INTERPRET (Triton's standard library made under the interpreter cannot be compiled for a GPU).
+    fresh Python whose environment lacks Triton's interpreter switch TRITON_INTERPRET (Triton's standard library
+    made under the interpreter cannot be compiled for a GPU); this process's environment is left as it is.
     Returns "" per job that compiled, else the error."""
     import json
     import subprocess

@@ -8,8 +8,6 @@ given set of shapes, strides and dtypes is computed once and kept.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import cache
@@ -20,7 +18,25 @@ MAX_RANK = 8
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton runs kernels in its interpreter (numpy, on CPU tensors) rather than compiling them: Triton's
+    own switch (``TRITON_INTERPRET=1``, which Triton reads when ``@triton.jit`` decorates a kernel), asked of
+    Triton itself; Kiln neither reads nor sets the variable."""
+    import triton
+    knobs = getattr(triton, "knobs", None)  # Triton 3.4+
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return _jit_is_interpreted()
+
+
+def _probe():  # decorated by _jit_is_interpreted (its body is never run)
+    pass
+
+
+def _jit_is_interpreted() -> bool:
+    """Triton before 3.4: whether ``@triton.jit`` makes an interpreted function now."""
+    import triton
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(triton.jit(_probe), InterpretedFunction)
 
 
 def block_config(n: int) -> tuple[int, int]:
