@@ -142,6 +142,9 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
     got = next(iter(out.values()))
     first = fp32_ref[0] if isinstance(fp32_ref, (tuple, list)) else fp32_ref
     row["kiln_rel_err_vs_fp32"] = rel_err(got.float(), first.float())
+    if args.fp16:  # eager fp16's own error: what fp16 costs this model anyway, beside Kiln's
+        eager_first = ref[0] if isinstance(ref, (tuple, list)) else ref
+        row["eager_rel_err_vs_fp32"] = rel_err(eager_first.float(), first.float())
     row["kiln_ms"] = median_ms(lambda: ctx.infer(feed), device, args.warmup, args.iters)
     row["kiln_items_per_s"] = round(batch / row["kiln_ms"] * 1e3, 1)
 
@@ -170,14 +173,17 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
 def print_table(rows: list[dict]) -> None:
     cols = [("model", "model"), ("batch", "batch"), ("precision", "prec"), ("kiln_ms", "kiln ms"),
             ("eager_ms", "eager ms"), ("compile_ms", "compile ms"), ("ort_ms", "ort ms")]
-    head = [c[1] for c in cols] + ["kiln items/s", "eager/kiln", "peer/kiln", "build s", "layers", "rel err"]
+    head = [c[1] for c in cols] + ["kiln items/s", "eager/kiln", "peer/kiln", "build s", "layers", "rel err",
+                                   "eager err"]
     lines = [head]
     for r in rows:
         peer = r.get("compile_ms") or r.get("ort_ms")
         line = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k, _ in cols]
         build = str(r["kiln_build_s"]) + (f"/{r['kiln_build_warm_s']}" if "kiln_build_warm_s" in r else "")
         line += [f"{r['kiln_items_per_s']:.0f}", f"{r['eager_ms'] / r['kiln_ms']:.2f}x",
-                 f"{peer / r['kiln_ms']:.2f}x" if peer else "-", build, f"{r['onnx_nodes']}->{r['kiln_layers']}", f"{r['kiln_rel_err_vs_fp32']:.1e}"]
+                 f"{peer / r['kiln_ms']:.2f}x" if peer else "-", build, f"{r['onnx_nodes']}->{r['kiln_layers']}",
+                 f"{r['kiln_rel_err_vs_fp32']:.1e}",
+                 f"{r['eager_rel_err_vs_fp32']:.1e}" if "eager_rel_err_vs_fp32" in r else "-"]
         lines.append(line)
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     for l in lines:
