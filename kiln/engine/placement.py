@@ -10,6 +10,7 @@ values lived on the GPU, every read would synchronize the device and CUDA graph 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class Placement:
     host_values: set[int]  # value ids that live on the host
     host_nodes: set[int]  # id(node) of nodes that run on the host
     moves: dict[int, tuple[int, ...]]  # id(node) -> input slots whose host value must be copied to the device
+    host_inputs: frozenset[str] = frozenset()  # graph inputs kept on the host (see host_input_candidates)
 
 
 def is_host_constant(t: torch.Tensor) -> bool:
@@ -48,14 +50,37 @@ def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:
     floats = {v.id for v in graph.constants.values()
               if not is_host_constant(v.const) and v.const.numel() <= MAX_HOST_CONSTANT and not v.const.is_complex()
               and v.id not in in_bodies}
+    inputs = host_input_candidates(graph, in_bodies)
     while True:
-        placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats,
-                           host_ops, host_slots)
+        placement = _place(graph, {v.id for v in graph.constants.values() if is_host_constant(v.const)} | floats
+                           | inputs, host_ops, host_slots)
         demoted = {v.id for n in graph.nodes if id(n) in placement.moves
-                   for i in placement.moves[id(n)] if (v := n.inputs[i]).id in floats}
+                   for i in placement.moves[id(n)] if (v := n.inputs[i]).id in floats | inputs}
         if not demoted:
+            placement.host_inputs = frozenset(v.name for v in graph.inputs if v.id in inputs)
             return placement
         floats -= demoted
+        inputs -= demoted
+
+
+def host_input_candidates(graph: Graph, in_bodies: set[int]) -> set[int]:
+    """Ids of the graph inputs that may stay on the host: small integer or bool tensors of a static shape (a
+    sample rate, a mode flag, a length) not read inside a subgraph. One stays on the host only if every layer
+    that reads it runs on the host or reads it as a Python value (an If's condition); a device layer reading it
+    as data demotes it (plan_placement). Their values then decide host work that a CUDA graph bakes in, so a
+    context keys its captured graphs by them (runtime.py)."""
+    out = set()
+    for v in graph.inputs:
+        t = v.type
+        shape, dtype = getattr(t, "shape", None), getattr(t, "dtype", None)
+        if shape is None or dtype is None or v.id in in_bodies or v in graph.outputs \
+                or not all(isinstance(d, int) for d in shape):
+            continue
+        probe = torch.empty(0, dtype=dtype.torch)
+        if (probe.dtype.is_floating_point or probe.is_complex()) or math.prod(shape) > MAX_HOST_CONSTANT:
+            continue
+        out.add(v.id)
+    return out
 
 
 def _place(graph: Graph, host_consts: set[int], host_ops: frozenset[str],

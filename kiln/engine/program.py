@@ -114,6 +114,9 @@ class Program:
                                    reads, accepts_out(kernel, ctx.device),
                                    tuple(int(k) for k in n.attrs.get("in_place", ())), threads))
         self.output_ids = [v.id for v in graph.outputs]
+        # Graph inputs that stay on the host (GPU engines): their values steer host work (an If's branch), so a
+        # CUDA graph or arena layout captured for one value holds only for that value (runtime.py keys by them).
+        self.host_inputs: frozenset[str] = placement.host_inputs if placement is not None else frozenset()
         self.aliases = storage_roots(graph, registry)  # which values share storage (the arena places by it)
         # An output that is an engine constant (folded at build) goes to the caller as a copy: the caller may
         # write into what it gets, and the next run must not see that.

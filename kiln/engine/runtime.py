@@ -300,6 +300,15 @@ class _Captured:
 
 
 MAX_LAYOUTS = 64  # arena layouts kept per context (one per input-shape signature)
+MAX_VALUE_GRAPHS = 8  # CUDA graphs per input shapes for distinct values of host inputs (a sample rate, a flag)
+
+
+def run_key(feed: Mapping[str, torch.Tensor], host_inputs: frozenset[str]) -> tuple:
+    """What a recorded arena layout or captured CUDA graph holds for: the inputs' names, shapes and dtypes, and
+    the values of the inputs kept on the host (Program.host_inputs), which steer host work such as an If's
+    branch. (shapes, values): the second part is empty for an engine without host inputs."""
+    shapes = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
+    return shapes, tuple((k, tuple(feed[k].reshape(-1).tolist())) for k in sorted(host_inputs) if k in feed)
 
 
 class ExecutionContext:
@@ -430,7 +439,7 @@ class ExecutionContext:
         with torch.inference_mode():
             if not self.use_arena:
                 return program.run(env, keep=keep)
-            key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
+            key = run_key(feed, program.host_inputs)
             layout = self._layouts.get(key)
             if layout is not None:
                 self._last_layout = layout
@@ -447,7 +456,7 @@ class ExecutionContext:
                     log.warning(msg)
             if layout.arena is not self._arena:
                 msg = (f"arena grown from {self._arena.numel()} to {layout.arena.numel()} bytes for input shapes "
-                       f"{[list(s) for _, s, _ in key]} (build plan: {self.engine.arena_bytes})")
+                       f"{[list(s) for _, s, _ in key[0]]} (build plan: {self.engine.arena_bytes})")
                 self.notes.append(msg)
                 log.info(msg)
                 self._arena = layout.arena
@@ -477,17 +486,26 @@ class ExecutionContext:
                 if v.device.type != "cpu":
                     feed[k] = v.cpu()
             return self._launch(feed, program)
-        feed = {k: v.to(self.device, non_blocking=True) for k, v in feed.items()}
+        host = program.host_inputs
+        feed = {k: (v.cpu() if k in host else v.to(self.device, non_blocking=True)) for k, v in feed.items()}
         if not self.use_cuda_graphs:
             return self._eager(feed, program)
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(feed.items()))
+        key = run_key(feed, host)
         cap = self._graphs.get(key, False)
         if cap is False:
+            if host and sum(1 for k in self._graphs if k[0] == key[0]) >= MAX_VALUE_GRAPHS:
+                msg = (f"CUDA graphs: more than {MAX_VALUE_GRAPHS} values of the host input(s) {sorted(host)} at "
+                       f"input shapes {[list(s) for _, s, _ in key[0]]}; further values run eagerly")
+                if msg not in self.notes:
+                    self.notes.append(msg)
+                    log.info(msg)
+                return self._eager(feed, program)
             cap = self._graphs[key] = self._capture(feed, program)
         if cap is None:
             return self._eager(feed, program)
         for k, v in feed.items():
-            cap.static_inputs[k].copy_(v, non_blocking=True)
+            if k not in host:  # a host input's value is part of the key: the graph holds exactly this value
+                cap.static_inputs[k].copy_(v, non_blocking=True)
         cap.graph.replay()
         return cap.static_outputs
 

@@ -28,14 +28,14 @@ def _empty_scan_output(value, device: torch.device) -> torch.Tensor:
     return torch.zeros([0] + dims, dtype=dtype, device=device)
 
 
-@ops.op("If")
+@ops.op("If", host_inputs=(0,))  # the condition is read as a Python bool
 def if_(ctx: KernelContext, inputs: list, attrs: dict):
     """Run then_branch or else_branch (no inputs of their own) and return its outputs."""
     branch = attrs["then_branch"] if _truth(inputs[0], "If") else attrs["else_branch"]
     return tuple(ctx.run_graph(branch, []))
 
 
-@ops.op("Loop")
+@ops.op("Loop", host_inputs=(0,))  # the trip count is read as a Python int
 def loop(ctx: KernelContext, inputs: list, attrs: dict):
     """Generic loop: runs while (M absent or i < M) and cond; carries N values, stacks K scan outputs.
 

@@ -65,3 +65,49 @@ def test_float_constant_read_inside_a_subgraph_stays_on_the_device():
                           [helper.make_tensor_value_info("y", TP.FLOAT, None)], [bias, w])
     graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert graph.constants["bias"].id not in host_constants(graph)
+
+
+def _if_on_an_input(index_input: bool = False):
+    """silero-vad's shape: an int64 scalar input (the sample rate) picks a branch; with ``index_input`` the model
+    also reads it as data (a Gather index on a float tensor), which a device layer must get on the device."""
+    inits = [numpy_helper.from_array(np.array(16000, np.int64), "sr16k")]
+    branch = lambda name, k: helper.make_graph(  # noqa: E731
+        [helper.make_node("Mul", ["x", name], [f"out_{name}"])], f"b_{name}", [],
+        [helper.make_tensor_value_info(f"out_{name}", TP.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(k, np.float32), name)])
+    nodes = [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["y"], then_branch=branch("two", 2.0), else_branch=branch("three", 3.0))]
+    outputs = [helper.make_tensor_value_info("y", TP.FLOAT, [2, 3])]
+    if index_input:
+        nodes.append(helper.make_node("Gather", ["x", "sr"], ["picked"], axis=1))
+        outputs.append(helper.make_tensor_value_info("picked", TP.FLOAT, [2]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])], outputs, inits)
+    return kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_small_integer_input_read_only_on_the_host_stays_there():
+    """The condition of an If computed from an input on the host: no device read (a CUDA graph capture would
+    fail on it), and the runtime keys captures by the input's value (Program.host_inputs)."""
+    graph = _if_on_an_input()
+    placement = plan_placement(graph)
+    equal = next(n for n in graph.nodes if n.op_type == "Equal")
+    if_node = next(n for n in graph.nodes if n.op_type == "If")
+    assert placement.host_inputs == {"sr"}
+    assert id(equal) in placement.host_nodes and id(if_node) not in placement.moves
+
+
+def test_integer_input_read_as_data_by_a_device_layer_goes_to_the_device():
+    placement = plan_placement(_if_on_an_input(index_input=True))
+    assert placement.host_inputs == frozenset()
+
+
+def test_run_key_holds_the_values_of_host_inputs_only():
+    import torch
+
+    from kiln.engine.runtime import run_key
+    feed = {"x": torch.zeros(2, 3), "sr": torch.tensor(16000)}
+    shapes, values = run_key(feed, frozenset({"sr"}))
+    assert values == (("sr", (16000,)),) and [k for k, _, _ in shapes] == ["sr", "x"]
+    assert run_key(feed, frozenset())[1] == ()
+    assert run_key({**feed, "sr": torch.tensor(8000)}, frozenset({"sr"})) != run_key(feed, frozenset({"sr"}))

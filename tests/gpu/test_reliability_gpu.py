@@ -92,3 +92,26 @@ def test_fp32_conv_engine_is_float32_accurate():
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
     fast = kiln.build(model, device="cuda", tf32=True).create_execution_context().infer({"x": x})["y"]
     assert np.abs(fast - want).max() / np.abs(want).max() < 5e-3  # allowed, and measurably less exact
+
+
+def test_if_on_a_host_input_runs_under_cuda_graphs_for_each_value():
+    """silero-vad's shape: an int64 sample-rate input picks the If branch. It stays on the host, so capture does
+    not read the device, and each value gets its own graph (a graph baked for 16000 must not answer 8000)."""
+    inits = [numpy_helper.from_array(np.array(16000, np.int64), "sr16k")]
+
+    def branch(name, k):
+        return helper.make_graph([helper.make_node("Mul", ["x", name], [f"out_{name}"])], f"b_{name}", [],
+                                 [helper.make_tensor_value_info(f"out_{name}", TP.FLOAT, [2, 3])],
+                                 [numpy_helper.from_array(np.array(k, np.float32), name)])
+    nodes = [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["y"], then_branch=branch("two", 2.0), else_branch=branch("three", 3.0))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [2, 3])], inits)
+    engine = kiln.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                        kiln.BuilderConfig(device="cuda"))
+    ctx = engine.create_execution_context()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for sr, k in [(16000, 2.0), (8000, 3.0), (16000, 2.0), (8000, 3.0)]:
+        np.testing.assert_array_equal(ctx.infer({"x": x, "sr": np.array(sr, np.int64)})["y"], x * k)
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
