@@ -13,7 +13,7 @@ Layout::
                                  (signing.py; checked before anything else in the file is read)
 
 Version 2 adds the signature trailer and the header fields of weight-stripped and refittable engines
-(``weights``, ``source``: refit.py); version 1 files load as they always did.
+(``weights``, ``source``: source.py, kiln/builder/replay.py); version 1 files load as they always did.
 
 Loading parses JSON and safetensors only: no pickle, no eval, no code taken from the file. The file is
 hostile data (the sha256 is unkeyed: an edited file carries a valid one), so section sizes are checked

@@ -1,7 +1,20 @@
 """The op library: one module per op family, each exposing an OpSet named ``ops``.
 
-The default registry is built from this explicit list; adding a family means adding it here. Fused layers'
-epilogue steps and elementwise programs are records of ``fused_steps`` (the place to add a step).
+An op is added in its family's module, ``@ops.op("Name", infer=..., check=..., elementwise=..., ...)``: its kernel,
+type rule, attribute check and traits (``registry.Traits``) in one place; passes, placement and lowering ask the
+registry for traits (``ops_with``, ``traits``) instead of keeping lists of names. A family may be split into
+sibling modules whose OpSets it merges (elementwise + elementwise_logic, shape + shape_pad/shape_make, index +
+index_unique); modules without an OpSet (``attention_linear``, ``conv_padding``, ``shape_util``, ...) hold
+kernels and helpers that a family module registers or uses.
+
+- ``registry.py``: OpDef, Traits, OpSet, Registry, KernelContext, InferContext (the kernel contract).
+- ``FAMILIES`` below: the default registry is built from this explicit list; adding a family means adding it
+  here. Nothing registers itself globally on import, and no module but its own edits a registry
+  (tests/test_registry_mutation.py): plugins make a new one (``extended_registry``, kiln/plugin).
+- ``not_supported.py``: standard ops left out on purpose, each with its reason.
+- ``fused.py``: Kiln's fused layers (domain ``kiln``); ``fused_steps.py``: their epilogue steps and
+  elementwise programs as records (the place to add a step); ``fused_cpu.py``: their oneDNN kernels.
+- ``contrib_ms*.py``: onnxruntime's com.microsoft ops; ``onnxruntime_node.py``: the opt-in onnxruntime fallback.
 """
 from __future__ import annotations
 

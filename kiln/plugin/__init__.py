@@ -18,6 +18,9 @@ against the reference (``@soft_clip.tactic("name", devices=...)`` any other impl
 each plugin's name, version and a hash of its declaration, never its code. On the CLI, ``--plugin MODULE``
 imports a module by name and takes the libraries it defines. ``kiln.trt.plugin`` offers TensorRT's decorators
 on top of this.
+
+Files: ``plugin.py`` (one plugin: declaration, reference, tactics), ``library.py`` (PluginLibrary: the ops
+registry and tactic library it adds to a build), ``desc.py`` (TensorDesc, what a shape rule sees).
 """
 from .desc import TensorDesc
 from .library import PluginLibrary, load_modules

@@ -3,6 +3,11 @@ calibration cache, Q/DQ import/export, and the accuracy target.
 
 Building with INT8 is a BuilderConfig matter (``int8=True`` with ``int8_calibrator`` data or a
 ``calibration_cache``; or a Q/DQ model); this package also offers the pieces on their own.
+
+Files: observers.py, calibrators.py, calibrate.py (run the data through), data.py (data sources), cache.py
+(the calibration cache), rewrite.py (layers made kiln::QLinear / kiln::QConv), sensitivity.py and accuracy.py
+(the accuracy target), layer_precision.py (per-layer constraints), config_check.py (BuilderConfig's fields),
+qdq_export.py and cli.py (``kiln quantize``).
 """
 from __future__ import annotations
 

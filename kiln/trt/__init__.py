@@ -8,6 +8,12 @@ IProgressMonitor, ITimingCache, IProfiler, EngineInspector, IOutputAllocator, ID
 what differs). Buffers are passed as raw addresses, as in TensorRT: device pointers (``tensor.data_ptr()``,
 cuda-python/pycuda allocations) on the GPU, host pointers (``array.ctypes.data``) on the CPU. The builder targets
 the GPU when there is one, else the CPU.
+
+Where each interface lives: this module holds the builder, config, parser, runtime, engine and context classes
+(Builder, IBuilderConfig, OnnxParser, Runtime, ICudaEngine, IExecutionContext, Refitter, calibrators); each
+other interface has a module of its own: types.py (Logger, DataType, Dims), network.py, layers.py
+and layer_enums.py (the network API), debug_listener.py, output_allocator.py, profiler.py, progress.py,
+timing_cache.py, inspector.py, plugin.py (``tensorrt.plugin``'s decorators) and pycuda.py.
 """
 from __future__ import annotations
 

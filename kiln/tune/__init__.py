@@ -1,6 +1,6 @@
 """Tactic selection: a tuner that times the candidates of kiln/tactics on the target device and checks them
-(``tuner``), and a timing cache file (``cache``). The candidates themselves and their kernels live in
-kiln/tactics.
+(``tuner``), and a timing cache file (``cache``); ``layer_threads`` measures which CPU layers run on one
+thread. The candidates themselves and their kernels live in kiln/tactics.
 
 Choices are stored in the engine (``node.meta["tactic"]``: name + params) and applied at load; they can be
 exported (``export_choices``) and replayed at a later build (``BuilderConfig(tactic_replay=path)``).
