@@ -46,7 +46,7 @@ MUTATORS = frozenset({
     "add", "discard", "difference_update", "intersection_update", "symmetric_difference_update",  # set
     "appendleft", "extendleft", "popleft", "rotate",  # deque
     "__setitem__", "__delitem__", "__setattr__", "__delattr__", "__iadd__", "__ior__",
-    "op", "register",  # OpSet.op / PluginLibrary.op (decorators that add), and any register
+    "op", "register", "replace",  # OpSet.op / PluginLibrary.op (decorators that add), register, PluginLibrary.replace
 })
 _DERIVING = frozenset({"get", "setdefault", "__getitem__"})  # methods whose result is a part of the registry
 _PATCHERS = frozenset({"setattr", "delattr", "setitem", "delitem"})  # monkeypatch's (and the builtins')

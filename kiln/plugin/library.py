@@ -52,6 +52,14 @@ class PluginLibrary:
                               f"{old.version} and {plugin.version})")
         self._plugins[key] = plugin
 
+    def replace(self, plugin: Plugin) -> Plugin | None:
+        """Put ``plugin`` in place of the one of the same domain and name, if any (returned): a declaration made
+        again, as kiln.trt.plugin's decorators do when ``autotune`` follows ``impl``."""
+        key = (plugin.domain, plugin.name)
+        old = self._plugins.get(key)
+        self._plugins[key] = plugin
+        return old
+
     def merged(self, other: "PluginLibrary") -> "PluginLibrary":
         """A new library with the plugins of this one and of ``other`` (PluginError when both declare one op)."""
         return PluginLibrary([*self, *other])

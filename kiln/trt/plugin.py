@@ -235,17 +235,10 @@ def _publish(decl: _Decl) -> None:
     """(Re)make the kiln Plugin from the declaration, once it has an impl."""
     if decl.impl is None:
         return
-    domain, _, name = decl.plugin_id.rpartition("::")
     plugin = Plugin.declare(decl.plugin_id, _reference(decl), "1", _shape_rule(decl), decl.dtypes,
                             doc=decl.desc.__doc__ or "", declaration=(decl.inputs, 0, False, dict(decl.attrs)))
     plugin.tactics = [PluginTactic(f"tactic{t}", _reference(decl, t), ("cpu", "cuda")) for t in decl.tactics]
-    old = _REGISTRY._plugins.pop((domain, name), None)  # re-decorating (autotune after impl) replaces it
-    try:
-        _REGISTRY.add(plugin)
-    except PluginError:
-        if old is not None:
-            _REGISTRY.add(old)
-        raise
+    _REGISTRY.replace(plugin)  # re-decorating (autotune after impl) replaces it
 
 
 def _shape_rule(decl: _Decl):
