@@ -113,3 +113,13 @@ def test_generated_sample_covers_a_one_hot_inputs_range(form):
     (feed,) = generated_sample(graph, ctx, batches=1)
     values = feed["bytes"]
     assert int(values.min()) >= 0 and int(values.max()) <= 256 and len(set(values.flatten().tolist())) > 4
+
+
+def test_search_for_layers_to_keep_stops_at_its_time_budget(monkeypatch):
+    """A target that keeping layers cannot reach in time is reported as such, not searched for minutes."""
+    from kiln.passes import quantize_target
+    monkeypatch.setattr(quantize_target, "FIT_BUDGET_S", 0.0)
+    e = kiln.build(_overflowing_model(), fp16=True)
+    acc = e.report.quantization["accuracy"]
+    assert acc["checked"] and not acc["met"] and acc["kept"] == [] and acc["stopped"] == "after 0 s", acc
+    assert any("NOT met" in n and "stopped after 0 s" in n for n in e.report.notes), e.report.notes
