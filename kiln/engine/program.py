@@ -2,6 +2,7 @@
 the values to free after it. This is the per-inference hot path, so it does as little as possible."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -125,10 +126,12 @@ class Program:
         self.input_ids = [v.id for v in graph.inputs]
 
     def _subgraph_runner(self):
-        env_holder: dict[str, Any] = {}
+        # The env of the run in progress, per thread: the contexts of an engine share its Program and may run at
+        # once from several threads (a shared holder let one thread's If body write into another's env).
+        env_holder = threading.local()
 
         def run(sub: Graph, sub_inputs: list) -> list:
-            env = env_holder["env"]
+            env = env_holder.env
             for v, x in zip(sub.inputs, sub_inputs):
                 env[v.id] = x
             return self._sub.run_graph(sub, env)
@@ -150,7 +153,7 @@ class Program:
         try:  # the hot loop: one dict read per input, one write per output
             for step, p in zip(self.steps, placements):
                 if step.ctx.run_graph is not None:
-                    step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
+                    step.ctx.run_graph.env_holder.env = env  # type: ignore[attr-defined]
                 args = [None if i is None else env[i] for i in step.inputs]
                 for j in step.moves:
                     if args[j] is not None:
@@ -207,7 +210,7 @@ class Program:
                 if args[j] is not None:
                     args[j] = to_device(args[j], self.device, None)
             if step.ctx.run_graph is not None:
-                step.ctx.run_graph.env_holder["env"] = env  # type: ignore[attr-defined]
+                step.ctx.run_graph.env_holder.env = env  # type: ignore[attr-defined]
             try:
                 out = step.kernel(step.ctx, args, step.attrs)
             except KilnError:

@@ -5,6 +5,7 @@ was numpy (or there were none), as torch tensors otherwise.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,10 @@ class Interpreter:
         self.registry = registry or default_registry()
         self.opset = graph.opsets.get("", 21)
         self._consts: dict[int, torch.Tensor] = {}
+        # id(node) -> (kernel, KernelContext, env holder): made on a node's first run and reused, since If/Loop
+        # bodies run their nodes on every call or iteration and building the context cost as much as a small kernel.
+        # (Two threads preparing one node at once both build one; either is right.)
+        self._prepared: dict[int, tuple] = {}
 
     # -- inputs ---------------------------------------------------------------------------
     def _bind_inputs(self, inputs) -> tuple[dict[int, Any], bool]:
@@ -96,15 +101,19 @@ class Interpreter:
                     env.pop(vid, None)
         return [self._read(v, env) for v in graph.outputs]
 
-    def _run_node(self, node: Node, args: list, env: dict[int, Any]) -> list:
+    def _prepare(self, node: Node) -> tuple:
         opdef = self.registry.get(node.domain, node.op_type)
         if opdef is None:
             raise KernelError(f"node {node.label}: no kernel for {node.op_type}")
+        # The env of the run in progress, per thread: contexts of one engine share its interpreter and may run
+        # at once, each with its own env (a subgraph writes its inputs there).
+        holder = threading.local()
 
         def run_subgraph(sub: Graph, sub_inputs: list) -> list:
             if len(sub_inputs) != len(sub.inputs):
                 raise KernelError(f"node {node.label}: subgraph {sub.name!r} takes {len(sub.inputs)} inputs, "
                                   f"got {len(sub_inputs)}")
+            env = holder.env
             for v, x in zip(sub.inputs, sub_inputs):
                 env[v.id] = x
             return self.run_graph(sub, env)
@@ -112,14 +121,23 @@ class Interpreter:
         ctx = KernelContext(opset=self.opset, device=self.device, num_outputs=len(node.outputs),
                             output_types=[o.type if o is not None else None for o in node.outputs],
                             node_name=node.label, run_graph=run_subgraph)
+        prepared = self._prepared[id(node)] = (opdef.kernel, ctx, holder)
+        return prepared
+
+    def _run_node(self, node: Node, args: list, env: dict[int, Any]) -> list:
+        kernel, ctx, holder = self._prepared.get(id(node)) or self._prepare(node)
+        outer = getattr(holder, "env", None)
+        holder.env = env
         try:
-            out = opdef.kernel(ctx, args, node.attrs)
+            out = kernel(ctx, args, node.attrs)
         except KilnError:
             raise
         except Exception as e:  # noqa: BLE001 - any kernel failure becomes a KernelError naming the node
             shapes = ", ".join(_describe(a) for a in args)
             raise KernelError(f"node {node.label} ({node.op_type}) failed on inputs [{shapes}]: "
                               f"{type(e).__name__}: {e}") from e
+        finally:
+            holder.env = outer  # a node re-entered (a Loop in a Loop body) finds its caller's env again
         if isinstance(out, torch.Tensor) or not isinstance(out, tuple):
             out = (out,)
         if len(out) < sum(1 for o in node.outputs if o is not None):
