@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ir.dtype import DType
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
 
@@ -80,9 +81,8 @@ def host_input_candidates(graph: Graph, in_bodies: set[int]) -> set[int]:
         if shape is None or dtype is None or v.id in in_bodies or v in graph.outputs \
                 or not all(isinstance(d, int) for d in shape):
             continue
-        probe = torch.empty(0, dtype=dtype.torch)
-        if (probe.dtype.is_floating_point or probe.is_complex()) or math.prod(shape) > MAX_HOST_CONSTANT:
-            continue
+        if not (dtype.is_int or dtype is DType.BOOL) or dtype.is_subbyte or math.prod(shape) > MAX_HOST_CONSTANT:
+            continue  # (a string input has no torch dtype at all)
         out.add(v.id)
     return out
 

@@ -142,3 +142,13 @@ def test_integer_input_whose_host_result_is_an_output_goes_to_the_device():
 def test_integer_input_whose_host_result_is_read_inside_a_subgraph_goes_to_the_device():
     """A body's device layer would get n + 1 as a CPU tensor (Mul of a CUDA tensor and a CPU one fails)."""
     assert plan_placement(_host_arithmetic_on_an_input(read_in_body=True)).host_inputs == frozenset()
+
+
+def test_a_string_input_is_not_a_host_input_candidate():
+    """Only integer and bool inputs are; a string input has no torch dtype (TypeError before)."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("s", TP.STRING, [1]),
+                           helper.make_tensor_value_info("x", TP.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [2])])
+    graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert plan_placement(graph).host_inputs == frozenset()
