@@ -62,7 +62,15 @@ def check_device_address(ptr: int, nbytes: int, what: str, driver: Any = None) -
     if _query(driver, _ATTR_RANGE_START, ptr, start) != _SUCCESS or \
             _query(driver, _ATTR_RANGE_SIZE, ptr, size) != _SUCCESS or size.value == 0:
         return
-    room = start.value + size.value - ptr
+    end = start.value + size.value
+    while end < ptr + nbytes:  # a range the driver reports is one mapped handle: a virtual-memory allocation
+        # (torch's expandable_segments) maps several back to back, and a tensor may cross from one into the next
+        nxt_start, nxt_size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+        if _query(driver, _ATTR_RANGE_START, end, nxt_start) != _SUCCESS or nxt_start.value != end or \
+                _query(driver, _ATTR_RANGE_SIZE, end, nxt_size) != _SUCCESS or nxt_size.value == 0:
+            break
+        end += nxt_size.value
+    room = end - ptr
     if nbytes > room:
         raise InputError(f"{what}: needs {nbytes} bytes from address {ptr:#x}, but its "
                          f"{_MEMORY_TYPES[kind.value]} allocation ends {room} bytes after it; give a larger buffer")

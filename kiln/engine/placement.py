@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ir.dtype import DType
 from ..ir.graph import Graph, Node
 from ..ops import Registry, default_registry
 
@@ -56,6 +57,10 @@ def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:
                            | inputs, host_ops, host_slots)
         demoted = {v.id for n in graph.nodes if id(n) in placement.moves
                    for i in placement.moves[id(n)] if (v := n.inputs[i]).id in floats | inputs}
+        # A value computed on the host from an input reaches no copy when a body reads it or the caller gets it
+        # as an output: on the device before, it would now reach a device kernel or the caller as a CPU tensor.
+        behind = _inputs_behind(graph, placement, inputs)
+        demoted |= {i for vid in in_bodies | {v.id for v in graph.outputs} for i in behind.get(vid, ())}
         if not demoted:
             placement.host_inputs = frozenset(v.name for v in graph.inputs if v.id in inputs)
             return placement
@@ -76,11 +81,21 @@ def host_input_candidates(graph: Graph, in_bodies: set[int]) -> set[int]:
         if shape is None or dtype is None or v.id in in_bodies or v in graph.outputs \
                 or not all(isinstance(d, int) for d in shape):
             continue
-        probe = torch.empty(0, dtype=dtype.torch)
-        if (probe.dtype.is_floating_point or probe.is_complex()) or math.prod(shape) > MAX_HOST_CONSTANT:
-            continue
+        if not (dtype.is_int or dtype is DType.BOOL) or dtype.is_subbyte or math.prod(shape) > MAX_HOST_CONSTANT:
+            continue  # (a string input has no torch dtype at all)
         out.add(v.id)
     return out
+
+
+def _inputs_behind(graph: Graph, placement: Placement, inputs: set[int]) -> dict[int, set[int]]:
+    """For each host value computed from host ``inputs`` (graph input ids), the inputs it is computed from."""
+    behind = {i: {i} for i in inputs}
+    for n in graph.nodes:
+        if id(n) in placement.host_nodes:
+            src = set().union(*(behind.get(v.id, ()) for v in n.inputs if v is not None))
+            if src:
+                behind.update((o.id, src) for o in n.outputs if o is not None)
+    return behind
 
 
 def _place(graph: Graph, host_consts: set[int], host_ops: frozenset[str],

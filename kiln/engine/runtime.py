@@ -579,6 +579,9 @@ class ExecutionContext:
             direct = not as_numpy and outputs is None and debug is None
             with torch.cuda.stream(self.stream):
                 outs = self._run_on_device(feed)
+                if not direct and self.use_cuda_graphs:  # read in wait(), after the lock: by then the next replay
+                    # (a later infer_async, another thread's run) may have overwritten the graph's static outputs
+                    outs = [o.clone() if isinstance(o, torch.Tensor) else o for o in outs]
                 result = self._finish(outs, False, None) if direct else outs
                 event = torch.cuda.Event()
                 event.record(self.stream)

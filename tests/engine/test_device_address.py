@@ -50,3 +50,12 @@ def test_pinned_and_unified_memory_are_accepted(kind):
 def test_a_driver_that_does_not_answer_refuses_nothing():
     check_device_address(0x10000, 1 << 20, "input 'x'", FakeDriver([(0x10000, 64, 2)], broken={11, 12}))
     check_device_address(0x10000, 64, "input 'x'", FakeDriver([], broken={2}))
+
+
+def test_buffer_crossing_back_to_back_mappings_is_accepted():
+    """torch's expandable_segments map a segment as several handles back to back; the driver reports the range of
+    the one handle an address lies in, and a valid tensor may cross into the next."""
+    driver = FakeDriver([(0x10000, 4096, 2), (0x11000, 4096, 2)])
+    check_device_address(0x10800, 4096, "input 'x'", driver)
+    with pytest.raises(InputError, match=r"ends 6144 bytes"):
+        check_device_address(0x10800, 8192, "input 'x'", driver)

@@ -111,3 +111,44 @@ def test_run_key_holds_the_values_of_host_inputs_only():
     assert values == (("sr", (16000,)),) and [k for k, _, _ in shapes] == ["sr", "x"]
     assert run_key(feed, frozenset())[1] == ()
     assert run_key({**feed, "sr": torch.tensor(8000)}, frozenset({"sr"})) != run_key(feed, frozenset({"sr"}))
+
+
+def _host_arithmetic_on_an_input(read_in_body: bool):
+    """m = n + 1 on the host, from a small integer input n; m is either a graph output or read as data inside
+    an If body (bodies run on the device and get no copies)."""
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    nodes = [helper.make_node("Add", ["n", "one"], ["m"])]
+    outputs = [helper.make_tensor_value_info("m", TP.INT64, [1])]
+    if read_in_body:
+        def body(name):
+            return helper.make_graph([helper.make_node("Cast", ["m"], ["mf"], to=TP.FLOAT),
+                                      helper.make_node("Mul", ["x", "mf"], [f"o_{name}"])], name, [],
+                                     [helper.make_tensor_value_info(f"o_{name}", TP.FLOAT, [2, 3])])
+        nodes += [helper.make_node("ReduceSum", ["m"], ["s"], keepdims=0),
+                  helper.make_node("Cast", ["s"], ["c"], to=TP.BOOL),
+                  helper.make_node("If", ["c"], ["y"], then_branch=body("a"), else_branch=body("b"))]
+        outputs = [helper.make_tensor_value_info("y", TP.FLOAT, [2, 3])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("n", TP.INT64, [1])], outputs, [one])
+    return kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_integer_input_whose_host_result_is_an_output_goes_to_the_device():
+    """An output of a GPU engine stays on its device: n + 1 computed on the host would reach the caller as a CPU
+    tensor."""
+    assert plan_placement(_host_arithmetic_on_an_input(read_in_body=False)).host_inputs == frozenset()
+
+
+def test_integer_input_whose_host_result_is_read_inside_a_subgraph_goes_to_the_device():
+    """A body's device layer would get n + 1 as a CPU tensor (Mul of a CUDA tensor and a CPU one fails)."""
+    assert plan_placement(_host_arithmetic_on_an_input(read_in_body=True)).host_inputs == frozenset()
+
+
+def test_a_string_input_is_not_a_host_input_candidate():
+    """Only integer and bool inputs are; a string input has no torch dtype (TypeError before)."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("s", TP.STRING, [1]),
+                           helper.make_tensor_value_info("x", TP.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [2])])
+    graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert plan_placement(graph).host_inputs == frozenset()

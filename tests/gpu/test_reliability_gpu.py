@@ -115,3 +115,26 @@ def test_if_on_a_host_input_runs_under_cuda_graphs_for_each_value():
     for sr, k in [(16000, 2.0), (8000, 3.0), (16000, 2.0), (8000, 3.0)]:
         np.testing.assert_array_equal(ctx.infer({"x": x, "sr": np.array(sr, np.int64)})["y"], x * k)
     assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
+@pytest.mark.parametrize("kind", ["numpy", "debug"])
+def test_two_pending_runs_under_cuda_graphs_keep_their_own_results(kind):
+    """A handle read after a second infer_async has replayed the same CUDA graph still gives its own run's values
+    (numpy outputs and debug tensors are read in wait(), after the context's lock)."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [64])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [64])])
+    engine = kiln.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                        kiln.BuilderConfig(device="cuda"), debug_tensors=["r"])
+    ctx = engine.create_execution_context()
+    a, b = np.arange(64, dtype=np.float32), -np.arange(64, dtype=np.float32) - 1
+    seen = []
+    feed = (lambda x: {"x": x}) if kind == "numpy" else (lambda x: {"x": torch.from_numpy(x).cuda()})
+    debug = None if kind == "numpy" else (lambda values: seen.append(dict(values)["r"].cpu().numpy().copy()))
+    ctx.infer(feed(a))  # capture
+    first = ctx.infer_async(feed(a), debug=debug)
+    ctx.infer_async(feed(b)).wait()
+    y = first.wait()["y"]
+    np.testing.assert_array_equal(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), a * np.maximum(a, 0))
+    if kind == "debug":
+        np.testing.assert_array_equal(seen[-1], np.maximum(a, 0))

@@ -123,3 +123,13 @@ def test_search_for_layers_to_keep_stops_at_its_time_budget(monkeypatch):
     acc = e.report.quantization["accuracy"]
     assert acc["checked"] and not acc["met"] and acc["kept"] == [] and acc["stopped"] == "after 0 s", acc
     assert any("NOT met" in n and "stopped after 0 s" in n for n in e.report.notes), e.report.notes
+
+
+def test_a_target_the_user_set_is_searched_past_the_time_budget(monkeypatch):
+    """The time budget is the default check's: an explicit target keeps its full search, so the engine does not
+    depend on how fast the building machine measured."""
+    from kiln.passes import quantize_target
+    monkeypatch.setattr(quantize_target, "FIT_BUDGET_S", 0.0)
+    e = kiln.build(_overflowing_model(), fp16=True, accuracy_target={"min_cosine": 0.99})
+    acc = e.report.quantization["accuracy"]
+    assert acc["met"] and acc["kept"] and "stopped" not in acc, acc
