@@ -300,7 +300,7 @@ class _Captured:
 
 
 MAX_LAYOUTS = 64  # arena layouts kept per context (one per input-shape signature)
-MAX_VALUE_GRAPHS = 8  # CUDA graphs per input shapes for distinct values of host inputs (a sample rate, a flag)
+MAX_VALUE_GRAPHS = 8  # CUDA graphs / arena layouts per input shapes for distinct host-input values (a rate, a flag)
 
 
 def run_key(feed: Mapping[str, torch.Tensor], host_inputs: frozenset[str]) -> tuple:
@@ -444,6 +444,9 @@ class ExecutionContext:
             if layout is not None:
                 self._last_layout = layout
                 return program.run(env, keep=keep, layout=layout)
+            if key[1] and self._value_keys_over_cap(self._layouts, key, "arena layouts"):
+                self._last_layout = None  # an input that counts (a step, an offset): no layout would be reused
+                return program.run(env, keep=keep)
             # First run at these shapes: record the tensors, then place them for the runs that follow.
             from .arena import Recorder, plan_layout
             recorder, inputs = Recorder(), dict(env)
@@ -493,12 +496,7 @@ class ExecutionContext:
         key = run_key(feed, host)
         cap = self._graphs.get(key, False)
         if cap is False:
-            if host and sum(1 for k in self._graphs if k[0] == key[0]) >= MAX_VALUE_GRAPHS:
-                msg = (f"CUDA graphs: more than {MAX_VALUE_GRAPHS} values of the host input(s) {sorted(host)} at "
-                       f"input shapes {[list(s) for _, s, _ in key[0]]}; further values run eagerly")
-                if msg not in self.notes:
-                    self.notes.append(msg)
-                    log.info(msg)
+            if key[1] and self._value_keys_over_cap(self._graphs, key, "CUDA graphs"):
                 return self._eager(feed, program)
             cap = self._graphs[key] = self._capture(feed, program)
         if cap is None:
@@ -508,6 +506,19 @@ class ExecutionContext:
                 cap.static_inputs[k].copy_(v, non_blocking=True)
         cap.graph.replay()
         return cap.static_outputs
+
+    def _value_keys_over_cap(self, cache: dict, key: tuple, what: str) -> bool:
+        """True when ``cache`` (layouts or graphs) holds MAX_VALUE_GRAPHS entries for the input shapes of ``key``
+        already, each for other host-input values: an input whose values do not repeat (a counter) would record
+        one per run. Such runs go without (said once in the notes)."""
+        if sum(1 for k in cache if k[0] == key[0]) < MAX_VALUE_GRAPHS:
+            return False
+        msg = (f"{what}: more than {MAX_VALUE_GRAPHS} values of the host input(s) {[k for k, _ in key[1]]} at "
+               f"input shapes {[list(s) for _, s, _ in key[0]]}; further values run without")
+        if msg not in self.notes:
+            self.notes.append(msg)
+            log.info(msg)
+        return True
 
     def _capture(self, feed: dict[str, torch.Tensor], program: Program) -> _Captured | None:
         static = {k: v.clone() for k, v in feed.items()}

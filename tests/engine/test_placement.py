@@ -152,3 +152,21 @@ def test_a_string_input_is_not_a_host_input_candidate():
                           [helper.make_tensor_value_info("y", TP.FLOAT, [2])])
     graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert plan_placement(graph).host_inputs == frozenset()
+
+
+def test_values_of_a_host_input_past_the_cap_run_without_a_recorded_layout_or_graph():
+    """An integer input that counts (a step) would record a layout and capture a graph on every run: past
+    MAX_VALUE_GRAPHS values per input shapes a context runs without, and says so once."""
+    import torch
+
+    from kiln.engine.runtime import MAX_VALUE_GRAPHS, run_key
+    ctx = kiln.build(_if_on_an_input()).create_execution_context()
+    x = torch.zeros(2, 3)
+    cache = {run_key({"x": x, "sr": torch.tensor(v)}, frozenset({"sr"})): None for v in range(MAX_VALUE_GRAPHS - 1)}
+    new = run_key({"x": x, "sr": torch.tensor(99)}, frozenset({"sr"}))
+    assert not ctx._value_keys_over_cap(cache, new, "arena layouts")
+    cache[run_key({"x": x, "sr": torch.tensor(98)}, frozenset({"sr"}))] = None
+    assert ctx._value_keys_over_cap(cache, new, "arena layouts") and ctx._value_keys_over_cap(cache, new, "arena layouts")
+    assert [n for n in ctx.notes if "further values run without" in n] == [ctx.notes[-1]]
+    other_shape = run_key({"x": torch.zeros(4, 3), "sr": torch.tensor(1)}, frozenset({"sr"}))
+    assert not ctx._value_keys_over_cap(cache, other_shape, "arena layouts")
