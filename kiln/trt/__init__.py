@@ -37,7 +37,7 @@ from .layer_enums import (ActivationType, PoolingType, ScaleMode, ElementWiseOpe
 from .layers import (ILayer, IConvolutionLayer, IDeconvolutionLayer, IPoolingLayer, IActivationLayer,
                      IElementWiseLayer, IMatrixMultiplyLayer, IShuffleLayer, ISoftMaxLayer, IReduceLayer, IConstantLayer,
                      IConcatenationLayer, ISliceLayer, IGatherLayer, IUnaryLayer, IScaleLayer, INormalizationLayer,
-                     IIdentityLayer, ICastLayer, INonZeroLayer)
+                     IIdentityLayer, ICastLayer, INonZeroLayer, IPluginV3Layer)
 from .network import INetworkDefinition, ITensor
 from .inspector import EngineInspector, LayerInformationFormat
 from .profiler import IProfiler, run_profiled
@@ -58,7 +58,7 @@ __all__ = ["Logger", "ILogger", "Builder", "NetworkDefinitionCreationFlag", "Onn
            "MatrixOperation", "ILayer", "IConvolutionLayer", "IDeconvolutionLayer", "IPoolingLayer", "IActivationLayer",
            "IElementWiseLayer", "IMatrixMultiplyLayer", "IShuffleLayer", "ISoftMaxLayer", "IReduceLayer",
            "IConstantLayer", "IConcatenationLayer", "ISliceLayer", "IGatherLayer", "IUnaryLayer", "IScaleLayer",
-           "INormalizationLayer", "IIdentityLayer", "ICastLayer", "INonZeroLayer",
+           "INormalizationLayer", "IIdentityLayer", "ICastLayer", "INonZeroLayer", "IPluginV3Layer",
            # builder and runtime interfaces (kiln/trt/progress.py, timing_cache.py, profiler.py, inspector.py,
            # output_allocator.py, debug_listener.py)
            "IProgressMonitor", "ITimingCache", "IProfiler", "EngineInspector", "LayerInformationFormat",

@@ -729,3 +729,24 @@ class INonZeroLayer(ILayer):
         out = e.op("NonZero", [inputs[0]])
         out.type = TensorType(DType.INT64, (len(e.shape(inputs[0])), f"{self.name}_count"))  # ONNX's type rule
         return [out]
+
+
+class IPluginV3Layer(ILayer):
+    """A registered Python plugin (kiln.trt.plugin) applied to its inputs: one node of the plugin's namespace and
+    name with the call's attributes, which the build runs like a plugin node of an ONNX model."""
+
+    type_name = "PluginV3"
+    arity = (0, None)
+
+    def __init__(self, network, inputs: list, index: int, call):
+        super().__init__(network, inputs, index)
+        from .network import ITensor
+        self._call = call
+        self._outputs = [ITensor(network, None, None, producer=(self, i)) for i in range(call.output_count())]
+
+    def emit(self, e, inputs):
+        namespace, _, name = self._call.plugin_id.rpartition("::")
+        label = e._name()
+        outs = [Value(f"{label}:out{i}") for i in range(len(self._outputs))]
+        e.nodes.append(e.graph.append(Node(name, inputs, outs, dict(self._call.attrs), name=label, domain=namespace)))
+        return outs

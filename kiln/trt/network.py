@@ -196,7 +196,7 @@ class INetworkDefinition:
         cache: dict = {}
 
         def shape_of(v: Value):
-            return propagate(graph, cache=cache).shape(v)
+            return propagate(graph, registry=_registry(), cache=cache).shape(v)
 
         for t in self._inputs:
             dims = tuple(d if d >= 0 else f"{t.name}_dim{i}" for i, d in enumerate(t._shape))  # -1: a symbol
@@ -231,11 +231,11 @@ class INetworkDefinition:
             from ..passes.propagate import choose_probes, propagate
             graph, values, _ = self._write()
             try:
-                facts = propagate(graph)
+                facts = propagate(graph, registry=_registry())
                 other = None
                 if facts.symbols:
                     probes = choose_probes(graph, None, None, avoid=set(facts.symbols))
-                    other = propagate(graph, probes=probes)
+                    other = propagate(graph, registry=_registry(), probes=probes)
             except (RuntimeError, ValueError, IndexError, TypeError) as e:  # a shape rule refusing its inputs
                 raise errors.ShapeError(f"{_SHAPES_REFUSED}: {type(e).__name__}: {e}") from e
             self._cached = (self._version, graph, values, facts, other)
@@ -542,3 +542,21 @@ class INetworkDefinition:
     def add_non_zero(self, input):  # noqa: A002
         """Add the indices of the non-zero elements of ``input``; returns an INonZeroLayer."""
         return self._add("add_non_zero", L.INonZeroLayer, [input])
+
+    def add_plugin(self, call, aot: bool = False):
+        """Add a registered Python plugin, as TensorRT 10.8's ``network.add_plugin(trtp.op.<ns>.<name>(tensors...,
+        attr=value))``; returns an IPluginV3Layer. ``aot``: accepted; Kiln runs the plugin's ``impl`` either way
+        (it does not load ahead-of-time kernels)."""
+        from .plugin import PluginCall
+        if not isinstance(call, PluginCall):
+            raise errors.InputError(f"add_plugin takes a plugin call, kiln.trt.plugin.op.<namespace>.<name>(...), "
+                                    f"got {type(call).__name__}")
+        return self._add("add_plugin", L.IPluginV3Layer, list(call.inputs), call)
+
+
+def _registry():
+    """The ops a network's layers may use: Kiln's and the process's registered Python plugins (kiln.trt.plugin),
+    whose shape rules infer a plugin layer's outputs; None (Kiln's own) when no plugin is registered."""
+    from .plugin import registered
+    plugins = registered()
+    return plugins.registry() if len(plugins) else None

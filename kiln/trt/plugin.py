@@ -34,8 +34,8 @@ from ..plugin import PluginLibrary
 from ..plugin import TensorDesc as _KilnDesc
 from ..plugin.plugin import Plugin, PluginTactic, read_declaration
 
-__all__ = ["register", "impl", "autotune", "aot_impl", "TensorDesc", "Tensor", "AutoTuneCombination",
-           "KernelLaunchParams", "SymExprs", "from_shape_expr", "registered"]
+__all__ = ["register", "impl", "autotune", "aot_impl", "op", "PluginCall", "TensorDesc", "Tensor",
+           "AutoTuneCombination", "KernelLaunchParams", "SymExprs", "from_shape_expr", "registered"]
 
 _REGISTRY = PluginLibrary()
 _DECLS: dict[str, "_Decl"] = {}
@@ -121,6 +121,56 @@ class _Decl:
     aot_impl: Callable | None = None
     tactics: list = field(default_factory=list)
     dtypes: tuple | None = None
+
+
+@dataclass(frozen=True)
+class PluginCall:
+    """A registered plugin applied to network tensors with attribute values: what ``op.<namespace>.<name>(...)``
+    makes and ``INetworkDefinition.add_plugin`` adds as a layer."""
+
+    plugin_id: str
+    inputs: tuple
+    attrs: dict
+
+    def output_count(self) -> int:
+        """How many outputs the plugin's descriptor function declares for these inputs (dynamic dims as 1)."""
+        decl = _decl(self.plugin_id, "add_plugin")
+        descs = [TensorDesc([d if d >= 0 else 1 for d in t.shape], t.dtype) for t in self.inputs]
+        got = decl.desc(*descs, **self.attrs)
+        return len(got) if isinstance(got, (tuple, list)) else 1
+
+
+class _Namespace:
+    """``op.<namespace>``: its plugins by name."""
+
+    def __init__(self, namespace: str):
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        plugin_id = f"{self._namespace}::{name}"
+        decl = _decl(plugin_id, "op")
+
+        def call(*inputs, **attrs) -> PluginCall:
+            unknown = sorted(set(attrs) - set(decl.attrs))
+            if unknown:
+                raise PluginError(f"plugin {plugin_id}: no attribute(s) {unknown}; it declares {sorted(decl.attrs)}")
+            return PluginCall(plugin_id, tuple(inputs), dict(attrs))
+        return call
+
+
+class _Ops:
+    """TensorRT's ``tensorrt.plugin.op``: ``op.<namespace>.<name>(tensors..., attr=value)`` for a registered
+    plugin, passed to ``INetworkDefinition.add_plugin``."""
+
+    def __getattr__(self, namespace: str) -> _Namespace:
+        if namespace.startswith("__"):
+            raise AttributeError(namespace)
+        return _Namespace(namespace)
+
+
+op = _Ops()
 
 
 def registered() -> PluginLibrary:

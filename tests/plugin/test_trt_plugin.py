@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 import kiln.trt as trt
 import kiln.trt.plugin as trtp
+from kiln import errors
 from kiln.errors import PluginError
 
 
@@ -146,3 +147,36 @@ def _parsed(model):
     network = trt.Builder(trt.Logger()).create_network(0)
     assert trt.OnnxParser(network, trt.Logger()).parse(model.SerializeToString())
     return network
+
+
+def test_network_api_add_plugin_as_the_qdp_sample_calls_it():
+    """TensorRT's QDP sample builds with ``network.add_plugin(trtp.op.sample.elemwise_add_plugin(i_x,
+    block_size=...))``: the same calls with kiln.trt, one plugin of two outputs after it."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    i_x = network.add_input(name="x", dtype=trt.DataType.FLOAT, shape=(3, 50))
+    out = network.add_plugin(trtp.op.sample.elemwise_add_plugin(i_x, block_size=64))
+    assert isinstance(out, trt.IPluginV3Layer) and out.num_outputs == 1
+    scaled = network.add_plugin(trtp.op.sample.scale_plugin(out.get_output(0), factor=2.0), aot=False)
+    assert scaled.num_outputs == 2 and tuple(scaled.get_output(1).shape) == (3,)
+    scaled.get_output(0).name, scaled.get_output(1).name = "y", "s"
+    network.mark_output(tensor=scaled.get_output(0))
+    network.mark_output(tensor=scaled.get_output(1))
+    engine = trt.Runtime(logger).deserialize_cuda_engine(
+        builder.build_serialized_network(network, builder.create_builder_config()))
+    x = torch.randn(3, 50)
+    got = _run(engine, {"x": x}, {"y": (3, 50), "s": (3,)})
+    torch.testing.assert_close(got["y"], (x + 1) * 2)
+    torch.testing.assert_close(got["s"], ((x + 1) * 2).sum(1), rtol=1e-5, atol=1e-4)
+
+
+def test_add_plugin_refuses_unknown_plugins_attributes_and_other_objects():
+    network = trt.Builder(trt.Logger()).create_network(0)
+    i_x = network.add_input(name="x", dtype=trt.DataType.FLOAT, shape=(3, 50))
+    with pytest.raises(PluginError, match="register the plugin first"):
+        trtp.op.sample.no_such_plugin(i_x)
+    with pytest.raises(PluginError, match="no attribute"):
+        trtp.op.sample.elemwise_add_plugin(i_x, blocksize=64)
+    with pytest.raises(errors.InputError, match="plugin call"):
+        network.add_plugin(i_x)
