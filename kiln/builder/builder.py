@@ -279,7 +279,7 @@ def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, r
     from ..tune.layer_threads import choose_layer_threads
     feeds = generated_sample(graph, ctx, batches=1)
     try:
-        chosen = choose_layer_threads(graph, plan.binding, plan.registry, feeds)
+        chosen, switched = choose_layer_threads(graph, plan.binding, plan.registry, feeds)
     except Exception as e:  # noqa: BLE001 - an optimization: the engine runs every layer on all threads instead
         for n in graph.nodes:
             n.meta.pop("threads", None)
@@ -291,6 +291,13 @@ def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, r
         report.notes.append(f"{len(chosen)} of {len(graph.nodes)} layers run on one thread: measured at build at "
                             f"least {1 / 0.8:.2f}x faster than on {torch.get_num_threads()} (kiln/tune/layer_threads.py): "
                             f"{', '.join(sorted(chosen))}")
+    if switched:  # their tactic was chosen on all threads; on one, the op's own kernel measured faster
+        for info in report.layers:
+            if info.name in switched:
+                info.tactic = plan.binding.choices[info.name].label
+        report.notes.append(f"{len(switched)} of them run their op's own kernel instead of the tactic tuned on "
+                            f"{torch.get_num_threads()} threads (own vs tactic ms, one thread): "
+                            + ", ".join(f"{k} {a:.3f} vs {b:.3f}" for k, (a, b) in sorted(switched.items())))
 
 
 def _report_tactics(report: BuildReport, choices: dict, tuned) -> None:

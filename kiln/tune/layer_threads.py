@@ -25,59 +25,101 @@ import torch
 log = logging.getLogger("kiln.tune")
 
 GAIN = 0.8  # one thread is chosen only when its median is at most 80% of the many-thread median
+OWN_GAIN = 0.8  # a one-thread layer runs its op's own kernel when that is at most 80% of its tactic's time there
 WHOLE_GAIN = 0.97  # and the marks are kept only when the whole model runs at least 3% faster with them
 ROUNDS = 5  # timed runs per setting, alternating (after one warm-up run each)
 
 
-def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> dict[str, tuple]:
+def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """Time every layer of ``graph`` (with its ``binding``'s constants and tactics: kiln/engine/binding.py) on one
-    thread and on the current thread count; returns {layer label: (one-thread ms, many-thread ms)} for the
-    layers one thread serves better, and marks those nodes (``meta["threads"] = 1``). Nothing on a GPU, with
-    one thread, or without inputs to run."""
+    thread and on the current thread count; marks the layers one thread serves better (``meta["threads"] = 1``).
+    The tuner chose each layer's tactic on all threads; on one thread the op's own kernel can be the faster one
+    (on a MobileNetV3 classifier, oneDNN's 1x1-convolution-as-GEMM tactic took 2x torch's convolution on one
+    thread), so for the marked layers that run a tactic the own kernel is timed on one thread too, and replaces
+    the tactic where it is clearly faster (``OWN_GAIN``): the binding, the choices and ``meta["tactic"]`` (what the
+    file keeps) say TORCH then. Returns ({label: (one-thread ms, many-thread ms)} of the marked layers,
+    {label: (own kernel ms, tactic ms) on one thread} of the layers switched). Nothing on a GPU, with one thread,
+    or without inputs to run; nothing is kept unless the whole model runs faster (``WHOLE_GAIN``)."""
     threads = torch.get_num_threads()
     if binding.device.type != "cpu" or threads <= 1 or not feeds:
-        return {}
+        return {}, {}
     from ..engine.program import Program
     program = Program(graph, binding.device, registry, binding.constants, binding.tactics)
     ids = {v.name: v.id for v in graph.inputs}
     feed = {ids[k]: v for k, v in feeds[0].items() if k in ids}
-    samples: dict[int, list[list[float]]] = {1: [[] for _ in program.steps], threads: [[] for _ in program.steps]}
-    try:
-        for round_ in range(ROUNDS + 1):
-            for n in (1, threads):
-                torch.set_num_threads(n)
-                marks: list[float] = []
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    program.run(dict(feed), hook=lambda step, env: marks.append(time.perf_counter()))
-                if round_ == 0:
-                    continue  # warm-up: first-call costs (oneDNN primitive creation, allocations)
-                for i, (a, b) in enumerate(zip([t0] + marks, marks)):
-                    samples[n][i].append((b - a) * 1e3)
-    finally:
-        torch.set_num_threads(threads)
+    samples = _layer_ms(program, feed, (1, threads))
     chosen = {}
     for i, step in enumerate(program.steps):
         one, many = statistics.median(samples[1][i]), statistics.median(samples[threads][i])
         if one <= GAIN * many:
             chosen[step.node] = (round(one, 4), round(many, 4))
     if not chosen:
-        return {}
+        return {}, {}
+    switched = _own_kernels_faster(graph, binding, registry, feed, program, samples[1], chosen)
+    tactics = {n: t for n, t in binding.tactics.items() if n not in switched}
     # Layer by layer is not the whole story (a layer's threads wake for the next one, the arena, the cache):
     # the marks are kept only when the whole model, run as the engine runs it, is faster with them.
     for node in chosen:
         node.meta["threads"] = 1
-    marked = Program(graph, binding.device, registry, binding.constants, binding.tactics)
+    marked = Program(graph, binding.device, registry, binding.constants, tactics)
     plain, with_marks = _whole_ms(program, feed), _whole_ms(marked, feed)
     if with_marks > WHOLE_GAIN * plain:
         for node in chosen:
             node.meta.pop("threads", None)
         log.info("per-layer threads not kept: the whole model took %.3f ms with them, %.3f ms without",
                  with_marks, plain)
+        return {}, {}
+    from ..tactics import TORCH
+    for node in switched:
+        binding.tactics.pop(node, None)
+        binding.choices[node.label] = TORCH
+        node.meta["tactic"] = TORCH.to_json()
+    log.info("%d of %d layers run on one thread, %d of them on their op's own kernel (measured faster than %d "
+             "threads; whole model %.3f -> %.3f ms)", len(chosen), len(program.steps), len(switched), threads, plain,
+             with_marks)
+    return ({node.label: times for node, times in chosen.items()},
+            {node.label: times for node, times in switched.items()})
+
+
+def _layer_ms(program, feed: dict, thread_counts: tuple) -> dict[int, list[list[float]]]:
+    """{thread count: per step, its times in ms}: ``ROUNDS`` runs of ``program`` per thread count, alternating,
+    after one warm-up run each (first-call costs: oneDNN primitive creation, allocations)."""
+    threads = torch.get_num_threads()
+    samples: dict[int, list[list[float]]] = {n: [[] for _ in program.steps] for n in thread_counts}
+    try:
+        for round_ in range(ROUNDS + 1):
+            for n in thread_counts:
+                torch.set_num_threads(n)
+                marks: list[float] = []
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    program.run(dict(feed), hook=lambda step, env: marks.append(time.perf_counter()))
+                if round_ == 0:
+                    continue
+                for i, (a, b) in enumerate(zip([t0] + marks, marks)):
+                    samples[n][i].append((b - a) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return samples
+
+
+def _own_kernels_faster(graph, binding, registry, feed: dict, program, tactic_one_ms: list, chosen: dict) -> dict:
+    """{node: (own kernel ms, tactic ms)} on one thread, for the ``chosen`` layers that run a tactic and whose op's
+    own kernel is at most ``OWN_GAIN`` of the tactic's time there."""
+    from ..engine.program import Program
+    candidates = {n for n in chosen if n in binding.tactics}
+    if not candidates:
         return {}
-    log.info("%d of %d layers run on one thread (measured faster than %d threads; whole model %.3f -> %.3f ms)",
-             len(chosen), len(program.steps), threads, plain, with_marks)
-    return {node.label: times for node, times in chosen.items()}
+    own = Program(graph, binding.device, registry, binding.constants,
+                  {n: t for n, t in binding.tactics.items() if n not in candidates})
+    own_one_ms = _layer_ms(own, feed, (1,))[1]
+    out = {}
+    for i, step in enumerate(own.steps):
+        if step.node in candidates:
+            mine, theirs = statistics.median(own_one_ms[i]), statistics.median(tactic_one_ms[i])
+            if mine <= OWN_GAIN * theirs:
+                out[step.node] = (round(mine, 4), round(theirs, 4))
+    return out
 
 
 def _whole_ms(program, feed: dict) -> float:

@@ -83,3 +83,37 @@ def test_the_build_marks_only_what_it_measured_and_says_so():
     got = engine.create_execution_context().infer(feed)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_whose_own_kernel_is_faster_on_one_thread_runs_it_and_the_file_keeps_that(monkeypatch):
+    """The tactic was tuned on all threads; on one thread the op's own kernel may be faster. With the timings
+    fixed (the layer faster on one thread, its own kernel faster than its tactic there, the whole model faster),
+    the layer's choice becomes TORCH in the binding, the report and the saved file, and outputs do not change."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: nothing to choose")
+    from kiln.tune import layer_threads
+    many = torch.get_num_threads()
+
+    def fake_layer_ms(program, feed, thread_counts):
+        steps = len(program.steps)
+        if thread_counts == (1,):  # the program whose chosen layers run their own kernel
+            return {1: [[0.1]] * steps}
+        return {1: [[0.5]] * steps, many: [[1.0]] * steps}
+    whole = iter([1.0, 0.5])
+    monkeypatch.setattr(layer_threads, "_layer_ms", fake_layer_ms)
+    monkeypatch.setattr(layer_threads, "_whole_ms", lambda program, feed: next(whole))
+    engine = _engine(layer_threads=True)
+    reference = _engine(layer_threads=False)
+    tuned = {l.name for l in reference.report.layers if l.tactic and l.tactic != "torch"}
+    assert tuned, "the seed model has no layer with a tactic to switch"
+    switched = {l.name for l in engine.report.layers if l.name in tuned and l.tactic == "torch"}
+    assert switched == tuned
+    assert any("own kernel instead of the tactic" in n for n in engine.report.notes), engine.report.notes
+    assert all(s.tactic == "" and s.threads == 1 for s in engine.program.steps if s.node.label in switched)
+    loaded = kiln.Engine.deserialize(engine.serialize())
+    assert all(s.tactic == "" for s in loaded.program.steps if s.node.label in switched)
+    feed = _feed(engine, 2)
+    want = reference.create_execution_context().infer(feed)
+    got = loaded.create_execution_context().infer(feed)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
