@@ -295,6 +295,8 @@ def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, r
         for info in report.layers:
             if info.name in switched:
                 info.tactic = plan.binding.choices[info.name].label
+                tuned_ms = (info.candidates or {}).get(info.tactic)  # the tuner's time (all threads) of what runs
+                info.time_ms = tuned_ms if isinstance(tuned_ms, float) else None
         report.notes.append(f"{len(switched)} of them run their op's own kernel instead of the tactic tuned on "
                             f"{torch.get_num_threads()} threads (own vs tactic ms, one thread): "
                             + ", ".join(f"{k} {a:.3f} vs {b:.3f}" for k, (a, b) in sorted(switched.items())))

@@ -59,16 +59,19 @@ def test_cache_round_trip(tmp_path):
 
 
 def test_cache_hit_times_nothing(tmp_path, count_timings):
+    # The per-layer thread step (kiln/tune/layer_threads.py) measures again on every build and is not cached: its
+    # one-thread marks, and the tactics it switches to the op's own kernel on one thread, may differ between two
+    # builds. The tuner's choices are what the cache makes reproducible, so that step is off here.
     cache = str(tmp_path / "timing.json")
-    first = _build(timing_cache=cache)
+    first = _build(timing_cache=cache, layer_threads=False)
     assert len(count_timings) > 0 and Path(cache).is_file()
     count_timings.clear()
-    second = _build(timing_cache=cache)
+    second = _build(timing_cache=cache, layer_threads=False)
     assert count_timings == [] and second.report.tuning["timed"] == 0
     assert second.report.tuning["cache_hits"] >= 12
     # Reproducible: same model, config and cache -> same choices.
     assert second.tactic_choices == first.tactic_choices
-    third = _build(timing_cache=cache)
+    third = _build(timing_cache=cache, layer_threads=False)
     assert third.tactic_choices == first.tactic_choices and third.tactics == first.tactics
 
 
