@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ _INTERPRETER_LINE = 'os.environ["TRITON_INTERPRET"] = "1"'
 _LEFT_OUT: list[str] = []
 
 
+@functools.cache  # asked once per collected path: torch's CUDA check once per session
 def _gpu_run() -> bool:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False
@@ -33,7 +35,7 @@ def _sets_interpreter(path: Path) -> bool:
 def pytest_ignore_collect(collection_path, config):
     """Leave out the interpreter tests on a GPU machine (see above)."""
     path = Path(collection_path)
-    if _sets_interpreter(path) and _gpu_run():
+    if _gpu_run() and _sets_interpreter(path):  # (no file is read on a machine without a GPU)
         _LEFT_OUT.append(str(path))
         return True
     return None
