@@ -8,11 +8,13 @@ Kiln folds them): two ONNX files of the same architecture with other random weig
   gives bit-identical engine constants;
 - stripped: the size of ``save(weights=False)`` against the full file, ``Engine.load(weights_from=A)`` giving
   the full engine's outputs exactly, and the wrong ONNX refused (ModelMismatchError);
-- moved: A's engine with its header claiming a GPU (and GPU-only tactics) loads and runs on this CPU, with notes
-  listing the replaced tactics (a real GPU build moved to the CPU needs the GPU machine).
+- moved: with ``--device cpu`` (the default), B's engine with its header claiming a GPU (and GPU-only tactics)
+  loads and runs on this CPU, with notes listing the replaced tactics; with ``--device cuda`` everything above
+  is built for the GPU, and the real GPU engine is loaded on the CPU (``Engine.deserialize(..., device="cpu")``)
+  and a CPU build of B on the GPU, each against the fresh GPU build.
 
     PYTHONPATH=. python benchmarks/bench_refit.py [--models resnet50 bert_base] [--precisions fp32 fp16 int8]
-                                                  [--out F]
+                                                  [--device cpu|cuda] [--out F]
 
 int8: A's engine is calibrated on random inputs; the refit re-quantizes B's weights with A's stored scales, and
 the fresh build of B reads the same scales from A's calibration cache.
@@ -26,13 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kiln  # noqa: E402 - before torch: the CPU pool's wait policy (kiln/threads.py)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import models  # noqa: E402
-
-import kiln  # noqa: E402
 from kiln.engine import format as fmt  # noqa: E402
 from kiln.engine.graph_json import encode_graph  # noqa: E402
 
@@ -79,10 +81,10 @@ def shapes_of(feed: dict) -> tuple:
     return (kiln.Profile.fixed({k: tuple(v.shape) for k, v in feed.items()}),)
 
 
-def bench(name: str, precision: str, folder: Path) -> dict:
+def bench(name: str, precision: str, folder: Path, device: str = "cpu") -> dict:
     a, feed = export(name, 1, folder)
     b, _ = export(name, 2, folder)
-    opts = {"profiles": shapes_of(feed), **({"fp16": True} if precision == "fp16" else {})}
+    opts = {"profiles": shapes_of(feed), "device": device, **({"fp16": True} if precision == "fp16" else {})}
     if precision == "int8":  # A's scales, from its calibration; B's fresh build reads them from the cache
         model, sample, _ = make(name, 1)
         g = torch.Generator().manual_seed(7)
@@ -91,7 +93,9 @@ def bench(name: str, precision: str, folder: Path) -> dict:
         opts.update(int8=True, calibration_cache=str(folder / f"{name}.cal.json"))
         if Path(opts["calibration_cache"]).exists():
             Path(opts["calibration_cache"]).unlink()
-    row: dict = {"model": name, "precision": precision}
+    row: dict = {"model": name, "precision": precision, "device": device}
+    if device.startswith("cuda"):
+        row["card"] = torch.cuda.get_device_name()
     t0 = time.perf_counter()
     engine = kiln.build(str(a), refittable=True, **opts,
                         **({"int8_calibrator": batches} if precision == "int8" else {}))
@@ -134,6 +138,8 @@ def bench(name: str, precision: str, folder: Path) -> dict:
     except kiln.ModelMismatchError as e:
         row["wrong_onnx"] = str(e)[:160]
 
+    if device.startswith("cuda"):
+        return moved_for_real(row, fresh, str(b), opts, feed, want)
     header, plan, weights = fmt.unpack(fresh.serialize())
     for k in ("plan_bytes", "weights_bytes", "raw_dtypes"):
         header.pop(k)
@@ -149,17 +155,33 @@ def bench(name: str, precision: str, folder: Path) -> dict:
     return row
 
 
+def moved_for_real(row: dict, gpu_engine, onnx_b: str, opts: dict, feed: dict, want: dict) -> dict:
+    """The GPU build of B loaded on the CPU, and a CPU build of B loaded on the GPU, against the GPU build."""
+    down = kiln.Engine.deserialize(gpu_engine.serialize(), device="cpu")
+    row["moved_device"] = str(down.device)
+    row["moved_tactics_replaced"] = sum("stored tactic" in n for n in down.load_notes)
+    row["moved_notes"] = len(down.load_notes)
+    row["moved_vs_gpu_max_rel"] = max_rel(run(down, feed), want)
+    cpu_opts = {k: v for k, v in opts.items() if k not in ("device", "fp16")}
+    up = kiln.Engine.deserialize(kiln.build(onnx_b, device="cpu", **cpu_opts).serialize(), device=opts["device"])
+    row["moved_up_device"] = str(up.device)
+    row["moved_up_notes"] = len(up.load_notes)
+    row["moved_up_vs_gpu_max_rel"] = max_rel(run(up, feed), want)
+    return row
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet50", "bert_base"])
     p.add_argument("--precisions", nargs="+", default=["fp32"])
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: build, refit and move on the GPU")
     p.add_argument("--out", help="write the rows as JSON")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for precision in args.precisions:
-                row = bench(name, precision, Path(tmp))
+                row = bench(name, precision, Path(tmp), args.device)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     if args.out:
