@@ -84,6 +84,8 @@ def _spatial(x: torch.Tensor) -> tuple:
 @ops.op("GlobalAveragePool")
 def global_average_pool(ctx, inputs, attrs):
     x = inputs[0]
+    if x.dtype not in _HALF:  # no casts to call: each op call costs a few microseconds on a small CPU layer
+        return x.mean(dim=_spatial(x), keepdim=True)
     return x.to(_accumulate_dtype(x)).mean(dim=_spatial(x), keepdim=True).to(x.dtype)
 
 

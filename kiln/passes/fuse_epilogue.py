@@ -183,6 +183,28 @@ def _scale_weights(node: Node, mul: Node, out, graph: Graph, ctx: PassContext) -
     return True
 
 
+def _fold_hardsigmoid(node: Node, act: Activation, graph: Graph, ctx: PassContext) -> bool:
+    """HardSigmoid(alpha, beta) as the layer's first step -> W and b scaled by alpha, beta added to b, then
+    clip(0, 1): the same function (clamp(alpha * (Wx + b) + beta, 0, 1)) as one in-place op per run instead of
+    three (multiply, add, clamp). PaddlePaddle's squeeze-excitation gates use alpha 0.2, so torch's own
+    hardsigmoid (alpha 1/6) does not apply."""
+    w = const(node.inputs[1])
+    if w is None or not w.dtype.is_floating_point:
+        return False
+    alpha, beta = (float(p) for p in act.params)
+    old = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if len(node.inputs) > 2 and node.inputs[2] is not None and old is None:
+        return False
+    channels = w.shape[0]
+    bias = (old.to(torch.float64) if old is not None else torch.zeros(channels, dtype=torch.float64)) * alpha + beta
+    node.set_input(1, new_constant(graph, f"{node.label}.weight", (w.to(torch.float64) * alpha).to(w.dtype)))
+    if len(node.inputs) < 3:
+        node.inputs.append(None)
+    node.set_input(2, new_constant(graph, f"{node.label}.bias", bias.to(w.dtype)))
+    ctx.count("fold_hardsigmoid")
+    return True
+
+
 def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
     """Absorb single consumers into ``node``'s epilogue; return the absorbed nodes."""
     absorbed: list[Node] = []
@@ -233,6 +255,8 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
             continue
         act = _activation(nxt, ctx)
         if act is not None and nxt.inputs[0] is out:
+            if act.name == "hardsigmoid" and not epilogue and _fold_hardsigmoid(node, act, graph, ctx):
+                act = Activation("clip", (0.0, 1.0))
             epilogue.append(act.to_json())
             absorbed.append(nxt)
             out = nxt.outputs[0]

@@ -365,3 +365,30 @@ def test_constant_scale_after_a_layer_folds_into_its_weights(op):
     e = check(model(nodes, [("x", shape)], ["y"], inits + [("s", scale), ("d", np.float32(0.25))]), {"x": w(*shape)})
     assert len(e.graph.nodes) == 1 and e.graph.nodes[0].attrs["epilogue"] == ["relu"]
     assert e.report.fusions.get("scale_weights") == 1
+
+
+@pytest.mark.parametrize("op,bias", [("Conv", True), ("Conv", False), ("Gemm", True)])
+def test_hardsigmoid_after_a_layer_folds_into_its_weights_and_a_clip(op, bias):
+    # PaddlePaddle's squeeze-excitation gate: HardSigmoid(alpha=0.2, beta=0.5) right after a 1x1 convolution.
+    ins = ["x", "W", "B"] if bias else ["x", "W"]
+    if op == "Conv":
+        layer = helper.make_node("Conv", ins, ["l"])
+        inits, shape = [("W", w(6, 3, 1, 1))], [2, 3, 5, 5]
+    else:
+        layer = helper.make_node("Gemm", ins, ["l"], transB=1)
+        inits, shape = [("W", w(6, 3))], [2, 3]
+    inits += [("B", w(6))] if bias else []
+    nodes = [layer, helper.make_node("HardSigmoid", ["l"], ["y"], alpha=0.2, beta=0.5)]
+    x = 4 * w(*shape)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]  # NaN/Inf propagate as ONNX's ops do
+    e = check(model(nodes, [("x", shape)], ["y"], inits), {"x": x})
+    assert [n.attrs.get("epilogue") for n in e.graph.nodes] == [["clip:0.0:1.0"]]
+    assert e.report.fusions.get("fold_hardsigmoid") == 1
+
+
+def test_hardsigmoid_after_another_step_is_kept_as_a_step():
+    layer = helper.make_node("Conv", ["x", "W", "B"], ["l"])
+    nodes = [layer, helper.make_node("Relu", ["l"], ["r"]), helper.make_node("HardSigmoid", ["r"], ["y"], alpha=0.2)]
+    e = check(model(nodes, [("x", [1, 3, 4, 4])], ["y"], [("W", w(6, 3, 1, 1)), ("B", w(6))]), {"x": w(1, 3, 4, 4)})
+    assert [step.split(":")[0] for step in e.graph.nodes[0].attrs["epilogue"]] == ["relu", "hardsigmoid"]
+    assert not e.report.fusions.get("fold_hardsigmoid")
