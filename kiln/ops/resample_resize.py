@@ -7,6 +7,7 @@ indices outside the input clamped to the edge.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -92,23 +93,23 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
     in_len = x.shape[axis]
     # Advanced indexing rather than index_select: the latter is far slower on CPU along trailing dims.
     lead = (slice(None),) * axis
+    on_host = x.device.type == "cpu"
     if p["mode"] == "nearest":
-        coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi)
-        idx = nearest_index(coords, p["nearest_mode"], scale, in_len)
-        reps = _repeat_count(idx, in_len, out_len)
+        reps, idx, outside = _nearest_plan(p["coord_mode"], p["nearest_mode"], out_len, in_len, scale, roi)
         if reps and outside is None:
             # Whole-number upsampling that repeats each element: a broadcast copy beats a gather.
             wide = x.unsqueeze(axis + 1).expand(*x.shape[:axis + 1], reps, *x.shape[axis + 1:])
             return wide.flatten(axis, axis + 1)
-        if x.device.type != "cpu":
+        if not on_host:
             # The indices again, made on the device: copying the host ones would be a pageable copy, which
             # synchronizes and is refused inside CUDA graph capture.
             coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
             idx = nearest_index(coords, p["nearest_mode"], scale, in_len)
         y = x[lead + (idx,)]
     else:
-        coords, outside = source_coords(p["coord_mode"], out_len, in_len, scale, roi, x.device)
-        idx, w = tap_weights(coords, in_len, p["mode"], scale, p["antialias"], p["cubic_a"], p["exclude_outside"])
+        key = (p["coord_mode"], out_len, in_len, scale, roi, p["mode"], p["antialias"], p["cubic_a"],
+               p["exclude_outside"])
+        idx, w, outside = _tap_plan(*key) if on_host else _tap_plan.__wrapped__(*key, device=x.device)
         taps = x[lead + (idx,)]  # the axis becomes (out_len, taps)
         w = w.to(x.dtype).reshape(list(idx.shape) + [1] * (x.dim() - axis - 1))
         y = (taps * w).sum(dim=axis + 1)
@@ -118,6 +119,26 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
         fill = torch.tensor(p["extrapolation_value"], dtype=y.dtype, device=y.device)
         y = torch.where(outside.reshape(mshape), fill, y)
     return y
+
+
+# The index and weight tables of one axis depend only on these Python values, so the host ones are made once
+# per shape, not on every run: they were ~20 small op calls per Resize (a text detector's FPN has six).
+# Cached tensors are only read (indexing, torch.where), never written.
+@functools.lru_cache(maxsize=256)
+def _nearest_plan(coord_mode: str, nearest_mode: str, out_len: int, in_len: int, scale: float, roi):
+    """(repeat count or 0, source indices, tf_crop_and_resize outside-mask or None), on the host."""
+    coords, outside = source_coords(coord_mode, out_len, in_len, scale, roi)
+    idx = nearest_index(coords, nearest_mode, scale, in_len)
+    return _repeat_count(idx, in_len, out_len), idx, outside
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_plan(coord_mode: str, out_len: int, in_len: int, scale: float, roi, mode: str, antialias: bool,
+              cubic_a: float, exclude_outside: bool, device=None):
+    """(tap indices, tap weights, outside-mask or None) of a linear/cubic pass (cached on the host only)."""
+    coords, outside = source_coords(coord_mode, out_len, in_len, scale, roi, device)
+    idx, w = tap_weights(coords, in_len, mode, scale, antialias, cubic_a, exclude_outside)
+    return idx, w, outside
 
 
 def _repeat_count(idx: torch.Tensor, in_len: int, out_len: int) -> int:
@@ -168,7 +189,7 @@ def resize(x: torch.Tensor, out_sizes: list, scales: list, roi: list | None, p: 
     rank = x.dim()
     interp = p["mode"] != "nearest"
     compute = _compute_dtype(x.dtype) if interp else x.dtype
-    y = x.to(compute)
+    y = x if x.dtype == compute else x.to(compute)
     for ax in range(rank):
         axis_roi = None if roi is None else (roi[ax], roi[rank + ax])
         identity_roi = axis_roi is None or (math.isclose(axis_roi[0], 0.0) and math.isclose(axis_roi[1], 1.0))
@@ -178,7 +199,7 @@ def resize(x: torch.Tensor, out_sizes: list, scales: list, roi: list | None, p: 
     if interp and not x.dtype.is_floating_point:
         info = torch.iinfo(x.dtype)
         y = torch.round(y).clamp(info.min, info.max)
-    return y.to(x.dtype)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _compute_dtype(dt: torch.dtype) -> torch.dtype:
