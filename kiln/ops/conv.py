@@ -37,11 +37,42 @@ def conv(ctx, inputs, attrs):
     pads = resolve_pads(attrs, x.shape[2:], kernel, strides, dilations)
     if nd not in _CONV:
         return _conv_unfolded(x, w, b, strides, dilations, pads, attrs.get("group", 1))
+    if small_conv1d(x, w, strides, dilations, pads, attrs.get("group", 1)):
+        return conv1d_as_matmul(x, w, b, strides[0], pads[0], pads[1])
     if is_symmetric(pads):
         padding = pads[:nd]
     else:
         x, padding = torch_pad(x, pads[:nd], pads[nd:]), 0
     return _CONV[nd](x, w, b, stride=strides, padding=padding, dilation=dilations, groups=attrs.get("group", 1))
+
+
+# A 1-D convolution with few output positions and a long reduction is a small matrix product; torch's CPU
+# convolution spends 40-80 us on such a layer where the product of its unfolded windows takes 15-20 (one thread,
+# 2-core VM, 2026-12-07: a voice-activity model's STFT and encoder layers, [1,1,640]*[258,1,256] stride 128: 83 vs
+# 21 us; [1,129,4]*[128,129,3]: 68 vs 21). Below these sizes the two are level, so the rule is narrow.
+SMALL_CONV1D_MAX_ROWS = 16  # batch * output positions
+SMALL_CONV1D_MIN_REDUCTION = 256  # input channels * kernel width
+
+
+def small_conv1d(x: torch.Tensor, w: torch.Tensor, strides, dilations, pads, group: int) -> bool:
+    """Whether this CPU float32 1-D convolution runs faster as one matrix product (see above)."""
+    if x.dim() != 3 or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 \
+            or group != 1 or dilations[0] != 1:
+        return False
+    out_len = (x.shape[2] + pads[0] + pads[1] - w.shape[2]) // strides[0] + 1
+    return 0 < x.shape[0] * out_len <= SMALL_CONV1D_MAX_ROWS and w.shape[1] * w.shape[2] >= SMALL_CONV1D_MIN_REDUCTION
+
+
+def conv1d_as_matmul(x: torch.Tensor, w: torch.Tensor, b, stride: int, pad_begin: int, pad_end: int) -> torch.Tensor:
+    """conv1d as [N*L, C*K] @ [C*K, Cout] over the unfolded windows (zero padding first), + bias."""
+    if pad_begin or pad_end:
+        x = F.pad(x, (pad_begin, pad_end))
+    cols = x.unfold(2, w.shape[2], stride)  # [N, C, L, K]
+    n, c, length, k = cols.shape
+    rows = cols.permute(0, 2, 1, 3).reshape(n * length, c * k)
+    wt = w.reshape(w.shape[0], c * k).t()
+    y = torch.mm(rows, wt) if b is None else torch.addmm(b, rows, wt)
+    return y.view(n, length, -1).permute(0, 2, 1).contiguous()
 
 
 def _conv_unfolded(x, w, b, strides, dilations, pads, group: int):
