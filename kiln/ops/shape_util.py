@@ -55,7 +55,10 @@ def ints(t) -> list[int]:
     if t is None:
         return []
     if isinstance(t, torch.Tensor):
-        return [int(v) for v in t.reshape(-1).tolist()]
+        # A 1-D tensor (the usual shape/axes input) is read without the reshape: each op call costs a few
+        # microseconds, and shape layers run several of these per inference.
+        vals = t.tolist() if t.dim() <= 1 else t.reshape(-1).tolist()
+        return [int(v) for v in vals] if isinstance(vals, list) else [int(vals)]
     if isinstance(t, (list, tuple)):
         return [int(v) for v in t]
     return [int(t)]
