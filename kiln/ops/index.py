@@ -33,9 +33,16 @@ def _scatter(data: torch.Tensor, dim: int, index: torch.Tensor, updates: torch.T
 @ops.op("Gather", host=True)
 def gather(ctx, inputs, attrs):
     """Takes whole slices along ``axis``; the output has the indices' shape in place of that axis."""
-    x, idx = inputs[0], inputs[1].to(inputs[0].device)
+    x, idx = inputs[0], inputs[1]
     a = axis(attrs.get("axis", 0), x.dim())
-    idx = wrap_indices(idx, x.shape[a])
+    if idx.dim() == 0 and idx.device.type == "cpu" and x.device.type != "cpu":
+        # One index held on the host (a constant in an If body) selects on the device without copying it
+        # there: a copy from pageable host memory synchronizes, which CUDA graph capture refuses.
+        i = int(idx)
+        if not -x.shape[a] <= i < x.shape[a]:
+            raise IndexError(f"Gather: index {i} is out of range for axis {a} of size {x.shape[a]}")
+        return x.select(a, i % x.shape[a]).clone()
+    idx = wrap_indices(idx.to(x.device), x.shape[a])
     y = bits(x).index_select(a, idx.reshape(-1))
     return unbits(y.reshape(x.shape[:a] + idx.shape + x.shape[a + 1:]), x.dtype)
 

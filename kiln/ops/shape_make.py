@@ -20,8 +20,17 @@ def constant_of_shape(ctx, inputs, attrs):
     value = attrs.get("value")
     if value is None:
         value = torch.zeros((), dtype=torch.float32)
-    value = value.reshape(()).to(ctx.device)
+    value = value.reshape(())
+    if value.device != ctx.device and value.device.type == "cpu" and value.dtype in _FILLABLE:
+        # Filled on the device from the host number: copying the one-element host tensor there would be a
+        # pageable copy, which CUDA graph capture refuses (silero-vad's If bodies pad with this op).
+        return torch.full(shape, value.item(), dtype=value.dtype, device=ctx.device)
+    value = value.to(ctx.device)
     return unbits(bits(value).expand(shape).clone(), value.dtype)
+
+
+_FILLABLE = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16,
+                       torch.int32, torch.int64, torch.uint8, torch.bool})
 
 
 @ops.op("EyeLike", host_inputs=(0,))

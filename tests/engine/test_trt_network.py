@@ -1,6 +1,7 @@
 """kiln.trt's network-definition API: networks built layer by layer, as TensorRT's network-API samples do,
 checked against the same computation written in torch."""
 import json
+import os
 import re
 import subprocess
 
@@ -267,7 +268,9 @@ def test_dynamic_input_needs_a_profile():
     logger.errors.clear()
     xs = _x(5, 4)
     outs = _run(builder, net, {"x": xs}, profile={"x": ((1, 4), (4, 4), (8, 4))})
-    np.testing.assert_allclose(next(iter(outs.values())), np.maximum(xs @ w.weights, 0), rtol=1e-5, atol=1e-5)
+    # TF32 is on by default, as in TensorRT: on a GPU the product carries its 10-bit mantissa (an H100 gave 1.2e-3)
+    tol = 2e-3 if os.environ.get("KILN_TEST_DEVICE", "cpu").startswith("cuda") else 1e-5
+    np.testing.assert_allclose(next(iter(outs.values())), np.maximum(xs @ w.weights, 0), rtol=tol, atol=tol)
 
 
 def test_layer_precision_becomes_layer_precisions():

@@ -117,6 +117,34 @@ def test_if_on_a_host_input_runs_under_cuda_graphs_for_each_value():
     assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
 
 
+def test_if_body_gathering_with_a_constant_index_runs_under_cuda_graphs():
+    """silero-vad's If bodies take state[k] with a constant k and pad with ConstantOfShape: the host constants
+    stay on the host, and Gather and ConstantOfShape make their results on the device without copying a host
+    tensor there (a pageable copy, which capture refuses: on the H100 every shape of silero ran eagerly)."""
+    def branch(name, k):  # state[k], then two zeros from ConstantOfShape (silero pads its STFT input so)
+        nodes = [helper.make_node("Gather", ["state", name], [f"row_{name}"], axis=0),
+                 helper.make_node("ConstantOfShape", [f"two_{name}"], [f"pad_{name}"],
+                                  value=numpy_helper.from_array(np.array([0.0], np.float32))),
+                 helper.make_node("Concat", [f"row_{name}", f"pad_{name}"], [f"out_{name}"], axis=0)]
+        return helper.make_graph(nodes, f"b_{name}", [], [helper.make_tensor_value_info(f"out_{name}", TP.FLOAT, [5])],
+                                 [numpy_helper.from_array(np.array(k, np.int64), name),
+                                  numpy_helper.from_array(np.array([2], np.int64), f"two_{name}")])
+    nodes = [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["y"], then_branch=branch("first", 0), else_branch=branch("last", -1))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("state", TP.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [5])],
+                          [numpy_helper.from_array(np.array(16000, np.int64), "sr16k")])
+    engine = kiln.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                        kiln.BuilderConfig(device="cuda"))
+    ctx = engine.create_execution_context()
+    state = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for sr, row in [(16000, 0), (8000, 1), (16000, 0)]:
+        np.testing.assert_array_equal(ctx.infer({"state": state, "sr": np.array(sr, np.int64)})["y"],
+                                      np.concatenate([state[row], np.zeros(2, np.float32)]))
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
 @pytest.mark.parametrize("kind", ["numpy", "debug"])
 def test_two_pending_runs_under_cuda_graphs_keep_their_own_results(kind):
     """A handle read after a second infer_async has replayed the same CUDA graph still gives its own run's values
