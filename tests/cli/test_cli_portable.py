@@ -39,3 +39,13 @@ def test_stripped_engine_through_build_and_exec(work, tmp_path, capsys):
     assert main(["exec", f"--loadEngine={plan}", f"--onnx={d / 'tiny.onnx'}", "--shapes=x:2x3x8x8",
                  "--iterations=1", "--warmUp=0", "--duration=0"]) == 0
     assert "with the weights of" in capsys.readouterr().out
+
+
+def test_exec_accepts_trtexecs_compatibility_flags(work, tmp_path, capsys):
+    # --versionCompatible / --hardwareCompatibilityLevel: every Kiln engine already loads under another version
+    # of its format and on another device, so trtexec command lines that ask for it build as they are.
+    d, _ = work
+    plan = tmp_path / "vc.engine"
+    assert main(["exec", f"--onnx={d / 'tiny.onnx'}", f"--saveEngine={plan}", "--shapes=x:2x3x8x8", "--buildOnly",
+                 "--device=cpu", "--versionCompatible", "--hardwareCompatibilityLevel=ampere+"]) == 0
+    assert plan.is_file() and "&&&& PASSED" in capsys.readouterr().out
