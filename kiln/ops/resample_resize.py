@@ -109,7 +109,7 @@ def resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: float, p: dict,
     else:
         key = (p["coord_mode"], out_len, in_len, scale, roi, p["mode"], p["antialias"], p["cubic_a"],
                p["exclude_outside"])
-        idx, w, outside = _tap_plan(*key) if on_host else _tap_plan.__wrapped__(*key, device=x.device)
+        idx, w, outside = _host_tap_plan(*key) if on_host else _tap_plan(*key, device=x.device)
         taps = x[lead + (idx,)]  # the axis becomes (out_len, taps)
         w = w.to(x.dtype).reshape(list(idx.shape) + [1] * (x.dim() - axis - 1))
         y = (taps * w).sum(dim=axis + 1)
@@ -132,13 +132,15 @@ def _nearest_plan(coord_mode: str, nearest_mode: str, out_len: int, in_len: int,
     return _repeat_count(idx, in_len, out_len), idx, outside
 
 
-@functools.lru_cache(maxsize=256)
 def _tap_plan(coord_mode: str, out_len: int, in_len: int, scale: float, roi, mode: str, antialias: bool,
               cubic_a: float, exclude_outside: bool, device=None):
-    """(tap indices, tap weights, outside-mask or None) of a linear/cubic pass (cached on the host only)."""
+    """(tap indices, tap weights, outside-mask or None) of a linear/cubic pass, made on ``device``."""
     coords, outside = source_coords(coord_mode, out_len, in_len, scale, roi, device)
     idx, w = tap_weights(coords, in_len, mode, scale, antialias, cubic_a, exclude_outside)
     return idx, w, outside
+
+
+_host_tap_plan = functools.lru_cache(maxsize=256)(_tap_plan)  # the host tables, once per shape
 
 
 def _repeat_count(idx: torch.Tensor, in_len: int, out_len: int) -> int:

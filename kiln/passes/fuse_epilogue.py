@@ -198,11 +198,16 @@ def _fold_hardsigmoid(node: Node, act: Activation, graph: Graph, ctx: PassContex
     channels = w.shape[0]
     bias = (old.to(torch.float64) if old is not None else torch.zeros(channels, dtype=torch.float64)) * alpha + beta
     node.set_input(1, new_constant(graph, f"{node.label}.weight", (w.to(torch.float64) * alpha).to(w.dtype)))
-    if len(node.inputs) < 3:
-        node.inputs.append(None)
-    node.set_input(2, new_constant(graph, f"{node.label}.bias", bias.to(w.dtype)))
+    _set_bias(node, graph, bias.to(w.dtype))
     ctx.count("fold_hardsigmoid")
     return True
+
+
+def _set_bias(node: Node, graph: Graph, bias: torch.Tensor) -> None:
+    """Give the layer ``bias`` as a new constant in its bias slot (input 2), adding the slot if it has none."""
+    if len(node.inputs) < 3:
+        node.inputs.append(None)
+    node.set_input(2, new_constant(graph, f"{node.label}.bias", bias))
 
 
 def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
@@ -228,10 +233,7 @@ def _absorb(node: Node, graph: Graph, ctx: PassContext) -> list[Node]:
                     old = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
                     new_b = (bias.to(torch.float64) + (old.to(torch.float64) if old is not None else 0)).to(
                         const(node.inputs[1]).dtype)
-                    bv = new_constant(graph, f"{node.label}.bias", new_b)
-                    if len(node.inputs) < 3:
-                        node.inputs.append(None)
-                    node.set_input(2, bv)
+                    _set_bias(node, graph, new_b)
                     absorbed.append(nxt)
                     out = nxt.outputs[0]
                     continue
