@@ -60,6 +60,10 @@ def main() -> int:
                                              int4_block_size=a.block, profiles=[prof], accuracy_target=None)}
     for name, e in engines.items():
         print(f"{name}: tactics {sorted(set(e.tactics.values()))}")
+        for layer in e.report.layers:  # what the tuner timed or rejected, so a missed bar says why
+            print(f"  {layer.name} [{layer.op}] -> {layer.tactic}: {layer.candidates}")
+        for note in e.report.notes:
+            print(f"  note: {note}")
     print(f"card: {torch.cuda.get_device_name()}; weight {a.k}x{a.n}; int4 block {a.block}")
     print(f"| batch | {' | '.join(f'{n} ms' for n in engines)} | int4 speedup | {' | '.join(f'{n} rel err' for n in engines)} |")
     print("|---|" + "---:|" * (2 * len(engines) + 1))

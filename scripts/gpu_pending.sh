@@ -2,7 +2,7 @@
 # The GPU checks still owed by open issues, most important first, each under its own time limit so one slow
 # step cannot eat the device call (carry .device_carry for the real models). Logs under $OUT (default ./out).
 #   15/22: GPU reliability tests, kiln.trt's sample-style tests with CUDA buffers, the real-model set (silero's
-#          CUDA-graph capture); 19: the INT4 GEMM bar; 20: refit and moving engines on the GPU.
+#          CUDA-graph capture); 19: the INT4 GEMM bar; 20: int8 refit on the GPU (fp32/fp16 shown on the H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 KILN_MODEL_CACHE=${KILN_MODEL_CACHE:-$PWD/.device_carry}
@@ -21,4 +21,4 @@ step trt_cuda 150 env KILN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprov
   tests/engine/test_trt_debug.py tests/engine/test_concurrent_control_flow.py
 step int4 90 python3 benchmarks/bench_int4.py
 step real_models 200 python3 benchmarks/gpu_real_models.py --json "$OUT/real_models_gpu.json"
-step refit 240 python3 benchmarks/bench_refit.py --device cuda --precisions fp32 fp16 --out "$OUT/refit_gpu.json"
+step refit 150 python3 benchmarks/bench_refit.py --device cuda --precisions int8 --out "$OUT/refit_gpu.json"
