@@ -60,14 +60,15 @@ def bind(graph: Graph, device: torch.device, registry: Registry | None = None, l
 
 def bind_constants(graph: Graph, device: torch.device, registry: Registry | None = None) -> dict[int, torch.Tensor]:
     """Every constant moved to the device once; NHWC convolution weights stored channels-last; on the GPU,
-    small integer constants of the main graph stay on the host, pinned (see placement.py)."""
+    small integer constants of the main graph, and those of bodies read only as Python values, stay on the host,
+    pinned (see placement.py)."""
     nhwc = {n.inputs[1].id for g in graph.walk_graphs() for n in g.nodes
             if n.domain == "kiln" and n.op_type == "Conv" and n.attrs.get("channels_last")}
     out = {}
     on_host = host_constants(graph, registry) if device.type == "cuda" else set()
     for g in graph.walk_graphs():
         for v in g.constants.values():
-            if g is graph and v.id in on_host:
+            if v.id in on_host:
                 out[v.id] = v.const.pin_memory()
                 continue
             t = v.const.to(device)

@@ -34,8 +34,29 @@ def is_host_constant(t: torch.Tensor) -> bool:
 
 
 def host_constants(graph: Graph, registry: Registry | None = None) -> set[int]:
-    """Ids of the constants of ``graph`` (not its subgraphs) that live on the host (see plan_placement)."""
-    return plan_placement(graph, registry).host_values & {v.id for v in graph.constants.values()}
+    """Ids of the constants that live on the host: the main graph's as plan_placement decides, and those of
+    If/Loop bodies that only kernels reading Python values take (body_host_constants)."""
+    registry = registry or default_registry()
+    main = plan_placement(graph, registry).host_values & {v.id for v in graph.constants.values()}
+    return main | body_host_constants(graph, registry)
+
+
+def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
+    """Ids of the small integer constants of If/Loop bodies whose every reader takes them as a Python value
+    (ConstantOfShape's shape, Reshape's target, Slice's starts...). Bodies run on the device and get no
+    copies, so a constant read as data stays there; but one read as a Python value from the device is a
+    device-to-host copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran
+    eagerly on every shape)."""
+    host_slots = registry.host_input_slots()
+    readers: dict[int, list[tuple[str, str, int]]] = {}
+    for n in graph.all_nodes():
+        for i, v in enumerate(n.inputs):
+            if v is not None:
+                readers.setdefault(v.id, []).append((n.domain, n.op_type, i))
+    outputs = {v.id for g in graph.walk_graphs() for v in g.outputs}
+    return {v.id for g in graph.walk_graphs() if g is not graph for v in g.constants.values()
+            if is_host_constant(v.const) and v.id not in outputs and readers.get(v.id)
+            and all(d == "" and (op, i) in host_slots for d, op, i in readers[v.id])}
 
 
 def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:

@@ -51,6 +51,39 @@ def test_matches_the_op(bits, k, zero_points, config):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bits,k,block,zero_points", [(4, 64, 16, "none"), (4, 40, 16, "packed"), (4, 96, 32, "float"),
+                                                      (8, 32, 16, "packed"), (2, 64, 16, "none"), (4, 200, 64, "packed")])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[3]])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_row_kernel_matches_the_op(bits, k, block, zero_points, config, rows):
+    """A few rows (a decoder's token step) take the row kernel: edge tiles in N, K not a multiple of the
+    block, blocks not a multiple of the groups a program takes at a time."""
+    n = 70
+    node, constants, weights = _case(bits, k, n, block, zero_points, bias=True)
+    layer = NBitsLayer(node, OWN, constants, config)
+    a = torch.randn(rows, k)
+    got = layer(CTX, [a] + weights, node.attrs)
+    want = OWN(CTX, [a] + weights, node.attrs)
+    assert not layer.fallbacks and got.shape == want.shape == (rows, n)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_inf_activation_gives_what_the_op_gives():
+    """Inf times a weight of exactly zero is NaN, times any other weight is +-Inf, in both kernels."""
+    node, constants, weights = _case(4, 32, 8, 16, "none", bias=False)
+    for rows in (1, 6):
+        a = torch.randn(rows, 32)
+        a[0, 5] = float("inf")
+        got = NBitsLayer(node, OWN, constants, CONFIGS[0])(CTX, [a] + weights, node.attrs)
+        want = OWN(CTX, [a] + weights, node.attrs)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_an_old_four_number_config_still_binds():
+    node, constants, _ = _case(4, 32, 8, 16, "none", bias=False)
+    assert NBitsLayer(node, OWN, constants, (16, 64, 64, 4)).launch.gemv_config == (16, 4, 4)
+
+
 def test_nan_in_the_activations_propagates():
     node, constants, weights = _case(4, 32, 8, 16, "none", bias=False)
     a = torch.randn(2, 32)
