@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .conv import conv1d_as_matmul, small_conv1d
 from .fused_steps import apply_epilogue, layer_label, parse_program
 from .registry import KernelContext, OpSet
 
@@ -90,6 +91,8 @@ def fused_conv(ctx: KernelContext, inputs: list, attrs: dict, out: torch.Tensor 
         attrs.get("group", 1)
     if out is not None and cudnn_conv_into(out, x, w, b, stride, pads, dil, groups):
         y = out
+    elif spatial == 1 and small_conv1d(x, w, stride, dil, pads * 2, groups):  # see kiln/ops/conv.py
+        y = conv1d_as_matmul(x, w, b, stride[0], pads[0], pads[0])
     else:
         y = _CONV[spatial](x, w, b, stride=stride, padding=pads, dilation=dil, groups=groups)
     return apply_epilogue(y, attrs.get("epilogue", []), inputs)

@@ -35,9 +35,10 @@ def gather(ctx, inputs, attrs):
     """Takes whole slices along ``axis``; the output has the indices' shape in place of that axis."""
     x, idx = inputs[0], inputs[1]
     a = axis(attrs.get("axis", 0), x.dim())
-    if idx.dim() == 0 and idx.device.type == "cpu" and x.device.type != "cpu":
-        # One index held on the host (a constant in an If body) selects on the device without copying it
-        # there: a copy from pageable host memory synchronizes, which CUDA graph capture refuses.
+    if idx.dim() == 0 and idx.device.type == "cpu":
+        # One index held on the host (a constant, a state[k] in a recurrent model) is a select: two op calls
+        # instead of five on the CPU, and on the device no copy of the index there (a copy from pageable host
+        # memory synchronizes, which CUDA graph capture refuses).
         i = int(idx)
         if not -x.shape[a] <= i < x.shape[a]:
             raise IndexError(f"Gather: index {i} is out of range for axis {a} of size {x.shape[a]}")

@@ -48,6 +48,8 @@ def pad_tensor(x: torch.Tensor, begins: list[int], ends: list[int], mode: str = 
         if float(fill) == fill:
             flat = [p for b, e in zip(reversed(begins), reversed(ends)) for p in (b, e)]
             return unbits(F.pad(y, flat, value=fill), dtype)
+    if mode in _TORCH_MODES and (one_call := _torch_mode_pad(x, begins, ends, mode)) is not None:
+        return one_call
     fill = None
     if mode == "constant":
         fill = bits(value.reshape(()).to(x.device)) if value is not None else torch.zeros((), dtype=y.dtype,
@@ -76,6 +78,30 @@ def pad_tensor(x: torch.Tensor, begins: list[int], ends: list[int], mode: str = 
             view[a] = -1
             y = torch.where(pad_mask.view(view), fill, y)
     return unbits(y, dtype)
+
+
+_TORCH_MODES = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+_TORCH_MODE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+
+
+def _torch_mode_pad(x: torch.Tensor, begins: list[int], ends: list[int], mode: str) -> torch.Tensor | None:
+    """reflect/edge/wrap padding of a float tensor's last 1-3 axes as one torch call, where torch's rules allow
+    it (non-negative pads, reflect pads shorter than the axis, wrap pads at most the axis, a rank of k+1 or k+2
+    for k padded axes); None otherwise. The gather path below costs five op calls per axis, and a voice model's
+    STFT pads its input this way on every call (silero-vad: 37 us against 10)."""
+    padded = [a for a, (b, e) in enumerate(zip(begins, ends)) if b or e]
+    if not padded or x.dtype not in _TORCH_MODE_DTYPES or min(begins + ends) < 0:
+        return None
+    k = x.dim() - padded[0]
+    if k > 3 or x.dim() not in (k + 1, k + 2):
+        return None
+    for a in range(padded[0], x.dim()):
+        longest = max(begins[a], ends[a])
+        if (mode == "reflect" and longest >= x.shape[a]) or (mode == "wrap" and longest > x.shape[a]) or \
+                x.shape[a] == 0:
+            return None
+    flat = [p for b, e in zip(reversed(begins[-k:]), reversed(ends[-k:])) for p in (b, e)]
+    return F.pad(x, flat, mode=_TORCH_MODES[mode])
 
 
 @ops.op("Pad", host_inputs=(1, 3))
