@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_S = 0.2
 SETTINGS = {"kiln default": {}, "PASSIVE (no spin)": {"OMP_WAIT_POLICY": "PASSIVE"},
-            "short spin (30000)": {"GOMP_SPINCOUNT": "30000"}, "libgomp default spin": {"GOMP_SPINCOUNT": "300000"}}
+            "short spin (10000)": {"GOMP_SPINCOUNT": "10000"}, "short spin (30000)": {"GOMP_SPINCOUNT": "30000"},
+            "libgomp default spin": {"GOMP_SPINCOUNT": "300000"}}
 
 
 def _hog() -> None:
@@ -107,6 +108,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of both runtimes (default 2)")
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--block-s", type=float, default=1.0)
+    p.add_argument("--settings", default=",".join(SETTINGS), help="pool settings to run, comma-separated")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -117,7 +119,8 @@ def main() -> int:
     print(f"| {'model':18s} | {'pool setting':24s} | {'Kiln med':>8s} | {'Kiln p90':>8s} | {'ORT med':>8s} | "
           f"{'ORT p90':>8s} | {'med ratio':>9s} | {'p90 ratio':>9s} |")
     print(f"|{'-' * 20}|{'-' * 26}|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|{'-' * 10}:|{'-' * 10}:|")
-    for label, extra in SETTINGS.items():
+    for label in a.settings.split(","):
+        extra = SETTINGS[label]
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         env.update(extra, PYTHONPATH=str(ROOT))
         cmd = [sys.executable, __file__, "--child", "--hogs", str(a.hogs), "--threads", str(a.threads),
