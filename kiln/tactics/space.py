@@ -105,6 +105,8 @@ _TABLE: dict[tuple[str, str], list[Row]] = {
         Row("triton_nbits", {"config": [32, 64, 64, 4, 32, 4, 4]}, "cuda", 2),
         Row("triton_nbits", {"config": [64, 128, 32, 8, 16, 8, 4]}, "cuda", 3),
         Row("triton_nbits", {"config": [32, 64, 64, 4, 64, 2, 8]}, "cuda", 3),
+        Row("triton_nbits", {"config": [64, 128, 32, 8, 8, 16, 4]}, "cuda", 2),
+        Row("triton_nbits", {"config": [64, 128, 32, 8, 16, 16, 8]}, "cuda", 3),
     ],
     ("kiln", "MaxPoolQuantize"): [Row("torch", {}, "any", 0), Row("triton_pool", {}, "cuda", 2)],
     ("kiln", "Elementwise"): list(_ROWS),

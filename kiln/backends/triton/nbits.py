@@ -33,7 +33,8 @@ from .ops import Unsupported
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of the tiled kernel, then (GEMV_N, GEMV_GROUPS, num_warps) of the row
 # kernel; a stored 4-number config (engines and timing caches from before the row kernel) gets DEFAULT_GEMV.
-CONFIGS = [(16, 64, 64, 4, 16, 4, 4), (32, 64, 64, 4, 32, 4, 4), (64, 128, 32, 8, 16, 8, 4), (32, 64, 64, 4, 64, 2, 8)]
+CONFIGS = [(16, 64, 64, 4, 16, 4, 4), (32, 64, 64, 4, 32, 4, 4), (64, 128, 32, 8, 16, 8, 4), (32, 64, 64, 4, 64, 2, 8),
+           (64, 128, 32, 8, 8, 16, 4), (64, 128, 32, 8, 16, 16, 8)]
 DEFAULT_GEMV = (16, 4, 4)
 GEMV_MAX_ROWS = 4  # at most this many rows take the row kernel (one program per row and GEMV_N outputs)
 
@@ -44,8 +45,8 @@ def nbits_source(interpret: bool) -> str:
 
 @triton.jit
 def kiln_matmul_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, sam, sbn, blocks,
-                      BITS: tl.constexpr, QBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BITS: tl.constexpr, QBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                      IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # BLOCK_K divides QBLOCK: a step of K lies in one quantization block
     PER: tl.constexpr = 8 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
@@ -62,9 +63,11 @@ def kiln_matmul_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, sam,
         byte = tl.load(b_ptr + rn[None, :] * sbn + (rk // PER)[:, None], mask=w_ok, other=0).to(tl.int32)
         q = (byte >> ((rk % PER) * BITS)[:, None]) & MASK
         at = rn * blocks + k0 // QBLOCK
-        scale = tl.load(s_ptr + at, mask=n_ok, other=0.0)
-        zero = tl.load(z_ptr + at, mask=n_ok, other=0.0)
-        w = (q.to(tl.float32) - zero[None, :]) * scale[None, :]
+        scale = tl.load(s_ptr + at, mask=n_ok, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            w = (q.to(tl.float32) - tl.load(z_ptr + at, mask=n_ok, other=0.0)[None, :]) * scale[None, :]
+        else:
+            w = (q.to(tl.float32) - (1 << (BITS - 1))) * scale[None, :]
         if IEEE:
             acc += tl.dot(a.to(tl.float32), w, input_precision="ieee")
         else:
@@ -76,7 +79,7 @@ def kiln_matmul_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, M, N, K, sam,
 
 @triton.jit
 def kiln_gemv_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, N, K, sam, sbn, blocks,
-                    BITS: tl.constexpr, QBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BITS: tl.constexpr, QBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZEROS: tl.constexpr,
                     BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
     PER: tl.constexpr = 8 // BITS
     QB: tl.constexpr = QBLOCK // PER  # packed bytes per quantization block
@@ -95,14 +98,17 @@ def kiln_gemv_nbits(a_ptr, b_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, N, K, sam, sbn,
                        mask=n_ok[:, None, None] & g_ok[None, :, None], other=0).to(tl.int32)
         at = rn[:, None] * blocks + g[None, :]
         at_ok = n_ok[:, None] & g_ok[None, :]
-        zero = tl.load(z_ptr + at, mask=at_ok, other=0.0)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + at, mask=at_ok, other=0.0)
+        else:  # no zero points given: the op's default, the middle of the range
+            zero = tl.full([BLOCK_N, GROUPS], 1 << (BITS - 1), dtype=tl.float32)
         part = tl.zeros([BLOCK_N, GROUPS, QB], dtype=tl.float32)
         for j in tl.static_range(PER):
             k = kb * PER + j
             a = tl.load(a_ptr + row * sam + k, mask=g_ok[:, None] & (k < K), other=0.0).to(tl.float32)
             q = ((byte >> (j * BITS)) & MASK).to(tl.float32)
             part += (q - zero[:, :, None]) * a[None, :, :]
-        acc += tl.load(s_ptr + at, mask=at_ok, other=0.0) * tl.sum(part, axis=2)
+        acc += tl.load(s_ptr + at, mask=at_ok, other=0.0).to(tl.float32) * tl.sum(part, axis=2)
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
@@ -135,8 +141,11 @@ class NBitsLaunch:
             raise Unsupported(f"{self.bits}-bit weights")
         self.blocks = (self.k + self.qblock - 1) // self.qblock
         self.b = b.reshape(self.n, -1).contiguous()
-        self.scales = scales.reshape(self.n, self.blocks).to(torch.float32).contiguous()
-        self.zeros = zero_point_table(zps, self.n, self.blocks, self.bits).to(b.device)
+        # scales stay in their stored 16-bit type (half the bytes a row kernel reads beside the weight)
+        keep = scales.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        self.scales = scales.reshape(self.n, self.blocks).to(scales.dtype if keep else torch.float32).contiguous()
+        # no zero points given: no table either (the kernels use the default) and 4 bytes per block less to read
+        self.zeros = None if zps is None else zero_point_table(zps, self.n, self.blocks, self.bits).to(b.device)
         self.bias = bias
         self.config = tuple(config)
         self.gemv_config = tuple(config[4:7]) if len(config) >= 7 else DEFAULT_GEMV
@@ -155,19 +164,22 @@ class NBitsLaunch:
             return out.reshape(*a.shape[:-1], self.n)
         interp = interpreting()
         mod = cache.load(cache.digest("matmul_nbits", interp), lambda: nbits_source(interp))
-        bias = self.bias if self.bias is not None else self.scales
+        bias = self.bias if self.bias is not None else self.scales  # (unread placeholders: a pointer is needed)
+        zeros = self.zeros if self.zeros is not None else self.scales
         if m <= GEMV_MAX_ROWS:
             gn, groups, warps = self.gemv_config
-            mod.gemv[(-(-self.n // gn), m)](a2, self.b, self.scales, self.zeros, bias, out, self.n, self.k,
+            mod.gemv[(-(-self.n // gn), m)](a2, self.b, self.scales, zeros, bias, out, self.n, self.k,
                                             a2.stride(0), self.b.stride(0), self.blocks, BITS=self.bits,
-                                            QBLOCK=self.qblock, HAS_BIAS=self.bias is not None, BLOCK_N=gn,
-                                            GROUPS=groups, num_warps=warps)
+                                            QBLOCK=self.qblock, HAS_BIAS=self.bias is not None,
+                                            HAS_ZEROS=self.zeros is not None, BLOCK_N=gn, GROUPS=groups,
+                                            num_warps=warps)
         else:
             bm, bn, bk, warps = self.config[:4]
             grid = (-(-m // bm), -(-self.n // bn))
-            mod.kernel[grid](a2, self.b, self.scales, self.zeros, bias, out, m, self.n, self.k, a2.stride(0),
+            mod.kernel[grid](a2, self.b, self.scales, zeros, bias, out, m, self.n, self.k, a2.stride(0),
                              self.b.stride(0), self.blocks, BITS=self.bits, QBLOCK=self.qblock,
-                             HAS_BIAS=self.bias is not None, IEEE=a.dtype == torch.float32,
+                             HAS_BIAS=self.bias is not None, HAS_ZEROS=self.zeros is not None,
+                             IEEE=a.dtype == torch.float32,
                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=min(bk, self.qblock), num_warps=warps)
         return out.reshape(*a.shape[:-1], self.n)
 
