@@ -13,6 +13,7 @@ from typing import Callable
 from ..errors import BuildError, KilnError
 from ..ir.graph import Graph
 from .body_constants import split_body_shape_constants
+from .branches import optimize_branches
 from .common_subexpr import eliminate_common_subexpressions
 from .context import PassContext
 from .dead_code import eliminate_dead_code
@@ -94,6 +95,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("fuse_horizontal", fuse_horizontal, min_level=2),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("eliminate_dead_code", eliminate_dead_code),
+    Pass("optimize_branches", lambda graph, ctx: optimize_branches(graph, ctx, run_branch_pipeline)),
     Pass("split_body_shape_constants", split_body_shape_constants, min_level=0),
     # Reduced precision after fusion, so folded weights are computed in float64/32 and stored once in T.
     Pass("quantize_int8", quantize_int8, min_level=0),
@@ -105,6 +107,28 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("quantize_pool_outputs", quantize_pool_outputs),
     Pass("choose_layout", choose_layout),
 )
+
+
+# What an If branch gets (kiln/passes/branches.py): the passes that look at one graph's own nodes.
+BRANCH_PIPELINE: tuple[Pass | FixedPoint, ...] = (
+    FixedPoint("simplify", tuple(p for p in SIMPLIFY.passes if p.name != "read_dims_from_inputs")),
+    Pass("fold_pad", fold_pad),
+    Pass("recognize_gelu", recognize_gelu),
+    Pass("recognize_silu", recognize_silu),
+    Pass("recognize_mish", recognize_mish),
+    Pass("recognize_hardswish", recognize_hardswish),
+    Pass("recognize_layer_norm", recognize_layer_norm),
+    Pass("recognize_rms_norm", recognize_rms_norm),
+    Pass("fold_batchnorm", fold_batchnorm),
+    Pass("fuse_epilogues", fuse_epilogues),
+    Pass("fuse_elementwise", fuse_elementwise),
+    Pass("eliminate_dead_code", eliminate_dead_code),
+    Pass("optimize_branches", lambda graph, ctx: optimize_branches(graph, ctx, run_branch_pipeline)),  # nested Ifs
+)
+
+
+def run_branch_pipeline(graph: Graph, ctx: PassContext) -> list[tuple[str, float]]:
+    return run_pipeline(graph, ctx, BRANCH_PIPELINE)
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, pipeline=None,

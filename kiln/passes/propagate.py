@@ -249,6 +249,16 @@ def _probed(shape, facts: Facts) -> bool:
     return shape is not None and any(facts.is_probe(d) for d in shape)
 
 
+def symbolic_shape(v: Value, facts: Facts) -> tuple | None:
+    """``v``'s shape with each dim that depends on a symbol named (its symbol where the dim is a probe, else
+    ``<value>_dim<i>``) and the others as numbers; None where the shape is unknown."""
+    shape = facts.shape(v)
+    if shape is None:
+        return None
+    dyn = _dynamic_dims(v, facts)
+    return tuple((facts.symbols.get(d) or f"{v.name}_dim{i}") if dyn[i] else d for i, d in enumerate(shape))
+
+
 def _dynamic_dims(v: Value | None, facts: Facts) -> list[int]:
     """1 for each dim of ``v`` that depends on a symbol: a probe, or a dim that differs in the reference run."""
     shape = facts.shape(v) if v is not None else None

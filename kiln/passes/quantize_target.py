@@ -110,41 +110,63 @@ def _constant_source(v, same: frozenset[str]):
     return None
 
 
-def _index_range(graph: Graph, v, registry) -> int | None:
-    """How many values integer input ``v`` ranges over, from how the model reads it (the smallest over its
-    readers, through value-preserving ops): the rows of the tables it indexes (Gather), the depth of its
-    one-hot encoding (OneHot's depth, or the exporters' Equal against a constant range, as jax2tf writes
-    one_hot: magika's byte values). None when nothing says: the input is then zeros, valid anywhere."""
-    same = _same_values(registry)
-    sizes, frontier, seen = [], [v], set()
+def _value_readers(v, same: frozenset[str]):
+    """The (node, slot) readers of integer input ``v``'s values, through the value-preserving ops ``same`` and
+    Gather's data slot (which selects some of them)."""
+    frontier, seen = [v], set()
     while frontier:
         x = frontier.pop()
         if id(x) in seen:
             continue
         seen.add(id(x))
         for n, slot in x.uses:
-            if n.op_type in same and slot == 0 and n.outputs and n.outputs[0] is not None:
+            if (n.op_type in same or n.op_type == "Gather") and slot == 0 and n.outputs and n.outputs[0] is not None:
                 frontier.append(n.outputs[0])
-            elif n.op_type == "Gather" and slot == 1 and n.inputs[0] is not None and n.inputs[0].const is not None:
-                table = n.inputs[0].const
-                axis = int(n.attrs.get("axis", 0))
-                if table.dim() and -table.dim() <= axis < table.dim():
-                    sizes.append(int(table.shape[axis]))
-            elif n.op_type == "OneHot" and slot == 0 and len(n.inputs) > 1 and n.inputs[1] is not None \
-                    and n.inputs[1].const is not None and n.inputs[1].const.numel() == 1:
-                sizes.append(int(n.inputs[1].const.reshape(()).item()))
-            elif n.op_type == "Equal" and len(n.inputs) == 2:
-                c = _constant_source(n.inputs[1 - slot], same)
-                if c is not None and c.numel() > 1 and not c.dtype.is_floating_point and int(c.min()) >= 0:
-                    sizes.append(int(c.max()) + 1)  # one-hot as x == arange(depth)
+            else:
+                yield n, slot
+
+
+def _index_range(graph: Graph, v, registry) -> int | None:
+    """How many values integer input ``v`` ranges over, from how the model reads it (the smallest over its
+    readers, through value-preserving ops): the rows of the tables it indexes (Gather), the depth of its
+    one-hot encoding (OneHot's depth, or the exporters' Equal against a constant range, as jax2tf writes
+    one_hot: magika's byte values). None when nothing says: the input is then zeros, valid anywhere."""
+    same = _same_values(registry)
+    sizes = []
+    for n, slot in _value_readers(v, same):
+        if n.op_type == "Gather" and slot == 1 and n.inputs[0] is not None and n.inputs[0].const is not None:
+            table = n.inputs[0].const
+            axis = int(n.attrs.get("axis", 0))
+            if table.dim() and -table.dim() <= axis < table.dim():
+                sizes.append(int(table.shape[axis]))
+        elif n.op_type == "OneHot" and slot == 0 and len(n.inputs) > 1 and n.inputs[1] is not None \
+                and n.inputs[1].const is not None and n.inputs[1].const.numel() == 1:
+            sizes.append(int(n.inputs[1].const.reshape(()).item()))
+        elif n.op_type == "Equal" and len(n.inputs) == 2:
+            c = _constant_source(n.inputs[1 - slot], same)
+            if c is not None and c.numel() > 1 and not c.dtype.is_floating_point and int(c.min()) >= 0:
+                sizes.append(int(c.max()) + 1)  # one-hot as x == arange(depth)
     sizes = [s for s in sizes if s > 0]
     return min(sizes) if sizes else None
 
 
+def _compared_value(v, registry) -> int | None:
+    """The number an integer input is tested against with Equal (a sample rate, a mode flag: silero-vad checks
+    ``sr == 16000`` and runs a branch made for 16 kHz frames), or None. A sample of zeros would take the other
+    branch with frames of the wrong length, and the build-time timing runs failed on it."""
+    same = _same_values(registry)
+    for n, slot in _value_readers(v, same):
+        if n.op_type == "Equal" and len(n.inputs) == 2:
+            c = _constant_source(n.inputs[1 - slot], same)
+            if c is not None and c.numel() == 1 and not c.dtype.is_floating_point:
+                return int(c.reshape(()).item())
+    return None
+
+
 def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[dict]:
     """Random inputs at the first profile's opt shapes (or the static shapes): normal floats; integers
-    uniform over the rows of the tables they index (embeddings, byte tables), else zeros (a valid index
-    anywhere); False booleans. [] when an input's shape is not known."""
+    uniform over the rows of the tables they index (embeddings, byte tables), else the number they are tested
+    against (a sample rate), else zeros (a valid index anywhere); False booleans. [] when an input's shape is not known."""
     shapes = dict(ctx.input_shapes or {})
     for p in ctx.config.profiles[:1]:
         shapes.update(p.opt)
@@ -162,6 +184,8 @@ def generated_sample(graph: Graph, ctx: PassContext, batches: int = 2) -> list[d
                 x = torch.randn(tuple(shape), generator=gen).to(dtype.torch)
             elif rows:
                 x = torch.randint(0, rows, tuple(shape), generator=gen).to(dtype.torch)
+            elif dtype.torch != torch.bool and (value := _compared_value(v, ctx.registry)) is not None:
+                x = torch.full(tuple(shape), value, dtype=dtype.torch)
             else:
                 x = torch.zeros(tuple(shape), dtype=dtype.torch)
             feed[v.name] = x.to(dev)
