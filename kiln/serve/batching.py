@@ -32,6 +32,20 @@ class BatchPolicy:
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
+    # Pad each engine call's rows up to the next of bucket_sizes() (GPU engines): every new batch size costs
+    # a CUDA graph capture and its own activation layout, and merged batches take every size from 1 to the max.
+    pad_to_buckets: bool = False
+
+    def bucket_sizes(self) -> tuple[int, ...]:
+        """The preferred batch sizes, the powers of two below max_batch_size, and max_batch_size itself."""
+        powers = {1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i < self.max_batch_size}
+        sizes = powers | {self.max_batch_size} | {b for b in self.preferred_batch_sizes if b <= self.max_batch_size}
+        return tuple(sorted(sizes))
+
+    def padded_rows(self, rows: int) -> int:
+        if not self.pad_to_buckets:
+            return rows
+        return next((b for b in self.bucket_sizes() if b >= rows), rows)
 
 
 @dataclass(eq=False)
@@ -176,9 +190,15 @@ class Batcher:
         try:
             feed = batch[0].inputs if len(batch) == 1 else {
                 name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+            padded = self.policy.padded_rows(rows)
+            if padded > rows:  # copies of the last row: real data, so no NaN or overflow from made-up values
+                feed = {name: np.concatenate([a, np.repeat(a[-1:], padded - rows, axis=0)]) for name, a in feed.items()}
             outputs = ctx.infer(feed)
+            if padded > rows:
+                outputs = {name: out[:rows] if out.ndim and out.shape[0] == padded else out
+                           for name, out in outputs.items()}
             compute_us = int((time.monotonic() - start) * 1e6)
-            parts = _split(outputs, batch, rows) if len(batch) > 1 else [outputs]
+            parts = _split(outputs, batch, rows) if len(batch) > 1 or padded > rows else [outputs]
         except Exception as e:  # noqa: BLE001 - every request of the batch is answered, with the reason
             self._metrics.executed(rows, queue_us, int((time.monotonic() - start) * 1e6))
             if not isinstance(e, KilnError):

@@ -39,7 +39,8 @@ class LoadedModel:
                              max_batch_size=max(self.max_batch_size, 1),
                              max_queue_delay_s=settings.max_queue_delay_s,
                              preferred_batch_sizes=settings.preferred_batch_sizes,
-                             max_queue_size=settings.max_queue_size)
+                             max_queue_size=settings.max_queue_size,
+                             pad_to_buckets=self.max_batch_size > 1 and engine.device.type == "cuda")
         self.metrics = metrics
         self.batcher = Batcher(f"{name}:{version}", contexts, policy, self._fits, metrics)
 

@@ -160,3 +160,28 @@ def test_engine_failure_fails_the_batch_with_a_kernel_error():
     with pytest.raises(KernelError, match="device lost"):
         f.result(RESULT_TIMEOUT_S)
     batcher.close()
+
+
+def test_padded_batches_run_at_bucket_sizes_and_answer_only_the_real_rows():
+    """GPU engines pad each call to a bucket size (a CUDA graph per size, not per row count): 3 merged rows run
+    as 4 (the last row repeated), 5 as 6 (a preferred size), and each request gets its own rows back."""
+    policy = BatchPolicy(enabled=True, max_batch_size=8, preferred_batch_sizes=(6,), pad_to_buckets=True)
+    assert policy.bucket_sizes() == (1, 2, 4, 6, 8)
+    batcher, ctx = make(policy)
+    first = hold_first(batcher, ctx)
+    sent = [submit(batcher, rows) for rows in (2, 1)]
+    ctx.release.set()
+    for x, f in [first, *sent]:
+        out = f.result(RESULT_TIMEOUT_S)
+        np.testing.assert_array_equal(out["y"], x * 2)
+        np.testing.assert_array_equal(out["row_sum"], x.sum(axis=1))
+    alone = submit(batcher, 5)
+    out = alone[1].result(RESULT_TIMEOUT_S)
+    np.testing.assert_array_equal(out["y"], alone[0] * 2)
+    assert ctx.calls == [1, 4, 6]
+    batcher.close()
+
+
+def test_no_padding_unless_asked():
+    policy = BatchPolicy(enabled=True, max_batch_size=8)
+    assert policy.padded_rows(3) == 3
