@@ -87,10 +87,10 @@ _TORCH_MODE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, tor
 def _torch_mode_pad(x: torch.Tensor, begins: list[int], ends: list[int], mode: str) -> torch.Tensor | None:
     """reflect/edge/wrap padding of a float tensor's last 1-3 axes as one torch call, where torch's rules allow
     it (non-negative pads, reflect pads shorter than the axis, wrap pads at most the axis, a rank of k+1 or k+2
-    for k padded axes); None otherwise. The gather path below costs five op calls per axis, and a voice model's
+    for k padded axes, no empty dim); None otherwise. The gather path below costs five op calls per axis, and a voice model's
     STFT pads its input this way on every call (silero-vad: 37 us against 10)."""
     padded = [a for a, (b, e) in enumerate(zip(begins, ends)) if b or e]
-    if not padded or x.dtype not in _TORCH_MODE_DTYPES or min(begins + ends) < 0:
+    if not padded or x.dtype not in _TORCH_MODE_DTYPES or min(begins + ends) < 0 or x.numel() == 0:
         return None
     k = x.dim() - padded[0]
     if k > 3 or x.dim() not in (k + 1, k + 2):

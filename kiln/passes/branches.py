@@ -45,7 +45,9 @@ def optimize_branches(graph: Graph, ctx: PassContext, run: RunPipeline) -> bool:
 def _optimize_branch(node: Node, branch: Graph, ctx: PassContext, run: RunPipeline) -> bool:
     free = [v for v in outer_reads(branch) if v.const is None]
     before = _signature(branch)
-    saved = {v.id: v.type for v in free}
+    # While they stand in as the branch's inputs, the outer values have no producer either: a pattern matcher
+    # following producer links would otherwise reach into the main graph and fuse one of its nodes away.
+    saved = {v.id: (v.type, v.producer, v.index) for v in free}
     shapes = {}
     for v in free:  # the main graph's view of each free variable, for the passes' shape questions
         t = ctx.facts.type_of(v)
@@ -55,6 +57,8 @@ def _optimize_branch(node: Node, branch: Graph, ctx: PassContext, run: RunPipeli
             v.type = TensorType(t.dtype, shape)
             if shape is not None:
                 shapes[v.name] = shape
+    for v in free:
+        v.producer, v.index = None, 0
     branch.inputs = list(free)
     sub = PassContext(branch, ctx.config, ctx.registry, shapes)
     try:
@@ -62,7 +66,7 @@ def _optimize_branch(node: Node, branch: Graph, ctx: PassContext, run: RunPipeli
     finally:
         branch.inputs = []
         for v in free:
-            v.type = saved[v.id]
+            v.type, v.producer, v.index = saved[v.id]
     for rule, count in sub.applied.items():
         ctx.applied[rule] = ctx.applied.get(rule, 0) + count
     ctx.rejections += sub.rejections

@@ -158,8 +158,11 @@ def _compared_value(v, registry) -> int | None:
     for n, slot in _value_readers(v, same):
         if n.op_type == "Equal" and len(n.inputs) == 2:
             c = _constant_source(n.inputs[1 - slot], same)
-            if c is not None and c.numel() == 1 and not c.dtype.is_floating_point:
-                return int(c.reshape(()).item())
+            if c is not None and c.numel() == 1 and not c.dtype.is_floating_point and c.dtype != torch.bool:
+                value = int(c.reshape(()).item())
+                info = torch.iinfo(v.type.dtype.torch)  # (called for integer inputs only)
+                if info.min <= value <= info.max:  # else the test runs on a cast copy the input cannot fill
+                    return value
     return None
 
 

@@ -192,11 +192,14 @@ class Batcher:
                 name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
             padded = self.policy.padded_rows(rows)
             if padded > rows:  # copies of the last row: real data, so no NaN or overflow from made-up values
-                feed = {name: np.concatenate([a, np.repeat(a[-1:], padded - rows, axis=0)]) for name, a in feed.items()}
-            outputs = ctx.infer(feed)
-            if padded > rows:
-                outputs = {name: out[:rows] if out.ndim and out.shape[0] == padded else out
-                           for name, out in outputs.items()}
+                outputs = ctx.infer({name: np.concatenate([a, np.repeat(a[-1:], padded - rows, axis=0)])
+                                     for name, a in feed.items()})
+                if all(out.ndim and out.shape[0] == padded for out in outputs.values()):
+                    outputs = {name: out[:rows] for name, out in outputs.items()}
+                else:  # an output that does not follow the batch (a dynamic dim 0 of another meaning): no padding
+                    outputs, padded = ctx.infer(feed), rows
+            else:
+                outputs = ctx.infer(feed)
             compute_us = int((time.monotonic() - start) * 1e6)
             parts = _split(outputs, batch, rows) if len(batch) > 1 or padded > rows else [outputs]
         except Exception as e:  # noqa: BLE001 - every request of the batch is answered, with the reason

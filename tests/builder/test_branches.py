@@ -72,3 +72,29 @@ def test_a_saved_engine_keeps_its_fused_branches(engine):
     np.testing.assert_array_equal(loaded.create_execution_context().infer(feed)["y"],
                                   engine.create_execution_context().infer(feed)["y"])
 
+
+
+def test_a_pattern_reaching_out_of_the_branch_is_not_fused_across():
+    """GELU's first half (x * 0.5) in the main graph, the rest (erf form) in the branch: the recognizer must not
+    follow the outer value to its producer and fuse a main-graph node away (it did: the build failed)."""
+    branch = helper.make_graph(
+        [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+         helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["h", "a"], ["y_then"])],
+        "then", [], [helper.make_tensor_value_info("y_then", TP.FLOAT, None)],
+        [numpy_helper.from_array(np.array(np.sqrt(2), np.float32), "sqrt2"),
+         numpy_helper.from_array(np.array(1, np.float32), "one")])
+    other = helper.make_graph([helper.make_node("Neg", ["h"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TP.FLOAT, None)])
+    g = helper.make_graph([helper.make_node("Mul", ["x", "half"], ["h"]),
+                           helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)], "g",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [2, 5]),
+                           helper.make_tensor_value_info("flag", TP.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [2, 5])],
+                          [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    engine = kiln.build(model)
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    for flag in (True, False):
+        feed = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_allclose(engine.create_execution_context().infer(feed)["y"],
+                                   ReferenceEvaluator(model).run(None, feed)[0], rtol=1e-5, atol=1e-6)

@@ -185,3 +185,28 @@ def test_padded_batches_run_at_bucket_sizes_and_answer_only_the_real_rows():
 def test_no_padding_unless_asked():
     policy = BatchPolicy(enabled=True, max_batch_size=8)
     assert policy.padded_rows(3) == 3
+
+
+class TableContext:
+    """infer(x) -> {"y": 2x, "table": a fixed [5] output that does not follow the batch}."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def infer(self, feed):
+        self.calls.append(feed["x"].shape[0])
+        return {"y": feed["x"] * 2, "table": np.arange(5, dtype=np.float32)}
+
+
+def test_an_output_that_does_not_follow_the_batch_is_run_unpadded():
+    """A lone 3-row request padded to 4 gives a [5] table, which is not the batch: the call is run again unpadded.
+    (An output of the padded length that is not the batch is not told apart here; kiln serve batches, and so
+    pads, only engines whose every output has a dynamic dim 0, kiln/serve/model.py.)"""
+    ctx = TableContext()
+    batcher, _ = make(BatchPolicy(enabled=True, max_batch_size=8, pad_to_buckets=True), ctx)
+    x, f = submit(batcher, 3)
+    out = f.result(RESULT_TIMEOUT_S)
+    np.testing.assert_array_equal(out["y"], x * 2)
+    np.testing.assert_array_equal(out["table"], np.arange(5, dtype=np.float32))
+    assert ctx.calls == [4, 3]
+    batcher.close()
