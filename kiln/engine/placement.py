@@ -48,15 +48,10 @@ def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
     device-to-host copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran
     eagerly on every shape)."""
     host_slots = registry.host_input_slots()
-    readers: dict[int, list[tuple[str, str, int]]] = {}
-    for n in graph.all_nodes():
-        for i, v in enumerate(n.inputs):
-            if v is not None:
-                readers.setdefault(v.id, []).append((n.domain, n.op_type, i))
     outputs = {v.id for g in graph.walk_graphs() for v in g.outputs}
     return {v.id for g in graph.walk_graphs() if g is not graph for v in g.constants.values()
-            if is_host_constant(v.const) and v.id not in outputs and readers.get(v.id)
-            and all(d == "" and (op, i) in host_slots for d, op, i in readers[v.id])}
+            if is_host_constant(v.const) and v.id not in outputs and v.uses
+            and all(n.domain == "" and (n.op_type, i) in host_slots for n, i in v.uses)}
 
 
 def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:

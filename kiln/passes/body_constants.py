@@ -10,10 +10,9 @@ the same few numbers, read by the Python-value slots only, stays on the host; th
 """
 from __future__ import annotations
 
+from ..engine.placement import is_host_constant
 from ..ir.graph import Graph, new_constant
 from .context import PassContext
-
-MAX_ELEMENTS = 64  # kiln/engine/placement.py's MAX_HOST_CONSTANT: only these can stay on the host
 
 
 def split_body_shape_constants(graph: Graph, ctx: PassContext) -> bool:
@@ -23,13 +22,12 @@ def split_body_shape_constants(graph: Graph, ctx: PassContext) -> bool:
         if body is graph:
             continue
         for v in list(body.constants.values()):
-            t = v.const
-            if t is None or t.dtype.is_floating_point or t.is_complex() or t.numel() > MAX_ELEMENTS:
+            if v.const is None or not is_host_constant(v.const):  # only these can stay on the host
                 continue
             as_value = [(n, i) for n, i in v.uses if n.domain == "" and (n.op_type, i) in host_slots]
             if not as_value or len(as_value) == len(v.uses) or v in body.outputs:
                 continue
-            twin = new_constant(body, f"{v.name}_host", t.clone())
+            twin = new_constant(body, f"{v.name}_host", v.const.clone())
             for n, i in as_value:
                 n.set_input(i, twin)
             split += 1

@@ -49,19 +49,18 @@ def _optimize_branch(node: Node, branch: Graph, ctx: PassContext, run: RunPipeli
     # following producer links would otherwise reach into the main graph and fuse one of its nodes away.
     saved = {v.id: (v.type, v.producer, v.index) for v in free}
     shapes = {}
-    for v in free:  # the main graph's view of each free variable, for the passes' shape questions
-        t = ctx.facts.type_of(v)
-        if isinstance(t, TensorType) and t.dtype is not None:
-            # dims that depend on the profile stay symbolic: a probe's number would let a pass treat them as fixed
-            shape = symbolic_shape(v, ctx.facts)
-            v.type = TensorType(t.dtype, shape)
-            if shape is not None:
-                shapes[v.name] = shape
-    for v in free:
-        v.producer, v.index = None, 0
-    branch.inputs = list(free)
-    sub = PassContext(branch, ctx.config, ctx.registry, shapes)
     try:
+        for v in free:  # the main graph's view of each free variable, for the passes' shape questions
+            t = ctx.facts.type_of(v)
+            if isinstance(t, TensorType) and t.dtype is not None:
+                # dims that depend on the profile stay symbolic: a probe's number would let a pass treat them as fixed
+                shape = symbolic_shape(v, ctx.facts)
+                v.type = TensorType(t.dtype, shape)
+                if shape is not None:
+                    shapes[v.name] = shape
+            v.producer, v.index = None, 0
+        branch.inputs = list(free)
+        sub = PassContext(branch, ctx.config, ctx.registry, shapes)
         run(branch, sub)
     finally:
         branch.inputs = []

@@ -70,14 +70,8 @@ SIMPLIFY = FixedPoint("simplify", (
     Pass("eliminate_dead_code", eliminate_dead_code),
 ))
 
-DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
-    Pass("eliminate_dead_code", eliminate_dead_code, min_level=0),
-    Pass("import_qdq", import_qdq),  # Q/DQ pairs -> kiln::FakeQuant, DQ(weights) -> float (+ int8 hint)
-    # onnxruntime's fused com.microsoft ops back into the standard layers the fusions below rebuild.
-    Pass("lower_contrib_ms", lower_contrib_ms),
-    Pass("quantize_weights_int4", quantize_weights_int4, min_level=0),  # BuilderConfig.int4_weights
-    SIMPLIFY,
-    # Exporters' decomposed forms back into single layers.
+# Exporters' decomposed forms back into single layers.
+RECOGNIZE: tuple[Pass, ...] = (
     Pass("fold_pad", fold_pad),  # a zero Pad into the Conv/AveragePool after it
     Pass("recognize_gelu", recognize_gelu),
     Pass("recognize_silu", recognize_silu),
@@ -85,6 +79,19 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("recognize_hardswish", recognize_hardswish),
     Pass("recognize_layer_norm", recognize_layer_norm),
     Pass("recognize_rms_norm", recognize_rms_norm),
+)
+
+# If branches get the local passes (kiln/passes/branches.py); the branch pipeline ends with it too, for nested Ifs.
+OPTIMIZE_BRANCHES = Pass("optimize_branches", lambda graph, ctx: optimize_branches(graph, ctx, run_branch_pipeline))
+
+DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
+    Pass("eliminate_dead_code", eliminate_dead_code, min_level=0),
+    Pass("import_qdq", import_qdq),  # Q/DQ pairs -> kiln::FakeQuant, DQ(weights) -> float (+ int8 hint)
+    # onnxruntime's fused com.microsoft ops back into the standard layers the fusions below rebuild.
+    Pass("lower_contrib_ms", lower_contrib_ms),
+    Pass("quantize_weights_int4", quantize_weights_int4, min_level=0),  # BuilderConfig.int4_weights
+    SIMPLIFY,
+    *RECOGNIZE,
     Pass("recognize_attention", recognize_attention),
     Pass("fold_attention_heads", fold_attention_heads),
     SIMPLIFY,
@@ -95,7 +102,7 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("fuse_horizontal", fuse_horizontal, min_level=2),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("eliminate_dead_code", eliminate_dead_code),
-    Pass("optimize_branches", lambda graph, ctx: optimize_branches(graph, ctx, run_branch_pipeline)),
+    OPTIMIZE_BRANCHES,
     Pass("split_body_shape_constants", split_body_shape_constants, min_level=0),
     # Reduced precision after fusion, so folded weights are computed in float64/32 and stored once in T.
     Pass("quantize_int8", quantize_int8, min_level=0),
@@ -112,18 +119,12 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
 # What an If branch gets (kiln/passes/branches.py): the passes that look at one graph's own nodes.
 BRANCH_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     FixedPoint("simplify", tuple(p for p in SIMPLIFY.passes if p.name != "read_dims_from_inputs")),
-    Pass("fold_pad", fold_pad),
-    Pass("recognize_gelu", recognize_gelu),
-    Pass("recognize_silu", recognize_silu),
-    Pass("recognize_mish", recognize_mish),
-    Pass("recognize_hardswish", recognize_hardswish),
-    Pass("recognize_layer_norm", recognize_layer_norm),
-    Pass("recognize_rms_norm", recognize_rms_norm),
+    *RECOGNIZE,
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("fuse_epilogues", fuse_epilogues),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("eliminate_dead_code", eliminate_dead_code),
-    Pass("optimize_branches", lambda graph, ctx: optimize_branches(graph, ctx, run_branch_pipeline)),  # nested Ifs
+    OPTIMIZE_BRANCHES,
 )
 
 

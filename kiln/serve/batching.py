@@ -197,11 +197,11 @@ class Batcher:
                 if all(out.ndim and out.shape[0] == padded for out in outputs.values()):
                     outputs = {name: out[:rows] for name, out in outputs.items()}
                 else:  # an output that does not follow the batch (a dynamic dim 0 of another meaning): no padding
-                    outputs, padded = ctx.infer(feed), rows
+                    outputs = ctx.infer(feed)
             else:
                 outputs = ctx.infer(feed)
             compute_us = int((time.monotonic() - start) * 1e6)
-            parts = _split(outputs, batch, rows) if len(batch) > 1 or padded > rows else [outputs]
+            parts = _split(outputs, batch, rows) if len(batch) > 1 else [outputs]
         except Exception as e:  # noqa: BLE001 - every request of the batch is answered, with the reason
             self._metrics.executed(rows, queue_us, int((time.monotonic() - start) * 1e6))
             if not isinstance(e, KilnError):
