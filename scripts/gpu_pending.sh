@@ -2,6 +2,7 @@
 # The GPU checks still owed by open issues, most important first, each under its own time limit so one slow
 # step cannot eat the device call (carry .device_carry for the real models, .whl for the serving step: the
 # wheels and their install line are in /work/.library/device/README.md). Logs under $OUT (default ./out).
+# Arguments name the steps to run (e.g. `reliability_gpu serve`); none runs them all.
 #   15: the GPU reliability tests and silero's CUDA-graph capture (body shape constants on the host);
 #   19: the INT4 GEMM bar after the row kernel's second version (bench_int4 prints the tuner's candidates);
 #   21: GPU serving with batches padded to bucket sizes (the unpadded run: batching on 734 req/s, off 849);
@@ -12,8 +13,10 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 KILN_MODEL_CACHE=${KILN_MODEL_CACHE:-$
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/card.txt"
+WANTED=" $* "  # step names given as arguments run only those (default: all)
 step() {  # step NAME SECONDS COMMAND...: run it with a limit, keep its log, print its tail
   local name=$1 limit=$2; shift 2
+  [ "$WANTED" = "  " ] || [[ "$WANTED" == *" $name "* ]] || return 0
   echo "== $name (limit ${limit}s)"
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" >> "$OUT/$name.txt"
   grep -v Warning "$OUT/$name.txt" | tail -${TAIL:-12}
@@ -22,7 +25,7 @@ step reliability_gpu 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test
 step int4 90 python3 benchmarks/bench_int4.py
 step real_models 120 python3 benchmarks/gpu_real_models.py --models silero_vad,silero_vad_ifless,silero_vad_seq,ppocrv4_det \
   --json "$OUT/real_models_gpu.json"
-if [ -d .whl ]; then
+if [ -d .whl ] && { [ "$WANTED" = "  " ] || [[ "$WANTED" == *" serve "* ]]; }; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
     $(ls .whl/*.whl | grep -v ml_dtypes) && export PYTHONPATH=$PWD:/tmp/site
   step serve 200 python3 benchmarks/bench_serve.py --device cuda --models resnet50 --max-batch 64 --precision fp16 \

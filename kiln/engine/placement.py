@@ -42,16 +42,39 @@ def host_constants(graph: Graph, registry: Registry | None = None) -> set[int]:
 
 
 def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
-    """Ids of the small integer constants of If/Loop bodies whose every reader takes them as a Python value
-    (ConstantOfShape's shape, Reshape's target, Slice's starts...). Bodies run on the device and get no
-    copies, so a constant read as data stays there; but one read as a Python value from the device is a
-    device-to-host copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran
+    """Ids of the small integer constants of If/Loop/Scan bodies that live on the host, as the main graph's do:
+    all but a body's own outputs (those leave the body as device values). A body layer that reads one as data
+    gets it copied from pinned memory (plan_body_placement); one read as a Python value from the device would be
+    a device-to-host copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran
     eagerly on every shape)."""
-    host_slots = registry.host_input_slots()
     outputs = {v.id for g in graph.walk_graphs() for v in g.outputs}
     return {v.id for g in graph.walk_graphs() if g is not graph for v in g.constants.values()
-            if is_host_constant(v.const) and v.id not in outputs and v.uses
-            and all(n.domain == "" and (n.op_type, i) in host_slots for n, i in v.uses)}
+            if is_host_constant(v.const) and v.id not in outputs}
+
+
+def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> Placement:
+    """Host placement inside If/Loop/Scan bodies, by the main graph's rules (``_place``): Shape and Size, and
+    host-trait layers whose inputs are all host values (body constants, the enclosing graphs' host values), run
+    on the host; a device layer reading a host value as data gets a pinned copy (``moves``). A body's outputs
+    that end up on the host are copied to the device when it returns (kiln/engine/bodies.py): its caller treats
+    them as device values. Before this a body's Shape made its result on the device from a pageable host list,
+    and capture failed on every shape of silero-vad (H100, 2026-12-07)."""
+    host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
+    body_consts = body_host_constants(graph, registry)
+    merged = Placement(set(), set(), {})
+
+    def visit(g: Graph, outer_host: set[int]) -> None:
+        for n in g.nodes:
+            for body in n.subgraphs():
+                consts = {v.id for v in body.constants.values()} & body_consts
+                p = _place(body, consts | outer_host, host_ops, host_slots)
+                merged.host_values |= p.host_values - outer_host
+                merged.host_nodes |= p.host_nodes
+                merged.moves.update(p.moves)
+                visit(body, p.host_values)
+
+    visit(graph, outer.host_values)
+    return merged
 
 
 def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:

@@ -11,9 +11,10 @@ import torch
 from ..errors import KernelError, KilnError
 from ..ir.graph import Graph, Node, outer_reads
 from ..ops import KernelContext, Registry
-from ..runtime.interpreter import Interpreter, last_uses
+from ..runtime.interpreter import last_uses
 from .aliases import storage_roots
-from .placement import plan_placement, to_device
+from .bodies import BodyRunner
+from .placement import plan_body_placement, plan_placement, to_device
 
 
 def accepts_out(kernel: Callable, device: torch.device) -> bool:
@@ -86,12 +87,13 @@ class Program:
         self.graph = graph
         self.device = device
         self.constants = constants
-        self._sub = Interpreter(graph, device, registry)  # runs If/Loop/Scan bodies
-        self._sub._consts = constants
         opset = graph.opsets.get("", 21)
         keep = {v.id for v in graph.outputs} | set(constants)
         frees = {i: [vid for vid in vids if vid not in keep] for i, vids in last_uses(graph).items()}
         placement = plan_placement(graph, registry) if device.type == "cuda" else None
+        self._sub = BodyRunner(graph, device, registry,  # runs If/Loop/Scan bodies
+                               None if placement is None else plan_body_placement(graph, registry, placement))
+        self._sub._consts = constants
         host = torch.device("cpu")
         self.steps: list[Step] = []
         for i, n in enumerate(graph.nodes):
@@ -146,6 +148,7 @@ class Program:
         ``keep`` collects host buffers copied to the device (a CUDA graph capture must keep them alive).
         ``layout`` (kiln/engine/arena.py) gives steps the arena buffers to write their outputs into."""
         env.update(self.constants)
+        self._sub.keep_copies_in(keep)
         if hook is not None:
             return self._run_hooked(env, hook)
         placements = layout.placements if layout is not None else self._unplaced

@@ -12,7 +12,6 @@ from typing import Callable
 
 from ..errors import BuildError, KilnError
 from ..ir.graph import Graph
-from .body_constants import split_body_shape_constants
 from .branches import optimize_branches
 from .common_subexpr import eliminate_common_subexpressions
 from .context import PassContext
@@ -103,7 +102,6 @@ DEFAULT_PIPELINE: tuple[Pass | FixedPoint, ...] = (
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("eliminate_dead_code", eliminate_dead_code),
     OPTIMIZE_BRANCHES,
-    Pass("split_body_shape_constants", split_body_shape_constants, min_level=0),
     # Reduced precision after fusion, so folded weights are computed in float64/32 and stored once in T.
     Pass("quantize_int8", quantize_int8, min_level=0),
     Pass("fit_precision_target", fit_precision_target, min_level=0),  # fp16/bf16 + accuracy_target

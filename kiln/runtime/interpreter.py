@@ -101,6 +101,10 @@ class Interpreter:
                     env.pop(vid, None)
         return [self._read(v, env) for v in graph.outputs]
 
+    def node_device(self, node: Node) -> torch.device:
+        """Where ``node`` runs (a GPU engine's bodies put their shape arithmetic on the host: engine/bodies.py)."""
+        return self.device
+
     def _prepare(self, node: Node) -> tuple:
         opdef = self.registry.get(node.domain, node.op_type)
         if opdef is None:
@@ -118,7 +122,7 @@ class Interpreter:
                 env[v.id] = x
             return self.run_graph(sub, env)
 
-        ctx = KernelContext(opset=self.opset, device=self.device, num_outputs=len(node.outputs),
+        ctx = KernelContext(opset=self.opset, device=self.node_device(node), num_outputs=len(node.outputs),
                             output_types=[o.type if o is not None else None for o in node.outputs],
                             node_name=node.label, run_graph=run_subgraph)
         prepared = self._prepared[id(node)] = (opdef.kernel, ctx, holder)

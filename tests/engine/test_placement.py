@@ -7,7 +7,8 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.engine.placement import host_constants, plan_placement
+from kiln.engine.placement import host_constants, plan_body_placement, plan_placement
+from kiln.ops import default_registry
 
 
 def _graph():
@@ -170,3 +171,46 @@ def test_values_of_a_host_input_past_the_cap_run_without_a_recorded_layout_or_gr
     assert [n for n in ctx.notes if "further values run without" in n] == [ctx.notes[-1]]
     other_shape = run_key({"x": torch.zeros(4, 3), "sr": torch.tensor(1)}, frozenset({"sr"}))
     assert not ctx._value_keys_over_cap(cache, other_shape, "arena layouts")
+
+
+def _branching_model(branch):
+    g = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=branch("a"), else_branch=branch("b"))],
+                          "g", [helper.make_tensor_value_info("v", TP.INT64, [3]),
+                                helper.make_tensor_value_info("flag", TP.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TP.INT64, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_body_constant_read_as_axes_and_as_data_lives_on_the_host_and_is_copied_for_the_data_reader():
+    """silero-vad's STFT reads one int constant as Unsqueeze's axes and as Equal's data inside an If branch: it
+    stays on the host (no device-to-host read per run), and the device Add gets a pinned copy."""
+    def branch(name):
+        nodes = [helper.make_node("Unsqueeze", ["v", f"k_{name}"], [f"u_{name}"]),
+                 helper.make_node("Add", [f"u_{name}", f"k_{name}"], [f"y_{name}"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"y_{name}", TP.INT64, None)],
+                                 [numpy_helper.from_array(np.array([1], np.int64), f"k_{name}")])
+    graph = kiln.parse(_branching_model(branch))
+    on_host = host_constants(graph)
+    bodies = plan_body_placement(graph, default_registry(), plan_placement(graph))
+    for n in graph.all_nodes():
+        if n.op_type in ("Unsqueeze", "Add"):
+            assert n.inputs[1].id in on_host
+            assert bodies.moves.get(id(n), ()) == ((1,) if n.op_type == "Add" else ())
+
+
+def test_shape_arithmetic_in_a_body_runs_on_the_host():
+    """silero-vad's decoder takes Shape of a device tensor inside its If branches and reshapes by it: Shape,
+    Gather and Concat run on the host, Reshape reads the host result as ints, nothing is copied."""
+    def branch(name):
+        nodes = [helper.make_node("Shape", ["v"], [f"s_{name}"]),
+                 helper.make_node("Gather", [f"s_{name}", f"i_{name}"], [f"n_{name}"], axis=0),
+                 helper.make_node("Concat", [f"one_{name}", f"n_{name}"], [f"t_{name}"], axis=0),
+                 helper.make_node("Reshape", ["v", f"t_{name}"], [f"y_{name}"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"y_{name}", TP.INT64, None)],
+                                 [numpy_helper.from_array(np.array([0], np.int64), f"i_{name}"),
+                                  numpy_helper.from_array(np.array([1], np.int64), f"one_{name}")])
+    graph = kiln.parse(_branching_model(branch))
+    bodies = plan_body_placement(graph, default_registry(), plan_placement(graph))
+    ops = sorted(n.op_type for n in graph.all_nodes() if id(n) in bodies.host_nodes)
+    assert ops == sorted(["Shape", "Gather", "Concat"] * 2)
+    assert not bodies.moves

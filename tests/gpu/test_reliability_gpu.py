@@ -145,6 +145,36 @@ def test_if_body_gathering_with_a_constant_index_runs_under_cuda_graphs():
     assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
 
 
+def test_if_body_shape_arithmetic_runs_under_cuda_graphs():
+    """silero-vad's decoder reshapes by Shape of a device tensor inside its If branches: the body's Shape, Gather
+    and Concat run on the host (plan_body_placement), so capture neither copies a pageable list to the device
+    nor reads the device back (on the H100 every shape of silero ran eagerly before)."""
+    def branch(name, k):
+        nodes = [helper.make_node("Shape", ["state"], [f"s_{name}"]),
+                 helper.make_node("Gather", [f"s_{name}", f"i_{name}"], [f"n_{name}"], axis=0),
+                 helper.make_node("Concat", [f"n_{name}", f"minus1_{name}"], [f"t_{name}"], axis=0),
+                 helper.make_node("Reshape", ["state", f"t_{name}"], [f"r_{name}"]),
+                 helper.make_node("Mul", [f"r_{name}", f"k_{name}"], [f"out_{name}"])]
+        return helper.make_graph(nodes, f"b_{name}", [], [helper.make_tensor_value_info(f"out_{name}", TP.FLOAT, None)],
+                                 [numpy_helper.from_array(np.array([0], np.int64), f"i_{name}"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), f"minus1_{name}"),
+                                  numpy_helper.from_array(np.array(k, np.float32), f"k_{name}")])
+    nodes = [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["y"], then_branch=branch("two", 2.0), else_branch=branch("three", 3.0))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("state", TP.FLOAT, ["n", 2, 3]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(16000, np.int64), "sr16k")])
+    engine = kiln.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                        kiln.BuilderConfig(device="cuda", profiles=(kiln.Profile.of(state=((1, 2, 3), (2, 2, 3), (4, 2, 3))),)))
+    ctx = engine.create_execution_context()
+    for n, sr, k in [(2, 16000, 2.0), (3, 8000, 3.0), (2, 16000, 2.0), (1, 8000, 3.0)]:
+        state = np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)
+        np.testing.assert_array_equal(ctx.infer({"state": state, "sr": np.array(sr, np.int64)})["y"],
+                                      state.reshape(n, -1) * k)
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
 @pytest.mark.parametrize("kind", ["numpy", "debug"])
 def test_two_pending_runs_under_cuda_graphs_keep_their_own_results(kind):
     """A handle read after a second infer_async has replayed the same CUDA graph still gives its own run's values
