@@ -287,7 +287,10 @@ def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, r
         log.warning(msg)
         report.notes.append(msg)
         return
-    if chosen:  # a note, not the layers' kernel names: those stay what the tactic is, whatever the timing said
+    if chosen and len(chosen) == len(graph.nodes):
+        report.notes.append(f"every layer runs on one thread: the whole model measured at build faster so than "
+                            f"on {torch.get_num_threads()} (kiln/tune/layer_threads.py)")
+    elif chosen:  # a note, not the layers' kernel names: those stay what the tactic is, whatever the timing said
         report.notes.append(f"{len(chosen)} of {len(graph.nodes)} layers run on one thread: measured at build at "
                             f"least {1 / 0.8:.2f}x faster than on {torch.get_num_threads()} (kiln/tune/layer_threads.py): "
                             f"{', '.join(sorted(chosen))}")

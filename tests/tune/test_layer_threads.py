@@ -99,7 +99,7 @@ def test_a_layer_whose_own_kernel_is_faster_on_one_thread_runs_it_and_the_file_k
         if thread_counts == (1,):  # the program whose chosen layers run their own kernel
             return {1: [[0.1]] * steps}
         return {1: [[0.5]] * steps, many: [[1.0]] * steps}
-    whole = iter([1.0, 0.5])
+    whole = iter([1.0, 0.5, 0.9])  # plain, the marked layers on one thread, every layer on one thread
     monkeypatch.setattr(layer_threads, "_layer_ms", fake_layer_ms)
     monkeypatch.setattr(layer_threads, "_whole_ms", lambda program, feed: next(whole))
     engine = _engine(layer_threads=True)
@@ -115,5 +115,28 @@ def test_a_layer_whose_own_kernel_is_faster_on_one_thread_runs_it_and_the_file_k
     feed = _feed(engine, 2)
     want = reference.create_execution_context().infer(feed)
     got = loaded.create_execution_context().infer(feed)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+def test_every_layer_runs_on_one_thread_when_the_whole_model_is_fastest_so(monkeypatch):
+    """No layer is clearly faster alone, but the whole model on one thread beats both the plain run and the
+    marks (the pool's wake-ups between layers): every layer gets one thread, the report says so, outputs stay."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: nothing to choose")
+    from kiln.tune import layer_threads
+    many = torch.get_num_threads()
+    monkeypatch.setattr(layer_threads, "_layer_ms",
+                        lambda program, feed, counts: {n: [[1.0]] * len(program.steps) for n in counts})
+    whole = iter([1.0, 0.5])  # plain, every layer on one thread (no marks: no layer is faster alone)
+    monkeypatch.setattr(layer_threads, "_whole_ms", lambda program, feed: next(whole))
+    engine = _engine(layer_threads=True)
+    assert all(s.threads == 1 for s in engine.program.steps)
+    assert any(n.startswith("every layer runs on one thread") for n in engine.report.notes), engine.report.notes
+    assert many > 1 and torch.get_num_threads() == many
+    reference = _engine(layer_threads=False)
+    feed = _feed(engine, 3)
+    want = reference.create_execution_context().infer(feed)
+    got = kiln.Engine.deserialize(engine.serialize()).create_execution_context().infer(feed)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
