@@ -9,6 +9,7 @@ accuracy printed beside each row is the cosine of its output to the fp32 engine'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -38,6 +39,11 @@ def main(argv=None) -> int:
                          "ten slowest layers (per-layer profile, no CUDA graph)")
     ap.add_argument("--kernels", action="store_true",
                     help="print each engine's GPU kernels by total time (torch.profiler over CUDA-graph replays)")
+    ap.add_argument("--search", default="shortlist",
+                    help="comma list of tactic searches to build each precision with: shortlist (the tuner's "
+                         "default below level 5) and/or exhaustive (every candidate on every layer; the "
+                         "shortlist's speed and build-time effect, built after the shortlist so any compile "
+                         "cache favours it)")
     ap.add_argument("--profile-json", help="with --explain: write every layer's profile row here (per precision)")
     args = ap.parse_args(argv)
     model, sample, axes = models.MODELS[args.model]()
@@ -54,17 +60,21 @@ def main(argv=None) -> int:
         path = models.export_onnx(model, held_out, Path(tmp) / "m.onnx", axes)
         ref = None
         rows = []
-        for prec in ["fp32"] + args.precisions.split(","):
+        searches = args.search.split(",")
+        for prec, search in [("fp32", searches[0])] + [(p, s) for p in args.precisions.split(",") for s in searches]:
             kw = {"fp16": prec in ("fp16", "int8", "fp8"), "int8": prec == "int8", "fp8": prec == "fp8"}
             if prec in ("int8", "fp8"):
                 kw.update(int8_calibrator=calib, calibration_method="minmax")
             t0 = time.perf_counter()
             try:
-                engine = kiln.build(path, kiln.BuilderConfig(device=args.device, profiles=(profile,), **kw))
+                with tactic_search(search):
+                    engine = kiln.build(path, kiln.BuilderConfig(device=args.device, profiles=(profile,), **kw))
             except kiln.KilnError as e:
                 print(f"{prec}: build failed: {e}")
                 continue
             build_s = time.perf_counter() - t0
+            if len(searches) > 1:
+                prec = f"{prec}/{search}"
             ctx = engine.create_execution_context()
             out = next(iter(ctx.infer(feed).values())).float().flatten()
             if ref is None:
@@ -82,7 +92,7 @@ def main(argv=None) -> int:
                 if args.profile_json:
                     import json
                     Path(f"{args.profile_json}.{prec}.json").write_text(json.dumps(prof, indent=0, default=str))
-    base = next((r for r in rows if r[0] == "fp16"), rows[0])
+    base = next((r for r in rows if r[0].split("/")[0] == "fp16"), rows[0])
     print(f"\n{time.strftime('%Y-%m-%d')} | {kiln.engine.device_info.describe(args.device)['name']} | {args.model} "
           f"batch {args.batch}")
     print(f"{'precision':>9} {'ms':>9} {'items/s':>10} {'vs fp16':>8} {'cos vs fp32':>12} {'build s':>8} "
@@ -90,6 +100,20 @@ def main(argv=None) -> int:
     for p, ms, ips, cos, b, q, n in rows:
         print(f"{p:>9} {ms:9.3f} {ips:10.0f} {ips / base[2]:7.2f}x {cos:12.5f} {b:8.1f} {q:>8}/{n}")
     return 0
+
+
+@contextlib.contextmanager
+def tactic_search(search: str):
+    """``exhaustive``: the tuner times every candidate on every layer (its shortlist never starts)."""
+    from kiln.tune import tuner
+    if search not in ("shortlist", "exhaustive"):
+        raise SystemExit(f"--search: shortlist or exhaustive, not {search!r}")
+    saved = tuner.SHORTLIST_AFTER
+    tuner.SHORTLIST_AFTER = 10**9 if search == "exhaustive" else saved
+    try:
+        yield
+    finally:
+        tuner.SHORTLIST_AFTER = saved
 
 
 def kernel_table(ctx, feed, device, runs: int = 10) -> None:

@@ -7,6 +7,13 @@ the minimum of at least ``samples`` taken over ``CPU_MIN_SECONDS`` (see there wh
 A candidate whose output differs from the reference by more than the dtype's tolerance (relative L2 error,
 non-finite positions must match), that raises, or whose generated kernel fell back to the library path is
 rejected with the reason. The default tactic wins ties within ``MARGIN`` (timing noise must not flip choices).
+
+Shortlists (below optimization level 5): once ``SHORTLIST_AFTER`` layers of one kind (op, candidates, kernel
+size, strides, grouped or not) were timed with every candidate, later layers of that kind time only the
+candidates that came within ``SHORTLIST_MARGIN`` of some earlier layer's best, and the default. The others are
+recorded as not timed, with that reason. An 8-bit ResNet-50 offers each convolution a dozen Triton configs,
+each compiled and timed per layer shape, and its build took 133 s on the H100; TensorRT's builder narrows its
+search the same way at its default level. Level 5 (the widest search) times everything.
 """
 from __future__ import annotations
 
@@ -34,6 +41,9 @@ MARGIN_CPU = 0.10  # CPU timings on a small shared machine swing more: only a cl
 # run measures them, not the candidate; the minimum over a spread-out window does not.
 CPU_MIN_SECONDS = 0.02
 CPU_MAX_SAMPLES = 50
+SHORTLIST_AFTER = 2  # layers of a kind timed with every candidate before the kind's shortlist is used
+SHORTLIST_MARGIN = 0.10  # a candidate within 10% of some earlier layer's best stays on the shortlist
+SHORTLIST_UNTIL_LEVEL = 5  # from this optimization level on, every candidate is timed on every layer
 
 
 @dataclass
@@ -347,6 +357,8 @@ class Tuner:
         self.timer = timer or Timer()
         self.device_desc = device_desc or {"type": device.type}
         self.versions = versions or {}
+        # kind of layer -> the times of the layers of that kind timed with every candidate (see the docstring)
+        self._full_timings: dict[tuple, list[dict[str, float]]] = {}
 
     def tune_graph(self, graph, facts, constants: dict, progress: Callable | None = None,
                    replay: dict | None = None, skip: set | None = None) -> TuneResult:
@@ -431,7 +443,13 @@ class Tuner:
                     ref_special = ref_kernel(ctx, [_clone(x) for x in special], attrs)
                 except Exception:  # noqa: BLE001 - a layer whose reference refuses NaN: nothing to compare
                     special = None
+            kind = _layer_kind(node, cands)
+            timing = self._shortlist(kind, cands, default)
             for c in cands:
+                if c.label not in timing:
+                    res.rejected[c.label] = (f"not timed: on none of the {len(self._full_timings[kind])} earlier layers "
+                                             f"of this kind within {SHORTLIST_MARGIN:.0%} of the best (shortlist)")
+                    continue
                 try:
                     t = self.tactics.make(c, node, constants, self.device)
                     kernel = ref_kernel if t is None else t.kernel
@@ -452,6 +470,8 @@ class Tuner:
                     res.rejected[c.label] = f"not applicable: {e}"
                 except Exception as e:  # noqa: BLE001 - a failing candidate loses, with the reason
                     res.rejected[c.label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        if len(timing) == len(cands) and res.times:
+            self._full_timings.setdefault(kind, []).append(dict(res.times))
         if not res.times:
             res.choice, res.source = TORCH, "tuned"
             res.note = "no candidate ran correctly"
@@ -469,6 +489,17 @@ class Tuner:
         self.cache.put(key, {"what": what,
                              "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected})
         return res
+
+    def _shortlist(self, kind: tuple, cands: list[Choice], default: Choice) -> set[str]:
+        """The labels of ``cands`` to time on a layer of ``kind``: all of them until ``SHORTLIST_AFTER`` layers of
+        the kind were timed in full (or from level ``SHORTLIST_UNTIL_LEVEL`` on), then those that came within
+        ``SHORTLIST_MARGIN`` of an earlier layer's best, and the default."""
+        seen = self._full_timings.get(kind, [])
+        if self.level >= SHORTLIST_UNTIL_LEVEL or len(seen) < SHORTLIST_AFTER:
+            return {c.label for c in cands}
+        close = {label for times in seen for label, ms in times.items()
+                 if ms <= (1 + SHORTLIST_MARGIN) * min(times.values())}
+        return {c.label for c in cands if c.label in close or c.label == default.label}
 
     def _check_once(self, node, choice: Choice, specs: list, constants: dict, opset: int, seed: int) -> str | None:
         """Why ``choice`` does not reproduce the layer's reference on one random input, or None."""
@@ -498,6 +529,15 @@ class Tuner:
                             output_types=[o.type if o is not None else None for o in node.outputs],
                             node_name=node.label)
         return ref_kernel, ctx
+
+
+def _layer_kind(node, cands: list[Choice]) -> tuple:
+    """What makes layers alike for the shortlist: the op, its candidates, and for convolutions and pooling the
+    kernel size, strides and whether it is grouped (a depthwise 3x3 and a dense 1x1 prefer different kernels)."""
+    w = node.inputs[1].const if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    kernel = tuple(w.shape[2:]) if w is not None and w.dim() > 2 else tuple(node.attrs.get("kernel_shape", ()))
+    return (node.domain, node.op_type, tuple(c.label for c in cands), kernel,
+            tuple(node.attrs.get("strides", ())), int(node.attrs.get("group", 1)) > 1)
 
 
 def _requantizes(attrs: dict) -> bool:

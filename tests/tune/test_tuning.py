@@ -127,8 +127,10 @@ def test_wrong_candidate_is_rejected():
     assert convs
     for l in convs:
         assert l.tactic in ("torch", "onednn", "onednn_gemm")  # the 1x1 layers may time faster as a GEMM
-        assert "shape" in l.candidates["wrong"]
-        assert "relative error" in l.candidates["off"]
+        # checked and refused, or (after two layers of a kind refused them) left off the kind's shortlist
+        assert "shape" in l.candidates["wrong"] or "(shortlist)" in l.candidates["wrong"]
+        assert "relative error" in l.candidates["off"] or "(shortlist)" in l.candidates["off"]
+    assert sum("shape" in l.candidates["wrong"] for l in convs) >= 2
 
 
 def test_tuner_picks_fastest_correct_and_prefers_default_on_ties(monkeypatch):
@@ -294,3 +296,39 @@ def test_the_default_tactics_are_read_only_and_bind_takes_a_library():
     assert bound[conv].name.startswith("onednn")  # this device's default, not the unknown choice
     mine = space.DEFAULT.with_factories(mine=space.FACTORIES["onednn"])
     assert bind_tactics([conv], e._constants, torch.device("cpu"), library=mine)[conv].name.startswith("onednn")
+
+
+def test_later_layers_of_a_kind_time_only_the_shortlist():
+    """After two layers of a kind were timed with every candidate, a third times only those that came within
+    10% of an earlier best (and the default); at level 5 every candidate is timed on every layer."""
+    from kiln.passes.propagate import propagate
+    e = _build(optimization_level=1)
+    node = next(n for n in e.graph.nodes if n.op_type == "Conv")
+    facts = propagate(e.graph, {"image": (2, 3, 64, 64)}, e.registry)
+    speed = {"torch": 1.0, "onednn": 0.5, "slow": 3.0, "close": 0.54}
+    made = []  # the candidate made last is the one timed next
+
+    class Library(type(space.DEFAULT)):
+        def make(self, choice, *args, **kw):
+            made.append(choice.label)
+            return super().make(choice, *args, **kw)
+
+    class FakeTimer(tuner.Timer):
+        def __call__(self, fn, device):
+            self.calls += 1
+            return speed[made[-1]]
+    base = space.DEFAULT.with_rows("kiln", "Conv", Row("slow"), Row("close")) \
+        .with_factories(slow=space.FACTORIES["onednn"], close=space.FACTORIES["onednn"])
+    lib = Library(base.space, base.factories)
+    cands = [Choice("torch"), Choice("onednn"), Choice("slow"), Choice("close")]
+    for level, timed_third in ((3, {"onednn", "close"}), (5, set(speed))):
+        t = tuner.Tuner(torch.device("cpu"), level, tactics=lib, timer=FakeTimer())
+        results = []
+        for i in range(3):
+            t.cache = TimingCache()  # the three "layers" are one node: a fresh cache, so each is tuned
+            results.append(t.tune_layer(node, cands, facts, e._constants, seed=i))
+        assert set(results[0].times) == set(speed) and set(results[1].times) == set(speed)
+        assert set(results[2].times) == timed_third, results[2]
+        assert results[2].choice.label == "onednn"
+        if level < 5:
+            assert "shortlist" in results[2].rejected["slow"]
