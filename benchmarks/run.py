@@ -133,6 +133,12 @@ def bench_one(name: str, batch: int, args, workdir: Path) -> dict:
         row["kiln_build_warm_s"] = round(time.perf_counter() - t0, 2)
     row["kiln_layers"], row["onnx_nodes"] = len(engine.report.layers), engine.report.onnx_nodes
     row["kiln_tuning"] = {k: v for k, v in engine.report.tuning.items() if k != "untuned_for_budget"}
+    # where a (warm) build's time went besides tuning: its three slowest passes
+    row["kiln_slowest_passes"] = sorted(([n, round(s, 2)] for n, s in engine.report.pass_seconds),
+                                        key=lambda p: -p[1])[:3]
+    row["kiln_build_outside_passes_and_tuning_s"] = round(
+        engine.report.build_seconds - sum(s for _, s in engine.report.pass_seconds)
+        - engine.report.tuning.get("seconds", 0.0), 2)  # lowering, memory planning, describing layers
     row["kiln_tactics"] = dict(collections.Counter(l.tactic for l in engine.report.layers if l.tactic))
     row["arena_mib"] = round(engine.report.memory.get("arena_bytes", 0) / 2 ** 20, 1)
     row["lower_bound_mib"] = round(engine.report.memory.get("lower_bound_bytes", 0) / 2 ** 20, 1)
