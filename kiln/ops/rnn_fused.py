@@ -64,6 +64,28 @@ def _params(kind: str, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None)
     return params
 
 
+# A sequence this short (a streaming model's one frame per call) runs as matrix products and gate arithmetic:
+# torch's CPU LSTM hands every call to oneDNN, which builds its RNN primitive each time (2-core VM: 150-210 us
+# warm and ~530 us inside silero-vad's run for one step of a 128-unit LSTM, against 70-85 us for this path).
+SHORT_SEQUENCE = 2
+
+
+def _lstm_steps(x, h, c, params: list, has_bias: bool):
+    """torch's one-direction LSTM equations (gates i, f, g, o) step by step: (y, h_T, c_T) as torch.lstm."""
+    w_ih, w_hh = params[0], params[1]
+    bias = params[2] + params[3] if has_bias else None
+    seq_len, batch = x.shape[0], x.shape[1]
+    rows = x.reshape(seq_len * batch, x.shape[2])
+    gates_x = (rows @ w_ih.t() if bias is None else torch.addmm(bias, rows, w_ih.t())).view(seq_len, batch, -1)
+    h, c, ys = h[0], c[0], []
+    for t in range(seq_len):
+        i, f, g, o = torch.addmm(gates_x[t], h, w_hh.t()).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        ys.append(h)
+    return torch.stack(ys), h.unsqueeze(0), c.unsqueeze(0)
+
+
 def _whole_sequences(lens: torch.Tensor | None, seq_len: int) -> bool:
     """No sequence_lens, or a host tensor in which every sample runs the whole sequence (reading a device
     tensor would synchronize, and break CUDA graph capture)."""
@@ -100,7 +122,9 @@ def torch_recurrent(inputs: list, attrs: dict, kind: str):
     h0 = (zeros if h0 is None else h0).contiguous()
     params = _params(kind, w, r, b)
     args = (params, b is not None, 1, 0.0, False, num_dirs == 2, False)
-    if kind == "lstm":
+    if kind == "lstm" and num_dirs == 1 and seq_len <= SHORT_SEQUENCE:
+        y, y_h, y_c = _lstm_steps(x, h0, zeros if c0 is None else c0, params, b is not None)
+    elif kind == "lstm":
         c0 = (zeros if c0 is None else c0).contiguous()
         y, y_h, y_c = KERNELS[kind](x.contiguous(), (h0, c0), *args)
     else:

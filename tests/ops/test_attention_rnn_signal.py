@@ -359,3 +359,22 @@ def test_refitted_recurrent_weights_are_not_served_from_the_cache():
     w.mul_(0.5)  # an in-place weight update, as a refit does
     second = torch_recurrent([x, w, r], attrs, "gru")[0]
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("direction,layout,opts", [("forward", 0, {"bias": True, "h0": True, "c0": True}),
+                                                   ("forward", 1, {}), ("reverse", 0, {"bias": True}),
+                                                   ("reverse", 1, {"h0": True, "c0": True})])
+def test_short_lstm_sequences_take_the_step_path(steps, direction, layout, opts, monkeypatch):
+    """A streaming model's LSTM runs one or two steps per call: those run as matrix products and gate
+    arithmetic (rnn_fused._lstm_steps) instead of oneDNN's RNN primitive; against onnxruntime."""
+    import torch
+    from kiln.ops import rnn_fused
+    ins = recurrent_inputs("LSTM", direction, layout, opts)
+    ins["X"] = ins["X"][:, :steps] if layout else ins["X"][:steps]
+    attrs = {"hidden_size": H, "direction": direction, "layout": layout}
+    check_recurrent("LSTM", ins, attrs, 3)
+    taken, real = [], rnn_fused._lstm_steps
+    monkeypatch.setattr(rnn_fused, "_lstm_steps", lambda *a: taken.append(1) or real(*a))
+    tensors = [None if v is None else torch.from_numpy(v) for v in ins.values()]
+    assert rnn_fused.torch_recurrent(tensors, attrs, "lstm") is not None and taken
