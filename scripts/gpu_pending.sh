@@ -3,10 +3,12 @@
 # step cannot eat the device call (carry .device_carry for the real models, .whl for the serving step: the
 # wheels and their install line are in /work/.library/device/README.md). Logs under $OUT (default ./out).
 # Arguments name the steps to run (e.g. `reliability_gpu serve`); none runs them all.
-#   15: the GPU reliability tests and silero's CUDA-graph capture (body shape constants on the host);
-#   19: the INT4 GEMM bar after the row kernel's second version (bench_int4 prints the tuner's candidates);
+#   15: the GPU reliability tests and silero's CUDA-graph capture (If bodies with host placement, bodies.py);
+#   19: the INT4 GEMM bar (met on the H100 on 2026-12-07: 1.05x fp16 at batch 1);
 #   21: GPU serving with batches padded to bucket sizes (the unpadded run: batching on 734 req/s, off 849);
-#   20: int8 refit on the GPU (timed out at 150 s on the H100: it builds int8 ResNet-50 and BERT-base).
+#   20: int8 refit on the GPU (passed on the H100 on 2026-12-07 in 300 s);
+#   18: 8-bit ResNet-50 build time with the tuner's shortlist against the exhaustive search (int8_build,
+#       fp8_build), and where EfficientNet-B0 / RegNetY-016 lose to torch.compile at batch 256 (zoo_profile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 KILN_MODEL_CACHE=${KILN_MODEL_CACHE:-$PWD/.device_carry}
@@ -32,3 +34,9 @@ if [ -d .whl ] && { [ "$WANTED" = "  " ] || [[ "$WANTED" == *" serve "* ]]; }; t
     --clients 64 --duration 20 --warmup 3 --json "$OUT/serve_gpu.json"
 fi
 step refit 300 python3 benchmarks/bench_refit.py --device cuda --precisions int8 --out "$OUT/refit_gpu.json"
+step int8_build 560 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 --precisions fp16,int8 \
+  --search shortlist,exhaustive
+step fp8_build 560 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 --precisions fp8 \
+  --search shortlist,exhaustive
+step zoo_profile 560 bash -c "python3 benchmarks/profile_zoo_model.py --model efficientnet_b0 --batch 256 && \
+  python3 benchmarks/profile_zoo_model.py --model regnety_016 --batch 256"
