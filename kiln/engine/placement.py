@@ -11,7 +11,7 @@ values lived on the GPU, every read would synchronize the device and CUDA graph 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,8 @@ class Placement:
     host_nodes: set[int]  # id(node) of nodes that run on the host
     moves: dict[int, tuple[int, ...]]  # id(node) -> input slots whose host value must be copied to the device
     host_inputs: frozenset[str] = frozenset()  # graph inputs kept on the host (see host_input_candidates)
+    # bodies only (plan_body_placement): body outputs handed back on the host (read by their callers as values)
+    host_outputs: set[int] = field(default_factory=set)
 
 
 def is_host_constant(t: torch.Tensor) -> bool:
@@ -38,10 +40,10 @@ def host_constants(graph: Graph, registry: Registry | None = None) -> set[int]:
     If/Loop bodies that only kernels reading Python values take (body_host_constants)."""
     registry = registry or default_registry()
     main = plan_placement(graph, registry).host_values & {v.id for v in graph.constants.values()}
-    return main | body_host_constants(graph, registry)
+    return main | body_host_constants(graph)
 
 
-def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
+def body_host_constants(graph: Graph) -> set[int]:
     """Ids of the small integer constants of If/Loop/Scan bodies that live on the host, as the main graph's do:
     all but a body's own outputs (those leave the body as device values). A body layer that reads one as data
     gets it copied from pinned memory (plan_body_placement); one read as a Python value from the device would be
@@ -57,11 +59,17 @@ def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> P
     host-trait layers whose inputs are all host values (body constants, the enclosing graphs' host values), run
     on the host; a device layer reading a host value as data gets a pinned copy (``moves``). A body's outputs
     that end up on the host are copied to the device when it returns (kiln/engine/bodies.py): its caller treats
-    them as device values. Before this a body's Shape made its result on the device from a pageable host list,
-    and capture failed on every shape of silero-vad (H100, 2026-12-07)."""
+    them as device values; except (``host_outputs``) an If's output that every reader takes as a Python value
+    (a Reshape target chosen by a branch) and a Loop's condition, which stay on the host. Before this a body's
+    Shape made its result on the device from a pageable host list, and capture failed on every shape of
+    silero-vad (H100, 2026-12-07)."""
     host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
-    body_consts = body_host_constants(graph, registry)
+    body_consts = body_host_constants(graph)
     merged = Placement(set(), set(), {})
+
+    def read_as_values(v) -> bool:
+        return v is not None and bool(v.uses) and all(
+            u.domain == "" and (u.op_type, i) in host_slots for u, i in v.uses)
 
     def visit(g: Graph, outer_host: set[int]) -> None:
         for n in g.nodes:
@@ -71,6 +79,13 @@ def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> P
                 merged.host_values |= p.host_values - outer_host
                 merged.host_nodes |= p.host_nodes
                 merged.moves.update(p.moves)
+                if n.op_type == "If":
+                    kept = [b for b, o in zip(body.outputs, n.outputs) if read_as_values(o) and o not in g.outputs]
+                elif n.op_type == "Loop":
+                    kept = body.outputs[:1]  # the condition: the Loop reads it as a Python bool
+                else:
+                    kept = []
+                merged.host_outputs |= {b.id for b in kept if b.id in p.host_values}
                 visit(body, p.host_values)
 
     visit(graph, outer.host_values)
@@ -84,7 +99,8 @@ def plan_placement(graph: Graph, registry: Registry | None = None) -> Placement:
     a Resize. Float candidates read as data by a device layer go back to the device, until none is left."""
     registry = registry or default_registry()
     host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
-    # (a float read inside an If/Loop body stays on the device: bodies run on the device and get no copies)
+    # (a float read inside an If/Loop body stays on the device: a body layer reading it as data would get a
+    # host-to-device copy on every call or iteration, plan_body_placement)
     in_bodies = {v.id for g in graph.walk_graphs() if g is not graph for n in g.nodes for v in n.inputs
                  if v is not None}
     floats = {v.id for v in graph.constants.values()

@@ -91,9 +91,8 @@ class Program:
         keep = {v.id for v in graph.outputs} | set(constants)
         frees = {i: [vid for vid in vids if vid not in keep] for i, vids in last_uses(graph).items()}
         placement = plan_placement(graph, registry) if device.type == "cuda" else None
-        self._sub = BodyRunner(graph, device, registry,  # runs If/Loop/Scan bodies
+        self._sub = BodyRunner(graph, device, registry, constants,  # runs If/Loop/Scan bodies
                                None if placement is None else plan_body_placement(graph, registry, placement))
-        self._sub._consts = constants
         host = torch.device("cpu")
         self.steps: list[Step] = []
         for i, n in enumerate(graph.nodes):

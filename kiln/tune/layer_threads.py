@@ -64,19 +64,20 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
     every = {step.node: (round(statistics.median(samples[1][i]), 4), round(statistics.median(samples[threads][i]), 4))
              for i, step in enumerate(program.steps)}
     plain = _whole_ms(program, feed)
-    best, best_ms = {}, plain
+    best, best_ms, tried = {}, plain, []
     for candidate in ([chosen] if chosen else []) + [every]:
         for node in candidate:
             node.meta["threads"] = 1
         ms = _whole_ms(Program(graph, binding.device, registry, binding.constants, tactics), feed)
+        tried.append(ms)
         for node in candidate:
             node.meta.pop("threads", None)
         if ms <= WHOLE_GAIN * plain and ms < best_ms:
             best, best_ms = candidate, ms
     if not best:
-        if chosen:
-            log.info("per-layer threads not kept: the whole model took %.3f ms with them, %.3f ms without",
-                     best_ms, plain)
+        log.info("per-layer threads not kept: the whole model took %s ms with one thread for %s, %.3f ms without",
+                 " / ".join(f"{ms:.3f}" for ms in tried), "the marked layers / every layer" if chosen
+                 else "every layer", plain)
         return {}, {}
     for node in best:
         node.meta["threads"] = 1

@@ -411,7 +411,9 @@ class Tuner:
         # the cache file is untrusted: a hit may only pick one of this layer's candidates (each one a checked
         # kernel); any other tactic or parameters are never run unchecked, the layer is timed again instead
         labels = {c.label for c in cands}
-        hit = self.cache.get(key, lambda e: Choice.from_json(e["tactic"]).label in labels)
+        # (an entry made from a shortlist did not time every candidate: the widest search times the layer again)
+        hit = self.cache.get(key, lambda e: Choice.from_json(e["tactic"]).label in labels
+                             and not (self.level >= SHORTLIST_UNTIL_LEVEL and e.get("shortlist") is True))
         recheck_note = None
         if hit is not None:
             choice = Choice.from_json(hit["tactic"])
@@ -470,7 +472,7 @@ class Tuner:
                     res.rejected[c.label] = f"not applicable: {e}"
                 except Exception as e:  # noqa: BLE001 - a failing candidate loses, with the reason
                     res.rejected[c.label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        if len(timing) == len(cands) and res.times:
+        if len(timing) == len(cands) and len(res.times) > 1:
             self._full_timings.setdefault(kind, []).append(dict(res.times))
         if not res.times:
             res.choice, res.source = TORCH, "tuned"
@@ -486,20 +488,24 @@ class Tuner:
         if recheck_note is not None:
             res.note = recheck_note if not res.note else f"{recheck_note}; {res.note}"
         what = f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in specs]}"
-        self.cache.put(key, {"what": what,
-                             "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected})
+        entry = {"what": what, "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected}
+        if len(timing) < len(cands):
+            entry["shortlist"] = True
+        self.cache.put(key, entry)
         return res
 
     def _shortlist(self, kind: tuple, cands: list[Choice], default: Choice) -> set[str]:
         """The labels of ``cands`` to time on a layer of ``kind``: all of them until ``SHORTLIST_AFTER`` layers of
         the kind were timed in full (or from level ``SHORTLIST_UNTIL_LEVEL`` on), then those that came within
-        ``SHORTLIST_MARGIN`` of an earlier layer's best, and the default."""
+        ``SHORTLIST_MARGIN`` of an earlier layer's best, those that ran on none of them, and the default."""
         seen = self._full_timings.get(kind, [])
         if self.level >= SHORTLIST_UNTIL_LEVEL or len(seen) < SHORTLIST_AFTER:
             return {c.label for c in cands}
         close = {label for times in seen for label, ms in times.items()
                  if ms <= (1 + SHORTLIST_MARGIN) * min(times.values())}
-        return {c.label for c in cands if c.label in close or c.label == default.label}
+        # a candidate that never ran on those layers (not applicable to their shapes, say) is still tried
+        timed = {label for times in seen for label in times}
+        return {c.label for c in cands if c.label in close or c.label not in timed or c.label == default.label}
 
     def _check_once(self, node, choice: Choice, specs: list, constants: dict, opset: int, seed: int) -> str | None:
         """Why ``choice`` does not reproduce the layer's reference on one random input, or None."""
@@ -532,12 +538,18 @@ class Tuner:
 
 
 def _layer_kind(node, cands: list[Choice]) -> tuple:
-    """What makes layers alike for the shortlist: the op, its candidates, and for convolutions and pooling the
-    kernel size, strides and whether it is grouped (a depthwise 3x3 and a dense 1x1 prefer different kernels)."""
+    """What makes layers alike for the shortlist: the op, its candidates, its input and weight element types
+    (an fp16 and an fp32 layer of a mixed engine prefer different kernels), and for convolutions and pooling the
+    kernel size, strides, dilations and grouping (dense, depthwise or grouped)."""
     w = node.inputs[1].const if len(node.inputs) > 1 and node.inputs[1] is not None else None
     kernel = tuple(w.shape[2:]) if w is not None and w.dim() > 2 else tuple(node.attrs.get("kernel_shape", ()))
-    return (node.domain, node.op_type, tuple(c.label for c in cands), kernel,
-            tuple(node.attrs.get("strides", ())), int(node.attrs.get("group", 1)) > 1)
+    group = int(node.attrs.get("group", 1))
+    grouping = "dense" if group == 1 else "depthwise" if w is not None and w.dim() > 2 and w.shape[1] == 1 \
+        else "grouped"
+    x = node.inputs[0] if node.inputs else None
+    dtypes = (str(getattr(getattr(x, "type", None), "dtype", None)), None if w is None else str(w.dtype))
+    return (node.domain, node.op_type, tuple(c.label for c in cands), dtypes, kernel,
+            tuple(node.attrs.get("strides", ())), tuple(node.attrs.get("dilations", ())), grouping)
 
 
 def _requantizes(attrs: dict) -> bool:

@@ -214,3 +214,27 @@ def test_shape_arithmetic_in_a_body_runs_on_the_host():
     ops = sorted(n.op_type for n in graph.all_nodes() if id(n) in bodies.host_nodes)
     assert ops == sorted(["Shape", "Gather", "Concat"] * 2)
     assert not bodies.moves
+
+
+def test_a_branch_output_read_only_as_a_shape_stays_on_the_host():
+    """An If choosing a Reshape target: each branch's Concat runs on the host, and its result is handed back on
+    the host (host_outputs), so the outer Reshape reads it without a device round trip; an If output read as
+    data is copied to the device as before."""
+    def branch(name):
+        nodes = [helper.make_node("Concat", [f"a_{name}", f"b_{name}"], [f"t_{name}"], axis=0),
+                 helper.make_node("Identity", [f"a_{name}"], [f"d_{name}"])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"t_{name}", TP.INT64, [2]),
+                                                   helper.make_tensor_value_info(f"d_{name}", TP.INT64, [1])],
+                                 [numpy_helper.from_array(np.array([3], np.int64), f"a_{name}"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), f"b_{name}")])
+    nodes = [helper.make_node("If", ["flag"], ["target", "data"], then_branch=branch("a"), else_branch=branch("b")),
+             helper.make_node("Reshape", ["x", "target"], ["y"]),
+             helper.make_node("Cast", ["data"], ["data_f"], to=TP.FLOAT),
+             helper.make_node("Add", ["y", "data_f"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [6]),
+                                       helper.make_tensor_value_info("flag", TP.BOOL, [])],
+                          [helper.make_tensor_value_info("z", TP.FLOAT, None)])
+    graph = kiln.parse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    bodies = plan_body_placement(graph, default_registry(), plan_placement(graph))
+    kept = {v.name for g_ in graph.walk_graphs() for v in g_.outputs if v.id in bodies.host_outputs}
+    assert kept == {"t_a", "t_b"}

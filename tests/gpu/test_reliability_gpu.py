@@ -175,6 +175,30 @@ def test_if_body_shape_arithmetic_runs_under_cuda_graphs():
     assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
 
 
+def test_if_choosing_a_reshape_target_runs_under_cuda_graphs():
+    """A branch that only picks a shape (Concat of constants) hands it back on the host (host_outputs), so the
+    outer Reshape reads it without a device round trip and capture succeeds for both branches."""
+    def branch(name, rows):
+        return helper.make_graph([helper.make_node("Concat", [f"a_{name}", f"b_{name}"], [f"t_{name}"], axis=0)],
+                                 name, [], [helper.make_tensor_value_info(f"t_{name}", TP.INT64, [2])],
+                                 [numpy_helper.from_array(np.array([rows], np.int64), f"a_{name}"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), f"b_{name}")])
+    nodes = [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["target"], then_branch=branch("two", 2), else_branch=branch("three", 3)),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [6]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(16000, np.int64), "sr16k")])
+    engine = kiln.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                        kiln.BuilderConfig(device="cuda"))
+    ctx = engine.create_execution_context()
+    x = np.arange(6, dtype=np.float32)
+    for sr, rows in [(16000, 2), (8000, 3), (16000, 2)]:
+        np.testing.assert_array_equal(ctx.infer({"x": x, "sr": np.array(sr, np.int64)})["y"], x.reshape(rows, -1))
+    assert not [n for n in ctx.notes if "capture failed" in n], ctx.notes
+
+
 @pytest.mark.parametrize("kind", ["numpy", "debug"])
 def test_two_pending_runs_under_cuda_graphs_keep_their_own_results(kind):
     """A handle read after a second infer_async has replayed the same CUDA graph still gives its own run's values

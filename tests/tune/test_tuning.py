@@ -332,3 +332,62 @@ def test_later_layers_of_a_kind_time_only_the_shortlist():
         assert results[2].choice.label == "onednn"
         if level < 5:
             assert "shortlist" in results[2].rejected["slow"]
+
+
+def _shortlist_setup(extra: dict, not_applicable_until: int = 0):
+    """A node, its facts, and a tuner factory whose library adds ``extra`` candidates (made like oneDNN's) and
+    whose timer returns each candidate's time from ``speed``; a candidate "big" is not applicable on the
+    first ``not_applicable_until`` layers (``layer[0]`` says which layer is being tuned)."""
+    from kiln.passes.propagate import propagate
+    from kiln.tactics import NotApplicable
+    e = _build(optimization_level=1)
+    node = next(n for n in e.graph.nodes if n.op_type == "Conv")
+    facts = propagate(e.graph, {"image": (2, 3, 64, 64)}, e.registry)
+    speed = {"torch": 1.0, "onednn": 0.5, **extra}
+    made, layer = [], [0]
+
+    class Library(type(space.DEFAULT)):
+        def make(self, choice, *args, **kw):
+            made.append(choice.label)
+            if choice.label == "big" and layer[0] < not_applicable_until:
+                raise NotApplicable("channels not a multiple of 16")
+            return super().make(choice, *args, **kw)
+
+    class FakeTimer(tuner.Timer):
+        def __call__(self, fn, device):
+            self.calls += 1
+            return speed[made[-1]]
+    base = space.DEFAULT
+    for name in extra:
+        base = base.with_rows("kiln", "Conv", Row(name)).with_factories(**{name: space.FACTORIES["onednn"]})
+    lib = Library(base.space, base.factories)
+    cands = [Choice(c) for c in speed]
+    make_tuner = lambda level, cache=None: tuner.Tuner(torch.device("cpu"), level, tactics=lib,  # noqa: E731
+                                                       timer=FakeTimer(), cache=cache)
+    return e, node, facts, cands, make_tuner, layer
+
+
+def test_a_candidate_not_applicable_on_the_first_layers_of_a_kind_is_still_tried_later():
+    e, node, facts, cands, make_tuner, layer = _shortlist_setup({"big": 0.2}, not_applicable_until=2)
+    t = make_tuner(3)
+    results = []
+    for i in range(3):
+        layer[0] = i
+        t.cache = TimingCache()
+        results.append(t.tune_layer(node, cands, facts, e._constants, seed=i))
+    assert "not applicable" in results[0].rejected["big"]
+    assert results[2].choice.label == "big", results[2]
+
+
+def test_the_widest_search_times_again_a_layer_cached_from_a_shortlist():
+    e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
+    t = make_tuner(3)
+    for i in range(2):
+        t.cache = TimingCache()
+        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    t.cache = shared = TimingCache()
+    assert "slow" not in t.tune_layer(node, cands, facts, e._constants, seed=2).times
+    again = make_tuner(3, shared).tune_layer(node, cands, facts, e._constants, seed=3)
+    assert again.source == "cache"  # the default level takes the shortlisted entry (a warm build stays fast)
+    widest = make_tuner(5, shared).tune_layer(node, cands, facts, e._constants, seed=3)
+    assert widest.source == "tuned" and set(widest.times) == {"torch", "onednn", "slow"}
