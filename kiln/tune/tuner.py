@@ -9,11 +9,12 @@ non-finite positions must match), that raises, or whose generated kernel fell ba
 rejected with the reason. The default tactic wins ties within ``MARGIN`` (timing noise must not flip choices).
 
 Shortlists (below optimization level 5): once ``SHORTLIST_AFTER`` layers of one kind (op, candidates, kernel
-size, strides, grouped or not) were timed with every candidate, later layers of that kind time only the
-candidates that came within ``SHORTLIST_MARGIN`` of some earlier layer's best, and the default. The others are
+size, strides, dilations, grouping, element types) were timed with every candidate, later layers of that kind
+time only the candidates that came within ``SHORTLIST_MARGIN`` of some earlier layer's best, those that ran on
+none of them, the default and the op's own kernel (cheap, and what a layer falls back to). The others are
 recorded as not timed, with that reason. An 8-bit ResNet-50 offers each convolution a dozen Triton configs,
-each compiled and timed per layer shape, and its build took 133 s on the H100; TensorRT's builder narrows its
-search the same way at its default level. Level 5 (the widest search) times everything.
+each compiled and timed per layer shape, and its build took 133 s on the H100. Level 5 (the widest search)
+times everything, and does not take timing-cache entries that a shortlist made.
 """
 from __future__ import annotations
 
@@ -497,7 +498,8 @@ class Tuner:
     def _shortlist(self, kind: tuple, cands: list[Choice], default: Choice) -> set[str]:
         """The labels of ``cands`` to time on a layer of ``kind``: all of them until ``SHORTLIST_AFTER`` layers of
         the kind were timed in full (or from level ``SHORTLIST_UNTIL_LEVEL`` on), then those that came within
-        ``SHORTLIST_MARGIN`` of an earlier layer's best, those that ran on none of them, and the default."""
+        ``SHORTLIST_MARGIN`` of an earlier layer's best, those that ran on none of them, the default and the op's
+        own kernel."""
         seen = self._full_timings.get(kind, [])
         if self.level >= SHORTLIST_UNTIL_LEVEL or len(seen) < SHORTLIST_AFTER:
             return {c.label for c in cands}
@@ -505,7 +507,9 @@ class Tuner:
                  if ms <= (1 + SHORTLIST_MARGIN) * min(times.values())}
         # a candidate that never ran on those layers (not applicable to their shapes, say) is still tried
         timed = {label for times in seen for label in times}
-        return {c.label for c in cands if c.label in close or c.label not in timed or c.label == default.label}
+        # the default and the op's own kernel (the reference, which runs anyway) are always timed
+        always = {default.label, TORCH.label}
+        return {c.label for c in cands if c.label in close or c.label not in timed or c.label in always}
 
     def _check_once(self, node, choice: Choice, specs: list, constants: dict, opset: int, seed: int) -> str | None:
         """Why ``choice`` does not reproduce the layer's reference on one random input, or None."""
