@@ -14,6 +14,14 @@ def q8(shape, dtype=np.uint8):
     return G.integers(info.min, info.max + 1, shape).astype(dtype)
 
 
+def w8(shape):
+    """int8 weights of 7 bits ([-64, 63]), what onnxruntime's quantizers write with ``reduce_range``: its kernels
+    on x86 CPUs without VNNI multiply uint8 by int8 in pairs that saturate int16 beyond that, so with full-range
+    weights the oracle itself is wrong there (an AVX2-only EPYC, 2026-12-07: 23 of 40 random QGemm cases differed
+    from exact integer arithmetic, Kiln none). Full-range weights are checked against exact arithmetic below."""
+    return G.integers(-64, 64, shape).astype(np.int8)
+
+
 def f(v):
     return np.array(v, np.float32)
 
@@ -53,7 +61,7 @@ def test_qlinear_global_average_pool(channels_last):
 @pytest.mark.parametrize("per_column,trans_b,bias", [(False, 0, False), (True, 1, True), (False, 1, True)])
 def test_qgemm(quantized_out, per_column, trans_b, bias):
     m, k, n = 3, 5, 4
-    b = q8((n, k) if trans_b else (k, n), np.int8)
+    b = w8((n, k) if trans_b else (k, n))
     inputs = {"a": q8((m, k)), "a_s": f(0.05), "a_zp": np.array(np.uint8(120)), "b": b,
               "b_s": f(G.uniform(0.01, 0.05, n) if per_column else 0.03),
               "b_zp": np.zeros(n, np.int8) if per_column else np.array(np.int8(0)),
@@ -63,10 +71,29 @@ def test_qgemm(quantized_out, per_column, trans_b, bias):
              const_inputs=("a_s", "a_zp", "b", "b_s", "b_zp", "c", "y_s", "y_zp"), rtol=1e-5, atol=1e-5)
 
 
+def test_qgemm_with_full_range_weights_is_exact_integer_arithmetic():
+    """uint8 x full-range int8 (where onnxruntime's non-VNNI kernels saturate, see w8): Kiln's QGemm against the
+    exact integer product, scaled and requantized in float64."""
+    import kiln
+    from ms_oracle import ms_model
+    m, k, n = 3, 64, 4
+    a, b = q8((m, k)), q8((k, n), np.int8)
+    b[:, 0], a[0] = -128, 255  # the extreme products, in pairs that overflow int16
+    inputs = {"a": a, "a_s": f(0.05), "a_zp": np.array(np.uint8(120)), "b": b, "b_s": f(0.001),
+              "b_zp": np.array(np.int8(0)), "c": None, "y_s": f(0.5), "y_zp": np.array(np.uint8(100))}
+    consts = ("a_s", "a_zp", "b", "b_s", "b_zp", "c", "y_s", "y_zp")
+    model = ms_model("QGemm", inputs, {"transB": 0, "alpha": 0.5}, 1, consts, None)
+    acc = (a.astype(np.int64) - 120) @ b.astype(np.int64)
+    y = 0.5 * np.float64(np.float32(0.05)) * np.float64(np.float32(0.001)) * acc
+    want = np.clip(np.round(y / 0.5) + 100, 0, 255).astype(np.uint8)
+    got = kiln.build(model, device="cpu").create_execution_context().infer({"a": a})
+    np.testing.assert_array_equal(next(iter(got.values())), want)
+
+
 @pytest.mark.parametrize("per_column,zp,bias", [(False, False, False), (True, True, True)])
 def test_dynamic_quantize_matmul(per_column, zp, bias):
     k, n = 6, 4
-    inputs = {"a": rand((2, 3, k)), "b": q8((k, n), np.int8),
+    inputs = {"a": rand((2, 3, k)), "b": w8((k, n)),
               "b_s": f(G.uniform(0.01, 0.05, n) if per_column else 0.03),
               "b_zp": (G.integers(-3, 3, n).astype(np.int8) if per_column else np.array(np.int8(1))) if zp else None,
               "bias": rand((n,), 3) if bias else None}
@@ -76,7 +103,7 @@ def test_dynamic_quantize_matmul(per_column, zp, bias):
 @pytest.mark.parametrize("b_dtype", [np.int8, np.uint8])
 def test_matmul_integer_to_float(b_dtype):
     k, n = 6, 4
-    inputs = {"a": q8((2, 3, k)), "b": q8((k, n), b_dtype), "a_s": f(0.04), "b_s": f(G.uniform(0.01, 0.05, n)),
+    inputs = {"a": q8((2, 3, k)), "b": w8((k, n)) if b_dtype == np.int8 else q8((k, n), b_dtype), "a_s": f(0.04), "b_s": f(G.uniform(0.01, 0.05, n)),
               "a_zp": np.array(np.uint8(128)), "b_zp": np.full(n, 2, b_dtype), "bias": rand((n,), 3)}
     check_ms("MatMulIntegerToFloat", inputs, const_inputs=("b", "a_s", "b_s", "a_zp", "b_zp", "bias"),
              rtol=1e-5, atol=1e-5)
@@ -108,7 +135,7 @@ def test_qattention():
     b, s, n, h = 2, 4, 2, 4
     d = n * h
     mask = np.array([4, 2], np.int32)
-    inputs = {"x": q8((b, s, d)), "w": q8((d, 3 * d), np.int8), "bias": rand((3 * d,), 1), "x_s": f(0.02),
+    inputs = {"x": q8((b, s, d)), "w": w8((d, 3 * d)), "bias": rand((3 * d,), 1), "x_s": f(0.02),
               "w_s": f(0.01), "mask": mask, "x_zp": np.array(np.uint8(128)), "w_zp": np.array(np.int8(0))}
     check_ms("QAttention", inputs, {"num_heads": n}, const_inputs=("w", "bias", "x_s", "w_s", "x_zp", "w_zp"),
              rtol=1e-4, atol=1e-4)
@@ -135,7 +162,7 @@ def test_qembed_layer_norm():
 def test_dynamic_quantize_lstm(direction, states, peepholes):
     seq, b, i, hid = 3, 2, 4, 5
     dirs = 2 if direction == "bidirectional" else 1
-    w, r = q8((dirs, i, 4 * hid), np.int8), q8((dirs, hid, 4 * hid), np.int8)
+    w, r = w8((dirs, i, 4 * hid)), w8((dirs, hid, 4 * hid))
     inputs = {"x": rand((seq, b, i)), "w": w, "r": r, "b": rand((dirs, 8 * hid), 1, -0.1, 0.1), "lens": None,
               "h0": rand((dirs, b, hid), 2) if states else None, "c0": rand((dirs, b, hid), 3) if states else None,
               "p": rand((dirs, 3 * hid), 4) if peepholes else None,

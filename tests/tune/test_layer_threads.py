@@ -75,7 +75,9 @@ def test_the_build_marks_only_what_it_measured_and_says_so():
     marked = [s.node.label for s in engine.program.steps if s.threads == 1]
     notes = [n for n in engine.report.notes if "on one thread" in n]
     assert bool(notes) == bool(marked)
-    for label in marked:
+    if notes and notes[0].startswith("every layer runs on one thread"):
+        assert len(marked) == len(engine.program.steps)
+    for label in marked if notes and not notes[0].startswith("every layer") else ():
         assert label in notes[0]
     reference = _engine(layer_threads=False)
     feed = _feed(engine, 1)
