@@ -40,18 +40,36 @@ def host_constants(graph: Graph, registry: Registry | None = None) -> set[int]:
     If/Loop bodies that only kernels reading Python values take (body_host_constants)."""
     registry = registry or default_registry()
     main = plan_placement(graph, registry).host_values & {v.id for v in graph.constants.values()}
-    return main | body_host_constants(graph)
+    return main | body_host_constants(graph, registry)
 
 
-def body_host_constants(graph: Graph) -> set[int]:
+def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
     """Ids of the small integer constants of If/Loop/Scan bodies that live on the host, as the main graph's do:
-    all but a body's own outputs (those leave the body as device values). A body layer that reads one as data
-    gets it copied from pinned memory (plan_body_placement); one read as a Python value from the device would be
-    a device-to-host copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran
-    eagerly on every shape)."""
-    outputs = {v.id for g in graph.walk_graphs() for v in g.outputs}
+    all but a body's own outputs (those leave the body as device values), except the outputs a body hands back
+    on the host (``host_outputs``: a branch's constant Reshape target). A body layer that reads one as data gets
+    a device copy (plan_body_placement); one read as a Python value from the device would be a device-to-host
+    copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran eagerly on every
+    shape)."""
+    kept = set(_host_returned_outputs(graph, registry))
+    outputs = {v.id for g in graph.walk_graphs() for v in g.outputs} - kept
     return {v.id for g in graph.walk_graphs() if g is not graph for v in g.constants.values()
             if is_host_constant(v.const) and v.id not in outputs}
+
+
+def _host_returned_outputs(graph: Graph, registry: Registry):
+    """(body, output value) pairs a body may hand back on the host: an If branch's output whose If output every
+    reader takes as a Python value (and the caller does not get), and a Loop body's condition."""
+    host_slots = registry.host_input_slots()
+    for g in graph.walk_graphs():
+        for n in g.nodes:
+            for body in n.subgraphs():
+                if n.op_type == "If":
+                    for b, o in zip(body.outputs, n.outputs):
+                        if o is not None and o not in g.outputs and o.uses and all(
+                                u.domain == "" and (u.op_type, i) in host_slots for u, i in o.uses):
+                            yield b.id
+                elif n.op_type == "Loop" and body.outputs:
+                    yield body.outputs[0].id
 
 
 def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> Placement:
@@ -64,12 +82,9 @@ def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> P
     Shape made its result on the device from a pageable host list, and capture failed on every shape of
     silero-vad (H100, 2026-12-07)."""
     host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
-    body_consts = body_host_constants(graph)
+    body_consts = body_host_constants(graph, registry)
+    returned = set(_host_returned_outputs(graph, registry))
     merged = Placement(set(), set(), {})
-
-    def read_as_values(v) -> bool:
-        return v is not None and bool(v.uses) and all(
-            u.domain == "" and (u.op_type, i) in host_slots for u, i in v.uses)
 
     def visit(g: Graph, outer_host: set[int]) -> None:
         for n in g.nodes:
@@ -79,13 +94,7 @@ def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> P
                 merged.host_values |= p.host_values - outer_host
                 merged.host_nodes |= p.host_nodes
                 merged.moves.update(p.moves)
-                if n.op_type == "If":
-                    kept = [b for b, o in zip(body.outputs, n.outputs) if read_as_values(o) and o not in g.outputs]
-                elif n.op_type == "Loop":
-                    kept = body.outputs[:1]  # the condition: the Loop reads it as a Python bool
-                else:
-                    kept = []
-                merged.host_outputs |= {b.id for b in kept if b.id in p.host_values}
+                merged.host_outputs |= {b.id for b in body.outputs if b.id in returned and b.id in p.host_values}
                 visit(body, p.host_values)
 
     visit(graph, outer.host_values)
@@ -179,6 +188,16 @@ def to_device(t: torch.Tensor, device: torch.device, keep: list | None) -> torch
     ``keep`` collects the pinned buffers a captured graph reads, so they outlive the capture."""
     if t.device.type != "cpu":
         return t
+    if not t.is_pinned() and t.numel() <= MAX_HOST_CONSTANT and torch.cuda.is_current_stream_capturing():
+        # A value computed on the host during capture (a body's shape arithmetic): pinning it there allocates
+        # from the caching host allocator, whose event queries invalidate the capture (silero-vad on the H100:
+        # "operation failed due to a previous error during capture"). Its few numbers are written by fill
+        # kernels instead; the graph bakes them, as it bakes every host decision of the shapes it was captured for.
+        out = torch.empty(t.shape, dtype=t.dtype, device=device)
+        flat = out.view(-1)
+        for i, v in enumerate(t.reshape(-1).tolist()):
+            flat[i].fill_(v)
+        return out
     pinned = t if t.is_pinned() else t.pin_memory()
     if keep is not None:
         keep.append(pinned)

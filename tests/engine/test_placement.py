@@ -238,3 +238,16 @@ def test_a_branch_output_read_only_as_a_shape_stays_on_the_host():
     bodies = plan_body_placement(graph, default_registry(), plan_placement(graph))
     kept = {v.name for g_ in graph.walk_graphs() for v in g_.outputs if v.id in bodies.host_outputs}
     assert kept == {"t_a", "t_b"}
+
+
+def test_a_host_value_moved_during_capture_is_written_by_fill_kernels(monkeypatch):
+    """Inside CUDA graph capture a fresh host value is not pinned (the host allocator's event queries would
+    invalidate the capture): its numbers are written into a device tensor by fill kernels. Checked here on the
+    CPU with the capture flag forced; the GPU tests capture for real."""
+    import torch
+    from kiln.engine.placement import to_device
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    for t in (torch.tensor([3, -1, 7]), torch.tensor(5), torch.tensor([[1, 2], [3, 4]]), torch.tensor([True, False])):
+        keep = []
+        got = to_device(t, torch.device("cpu"), keep)
+        assert got is not t and got.dtype == t.dtype and torch.equal(got, t) and not keep
