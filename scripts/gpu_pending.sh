@@ -2,7 +2,9 @@
 # The GPU checks still owed by open issues, most important first, each under its own time limit so one slow
 # step cannot eat the device call (carry .device_carry for the real models, .whl for the serving step: the
 # wheels and their install line are in /work/.library/device/README.md). Logs under $OUT (default ./out).
-# Arguments name the steps to run (e.g. `reliability_gpu serve`); none runs them all.
+# Arguments name the steps to run (e.g. `reliability_gpu serve`); none runs them all. The serving step's wheels
+# (Python 3.12, the versions constraints.txt pins): fastapi starlette pydantic pydantic_core uvicorn tritonclient
+# python-rapidjson annotated-types annotated-doc typing-inspection typing_extensions opentelemetry-api.
 #   15: the GPU reliability tests and silero's CUDA-graph capture (If bodies with host placement, bodies.py);
 #   19: the INT4 GEMM bar (met on the H100 on 2026-12-07: 1.05x fp16 at batch 1);
 #   21: GPU serving with batches padded to bucket sizes (the unpadded run: batching on 734 req/s, off 849);
