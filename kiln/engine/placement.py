@@ -57,7 +57,7 @@ def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
 
 
 def _host_returned_outputs(graph: Graph, registry: Registry):
-    """(body, output value) pairs a body may hand back on the host: an If branch's output whose If output every
+    """Ids of the body outputs a body may hand back on the host: an If branch's output whose If output every
     reader takes as a Python value (and the caller does not get), and a Loop body's condition."""
     host_slots = registry.host_input_slots()
     for g in graph.walk_graphs():
