@@ -49,11 +49,10 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
     ids = {v.name: v.id for v in graph.inputs}
     feed = {ids[k]: v for k, v in feeds[0].items() if k in ids}
     samples = _layer_ms(program, feed, (1, threads))
-    chosen = {}
-    for i, step in enumerate(program.steps):
-        one, many = statistics.median(samples[1][i]), statistics.median(samples[threads][i])
-        if one <= GAIN * many:
-            chosen[step.node] = (round(one, 4), round(many, 4))
+    medians = [(step.node, statistics.median(samples[1][i]), statistics.median(samples[threads][i]))
+               for i, step in enumerate(program.steps)]
+    every = {node: (round(one, 4), round(many, 4)) for node, one, many in medians}
+    chosen = {node: every[node] for node, one, many in medians if one <= GAIN * many}
     switched = _own_kernels_faster(graph, binding, registry, feed, program, samples[1], chosen) if chosen else {}
     tactics = {n: t for n, t in binding.tactics.items() if n not in switched}
     # Layer by layer is not the whole story (a layer's threads wake for the next one, the arena, the cache):
@@ -61,8 +60,6 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
     # candidate puts every layer on one thread: on the 2-core VM a MobileNetV3 classifier ran 22% faster so
     # (8.2 vs 10.5 ms) although few of its layers were clearly faster alone, because every layer on two threads
     # pays for waking the pool's sleeping thread in sequence, which a layer timed by itself hides.
-    every = {step.node: (round(statistics.median(samples[1][i]), 4), round(statistics.median(samples[threads][i]), 4))
-             for i, step in enumerate(program.steps)}
     plain = _whole_ms(program, feed)
     best, best_ms, tried = {}, plain, []
     for candidate in ([chosen] if chosen else []) + [every]:
