@@ -51,6 +51,8 @@ def _step_times(program, feed: dict, repeat: bool) -> list[float]:
     times = []
     clock = time.perf_counter
     for step in program.steps:
+        if step.ctx.run_graph is not None:  # an If/Loop body reads the outer values from the run's env
+            step.ctx.run_graph.env_holder.env = env
         args = [None if i is None else env[i] for i in step.inputs]
         if repeat:
             step.kernel(step.ctx, args, step.attrs)
