@@ -34,6 +34,7 @@ _TABLE: dict[tuple[str, str], list[Row]] = {
         Row("torch", {}, "any", 0),
         Row("onednn", {}, "cpu", 0),
         Row("onednn_gemm", {}, "cpu", 2),  # 1x1 convs as a oneDNN matmul on the NHWC [N*H*W, C] view
+        Row("aten", {"layout": "nchw"}, "cpu", 2),  # small layers: torch's NCHW convolution (see _aten)
         Row("cudnn", {"layout": "nchw"}, "cuda", 2),
         Row("cudnn", {"layout": "nhwc"}, "cuda", 2),
         Row("cudnn_fused", {}, "cuda", 2),  # torch.cudnn_convolution_relu / _add_relu (frozen-conv fusion)
@@ -211,6 +212,19 @@ def _cudnn(node, params, constants, device) -> Tactic:
     return Tactic("cudnn", kernel)
 
 
+def _aten(node, params, constants, device) -> Tactic:
+    """CPU: torch's convolution on an NCHW copy of the input, the output returned in the layer's own layout.
+    Why: every oneDNN call (Kiln's onednn tactics, and torch's own convolution of a channels-last tensor) builds
+    its primitive descriptor again, a fixed cost that small layers cannot hide: on the AVX2 EPYC VM
+    (2026-12-07) an 8->8 channel 1x1 convolution took 57-62 us per call whatever its size, of which oneDNN's
+    own verbose log counts 3-4 us of execution; torch's NCHW path (MKL's GEMM for 1x1) took 8-18 us. The two
+    layout conversions are part of the candidate's time, so the tuner keeps it only where it wins."""
+    if device.type != "cpu":
+        raise NotApplicable("the CPU's own-layout candidate (CUDA: cudnn)")
+    t = _cudnn(node, params, constants, device)
+    return Tactic("aten", t.kernel)
+
+
 _RELU, _GELU_TANH = Activation("relu"), Activation("gelu_tanh")  # the steps cuDNN / cuBLASLt fuse
 
 
@@ -346,7 +360,7 @@ def _unfused(node, params, constants, device) -> Tactic:
 
 _FACTORIES: dict[str, Factory] = {
     "onednn": _onednn("onednn"), "onednn_gemm": _onednn("onednn_gemm"),
-    "cublaslt": _cublaslt, "cudnn": _cudnn, "cudnn_fused": _cudnn_fused, "triton": _triton,
+    "cublaslt": _cublaslt, "cudnn": _cudnn, "aten": _aten, "cudnn_fused": _cudnn_fused, "triton": _triton,
     "triton_epilogue": _triton_epilogue, "triton_gemm": _triton_gemm, "sdpa": _sdpa, "unfused": _unfused,
 }
 
