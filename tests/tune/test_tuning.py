@@ -397,3 +397,19 @@ def test_the_widest_search_times_again_a_layer_cached_from_a_shortlist():
     assert again.source == "cache"  # the default level takes the shortlisted entry (a warm build stays fast)
     widest = make_tuner(5, shared).tune_layer(node, cands, facts, e._constants, seed=3)
     assert widest.source == "tuned" and set(widest.times) == {"torch", "onednn", "slow"}
+
+
+def test_a_layer_of_another_size_class_times_every_candidate():
+    """The shortlist of ResNet's first stage does not decide its last: the same layer on a 4x larger map (a
+    different size class) is timed with every candidate, one of a 1.3x larger map (the same class) is not."""
+    from kiln.passes.propagate import propagate
+    e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
+    t = make_tuner(3)
+    for i in range(2):
+        t.cache = TimingCache()
+        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    for size, full in ((80, False), (128, True)):
+        t.cache = TimingCache()
+        other = propagate(e.graph, {"image": (2, 3, size, size)}, e.registry)
+        result = t.tune_layer(node, cands, facts=other, constants=e._constants, seed=7)
+        assert ("slow" in result.times) == full, (size, result)
