@@ -276,10 +276,15 @@ def _choose_layer_threads(plan: Plan, config: BuilderConfig, ctx: PassContext, r
     if plan.binding.device.type != "cpu":
         return
     from ..passes.quantize_target import generated_sample
-    from ..tune.layer_threads import choose_layer_threads
+    from ..tune.layer_threads import Skipped, choose_layer_threads
     feeds = generated_sample(graph, ctx, batches=1)
     try:
         chosen, switched = choose_layer_threads(graph, plan.binding, plan.registry, feeds)
+    except Skipped as e:
+        msg = f"per-layer thread choice skipped: {e}"
+        log.info(msg)
+        report.notes.append(msg)
+        return
     except Exception as e:  # noqa: BLE001 - an optimization: the engine runs every layer on all threads instead
         for n in graph.nodes:
             n.meta.pop("threads", None)

@@ -29,6 +29,16 @@ GAIN = 0.8  # one thread is chosen only when its median is at most 80% of the ma
 OWN_GAIN = 0.8  # a one-thread layer runs its op's own kernel when that is at most 80% of its tactic's time there
 WHOLE_GAIN = 0.97  # and the marks are kept only when the whole model runs at least 3% faster with them
 ROUNDS = 5  # timed runs per setting, alternating (after one warm-up run each)
+# The choice runs the whole model about RUNS_PER_CHOICE times (layers on 1 and n threads, up to three whole-model
+# settings, the own kernels, each with a warm-up); it is skipped where that would take over BUDGET_S. What one
+# thread can save is about the pool's wake-up per layer (tens of microseconds), under 1% of a run that long; an
+# int8 ResNet-50 at batch 16 spent 100 of its 111 s CPU build here (2026-12-07).
+RUNS_PER_CHOICE = 31
+BUDGET_S = 20.0
+
+
+class Skipped(Exception):
+    """The choice was not made; the message says why (the build report keeps it)."""
 
 
 def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -48,6 +58,14 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
     program = Program(graph, binding.device, registry, binding.constants, binding.tactics)
     ids = {v.name: v.id for v in graph.inputs}
     feed = {ids[k]: v for k, v in feeds[0].items() if k in ids}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        program.run(dict(feed))
+    run_s = time.perf_counter() - t0
+    if run_s * RUNS_PER_CHOICE > BUDGET_S:
+        raise Skipped(f"one run took {run_s * 1e3:.0f} ms, so the choice would take about "
+                      f"{run_s * RUNS_PER_CHOICE:.0f} s (budget {BUDGET_S:.0f} s); at that size one thread could "
+                      f"save under 1%")
     samples = _layer_ms(program, feed, (1, threads))
     medians = [(step.node, statistics.median(samples[1][i]), statistics.median(samples[threads][i]))
                for i, step in enumerate(program.steps)]

@@ -142,3 +142,14 @@ def test_every_layer_runs_on_one_thread_when_the_whole_model_is_fastest_so(monke
     got = kiln.Engine.deserialize(engine.serialize()).create_execution_context().infer(feed)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_too_slow_to_time_skips_the_choice_and_says_so(monkeypatch):
+    from kiln.tune import layer_threads
+    if torch.get_num_threads() <= 1:
+        pytest.skip("the choice is only made with several threads")
+    monkeypatch.setattr(layer_threads, "BUDGET_S", 0.0)  # any model is "too slow" now
+    e = _engine()
+    assert any("per-layer thread choice skipped: one run took" in n and "budget 0 s" in n for n in e.report.notes), \
+        e.report.notes
+    assert all(s.threads is None for s in e.program.steps)
