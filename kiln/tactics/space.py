@@ -214,13 +214,17 @@ def _cudnn(node, params, constants, device) -> Tactic:
 
 def _aten(node, params, constants, device) -> Tactic:
     """CPU: torch's convolution on an NCHW copy of the input, the output returned in the layer's own layout.
-    Why: every oneDNN call (Kiln's onednn tactics, and torch's own convolution of a channels-last tensor) builds
-    its primitive descriptor again, a fixed cost that small layers cannot hide: on the AVX2 EPYC VM
-    (2026-12-07) an 8->8 channel 1x1 convolution took 57-62 us per call whatever its size, of which oneDNN's
-    own verbose log counts 3-4 us of execution; torch's NCHW path (MKL's GEMM for 1x1) took 8-18 us. The two
-    layout conversions are part of the candidate's time, so the tuner keeps it only where it wins."""
+    Why: every oneDNN call (Kiln's onednn tactics, and torch's convolution of a channels-last tensor) builds its
+    primitive descriptor again, a fixed cost small layers cannot hide: on the AVX2 EPYC VM (2026-12-07) an
+    8->8 channel 1x1 convolution took 57-62 us per call whatever its size, of which oneDNN's verbose log counts
+    3-4 us of execution. For NCHW input torch takes its own im2col+GEMM path (8-18 us there) on small 1x1
+    layers run on one thread and on small single-image maps, and oneDNN elsewhere; so the gain depends on the
+    layer and its thread count, and the two layout conversions are part of the candidate's time: the tuner
+    keeps it only where it wins."""
     if device.type != "cpu":
         raise NotApplicable("the CPU's own-layout candidate (CUDA: cudnn)")
+    if params != {"layout": "nchw"}:
+        raise NotApplicable(f"aten takes layout=nchw, not {params}")
     t = _cudnn(node, params, constants, device)
     return Tactic("aten", t.kernel)
 

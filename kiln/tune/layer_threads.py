@@ -29,11 +29,10 @@ GAIN = 0.8  # one thread is chosen only when its median is at most 80% of the ma
 OWN_GAIN = 0.8  # a one-thread layer runs its op's own kernel when that is at most 80% of its tactic's time there
 WHOLE_GAIN = 0.97  # and the marks are kept only when the whole model runs at least 3% faster with them
 ROUNDS = 5  # timed runs per setting, alternating (after one warm-up run each)
-# The choice runs the whole model about RUNS_PER_CHOICE times (layers on 1 and n threads, up to three whole-model
-# settings, the own kernels, each with a warm-up); it is skipped where that would take over BUDGET_S. What one
-# thread can save is about the pool's wake-up per layer (tens of microseconds), under 1% of a run that long; an
-# int8 ResNet-50 at batch 16 spent 100 of its 111 s CPU build here (2026-12-07).
-RUNS_PER_CHOICE = 31
+# The choice runs the whole model up to 3 * (ROUNDS + 1) times on one thread and as many on all (layers timed
+# both ways, the own kernels, three whole-model settings); it is skipped where that would take over BUDGET_S.
+# What one thread can save is about the pool's wake-up per layer (tens of microseconds), under 1% of a run that
+# long; an int8 ResNet-50 at batch 16 spent 100 of its 111 s CPU build here (2026-12-07).
 BUDGET_S = 20.0
 
 
@@ -58,14 +57,10 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
     program = Program(graph, binding.device, registry, binding.constants, binding.tactics)
     ids = {v.name: v.id for v in graph.inputs}
     feed = {ids[k]: v for k, v in feeds[0].items() if k in ids}
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        program.run(dict(feed))
-    run_s = time.perf_counter() - t0
-    if run_s * RUNS_PER_CHOICE > BUDGET_S:
-        raise Skipped(f"one run took {run_s * 1e3:.0f} ms, so the choice would take about "
-                      f"{run_s * RUNS_PER_CHOICE:.0f} s (budget {BUDGET_S:.0f} s); at that size one thread could "
-                      f"save under 1%")
+    estimate = _cost_s(program, feed, threads)
+    if estimate > BUDGET_S:
+        raise Skipped(f"timing it would take about {estimate:.0f} s (budget {BUDGET_S:.0f} s): the model's runs "
+                      f"are long enough that one thread could save under 1% of them")
     samples = _layer_ms(program, feed, (1, threads))
     medians = [(step.node, statistics.median(samples[1][i]), statistics.median(samples[threads][i]))
                for i, step in enumerate(program.steps)]
@@ -106,6 +101,23 @@ def choose_layer_threads(graph, binding, registry, feeds: list[dict]) -> tuple[d
              best_ms)
     return ({node.label: times for node, times in best.items()},
             {node.label: times for node, times in switched.items()})
+
+
+def _cost_s(program, feed: dict, threads: int) -> float:
+    """Seconds the choice would take: one run on ``threads`` and one on one thread timed after an untimed warm-up
+    (first-call costs: oneDNN primitive creation, weight reorders), each times the runs the choice makes."""
+    runs = 3 * (ROUNDS + 1)
+    spent = {}
+    try:
+        for n in (threads, threads, 1):
+            torch.set_num_threads(n)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                program.run(dict(feed))
+            spent[n] = time.perf_counter() - t0  # the warm-up's entry is overwritten by the timed run
+    finally:
+        torch.set_num_threads(threads)
+    return runs * (spent[1] + spent[threads])
 
 
 def _layer_ms(program, feed: dict, thread_counts: tuple) -> dict[int, list[list[float]]]:

@@ -46,6 +46,10 @@ CPU_MAX_SAMPLES = 50
 SHORTLIST_AFTER = 2  # layers of a kind timed with every candidate before the kind's shortlist is used
 SHORTLIST_MARGIN = 0.10  # a candidate within 10% of some earlier layer's best stays on the shortlist
 SHORTLIST_UNTIL_LEVEL = 5  # from this optimization level on, every candidate is timed on every layer
+# What a timing-cache entry made from a shortlist records: the way layers were grouped into kinds. An entry of
+# another scheme is timed again (those of the first scheme, ``True``, shortlisted stage-1 winners for later
+# stages: see _layer_kind).
+SHORTLIST_SCHEME = "kind+size-class"
 
 
 @dataclass
@@ -415,7 +419,7 @@ class Tuner:
         labels = {c.label for c in cands}
         # (an entry made from a shortlist did not time every candidate: the widest search times the layer again)
         hit = self.cache.get(key, lambda e: Choice.from_json(e["tactic"]).label in labels
-                             and not (self.level >= SHORTLIST_UNTIL_LEVEL and e.get("shortlist") is True))
+                             and _takes_shortlisted(e.get("shortlist"), self.level))
         recheck_note = None
         if hit is not None:
             choice = Choice.from_json(hit["tactic"])
@@ -492,7 +496,7 @@ class Tuner:
         what = f"{node.domain}::{node.op_type} {[None if x is None else list(x.shape) for x in specs]}"
         entry = {"what": what, "tactic": res.choice.to_json(), "times": res.times, "rejected": res.rejected}
         if len(timing) < len(cands):
-            entry["shortlist"] = True
+            entry["shortlist"] = SHORTLIST_SCHEME
         self.cache.put(key, entry)
         return res
 
@@ -560,6 +564,14 @@ def _layer_kind(node, cands: list[Choice], specs: list | None = None) -> tuple:
     sizes = tuple(None if spec is None else tuple(_size_class(d) for d in spec.shape) for spec in specs or ())
     return (node.domain, node.op_type, tuple(c.label for c in cands), dtypes, kernel,
             tuple(node.attrs.get("strides", ())), tuple(node.attrs.get("dilations", ())), grouping, sizes)
+
+
+def _takes_shortlisted(scheme, level: int) -> bool:
+    """Whether a timing-cache entry with this ``shortlist`` field may be reused: one timed with every candidate
+    always; one made from a shortlist only below ``SHORTLIST_UNTIL_LEVEL`` and of the current scheme."""
+    if not scheme:
+        return True
+    return level < SHORTLIST_UNTIL_LEVEL and scheme == SHORTLIST_SCHEME
 
 
 def _size_class(d: int) -> int:

@@ -68,3 +68,12 @@ def test_aten_candidate_is_offered_on_the_cpu_only():
     w = torch.randn(4, 4, 1, 1)
     with pytest.raises(space.NotApplicable):
         space.make(ATEN, _node([None, w], {"epilogue": []}), {1: w}, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("params", [{}, {"layout": "nhwc"}])
+def test_aten_takes_only_its_own_layout(params):
+    """A replay file or an edited engine naming another layout gets the device's default, not channels-last
+    oneDNN under the aten name."""
+    w = torch.randn(4, 4, 1, 1)
+    with pytest.raises(space.NotApplicable):
+        space.make(space.Choice("aten", params), _node([None, w], {"epilogue": []}), {1: w}, torch.device("cpu"))

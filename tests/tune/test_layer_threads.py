@@ -150,6 +150,7 @@ def test_a_model_too_slow_to_time_skips_the_choice_and_says_so(monkeypatch):
         pytest.skip("the choice is only made with several threads")
     monkeypatch.setattr(layer_threads, "BUDGET_S", 0.0)  # any model is "too slow" now
     e = _engine()
-    assert any("per-layer thread choice skipped: one run took" in n and "budget 0 s" in n for n in e.report.notes), \
+    assert any("per-layer thread choice skipped: timing it would take" in n and "budget 0 s" in n
+               for n in e.report.notes), \
         e.report.notes
     assert all(s.threads is None for s in e.program.steps)

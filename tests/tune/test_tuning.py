@@ -413,3 +413,21 @@ def test_a_layer_of_another_size_class_times_every_candidate():
         other = propagate(e.graph, {"image": (2, 3, size, size)}, e.registry)
         result = t.tune_layer(node, cands, facts=other, constants=e._constants, seed=7)
         assert ("slow" in result.times) == full, (size, result)
+
+
+def test_an_entry_of_an_older_shortlist_scheme_is_timed_again():
+    """Entries shortlisted before layer kinds had size classes (``"shortlist": true``) carried stage-1 winners to
+    later stages: a build times such a layer again instead of reusing them."""
+    e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
+    t = make_tuner(3)
+    for i in range(2):
+        t.cache = TimingCache()
+        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    t.cache = shared = TimingCache()
+    t.tune_layer(node, cands, facts, e._constants, seed=2)
+    (entry,) = shared.entries.values()
+    assert entry["shortlist"] == tuner.SHORTLIST_SCHEME
+    assert make_tuner(3, shared).tune_layer(node, cands, facts, e._constants, seed=3).source == "cache"
+    entry["shortlist"] = True  # what the first scheme wrote
+    again = make_tuner(3, shared).tune_layer(node, cands, facts, e._constants, seed=3)
+    assert again.source == "tuned" and set(again.times) == {"torch", "onednn", "slow"}
