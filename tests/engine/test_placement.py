@@ -251,3 +251,43 @@ def test_a_host_value_moved_during_capture_is_written_by_fill_kernels(monkeypatc
         keep = []
         got = to_device(t, torch.device("cpu"), keep)
         assert got is not t and got.dtype == t.dtype and torch.equal(got, t) and not keep
+
+
+def _size_condition_model():
+    """silero-vad's decoder, reduced: inside each branch of an If, ``If(Not(Size(v) == 0))`` picks Identity or
+    Neg of v."""
+    def inner(name, op):
+        return helper.make_graph([helper.make_node(op, ["v"], [f"w_{name}"])], name, [],
+                                 [helper.make_tensor_value_info(f"w_{name}", TP.INT64, None)])
+
+    def branch(name):
+        nodes = [helper.make_node("Size", ["v"], [f"n_{name}"]),
+                 helper.make_node("Equal", [f"n_{name}", f"zero_{name}"], [f"e_{name}"]),
+                 helper.make_node("Not", [f"e_{name}"], [f"c_{name}"]),
+                 helper.make_node("If", [f"c_{name}"], [f"y_{name}"], then_branch=inner(f"{name}_t", "Identity"),
+                                  else_branch=inner(f"{name}_e", "Neg"))]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"y_{name}", TP.INT64, None)],
+                                 [numpy_helper.from_array(np.array(0, np.int64), f"zero_{name}")])
+    g = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=branch("a"), else_branch=branch("b"))],
+                          "g", [helper.make_tensor_value_info("v", TP.INT64, ["n"]),  # dynamic: Size is not folded
+                                helper.make_tensor_value_info("flag", TP.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TP.INT64, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_condition_computed_from_a_size_in_a_branch_stays_on_the_host():
+    """The branch optimizer's elementwise fusion made ``Size == 0 -> Not`` one kiln::Elementwise region, which is
+    no host op: on a GPU it ran on the device and the nested If read its condition back, a synchronization that
+    broke silero-vad's CUDA-graph capture. Shape arithmetic now stays out of regions: after a build, every If
+    condition inside the bodies is a host value, and the engine still computes the right branch."""
+    model = _size_condition_model()
+    engine = kiln.build(model, kiln.BuilderConfig(device="cpu", profiles=(kiln.Profile.of(v=((1,), (3,), (8,))),)))
+    graph = engine.program.graph
+    assert not [n for n in graph.all_nodes() if n.op_type == "Elementwise"]
+    bodies = plan_body_placement(graph, engine.registry, plan_placement(graph, engine.registry))
+    conditions = [n.inputs[0] for g in graph.walk_graphs() if g is not graph for n in g.nodes if n.op_type == "If"]
+    assert conditions and all(v.id in bodies.host_values for v in conditions)
+    ctx = engine.create_execution_context()
+    for flag in (True, False):
+        out = ctx.infer({"v": np.array([1, -2, 3], np.int64), "flag": np.array(flag)})
+        np.testing.assert_array_equal(out["y"], [1, -2, 3])
