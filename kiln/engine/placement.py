@@ -50,8 +50,12 @@ def body_host_constants(graph: Graph, registry: Registry) -> set[int]:
     a device copy (plan_body_placement); one read as a Python value from the device would be a device-to-host
     copy, which CUDA graph capture refuses (silero-vad's STFT padding in its If bodies ran eagerly on every
     shape)."""
-    kept = set(_host_returned_outputs(graph, registry))
-    outputs = {v.id for g in graph.walk_graphs() for v in g.outputs} - kept
+    return _body_constants(graph, set(_host_returned_outputs(graph, registry)))
+
+
+def _body_constants(graph: Graph, returned: set[int]) -> set[int]:
+    """body_host_constants, given the ids of the body outputs handed back on the host."""
+    outputs = {v.id for g in graph.walk_graphs() for v in g.outputs} - returned
     return {v.id for g in graph.walk_graphs() if g is not graph for v in g.constants.values()
             if is_host_constant(v.const) and v.id not in outputs}
 
@@ -82,8 +86,8 @@ def plan_body_placement(graph: Graph, registry: Registry, outer: Placement) -> P
     Shape made its result on the device from a pageable host list, and capture failed on every shape of
     silero-vad (H100, 2026-12-07)."""
     host_ops, host_slots = registry.ops_with("host"), registry.host_input_slots()
-    body_consts = body_host_constants(graph, registry)
     returned = set(_host_returned_outputs(graph, registry))
+    body_consts = _body_constants(graph, returned)
     merged = Placement(set(), set(), {})
 
     def visit(g: Graph, outer_host: set[int]) -> None:

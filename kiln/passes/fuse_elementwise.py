@@ -11,7 +11,7 @@ for it (``can_emit``: the region's reason to exist is one generated kernel), its
 from __future__ import annotations
 
 from ..backends.triton.ops import can_emit
-from ..engine.placement import MAX_HOST_CONSTANT
+from ..engine.placement import is_host_constant
 from ..ir.graph import Graph, Node, Value
 from ..ops.fused_steps import Instr, encode_attr, inp, tmp
 from .context import PassContext
@@ -38,20 +38,18 @@ def fusable_ops(registry) -> frozenset[str]:
     return frozenset(t for t in registry.ops_with("elementwise") if can_emit(t) and t not in NOT_FUSED)
 
 
-def _shape_arithmetic(n: Node, ctx: PassContext) -> bool:
+def _shape_arithmetic(n: Node, host_ops: frozenset[str]) -> bool:
     """Every input computed from Shape/Size and small integer constants by ``host``-trait ops (a Size compared
     with 0, a Shape entry scaled). A GPU engine runs such arithmetic on the host (kiln/engine/placement.py); a
     region is no host op, so it ran on the device, and the If reading its result as a condition copied it
     back: a synchronization that broke silero-vad's CUDA-graph capture (its branches' ``Not(Size == 0)``).
     Judged by where the values come from, not by their size: a small boolean attention mask is data."""
-    host_ops = ctx.registry.ops_with("host")
     return bool(n.inputs) and all(v is None or _from_shapes(v, host_ops, 8) for v in n.inputs)
 
 
 def _from_shapes(v: Value, host_ops: frozenset[str], depth: int) -> bool:
     if v.const is not None:
-        c = v.const
-        return not c.dtype.is_floating_point and not c.is_complex() and c.numel() <= MAX_HOST_CONSTANT
+        return is_host_constant(v.const)
     p = v.producer
     if p is None or p.domain != "" or depth == 0:
         return False
@@ -60,29 +58,29 @@ def _from_shapes(v: Value, host_ops: frozenset[str], depth: int) -> bool:
     return p.op_type in host_ops and all(u is None or _from_shapes(u, host_ops, depth - 1) for u in p.inputs)
 
 
-def _is_elementwise(n: Node | None, graph: Graph, ops: frozenset[str], ctx: PassContext) -> bool:
+def _is_elementwise(n: Node | None, graph: Graph, ops: frozenset[str], host_ops: frozenset[str]) -> bool:
     return n is not None and n.graph is graph and n.domain == "" and n.op_type in ops and _encodable(n) \
-        and all(o is not None for o in n.outputs) and len(n.outputs) == 1 and not _shape_arithmetic(n, ctx)
+        and all(o is not None for o in n.outputs) and len(n.outputs) == 1 and not _shape_arithmetic(n, host_ops)
 
 
 def fuse_elementwise(graph: Graph, ctx: PassContext) -> bool:
     changed = False
-    ops = fusable_ops(ctx.registry)
+    ops, host_ops = fusable_ops(ctx.registry), ctx.registry.ops_with("host")
     for start in list(graph.nodes):
-        if start.graph is not graph or not _is_elementwise(start, graph, ops, ctx):
+        if start.graph is not graph or not _is_elementwise(start, graph, ops, host_ops):
             continue
         prev = start.inputs[0].producer if start.inputs and start.inputs[0] is not None else None
-        if _is_elementwise(prev, graph, ops, ctx) and only_use(prev.outputs[0]) is start:
+        if _is_elementwise(prev, graph, ops, host_ops) and only_use(prev.outputs[0]) is start:
             continue  # not the head of its chain
         chain = [start]
         while True:
             last = chain[-1].outputs[0]
             nxt = only_use(last)
             if nxt is None and len(last.uses) > 1:
-                fusable = [n for n, _ in last.uses if _is_elementwise(n, graph, ops, ctx)]
+                fusable = [n for n, _ in last.uses if _is_elementwise(n, graph, ops, host_ops)]
                 if fusable:
                     ctx.reject("fuse_elementwise", [chain[-1], *fusable], several_readers_reason(last))
-            if not _is_elementwise(nxt, graph, ops, ctx):
+            if not _is_elementwise(nxt, graph, ops, host_ops):
                 break
             chain.append(nxt)
         if len(chain) < 2:

@@ -546,7 +546,7 @@ class Tuner:
         return ref_kernel, ctx
 
 
-def _layer_kind(node, cands: list[Choice], specs: list | None = None) -> tuple:
+def _layer_kind(node, cands: list[Choice], specs: list) -> tuple:
     """What makes layers alike for the shortlist: the op, its candidates, its input and weight element types
     (an fp16 and an fp32 layer of a mixed engine prefer different kernels), for convolutions and pooling the
     kernel size, strides, dilations and grouping (dense, depthwise or grouped), and the size class of its
@@ -561,7 +561,7 @@ def _layer_kind(node, cands: list[Choice], specs: list | None = None) -> tuple:
         else "grouped"
     x = node.inputs[0] if node.inputs else None
     dtypes = (str(getattr(getattr(x, "type", None), "dtype", None)), None if w is None else str(w.dtype))
-    sizes = tuple(None if spec is None else tuple(_size_class(d) for d in spec.shape) for spec in specs or ())
+    sizes = tuple(None if spec is None else tuple(_size_class(d) for d in spec.shape) for spec in specs)
     return (node.domain, node.op_type, tuple(c.label for c in cands), dtypes, kernel,
             tuple(node.attrs.get("strides", ())), tuple(node.attrs.get("dilations", ())), grouping, sizes)
 

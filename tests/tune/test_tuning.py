@@ -373,6 +373,16 @@ def _shortlist_setup(extra: dict, not_applicable_until: int = 0):
     return e, node, facts, cands, make_tuner, layer
 
 
+def _past_the_full_timings(e, node, facts, cands, make_tuner):
+    """A level-3 tuner that has timed two layers of the node's kind with every candidate (each with a fresh cache,
+    so each is tuned): the next layer of the kind gets the shortlist."""
+    t = make_tuner(3)
+    for i in range(2):
+        t.cache = TimingCache()
+        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    return t
+
+
 def test_a_candidate_not_applicable_on_the_first_layers_of_a_kind_is_still_tried_later():
     e, node, facts, cands, make_tuner, layer = _shortlist_setup({"big": 0.2}, not_applicable_until=2)
     t = make_tuner(3)
@@ -387,10 +397,7 @@ def test_a_candidate_not_applicable_on_the_first_layers_of_a_kind_is_still_tried
 
 def test_the_widest_search_times_again_a_layer_cached_from_a_shortlist():
     e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
-    t = make_tuner(3)
-    for i in range(2):
-        t.cache = TimingCache()
-        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    t = _past_the_full_timings(e, node, facts, cands, make_tuner)
     t.cache = shared = TimingCache()
     assert "slow" not in t.tune_layer(node, cands, facts, e._constants, seed=2).times
     again = make_tuner(3, shared).tune_layer(node, cands, facts, e._constants, seed=3)
@@ -404,10 +411,7 @@ def test_a_layer_of_another_size_class_times_every_candidate():
     different size class) is timed with every candidate, one of a 1.3x larger map (the same class) is not."""
     from kiln.passes.propagate import propagate
     e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
-    t = make_tuner(3)
-    for i in range(2):
-        t.cache = TimingCache()
-        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    t = _past_the_full_timings(e, node, facts, cands, make_tuner)
     for size, full in ((80, False), (128, True)):
         t.cache = TimingCache()
         other = propagate(e.graph, {"image": (2, 3, size, size)}, e.registry)
@@ -419,10 +423,7 @@ def test_an_entry_of_an_older_shortlist_scheme_is_timed_again():
     """Entries shortlisted before layer kinds had size classes (``"shortlist": true``) carried stage-1 winners to
     later stages: a build times such a layer again instead of reusing them."""
     e, node, facts, cands, make_tuner, _ = _shortlist_setup({"slow": 3.0})
-    t = make_tuner(3)
-    for i in range(2):
-        t.cache = TimingCache()
-        t.tune_layer(node, cands, facts, e._constants, seed=i)
+    t = _past_the_full_timings(e, node, facts, cands, make_tuner)
     t.cache = shared = TimingCache()
     t.tune_layer(node, cands, facts, e._constants, seed=2)
     (entry,) = shared.entries.values()
