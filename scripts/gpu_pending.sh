@@ -11,7 +11,9 @@
 #   19: the INT4 GEMM bar (met on the H100 on 2026-12-07: 1.05x fp16 at batch 1);
 #   21: GPU serving with batches padded to bucket sizes (the unpadded run: batching on 734 req/s, off 849);
 #   20: int8 refit on the GPU (passed on the H100 on 2026-12-07 in 300 s);
-#   18: 8-bit ResNet-50 build time with the tuner's shortlist against the exhaustive search (int8_build,
+#   18: the int8 TMA kernels (int8_conv / int8_triton, wgmma s8) tested and INT8 ResNet-50 against fp16 and fp8
+#       (int8_tma, int8_tma_bench: before them int8 ran at 0.57x fp16's throughput on the H100);
+#       8-bit ResNet-50 build time with the tuner's shortlist against the exhaustive search (int8_build,
 #       fp8_build; measured 2026-12-07: 85.5 vs 93.3 s, the shortlist 8% slower, since narrowed by size class),
 #       where the int8 build's time goes (build_profile), and where EfficientNet-B0 / RegNetY-016 lose to
 #       torch.compile at batch 256 (zoo_profile).
@@ -41,6 +43,9 @@ if [ -d .whl ] && { [ "$WANTED" = "  " ] || [[ "$WANTED" == *" serve "* ]]; }; t
     --clients 64 --duration 20 --warmup 3 --json "$OUT/serve_gpu.json"
 fi
 step refit 300 python3 benchmarks/bench_refit.py --device cuda --precisions int8 --out "$OUT/refit_gpu.json"
+step int8_tma 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_int8_tma_gpu.py tests/gpu/test_fp8_conv_gpu.py
+step int8_tma_bench 420 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 \
+  --precisions fp16,int8,fp8 --search shortlist --kernels --explain
 step build_profile 300 python3 benchmarks/profile_build.py --device cuda --model resnet50 --batch 256 --precision int8
 step int8_build 560 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 --precisions fp16,int8 \
   --search shortlist,exhaustive

@@ -1,4 +1,4 @@
-"""An fp8 layer whose float output feeds quantized layers and others also writes the quantized copy itself.
+"""An 8-bit layer whose float output feeds quantized layers and others also writes the quantized copy itself.
 
     Y = QConv(...){fp8};  QConv(Y){x_scale s}, QConv(Y){x_scale s}, QConv(.., residual Y)
       ->  Y, Yq = QConv(...){q_scale s, q_dtype fp8};  QConv(Yq){input_quantized}, ..., QConv(.., residual Y)
@@ -11,16 +11,20 @@ byte per element. Layers whose readers are all quantized already write 8-bit dat
 kiln/quant/rewrite.py); this pass takes the mixed case. Yq is QuantizeLinear of Y as stored (in Y's type).
 
 Which producers: kiln::QConv / QLinear with fp8 X and a float output (the fp8 kernels, ``fp8_conv`` /
-``fp8_triton``, store the copy). Which readers switch: as for the LayerNorm's copy (quantize_norms.py),
-kiln::QLinear / QConv at input 0, fp8, static per-tensor scale; the group with the most readers wins.
-Runs after the precision passes, so Y's type is final.
+``fp8_triton``, store the copy), and on Hopper GPUs those with symmetric int8 X whose channels the int8 TMA
+kernels (``int8_conv`` / ``int8_triton``) take: elsewhere no int8 tactic writes a second output, and the layer
+would be left to its op's own kernel. Which readers switch: as for the LayerNorm's copy (quantize_norms.py),
+kiln::QLinear / QConv at input 0, of the producer's 8-bit type, zero point 0, static per-tensor scale; the
+group with the most readers wins. Runs after the precision passes, so Y's type is final.
 
-``quantize_pool_outputs``: a MaxPool whose readers all quantize its output the same way (fp8; ResNet's stem
-pool, read by the first block's 1x1 and shortcut convolutions) becomes ``kiln::MaxPoolQuantize`` and writes the
-codes once (quantization is monotonic: the max of the codes is the code of the max), instead of a float output
-and one quantize pass per reader.
+``quantize_pool_outputs``: a MaxPool whose readers all quantize its output the same way (fp8, or symmetric int8
+on Hopper; ResNet's stem pool, read by the first block's 1x1 and shortcut convolutions) becomes
+``kiln::MaxPoolQuantize`` and writes the codes once (quantization is monotonic: the max of the codes is the code
+of the max), instead of a float output and one quantize pass per reader.
 """
 from __future__ import annotations
+
+import torch
 
 from ..ir.dtype import DType
 from ..ir.graph import Graph, Value
@@ -29,12 +33,35 @@ from .context import PassContext
 from .quantize_norms import Q_DTYPES, reader_key, switch_readers
 
 
+def _copy_formats(ctx: PassContext) -> tuple[str, ...]:
+    """The 8-bit types whose copies the target's kernels write: fp8 always (its kernels need Hopper anyway),
+    int8 where the int8 TMA kernels run (a CUDA device of compute capability 9.0 or newer)."""
+    device = str(ctx.config.device)
+    if device.startswith("cuda") and torch.cuda.is_available() \
+            and torch.cuda.get_device_capability(torch.device(device)) >= (9, 0):
+        return "fp8e4m3", "int8"
+    return ("fp8e4m3",)
+
+
+def _tma_channels(n) -> bool:
+    """An int8 layer whose weight the TMA kernels take: output and input channels (a QLinear's N and K) multiples
+    of 16, group 1 (TMA's 16-byte rows of 8-bit data)."""
+    w = getattr(n.inputs[1], "const", None) if len(n.inputs) > 1 and n.inputs[1] is not None else None
+    if w is None or w.dim() < 2 or int(n.attrs.get("group", 1)) != 1:
+        return False
+    return w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
+
+
 def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
+    formats = _copy_formats(ctx)
     changed = False
     for n in graph.nodes:
         a = n.attrs
-        if n.domain != "kiln" or n.op_type not in ("QConv", "QLinear") or a.get("x_dtype") != "fp8e4m3" \
+        fmt = a.get("x_dtype")
+        if n.domain != "kiln" or n.op_type not in ("QConv", "QLinear") or fmt not in formats \
                 or "out_scale" in a or "q_scale" in a or len(n.outputs) != 1:
+            continue
+        if fmt == "int8" and (int(a.get("x_zero_point", 0)) or not _tma_channels(n)):
             continue
         y = n.outputs[0]
         y_dtype = ctx.dtype(y)
@@ -43,7 +70,7 @@ def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
         groups: dict[tuple, list] = {}
         for reader, slot in y.uses:
             key = reader_key(reader, slot)
-            if key is not None and key[2] == "fp8e4m3" and not key[1]:
+            if key is not None and key[2] == fmt and not key[1]:
                 groups.setdefault(key, []).append(reader)
         if not groups:
             continue
@@ -61,6 +88,7 @@ def quantize_layer_outputs(graph: Graph, ctx: PassContext) -> bool:
 
 
 def quantize_pool_outputs(graph: Graph, ctx: PassContext) -> bool:
+    formats = _copy_formats(ctx)
     outputs = {id(v) for v in graph.outputs}
     changed = False
     for n in graph.nodes:
@@ -74,7 +102,7 @@ def quantize_pool_outputs(graph: Graph, ctx: PassContext) -> bool:
         if len(keys) != 1 or None in keys:
             continue
         scale, zero_point, q_dtype = keys.pop()
-        if q_dtype != "fp8e4m3" or zero_point:
+        if q_dtype not in formats or zero_point:
             continue
         readers = [reader for reader, _ in y.uses]
         n.op_type, n.domain = "MaxPoolQuantize", "kiln"

@@ -16,6 +16,8 @@
 - ``fp8_conv``: kiln::QConv with fp8 X through Kiln's fp8 TMA implicit-GEMM convolution
   (``kiln/backends/triton/fp8_conv.py``), or with ``gemm`` a 1x1 stride-1 layer through the fp8 GEMM above;
   the epilogue, residual adds and an fp8 requantized output fused, so fp8 activations chain conv to conv.
+- ``int8_triton`` / ``int8_conv``: the same two kernels with int8 operands (wgmma s8, int32 accumulator) for
+  layers with symmetric int8 X (zero point 0, what Kiln's calibration makes): the TMA path for INT8 engines.
 - ``qconv_fp16``: any other QConv through a float16 cuDNN convolution of the quantized values (see
   :class:`QConvHalf` for when that is exact).
 
@@ -76,8 +78,9 @@ def _check_layer(node, fp8: bool | None, copy_ok: bool = False) -> str:
         raise NotApplicable("SmoothQuant input scaling")
     if a.get("input_quantized") and fmt == "uint8":
         raise NotApplicable("uint8 data arriving quantized (needs a centring pass)")
-    if "q_scale" in a and not (copy_ok and a.get("q_dtype") == "fp8e4m3" and not int(a.get("q_zero_point", 0))):
-        raise NotApplicable(f"a second, {a.get('q_dtype')} output (fp8_triton / fp8_conv write an fp8 one)")
+    if "q_scale" in a and not (copy_ok and a.get("q_dtype") == fmt and not int(a.get("q_zero_point", 0))):
+        raise NotApplicable(f"a second, {a.get('q_dtype')} output (the TMA kernels, fp8_triton / fp8_conv / "
+                            "int8_triton / int8_conv, write one of their own type)")
     return fmt
 
 
@@ -245,18 +248,27 @@ class QGemm(_Counting):
 
 
 class _Fp8Layer(_Counting):
-    """What the fp8 kernel layers share: the layer's parts, the bound launch, and X's quantize pass."""
+    """What the TMA kernel layers share (fp8 or int8 operands, ``fmt``): the layer's parts, the bound launch, and
+    X's quantize pass."""
 
-    def _parts(self, node, constants: dict, device: torch.device) -> tuple:
-        """(weight, dequantizing scale, bias, launch keywords) for an fp8 kernel; NotApplicable for what they do
-        not take. The scale is w_scale * sx as the own kernel's float32 product."""
+    def _parts(self, node, constants: dict, device: torch.device, fmt: str) -> tuple:
+        """(weight, dequantizing scale, bias, launch keywords) for an 8-bit TMA kernel; NotApplicable for what
+        they do not take. The scale is w_scale * sx as the own kernel's float32 product."""
         a = node.attrs
-        self.fmt = _check_layer(node, True, copy_ok=True)
+        self.fmt = _check_layer(node, fmt == "fp8e4m3", copy_ok=True)
+        if self.fmt != fmt:
+            raise NotApplicable(f"the layer's X is {self.fmt}")
+        if int(a.get("x_zero_point", 0)):
+            raise NotApplicable(f"X's zero point {a.get('x_zero_point')} (symmetric quantization only: the TMA "
+                                "zero fill of the padding must be the real zero)")
+        self.code = STORAGE[fmt]
         wq = _const(node, 1, constants, "weight")
+        if wq.dtype != self.code:
+            raise NotApplicable(f"a {wq.dtype} weight with {fmt} X")
         w_scale = _const(node, 2, constants, "weight scale").to(torch.float32).reshape(-1)
         bias = _const(node, 3, constants, "bias", optional=True)
         requant = _requant(a)
-        if requant is not None and (requant[2] != "fp8e4m3" or requant[1]):
+        if requant is not None and (requant[2] != fmt or requant[1]):
             raise NotApplicable(f"requantization to {requant[2]} with zero point {requant[1]}")
         scale = (w_scale * torch.tensor(float(a["x_scale"]), dtype=torch.float32)).to(device)
         kw = dict(steps=list(a.get("epilogue", [])), out_scale=None if requant is None else requant[0],
@@ -275,20 +287,21 @@ class _Fp8Layer(_Counting):
             raise NotApplicable(str(e)) from None
         a = node.attrs
         self.input_quantized = bool(a.get("input_quantized"))
-        self.quant = None if self.input_quantized else Quantize(float(a["x_scale"]), "fp8e4m3", 0, "q")
+        self.quant = None if self.input_quantized else Quantize(float(a["x_scale"]), self.fmt, 0, "q")
         self.name = ("" if self.input_quantized else "triton_quant+") + self.launch.name
 
 
 class Fp8GemmTriton(_Fp8Layer):
-    """kiln::QLinear (fp8 X, per-tensor or per-channel weight scale) as [Triton quantize ->] one fp8 GEMM kernel
-    with the whole epilogue and the store (float, or fp8 when the layer requantizes) fused."""
+    """kiln::QLinear (fp8 or symmetric int8 X, per-tensor or per-channel weight scale) as [Triton quantize ->]
+    one 8-bit GEMM kernel with the whole epilogue and the store (float, or 8-bit when the layer requantizes)
+    fused."""
 
-    def __init__(self, node, constants: dict, device: torch.device, config: tuple):
+    def __init__(self, node, constants: dict, device: torch.device, config: tuple, fmt: str = "fp8e4m3"):
         super().__init__(node, _own_kernel(node))
         from ..backends.triton.fp8_gemm import Fp8GemmLaunch
         if node.op_type != "QLinear":
-            raise NotApplicable("for kiln::QLinear (QConv: fp8_conv)")
-        wq, scale, bias, kw = self._parts(node, constants, device)
+            raise NotApplicable("for kiln::QLinear (QConv: fp8_conv / int8_conv)")
+        wq, scale, bias, kw = self._parts(node, constants, device, fmt)
         self._bind(node, lambda: Fp8GemmLaunch(wq.to(device), scale, bias, config=tuple(config), **kw), device)
         self.k, self.n = self.launch.k, self.launch.n
 
@@ -303,11 +316,11 @@ class Fp8GemmTriton(_Fp8Layer):
             x = x.contiguous()
         m = x.numel() // self.k
         if self.input_quantized:
-            if x.dtype != torch.float8_e4m3fn:
+            if x.dtype != self.code:
                 raise Unsupported(f"an input_quantized layer got {x.dtype}")
             x8 = x.view(m, self.k)
         else:
-            x8 = self.quant(x, torch.empty((m, self.k), dtype=torch.float8_e4m3fn, device=x.device))
+            x8 = self.quant(x, torch.empty((m, self.k), dtype=self.code, device=x.device))
         y = self.launch(x8, [inputs[i] for i in self.launch.residuals], _out_dtype(x, attrs))
         if isinstance(y, tuple):
             return tuple(t.view(*x.shape[:-1], self.n) for t in y)
@@ -316,23 +329,24 @@ class Fp8GemmTriton(_Fp8Layer):
 
 # -- fp8 convolution ----------------------------------------------------------------------------------------------
 class Fp8ConvTriton(_Fp8Layer):
-    """kiln::QConv with fp8 X as [Triton quantize ->] one fp8 kernel with the whole epilogue and the store fused
-    (float, or fp8 when the layer requantizes, so that convolution chains pass fp8 activations): the TMA
-    implicit-GEMM convolution (``kiln/backends/triton/fp8_conv.py``), or with ``gemm`` a 1x1 stride-1 layer as
-    Kiln's fp8 GEMM (``fp8_gemm.py``) of the channels-last [N*H*W, C] view."""
+    """kiln::QConv with fp8 or symmetric int8 X (``fmt``) as [Triton quantize ->] one 8-bit kernel with the whole
+    epilogue and the store fused (float, or 8-bit when the layer requantizes, so that convolution chains pass
+    8-bit activations): the TMA implicit-GEMM convolution (``kiln/backends/triton/fp8_conv.py``), or with
+    ``gemm`` a 1x1 stride-1 layer as Kiln's 8-bit GEMM (``fp8_gemm.py``) of the channels-last [N*H*W, C] view."""
 
-    def __init__(self, node, constants: dict, device: torch.device, config: tuple, gemm: bool):
+    def __init__(self, node, constants: dict, device: torch.device, config: tuple, gemm: bool,
+                 fmt: str = "fp8e4m3"):
         super().__init__(node, _own_kernel(node))
         from ..backends.triton.fp8_conv import Fp8ConvLaunch
         from ..backends.triton.fp8_gemm import Fp8GemmLaunch
         if node.op_type != "QConv":
-            raise NotApplicable("for kiln::QConv (QLinear: fp8_triton)")
-        wq, scale, bias, kw = self._parts(node, constants, device)
+            raise NotApplicable("for kiln::QConv (QLinear: fp8_triton / int8_triton)")
+        wq, scale, bias, kw = self._parts(node, constants, device, fmt)
         if wq.dim() != 4:
             raise NotApplicable(f"a {wq.dim() - 2}-d convolution (2-d only)")
         self.o, self.c = wq.shape[:2]
         if gemm and not _is_gemm_conv(node, wq):
-            raise NotApplicable("the fp8 GEMM takes 1x1, stride-1, unpadded convolutions")
+            raise NotApplicable("the 8-bit GEMM takes 1x1, stride-1, unpadded convolutions")
 
         def make():
             if gemm:
@@ -355,11 +369,11 @@ class Fp8ConvTriton(_Fp8Layer):
             raise Unsupported(f"an input of shape {list(x.shape)} for C={self.c}")
         x = self._channels_last(x, "the input")
         if self.input_quantized:
-            if x.dtype != torch.float8_e4m3fn:
+            if x.dtype != self.code:
                 raise Unsupported(f"an input_quantized layer got {x.dtype}")
             x8 = x
         else:  # the same memory order as x: channels-last
-            x8 = self.quant(x, torch.empty_like(x, dtype=torch.float8_e4m3fn))
+            x8 = self.quant(x, torch.empty_like(x, dtype=self.code))
         res = [self._channels_last(inputs[i], "a residual") for i in self.launch.residuals]
         want = _out_dtype(x, attrs)
         if not self.gemm:
@@ -476,26 +490,37 @@ def fp8_fast(node, params, constants, device):
     return _wrap(QGemm(node, constants, device, fp8=True))
 
 
-def fp8_triton(node, params, constants, device):
-    _require_cuda(device, "fp8_triton")
-    _triton_ok(device)
-    if torch.cuda.get_device_capability(device) < (9, 0):
-        raise NotApplicable("the fp8 TMA GEMM needs compute capability 9.0 (Hopper) or newer")
-    from ..backends.triton.fp8_gemm import CONFIGS
-    return _wrap(Fp8GemmTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0])))
-
-
-def fp8_conv(node, params, constants, device):
-    _require_cuda(device, "fp8_conv")
-    _triton_ok(device)
-    if torch.cuda.get_device_capability(device) < (9, 0):
-        raise NotApplicable("the fp8 TMA convolution needs compute capability 9.0 (Hopper) or newer")
-    gemm = bool(params.get("gemm"))
-    if gemm:
+def _tma_gemm(fmt: str):
+    """The factory of the 8-bit TMA GEMM tactic for ``fmt`` X ("fp8_triton", "int8_triton")."""
+    def factory(node, params, constants, device):
+        name = _TMA_NAMES[fmt][0]
+        _require_cuda(device, name)
+        _triton_ok(device)
+        if torch.cuda.get_device_capability(device) < (9, 0):
+            raise NotApplicable(f"{name}: the TMA GEMM needs compute capability 9.0 (Hopper) or newer")
         from ..backends.triton.fp8_gemm import CONFIGS
-    else:
-        from ..backends.triton.fp8_conv import CONFIGS
-    return _wrap(Fp8ConvTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0]), gemm))
+        return _wrap(Fp8GemmTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0]), fmt))
+    return factory
+
+
+def _tma_conv(fmt: str):
+    """The factory of the 8-bit TMA convolution tactic for ``fmt`` X ("fp8_conv", "int8_conv")."""
+    def factory(node, params, constants, device):
+        name = _TMA_NAMES[fmt][1]
+        _require_cuda(device, name)
+        _triton_ok(device)
+        if torch.cuda.get_device_capability(device) < (9, 0):
+            raise NotApplicable(f"{name}: the TMA convolution needs compute capability 9.0 (Hopper) or newer")
+        gemm = bool(params.get("gemm"))
+        if gemm:
+            from ..backends.triton.fp8_gemm import CONFIGS
+        else:
+            from ..backends.triton.fp8_conv import CONFIGS
+        return _wrap(Fp8ConvTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0]), gemm, fmt))
+    return factory
+
+
+_TMA_NAMES = {"fp8e4m3": ("fp8_triton", "fp8_conv"), "int8": ("int8_triton", "int8_conv")}
 
 
 def qconv_fp16(node, params, constants, device):
@@ -504,5 +529,6 @@ def qconv_fp16(node, params, constants, device):
     return _wrap(QConvHalf(node, constants, device))
 
 
-FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "fp8_triton": fp8_triton, "fp8_conv": fp8_conv,
-             "qconv_fp16": qconv_fp16}
+FACTORIES = {"int8_fast": int8_fast, "fp8_fast": fp8_fast, "qconv_fp16": qconv_fp16,
+             **{gemm: _tma_gemm(fmt) for fmt, (gemm, _) in _TMA_NAMES.items()},
+             **{conv: _tma_conv(fmt) for fmt, (_, conv) in _TMA_NAMES.items()}}

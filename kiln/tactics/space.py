@@ -29,6 +29,38 @@ __all__ = ["DEFAULT", "SPACE", "FACTORIES", "Choice", "NotApplicable", "TORCH", 
 
 # -- the table -----------------------------------------------------------------------------------------------
 _ROWS = [Row("torch", {}, "any", 0), Row("triton", {}, "cuda", 2)]
+
+
+def _tma_gemm_rows(name: str) -> list:
+    """The 8-bit TMA GEMM's rows (configs = fp8_gemm.CONFIGS, the level each joins at)."""
+    return [Row(name, {"config": [128, 128, 128, 8, 8, 4]}, "cuda", 2),
+            Row(name, {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
+            Row(name, {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
+            Row(name, {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
+            Row(name, {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
+            Row(name, {"config": [128, 128, 64, 8, 4, 2, 2]}, "cuda", 3),
+            Row(name, {"config": [256, 64, 64, 8, 4, 2, 2]}, "cuda", 3)]
+
+
+def _tma_conv_rows(name: str) -> list:
+    """The 8-bit TMA convolution's rows: its own configs (fp8_conv.CONFIGS), then 1x1 stride-1 layers through the
+    8-bit GEMM (``gemm``: fp8_gemm.CONFIGS)."""
+    return [Row(name, {"config": [128, 128, 8, 8, 4]}, "cuda", 2),
+            Row(name, {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
+            Row(name, {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
+            Row(name, {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
+            Row(name, {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
+            Row(name, {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
+            Row(name, {"config": [64, 64, 8, 4, 4, 128, 2]}, "cuda", 2),
+            Row(name, {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
+            Row(name, {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+            Row(name, {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
+            Row(name, {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
+            Row(name, {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
+            Row(name, {"config": [128, 128, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
+            Row(name, {"config": [256, 64, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2)]
+
+
 _TABLE: dict[tuple[str, str], list[Row]] = {
     ("kiln", "Conv"): [
         Row("torch", {}, "any", 0),
@@ -59,36 +91,18 @@ _TABLE: dict[tuple[str, str], list[Row]] = {
         Row("torch", {}, "any", 0),
         Row("int8_fast", {}, "cuda", 2),
         Row("fp8_fast", {}, "cuda", 2),
-        # Kiln's fp8 GEMM with the epilogue fused (kiln/backends/triton/fp8_gemm.py), configs = fp8_gemm.CONFIGS
-        Row("fp8_triton", {"config": [128, 128, 128, 8, 8, 4]}, "cuda", 2),
-        Row("fp8_triton", {"config": [128, 256, 128, 8, 8, 3]}, "cuda", 2),
-        Row("fp8_triton", {"config": [256, 128, 128, 8, 8, 3]}, "cuda", 3),
-        Row("fp8_triton", {"config": [128, 256, 64, 8, 8, 4]}, "cuda", 3),
-        Row("fp8_triton", {"config": [256, 64, 64, 8, 4, 4]}, "cuda", 3),
-        Row("fp8_triton", {"config": [128, 128, 64, 8, 4, 2, 2]}, "cuda", 3),
-        Row("fp8_triton", {"config": [256, 64, 64, 8, 4, 2, 2]}, "cuda", 3),
+        # Kiln's 8-bit GEMM with the epilogue fused (kiln/backends/triton/fp8_gemm.py), configs = fp8_gemm.CONFIGS;
+        # fp8 X, and symmetric int8 X (each row applies to one of the two)
+        *_tma_gemm_rows("fp8_triton"), *_tma_gemm_rows("int8_triton"),
     ],
     ("kiln", "QConv"): [  # 1x1 convs as the GEMM above; the others through a float16 cuDNN convolution
         Row("torch", {}, "any", 0),
         Row("int8_fast", {}, "cuda", 2),
         Row("fp8_fast", {}, "cuda", 2),
         Row("qconv_fp16", {}, "cuda", 2),
-        # fp8: Kiln's TMA implicit-GEMM convolution (kiln/backends/triton/fp8_conv.py, configs = its CONFIGS) and,
-        # for 1x1 stride-1 layers, the fp8 GEMM (fp8_gemm.CONFIGS)
-        Row("fp8_conv", {"config": [128, 128, 8, 8, 4]}, "cuda", 2),
-        Row("fp8_conv", {"config": [256, 128, 8, 8, 3]}, "cuda", 2),
-        Row("fp8_conv", {"config": [64, 64, 8, 4, 4]}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 64, 8, 8, 4]}, "cuda", 3),
-        Row("fp8_conv", {"config": [64, 64, 8, 8, 4, 256]}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 64, 8, 8, 4, 256]}, "cuda", 2),
-        Row("fp8_conv", {"config": [64, 64, 8, 4, 4, 128, 2]}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 128, 128, 8, 8, 4], "gemm": 1}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 256, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
-        Row("fp8_conv", {"config": [256, 128, 128, 8, 8, 3], "gemm": 1}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 256, 64, 8, 8, 4], "gemm": 1}, "cuda", 3),
-        Row("fp8_conv", {"config": [256, 64, 64, 8, 4, 4], "gemm": 1}, "cuda", 2),
-        Row("fp8_conv", {"config": [128, 128, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
-        Row("fp8_conv", {"config": [256, 64, 64, 8, 4, 2, 2], "gemm": 1}, "cuda", 2),
+        # Kiln's TMA implicit-GEMM convolution (kiln/backends/triton/fp8_conv.py, configs = its CONFIGS) and, for
+        # 1x1 stride-1 layers, the 8-bit GEMM (fp8_gemm.CONFIGS): fp8 X, and symmetric int8 X
+        *_tma_conv_rows("fp8_conv"), *_tma_conv_rows("int8_conv"),
         # Triton implicit-GEMM on 8-bit tensor cores (kiln/backends/triton/qconv.py), configs = qconv.CONFIGS
         Row("triton_qconv", {"config": [128, 128, 64, 8, 8, 4]}, "cuda", 2),
         Row("triton_qconv", {"config": [128, 64, 64, 8, 4, 4]}, "cuda", 2),
@@ -376,7 +390,8 @@ def _quantized(name: str) -> Factory:
     return factory
 
 
-_FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "qconv_fp16")})
+_FACTORIES.update({name: _quantized(name) for name in ("int8_fast", "fp8_fast", "fp8_triton", "fp8_conv", "int8_triton",
+                                                      "int8_conv", "qconv_fp16")})
 
 
 @triton_factory

@@ -111,7 +111,7 @@ def test_requantized_fp8_output_and_fp8_input():
     ({"x_dtype": "int8"}, 32, "X is int8"),
     ({}, 40, "multiple of 16"),
     ({"out_scale": 0.1, "out_zero_point": 0, "out_dtype": "int8"}, 32, "requantization to int8"),
-    ({"out_scale": 0.1, "out_zero_point": 0, "out_dtype": "fp8e4m3", "n": 24}, 32, "multiple of 16 for an fp8"),
+    ({"out_scale": 0.1, "out_zero_point": 0, "out_dtype": "fp8e4m3", "n": 24}, 32, "multiple of 16 for an 8-bit"),
 ])
 def test_not_applicable(attrs, k, why):
     attrs = dict(attrs)

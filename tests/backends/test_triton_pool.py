@@ -47,18 +47,27 @@ def test_matches_the_op(attrs, shape, dtype):
     assert torch.equal(got, want)
 
 
-def test_fp8_output_of_max_pool_quantize():
+@pytest.mark.parametrize("q_dtype,storage,tag", [("fp8e4m3", torch.float8_e4m3fn, "fp8"), ("int8", torch.int8, "s8")])
+def test_8bit_output_of_max_pool_quantize(q_dtype, storage, tag):
     from kiln.ops.quantized import max_pool_quantize
     from kiln.tune.tuner import _quantized_mismatch
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "q_scale": 0.02, "q_zero_point": 0,
-             "q_dtype": "fp8e4m3"}
+             "q_dtype": q_dtype}
     n = Node("MaxPoolQuantize", [Value("x")], [Value("y")], attrs, name="pq", domain="kiln")
     layer = MaxPoolLayer(n, max_pool_quantize)
-    x = nhwc(torch.randn(2, 16, 9, 9).half() * 3)
+    x = nhwc(torch.randn(2, 16, 9, 9).half() * 3)  # |x| up to ~12: int8 codes saturate at 127 (2.54)
     got = layer(CTX, [x], attrs)
     want = max_pool_quantize(CTX, [x], attrs)
-    assert not layer.fallbacks and got.dtype == want.dtype == torch.float8_e4m3fn and layer.name.endswith("[fp8 out]")
+    assert not layer.fallbacks and got.dtype == want.dtype == storage and layer.name.endswith(f"[{tag} out]")
     assert _quantized_mismatch(got, want) is None
+    if q_dtype == "int8":
+        assert int(got.max()) == 127 and torch.equal(got, want)  # saturated, and code for code the reference
+
+
+def test_an_asymmetric_int8_pool_output_is_refused():
+    attrs = {"kernel_shape": [2, 2], "q_scale": 0.02, "q_zero_point": 3, "q_dtype": "int8"}
+    with pytest.raises(Unsupported, match="zero point 3"):
+        MaxPoolLayer(Node("MaxPoolQuantize", [Value("x")], [Value("y")], attrs, name="pq", domain="kiln"), OWN)
 
 
 def test_nan_propagates_and_plain_layout_falls_back_counted():
@@ -96,11 +105,12 @@ def test_factory_and_space_row():
 
 def test_sm90_sources_compile():
     jobs = []
-    for fp8 in (False, True):
-        sig = {"x_ptr": "*fp16", "out_ptr": "*fp8e4nv" if fp8 else "*fp16"}
+    outs = {"": "*fp16", "fp8e4m3": "*fp8e4nv", "int8": "*i8"}
+    for q_out, out_ty in outs.items():
+        sig = {"x_ptr": "*fp16", "out_ptr": out_ty}
         sig.update({k: "i32" for k in ("P", "H", "W", "OH", "OW", "C", "sxn", "sxh", "sxw", "son", "soh", "sow")})
         sig["inv_q_scale"] = "fp32"
-        jobs.append({"source": max_pool_source(False, fp8), "signature": sig, "num_warps": 4, "num_stages": 3,
+        jobs.append({"source": max_pool_source(False, q_out), "signature": sig, "num_warps": 4, "num_stages": 3,
                      "constexprs": dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK_P=32, BLOCK_C=64),
-                     "expect": ["ld.global"] + (["e4m3"] if fp8 else [])})
-    assert aot.compile_in_subprocess(jobs) == ["", ""]
+                     "expect": ["ld.global"] + (["e4m3"] if q_out == "fp8e4m3" else [])})
+    assert aot.compile_in_subprocess(jobs) == ["", "", ""]

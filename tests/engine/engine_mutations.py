@@ -35,7 +35,7 @@ EPILOGUE_STEPS = ["relu", "add:0", "add:1", "add:2", "add:3", "add:7", "add:-1",
                   "mul:1", "mul:99", "addq:1", "addq:1:x", "addq:1:0.5", "clip", "clip:a:b", "clip::",
                   "clip:1:0", "leaky_relu", "leaky_relu:x", "elu:", "hardsigmoid:1", "bogus", "", 5, None]
 TACTICS = ["torch", "onednn", "onednn_gemm", "aten", "cudnn", "triton", "triton_gemm", "sdpa", "unfused", "fp8_conv",
-           "bogus", "", 5, None]
+           "int8_conv", "bogus", "", 5, None]
 VERSIONS = ["0.1.0", "0.1.99", "0.2.0", "1.0.0", "99.0.0", "0.0.1", "abc", "", "0", "0.1", "2.13.0", "3.0.0",
             "1.13.1", "2.99.0+cu999", 5, None, [0, 1]]
 MACHINES = ["x86_64", "aarch64", "arm64", "AMD64", "", 5, None]

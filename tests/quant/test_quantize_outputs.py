@@ -175,3 +175,43 @@ def test_first_convolution_stays_float16_on_cuda(fp16, device, kept):
     fmt, why = _format_for(Node("Conv", [Value("x"), w], [Value("y")], {}, name="stem", domain="kiln"), Ctx(), {})
     assert (fmt is None) == kept
     assert ("3 input channels" in why) == kept
+
+
+def test_int8_copies_only_where_the_int8_tma_kernels_run(monkeypatch):
+    """int8 copies need the int8 TMA kernels (Hopper): off on the CPU and on older GPUs, on from 9.0."""
+    from kiln.builder.config import BuilderConfig
+    from kiln.passes import quantize_outputs
+
+    class Ctx:
+        def __init__(self, device):
+            self.config = BuilderConfig(device=device, int8=True)
+    assert quantize_outputs._copy_formats(Ctx("cpu")) == ("fp8e4m3",)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, formats in [((8, 0), ("fp8e4m3",)), ((9, 0), ("fp8e4m3", "int8"))]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert quantize_outputs._copy_formats(Ctx("cuda")) == formats
+
+
+def test_int8_block_outputs_and_pool_write_int8_copies(monkeypatch):
+    """With int8 copies on (as on a Hopper GPU), a block output read in float also gets an int8 copy for the next
+    block's convolutions and the stem pool writes int8 codes; the engine computes exactly what it computed without
+    them (the copy is quantize(Y as stored), what each reader computed itself). The 3-channel stem is no TMA layer."""
+    from kiln.passes import quantize_outputs
+    monkeypatch.setattr(quantize_outputs, "_copy_formats", lambda ctx: ("fp8e4m3", "int8"))
+    model, calib, x = resnet_blocks(expose_block0=True, downsample=True, pool=True), data(), data(1)[0]
+
+    def build_int8(*drop):
+        steps = tuple(p for p in pipeline.DEFAULT_PIPELINE if getattr(p, "name", "") not in drop)
+        return kiln.build(model, int8=True, int8_calibrator=calib, calibration_method="minmax", pipeline=steps)
+    engine = build_int8()
+    assert engine.report.fusions.get("quantize_layer_outputs:QConv") == 1  # block 0's output
+    assert engine.report.fusions.get("quantize_pool_outputs") == 2  # read by conv1 and the downsample
+    got = engine.create_execution_context().infer(x)
+    reloaded = kiln.Engine.deserialize(engine.serialize())
+    for k, v in reloaded.create_execution_context().infer(x).items():
+        np.testing.assert_array_equal(v, got[k])
+    plain = build_int8("quantize_layer_outputs", "quantize_pool_outputs")
+    assert not any(k.startswith("quantize_") and "outputs" in k for k in plain.report.fusions)
+    want = plain.create_execution_context().infer(x)
+    for k in ("h1", "h2"):
+        np.testing.assert_array_equal(got[k], want[k])

@@ -1,7 +1,9 @@
-"""An fp8 (e4m3) implicit-GEMM convolution for kiln::QConv on Hopper, every operand through TMA, the layer's
-whole epilogue in the accumulator tile: ``y = conv(X8, W8) * (sx * sw[o]) + bias``, the epilogue steps (relu,
-``add:I`` residuals, ...), then the store: float16/bfloat16/float32, or requantized to fp8 for the next
-quantized layer (``out_scale``), so that convolution chains pass 8-bit activations.
+"""An 8-bit implicit-GEMM convolution for kiln::QConv on Hopper, fp8 (e4m3) or int8 (fp8_gemm.CODES), every
+operand through TMA, the layer's whole epilogue in the accumulator tile: ``y = conv(X8, W8) * (sx * sw[o]) +
+bias``, the epilogue steps (relu, ``add:I`` residuals, ...), then the store: float16/bfloat16/float32, or
+requantized to the 8-bit type for the next quantized layer (``out_scale``), so that convolution chains pass
+8-bit activations. int8 accumulates in int32 (wgmma s8) and takes zero point 0 only: TMA's zero fill of the
+padding is then the real zero.
 
 Why a second convolution kernel (``qconv.py`` has one): that one gathers its activation tiles with pointer
 loads, one pixel row at a time, and runs at 0.64-0.76x of cuDNN's fp16 convolutions on ResNet-50's 3x3 layers
@@ -36,7 +38,8 @@ import torch
 from . import cache
 from .codegen import prelude
 from .epilogue import epilogue_program
-from .fp8_gemm import FLOAT_OUT, _descriptor, _device_limits, _index, _reciprocal, extra_operands, tile_epilogue
+from .fp8_gemm import CODES, FLOAT_OUT, _acc_type, _descriptor, _device_limits, _float_acc, _index, _reciprocal, \
+    extra_operands, tile_epilogue
 from .launch import interpreting
 from .ops import Unsupported
 
@@ -82,11 +85,12 @@ class Fp8ConvSpec:
     bias_dtype: torch.dtype | None
     program: tuple
     attrs: tuple
-    residual_dtypes: tuple        # float, or float8_e4m3fn for an ``addq`` residual (dequantized in the program)
-    out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
+    residual_dtypes: tuple        # float, or ``code`` for an ``addq`` residual (dequantized in the program)
+    out_dtype: torch.dtype        # a float type, or ``code`` (requantized)
     persistent: bool
-    q_out: bool = False           # also store the float result quantized to fp8 (a second output)
+    q_out: bool = False           # also store the float result quantized to ``code`` (a second output)
     extras: tuple = ()            # the program's operands after acc/bias: residual j (int) or a constant (float)
+    code: torch.dtype = torch.float8_e4m3fn  # the operands' 8-bit type (fp8_gemm.CODES)
 
 
 def fp8_conv_source(spec: Fp8ConvSpec) -> str:
@@ -114,12 +118,12 @@ def fp8_conv_source(spec: Fp8ConvSpec) -> str:
          "pid_m = first_m + ((tile % group) % size_m)", "pid_n = (tile % group) // size_m",
          "ow0 = (pid_m % tiles_w) * BW", "oh0 = ((pid_m // tiles_w) % tiles_h) * BH",
          "n0 = (pid_m // (tiles_w * tiles_h)) * BB", "on = pid_n * BLOCK_N",
-         "acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)",
+         f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={_acc_type(spec.code)})",
          "for ks in range(KH * KW * CB):",
          "    tap = ks // CB", "    c0 = (ks % CB) * BLOCK_K", "    kh = tap // KW", "    kw = tap % KW"] + load + [
          "    w = w_desc.load([on, ks * BLOCK_K])",
          "    acc = tl.dot(a.reshape([BLOCK_M, BLOCK_K]), w.T, acc)",
-         "rn = on + tl.arange(0, BLOCK_N)",
+         "rn = on + tl.arange(0, BLOCK_N)"] + _float_acc(spec.code) + [
          "acc = acc * tl.load(scale_ptr + rn, mask=rn < O, other=0.0)[None, :]"]
     epi, fp8 = tile_epilogue(spec, helpers, "O",
                              lambda j: f"r{j}_desc.load([n0, oh0, ow0, on]).reshape([BLOCK_M, BLOCK_N])",
@@ -146,14 +150,16 @@ def _box_view(t: torch.Tensor, box: list[int]):
 
 
 class Fp8ConvLaunch:
-    """One kiln::QConv's fp8 convolution: packed weight, per-channel scale, bias and the epilogue, bound once.
+    """One kiln::QConv's 8-bit convolution (the weight's type: float8_e4m3fn or int8): packed weight, per-channel
+    scale, bias and the epilogue, bound once.
     Takes 2-d convolutions of group 1, dilation 1, stride 1 or 2, symmetric pads (at most 2 at stride 2),
     C a multiple of 16 and O a multiple of 16."""
 
     def __init__(self, w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, attrs: dict,
                  steps: list[str], out_scale: float | None, config: tuple, q_scale: float | None = None):
-        if w8.dtype != torch.float8_e4m3fn or w8.dim() != 4:
-            raise Unsupported(f"an fp8 convolution weight of {w8.dtype}{list(w8.shape)}")
+        if w8.dtype not in CODES or w8.dim() != 4:
+            raise Unsupported(f"an 8-bit convolution weight of {w8.dtype}{list(w8.shape)}")
+        self.code = w8.dtype
         if int(attrs.get("group", 1)) != 1 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
             raise Unsupported(f"group {attrs.get('group', 1)} / dilations {attrs.get('dilations')}")
         self.o, self.c, self.kh, self.kw = w8.shape
@@ -205,8 +211,9 @@ class Fp8ConvLaunch:
     @property
     def name(self) -> str:
         epi = "+".join((["bias"] if self.bias is not None else []) + self.steps) or "none"
-        return f"triton_fp8_conv[{self.kh}x{self.kw}s{self.stride},{epi}{',requant' if self.out_scale else ''}" \
-               f"{',+fp8 copy' if self.q_scale is not None else ''}]"
+        kind = "s8" if self.code == torch.int8 else "fp8"
+        return f"triton_{kind}_conv[{self.kh}x{self.kw}s{self.stride},{epi}{',requant' if self.out_scale else ''}" \
+               f"{f',+{kind} copy' if self.q_scale is not None else ''}]"
 
     def _x_desc(self, x8: torch.Tensor, box: tuple):
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -221,23 +228,23 @@ class Fp8ConvLaunch:
 
     def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype,
                  tile: tuple | None = None):
-        """The [N, O, OH, OW] channels-last output of ``out_dtype``; with ``q_scale`` the pair (that, its fp8
+        """The [N, O, OH, OW] channels-last output of ``out_dtype``; with ``q_scale`` the pair (that, its 8-bit
         copy). ``tile`` = (BB, BH, BW) instead of choose_tile's (benchmarks)."""
-        if x8.dtype != torch.float8_e4m3fn or x8.dim() != 4 or x8.shape[1] != self.c or not _nhwc(x8):
+        if x8.dtype != self.code or x8.dim() != 4 or x8.shape[1] != self.c or not _nhwc(x8):
             raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()} (channels-last "
-                              f"fp8 with C={self.c})")
-        if out_dtype not in FLOAT_OUT and out_dtype != torch.float8_e4m3fn:
+                              f"{self.code} with C={self.c})")
+        if out_dtype not in FLOAT_OUT and out_dtype != self.code:
             raise Unsupported(f"an output of {out_dtype}")
         n, _, h, w = x8.shape
         oh, ow = self.out_hw(h, w)
-        if self.q_scale is not None and out_dtype == torch.float8_e4m3fn:
-            raise Unsupported("an fp8 output with a second fp8 copy")
+        if self.q_scale is not None and out_dtype == self.code:
+            raise Unsupported("an 8-bit output with a second 8-bit copy")
         out = torch.empty((n, self.o, oh, ow), dtype=out_dtype, device=x8.device, memory_format=torch.channels_last)
-        q = None if self.q_scale is None else torch.empty_like(out, dtype=torch.float8_e4m3fn)
+        q = None if self.q_scale is None else torch.empty_like(out, dtype=self.code)
         if out.numel() == 0:
             return out if q is None else (out, q)
         for r in residuals:
-            if tuple(r.shape) != tuple(out.shape) or not _nhwc(r) or r.dtype not in FLOAT_OUT + (torch.float8_e4m3fn,):
+            if tuple(r.shape) != tuple(out.shape) or not _nhwc(r) or r.dtype not in FLOAT_OUT + (self.code,):
                 raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants it "
                                   f"channels-last, of the output's shape {list(out.shape)})")
         interp = interpreting()
@@ -249,7 +256,7 @@ class Fp8ConvLaunch:
             self.check_fits(out.element_size(), [r.element_size() for r in residuals], x8.device, bb * bh * bw)
         spec = Fp8ConvSpec(self.stride == 2, None if self.bias is None else self.bias.dtype, self.program,
                            self.eattrs, tuple(r.dtype for r in residuals), out_dtype, not interp, q is not None,
-                           self.extras)
+                           self.extras, self.code)
         mod = cache.load(cache.digest("fp8_conv", spec), lambda: fp8_conv_source(spec))
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))

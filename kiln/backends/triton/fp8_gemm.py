@@ -1,6 +1,9 @@
-"""An fp8 (e4m3) GEMM for kiln::QLinear on Hopper, with the layer's whole epilogue in the accumulator tile:
-``y = (X8 @ W8^T) * (sx * sw) + bias``, the epilogue steps (GELU, ``add:I`` residuals, ...), then the store:
-float16/bfloat16/float32, or requantized to fp8 for the next quantized layer (``out_scale``).
+"""An 8-bit GEMM for kiln::QLinear on Hopper, fp8 (e4m3) or int8, with the layer's whole epilogue in the
+accumulator tile: ``y = (X8 @ W8^T) * (sx * sw) + bias``, the epilogue steps (GELU, ``add:I`` residuals, ...),
+then the store: float16/bfloat16/float32, or requantized to the 8-bit type for the next quantized layer
+(``out_scale``). The two types differ only in the accumulator (float32 for e4m3, int32 for int8: wgmma s8) and
+in the requantizing conversion (``CODES``); int8 takes symmetric quantization only (zero point 0), which is what
+Kiln's calibration makes.
 
 Why not ``torch._scaled_mm``: cuBLASLt fuses only the bias there, so every GELU and residual add costs a pass
 of its own over a float16 [M, N] tensor, and a requantized output another; on BERT-base those passes cost as
@@ -49,6 +52,9 @@ CONFIGS = [
 ]
 INTERPRET_CONFIG = (32, 32, 32, 4, 4, 1)
 FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+CODES = (torch.float8_e4m3fn, torch.int8)  # the 8-bit operand types these kernels take
+_INT8_SOURCE = ["", "", "@triton.jit", "def _to_int8(x):",  # ONNX QuantizeLinear: round half to even, saturate
+                "    return tl.minimum(tl.maximum(_rint(x), -128.0), 127.0).to(tl.int8)"]
 
 
 @dataclass(frozen=True)
@@ -58,39 +64,42 @@ class Fp8GemmSpec:
     bias_dtype: torch.dtype | None
     program: tuple                # the epilogue program (i0 = the dequantized accumulator, i1 = bias, then residuals)
     attrs: tuple
-    residual_dtypes: tuple        # float, or float8_e4m3fn for an ``addq`` residual (dequantized in the program)
-    out_dtype: torch.dtype        # a float type, or float8_e4m3fn (requantized)
+    residual_dtypes: tuple        # float, or ``code`` for an ``addq`` residual (dequantized in the program)
+    out_dtype: torch.dtype        # a float type, or ``code`` (requantized)
     persistent: bool
     k_const: int | None           # K as a compile-time constant (the interpreter's loops need it)
-    q_out: bool = False           # also store the float result quantized to fp8 (a second output)
+    q_out: bool = False           # also store the float result quantized to ``code`` (a second output)
     extras: tuple = ()            # the program's operands after acc/bias: residual j (int) or a constant (float)
+    code: torch.dtype = torch.float8_e4m3fn  # the operands' 8-bit type (CODES)
 
 
 def _epilogue_operands(spec, load) -> tuple[list[str], list[Operand]]:
-    """(lines loading the residual tiles, Operands of the program's inputs after acc and bias) for an fp8 kernel
-    ``spec`` (fields residual_dtypes, extras); ``load(j)`` is the expression of residual j's tile. An fp8
+    """(lines loading the residual tiles, Operands of the program's inputs after acc and bias) for an 8-bit kernel
+    ``spec`` (fields residual_dtypes, extras); ``load(j)`` is the expression of residual j's tile. An 8-bit
     residual (an ``addq`` step's 8-bit input) is loaded as float32 codes; the program multiplies by its scale,
     an inlined constant."""
     lines = []
     for j, dt in enumerate(spec.residual_dtypes):
-        cvt = ".to(tl.float32)" if dt == torch.float8_e4m3fn else \
+        cvt = ".to(tl.float32)" if dt in CODES else \
             "" if TL_DTYPE[dt] == compute_tl(dt) else f".to({compute_tl(dt)})"
         lines.append(f"e{j} = {load(j)}{cvt}")
     ops = []
     for e in spec.extras:
         if isinstance(e, int):
             dt = spec.residual_dtypes[e]
-            ops.append(Operand(f"e{e}", torch.float32 if dt == torch.float8_e4m3fn else dt))
+            ops.append(Operand(f"e{e}", torch.float32 if dt in CODES else dt))
         else:
             ops.append(Operand(repr(float(e)), torch.float32, float(e)))
     return lines, ops
 
 
 def tile_epilogue(spec, helpers: set, n: str, load, store, interpret: bool) -> tuple[list[str], list[str]]:
-    """(lines, fp8 helper source) of an fp8 kernel's epilogue on ``acc`` (dequantized): bias, residuals and the
-    program, then the stores: float ``y``, or fp8 requantized (multiplied by the float32 reciprocal of the
-    scale: the correctly rounded division cost 40% of BERT's FFN1, the epilogue being arithmetic-bound; _to_fp8's
-    conversion saturates), plus the fp8 copy of y as stored with ``q_out``. ``n``: the output-channel count's
+    """(lines, helper source) of an 8-bit kernel's epilogue on ``acc`` (dequantized): bias, residuals and the
+    program, then the stores: float ``y``, or requantized to ``spec.code`` (multiplied by the float32 reciprocal
+    of the scale: the correctly rounded division cost 40% of BERT's FFN1, the epilogue being arithmetic-bound;
+    the conversions saturate; for int8 a product within an ulp of a half step may round the other way, which
+    the tuner's one-step allowance for requantized outputs covers), plus the 8-bit copy of y as stored with
+    ``q_out``. ``n``: the output-channel count's
     name (masks); ``load(j)``: residual j's tile; ``store(desc, value)``: a store line. Needs ``rn``."""
     t, ops = [], [Operand("acc", torch.float32)]
     if spec.bias_dtype:
@@ -104,15 +113,19 @@ def tile_epilogue(spec, helpers: set, n: str, load, store, interpret: bool) -> t
         lines, _ = _emit_program(spec.program, spec.attrs, EPILOGUE_OPSET, ops, helpers.add)
         t += lines
         last = f"t{len(spec.program) - 1}"
-    if spec.out_dtype == torch.float8_e4m3fn:
-        t.append(f"y = _to_fp8({last}.to(tl.float32) * inv_out_scale)")
+    to_code = "_to_int8" if spec.code == torch.int8 else "_to_fp8"
+    if spec.out_dtype in CODES:
+        t.append(f"y = {to_code}({last}.to(tl.float32) * inv_out_scale)")
     else:
         t.append(f"y = {last}.to({TL_DTYPE[spec.out_dtype]})")
     t.append(store("out_desc", "y"))
     if spec.q_out:  # quantize(Y as stored), as the reference kernel does
-        t += ["q = _to_fp8(y.to(tl.float32) * inv_q_scale)", store("q_desc", "q")]
-    if spec.out_dtype != torch.float8_e4m3fn and not spec.q_out:
+        t += [f"q = {to_code}(y.to(tl.float32) * inv_q_scale)", store("q_desc", "q")]
+    if spec.out_dtype not in CODES and not spec.q_out:
         return t, []
+    if spec.code == torch.int8:
+        helpers.add("_rint")
+        return t, _INT8_SOURCE
     if interpret:
         helpers.add("_rint")
     return t, to_fp8_source(interpret)
@@ -141,12 +154,12 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
     t = ["first_m = (tile // group) * GROUP_M", "size_m = tl.minimum(num_m - first_m, GROUP_M)",
          "pid_m = first_m + ((tile % group) % size_m)", "pid_n = (tile % group) // size_m",
          "om = pid_m * BLOCK_M", "on = pid_n * BLOCK_N",
-         "acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)",
+         f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={_acc_type(spec.code)})",
          "for k0 in range(0, K, BLOCK_K):",
          "    a = a_desc.load([om, k0])",
          "    w = w_desc.load([on, k0])",
          "    acc = tl.dot(a, w.T, acc)",
-         "rn = on + tl.arange(0, BLOCK_N)"]
+         "rn = on + tl.arange(0, BLOCK_N)"] + _float_acc(spec.code)
     if spec.per_channel:
         t.append("acc = acc * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]")
     else:
@@ -157,6 +170,16 @@ def fp8_gemm_source(spec: Fp8GemmSpec) -> str:
     src = prelude(helpers, spec.k_const is not None) + fp8 + ["", "", "@triton.jit",
                                                                f"def kiln_fp8_gemm({', '.join(args)}):"]
     return "\n".join(src + ["    " + ln for ln in body] + ["", "", "kernel = kiln_fp8_gemm"]) + "\n"
+
+
+def _acc_type(code: torch.dtype) -> str:
+    """The accumulator of an 8-bit wgmma: int32 for int8 (exact), float32 for e4m3."""
+    return "tl.int32" if code == torch.int8 else "tl.float32"
+
+
+def _float_acc(code: torch.dtype) -> list[str]:
+    """The line that turns an integer accumulator into float32 before the scales (none for fp8's)."""
+    return ["acc = acc.to(tl.float32)"] if code == torch.int8 else []
 
 
 def _reciprocal(scale: float | None) -> float:
@@ -187,17 +210,19 @@ def _tma_ok(t: torch.Tensor) -> bool:
 
 
 class Fp8GemmLaunch:
-    """``x8 [M, K] @ w8 [N, K]^T`` then the epilogue, into a new [M, N] tensor; both operands float8_e4m3fn."""
+    """``x8 [M, K] @ w8 [N, K]^T`` then the epilogue, into a new [M, N] tensor; both operands of one 8-bit type
+    (``CODES``: float8_e4m3fn or int8, the weight's)."""
 
     def __init__(self, w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, steps: list[str],
                  out_scale: float | None, config: tuple, q_scale: float | None = None):
-        if w8.dtype != torch.float8_e4m3fn or w8.dim() != 2:
-            raise Unsupported(f"an fp8 GEMM weight of {w8.dtype}{list(w8.shape)}")
+        if w8.dtype not in CODES or w8.dim() != 2:
+            raise Unsupported(f"an 8-bit GEMM weight of {w8.dtype}{list(w8.shape)}")
+        self.code = w8.dtype
         self.n, self.k = w8.shape
         if self.k % 16 or self.n % 8:
             raise Unsupported(f"K={self.k} must be a multiple of 16 and N={self.n} of 8 (TMA's 16-byte rows)")
         if (out_scale is not None or q_scale is not None) and self.n % 16:
-            raise Unsupported(f"N={self.n} must be a multiple of 16 for an fp8 output (TMA's 16-byte rows)")
+            raise Unsupported(f"N={self.n} must be a multiple of 16 for an 8-bit output (TMA's 16-byte rows)")
         if out_scale is not None and q_scale is not None:
             raise Unsupported("a requantized output and a second quantized copy")
         self.w8 = w8.contiguous()
@@ -235,26 +260,27 @@ class Fp8GemmLaunch:
     @property
     def name(self) -> str:
         epi = "+".join((["bias"] if self.bias is not None else []) + self.steps) or "none"
-        return f"triton_fp8_gemm[{epi}{',requant' if self.out_scale is not None else ''}" \
-               f"{',+fp8 copy' if self.q_scale is not None else ''}]"
+        kind = "s8" if self.code == torch.int8 else "fp8"
+        return f"triton_{kind}_gemm[{epi}{',requant' if self.out_scale is not None else ''}" \
+               f"{f',+{kind} copy' if self.q_scale is not None else ''}]"
 
     def __call__(self, x8: torch.Tensor, residuals: list[torch.Tensor], out_dtype: torch.dtype):
-        """[M, N] of ``out_dtype``; with ``q_scale`` the pair (that, its fp8 copy)."""
+        """[M, N] of ``out_dtype``; with ``q_scale`` the pair (that, its 8-bit copy)."""
         m = x8.shape[0]
-        if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != self.k or not _tma_ok(x8):
-            raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()}")
-        if out_dtype not in FLOAT_OUT and out_dtype != torch.float8_e4m3fn:
+        if x8.dtype != self.code or x8.dim() != 2 or x8.shape[1] != self.k or not _tma_ok(x8):
+            raise Unsupported(f"an X operand {x8.dtype}{list(x8.shape)} with strides {x8.stride()} ({self.code})")
+        if out_dtype not in FLOAT_OUT and out_dtype != self.code:
             raise Unsupported(f"an output of {out_dtype}")
-        if self.q_scale is not None and out_dtype == torch.float8_e4m3fn:
-            raise Unsupported("an fp8 output with a second fp8 copy")
+        if self.q_scale is not None and out_dtype == self.code:
+            raise Unsupported("an 8-bit output with a second 8-bit copy")
         out = torch.empty((m, self.n), dtype=out_dtype, device=x8.device)
-        q = None if self.q_scale is None else torch.empty((m, self.n), dtype=torch.float8_e4m3fn, device=x8.device)
+        q = None if self.q_scale is None else torch.empty((m, self.n), dtype=self.code, device=x8.device)
         if m == 0:
             return out if q is None else (out, q)
         res2 = []
         for r in residuals:
             r2 = r.reshape(m, self.n) if r.is_contiguous() else None
-            if r2 is None or not _tma_ok(r2) or r2.dtype not in FLOAT_OUT + (torch.float8_e4m3fn,):
+            if r2 is None or not _tma_ok(r2) or r2.dtype not in FLOAT_OUT + (self.code,):
                 raise Unsupported(f"a residual {r.dtype}{list(r.shape)} with strides {r.stride()} (TMA wants "
                                   "contiguous rows)")
             res2.append(r2)
@@ -264,7 +290,7 @@ class Fp8GemmLaunch:
             self.check_fits(out.element_size(), [r.element_size() for r in res2], x8.device)
         spec = Fp8GemmSpec(self.scale.numel() > 1, None if self.bias is None else self.bias.dtype, self.program,
                            self.eattrs, tuple(r.dtype for r in res2), out_dtype, not interp,
-                           self.k if interp else None, q is not None, self.extras)
+                           self.k if interp else None, q is not None, self.extras, self.code)
         mod = cache.load(cache.digest("fp8_gemm", spec), lambda: fp8_gemm_source(spec))
         if self._w_desc is None or self._w_desc[0] != (bn, bk):
             self._w_desc = ((bn, bk), _descriptor(self.w8, [bn, bk]))

@@ -6,8 +6,9 @@ Why: torch's channels-last max-pool kernel took 0.83 ms for ResNet-50's stem poo
 one [BLOCK_P, BLOCK_C] load of contiguous channel runs (padding reads -inf), and the max keeps NaN as torch
 does. Neighbouring windows overlap (3x3 stride 2 reads each input pixel ~2.25 times); L2 serves the repeats.
 Takes float inputs, no dilation, ceil_mode 0, one output (no Indices). For ``kiln::MaxPoolQuantize`` (made by
-kiln/passes/quantize_outputs.py where every reader quantizes the pool's output to fp8) it stores the fp8 codes
-of the max instead: quantization is monotonic, so that is the max of the codes the readers would compute.
+kiln/passes/quantize_outputs.py where every reader quantizes the pool's output to fp8 or symmetric int8) it
+stores the 8-bit codes of the max instead: quantization is monotonic, so that is the max of the codes the readers
+would compute.
 """
 from __future__ import annotations
 
@@ -15,18 +16,24 @@ import torch
 
 from . import cache
 from .codegen import prelude, to_fp8_source
-from .fp8_gemm import _reciprocal
+from .fp8_gemm import _INT8_SOURCE, _reciprocal
 from .launch import interpreting
 from .layers import TritonLayer
 from .ops import Unsupported
 
 BLOCK_P, BLOCK_C = 32, 64
+_Q_OUT = {"fp8e4m3": torch.float8_e4m3fn, "int8": torch.int8}  # the quantized outputs the kernel stores
 
 
-def max_pool_source(interpret: bool, fp8_out: bool = False) -> str:
-    store = "_to_fp8(acc * inv_q_scale)" if fp8_out else "acc.to(out_ptr.dtype.element_ty)"
-    head = prelude({"_rint"} if fp8_out and interpret else set(), interpret) + \
-        (to_fp8_source(interpret) if fp8_out else [])
+def max_pool_source(interpret: bool, q_out: str = "") -> str:
+    """The kernel; ``q_out`` "fp8e4m3" / "int8": store the max quantized to that type (else as the input's)."""
+    if q_out == "int8":
+        store, head = "_to_int8(acc * inv_q_scale)", prelude({"_rint"}, interpret) + _INT8_SOURCE
+    elif q_out:
+        store = "_to_fp8(acc * inv_q_scale)"
+        head = prelude({"_rint"} if interpret else set(), interpret) + to_fp8_source(interpret)
+    else:
+        store, head = "acc.to(out_ptr.dtype.element_ty)", prelude(set(), interpret)
     return "\n".join(head) + '''
 
 
@@ -63,8 +70,10 @@ class MaxPoolLaunch:
 
     def __init__(self, attrs: dict):
         self.q_scale = float(attrs["q_scale"]) if "q_scale" in attrs else None
-        if self.q_scale is not None and (attrs.get("q_dtype") != "fp8e4m3" or int(attrs.get("q_zero_point", 0))):
-            raise Unsupported(f"a {attrs.get('q_dtype')} output (fp8 only)")
+        self.q_dtype = attrs.get("q_dtype", "") if self.q_scale is not None else ""
+        if self.q_scale is not None and (self.q_dtype not in _Q_OUT or int(attrs.get("q_zero_point", 0))):
+            raise Unsupported(f"a {self.q_dtype} output with zero point {attrs.get('q_zero_point', 0)} (fp8 or "
+                              "symmetric int8 only)")
         self._inv_q_scale = _reciprocal(self.q_scale)
         kernel = [int(k) for k in attrs.get("kernel_shape", [])]
         if len(kernel) != 2:
@@ -89,7 +98,7 @@ class MaxPoolLaunch:
             raise Unsupported("an input that is not channels-last")
         n, c, h, w = x.shape
         oh, ow = (h + 2 * self.ph - self.kh) // self.sh + 1, (w + 2 * self.pw - self.kw) // self.sw + 1
-        dtype = x.dtype if self.q_scale is None else torch.float8_e4m3fn
+        dtype = x.dtype if self.q_scale is None else _Q_OUT[self.q_dtype]
         out = torch.empty((n, c, oh, ow), dtype=dtype, device=x.device, memory_format=torch.channels_last)
         p = n * oh * ow
         if out.numel() == 0:
@@ -97,8 +106,7 @@ class MaxPoolLaunch:
         if x.numel() >= 2 ** 31:
             raise Unsupported("more than 2**31 elements (32-bit offsets)")
         interp = interpreting()
-        fp8 = self.q_scale is not None
-        mod = cache.load(cache.digest("max_pool", interp, fp8), lambda: max_pool_source(interp, fp8))
+        mod = cache.load(cache.digest("max_pool", interp, self.q_dtype), lambda: max_pool_source(interp, self.q_dtype))
         grid = (-(-p // BLOCK_P), -(-c // BLOCK_C))
         mod.kernel[grid](x, out, p, h, w, oh, ow, c, x.stride(0), x.stride(2), x.stride(3),
                          out.stride(0), out.stride(2), out.stride(3), self._inv_q_scale,
@@ -115,7 +123,8 @@ class MaxPoolLayer(TritonLayer):
     def __init__(self, node, fallback):
         super().__init__(node, fallback)
         self.launch = MaxPoolLaunch(node.attrs)
-        self.name = "triton_max_pool" + ("[fp8 out]" if self.launch.q_scale is not None else "")
+        q = {"fp8e4m3": "fp8", "int8": "s8"}.get(self.launch.q_dtype)
+        self.name = "triton_max_pool" + (f"[{q} out]" if q else "")
 
     def run(self, ctx, inputs, attrs, out):
         if out is not None:
