@@ -26,6 +26,7 @@ from ..quant.cache import Calibration
 from ..quant.layer_precision import layer_precision
 from ..quant.rewrite import QUANTIZED, ActParams, apply_quantization
 from .context import PassContext
+from .quantize_outputs import int8_tma_target
 
 log = logging.getLogger("kiln.build")
 
@@ -90,6 +91,7 @@ def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
                                                     f"calibration data)")
             del chosen[q]
     info: dict = {"calibration": "explicit (Q/DQ model)" if explicit else cfg.calibration_method}
+    int8_shortcuts = int8_tma_target(cfg)  # int8 residual streams where the int8 TMA kernels add them
     # The activation scales as calibrated, by tensor name: a refit re-quantizes new weights with them
     # (kiln/builder/replay.py). [scale, format] or [scale, format, SmoothQuant divisors].
     info["scales"] = {name: [p.scale, p.dtype] + ([list(p.smooth)] if p.smooth else [])
@@ -98,8 +100,8 @@ def quantize_int8(graph: Graph, ctx: PassContext) -> bool:
         from ..quant.sensitivity import fit_to_target
         from .precision import lower_copy
         chosen, info["accuracy"] = fit_to_target(graph, ctx, chosen, params, data.validation(), weight_hints,
-                                                 lambda g: lower_copy(g, ctx))
-    done = apply_quantization(graph, chosen, params, weight_hints)
+                                                 lambda g: lower_copy(g, ctx), int8_shortcuts)
+    done = apply_quantization(graph, chosen, params, weight_hints, int8_shortcuts)
     for n in graph.nodes:
         n.meta.pop("qid", None)
     info["layers"] = {n.label: n.meta["precision"] for n in done}

@@ -33,14 +33,19 @@ from .context import PassContext
 from .quantize_norms import Q_DTYPES, reader_key, switch_readers
 
 
+def int8_tma_target(config) -> bool:
+    """Whether the build's device runs the int8 TMA kernels (``int8_conv`` / ``int8_triton``: a CUDA device of
+    compute capability 9.0 or newer), the only int8 tactics that write a second output or add an int8 shortcut:
+    elsewhere int8 layers so rewritten would be left to their op's own kernel."""
+    device = str(config.device)
+    return device.startswith("cuda") and torch.cuda.is_available() \
+        and torch.cuda.get_device_capability(torch.device(device)) >= (9, 0)
+
+
 def _copy_formats(ctx: PassContext) -> tuple[str, ...]:
     """The 8-bit types whose copies the target's kernels write: fp8 always (its kernels need Hopper anyway),
-    int8 where the int8 TMA kernels run (a CUDA device of compute capability 9.0 or newer)."""
-    device = str(ctx.config.device)
-    if device.startswith("cuda") and torch.cuda.is_available() \
-            and torch.cuda.get_device_capability(torch.device(device)) >= (9, 0):
-        return "fp8e4m3", "int8"
-    return ("fp8e4m3",)
+    int8 where the int8 TMA kernels run."""
+    return ("fp8e4m3", "int8") if int8_tma_target(ctx.config) else ("fp8e4m3",)
 
 
 def _tma_channels(n) -> bool:

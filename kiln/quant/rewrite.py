@@ -79,8 +79,10 @@ def others(rest: list, extra: list) -> list:
 
 
 def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, ActParams],
-                       weight_hints: dict[str, tuple] | None = None) -> list[Node]:
-    """Quantize the layers whose qid is in ``chosen`` (qid -> "int8" | "fp8e4m3"); return them."""
+                       weight_hints: dict[str, tuple] | None = None, int8_shortcuts: bool = False) -> list[Node]:
+    """Quantize the layers whose qid is in ``chosen`` (qid -> "int8" | "fp8e4m3"); return them.
+    ``int8_shortcuts``: symmetric int8 residual adds take their shortcut as int8 codes too, as fp8 ones do (only
+    where the int8 TMA kernels run: kiln/passes/quantize_outputs.py ``int8_tma_target``)."""
     weight_hints = weight_hints or {}
     done: list[Node] = []
     for n in list(graph.nodes):
@@ -102,7 +104,7 @@ def apply_quantization(graph: Graph, chosen: dict[int, str], params: dict[str, A
         n.op_type, n.attrs = QUANTIZED[n.op_type], attrs
         n.meta["precision"] = "fp8" if fmt == "fp8e4m3" else "int8"
         done.append(n)
-    _chain_requantization(graph, done, params)
+    _chain_requantization(graph, done, params, int8_shortcuts)
     return done
 
 
@@ -114,17 +116,21 @@ def _shift(text: str) -> str:
     return text
 
 
-def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams]) -> None:
+def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, ActParams],
+                          int8_shortcuts: bool = False) -> None:
     """A quantized layer whose output feeds only quantized layers of its own kind (int8/uint8, or fp8) writes
-    that output already quantized with the consumers' input scale (on Hopper the fp8 GEMM and convolution
-    kernels, ``fp8_triton`` / ``fp8_conv``, write it from their epilogue). In fp8 a reader may also take the
-    output as its epilogue's residual (``add:I``, a ResNet block's shortcut): the step becomes ``addq:I:S``,
-    which adds the fp8 codes times the scale S, so the residual stream between blocks is fp8 too."""
+    that output already quantized with the consumers' input scale (on Hopper the 8-bit GEMM and convolution
+    kernels, ``fp8_triton`` / ``fp8_conv`` / ``int8_triton`` / ``int8_conv``, write it from their epilogue). In
+    fp8 (and symmetric int8 with ``int8_shortcuts``) a reader may also take the output as its epilogue's
+    residual (``add:I``, a ResNet block's shortcut): the step becomes ``addq:I:S``, which adds the 8-bit codes
+    times the scale S, so the residual stream between blocks is 8-bit too."""
     quantized = {id(n) for n in layers}
     outputs = {id(v) for v in graph.outputs}
     for n in layers:
         y = n.outputs[0]
         fp8 = n.attrs["x_dtype"] == "fp8e4m3"
+        p = params.get(y.name)
+        shortcuts = fp8 or (int8_shortcuts and p is not None and p.dtype == "int8" and not p.zero_point)
         if id(y) in outputs or params.get(y.name, ActParams(0)).dynamic or not y.uses or y.name not in params:
             continue
         residual_reads = []
@@ -134,7 +140,7 @@ def _chain_requantization(graph: Graph, layers: list[Node], params: dict[str, Ac
                 break
             if slot != 0:  # read only by one residual add, the step addq can replace
                 steps = parse_epilogue(u.attrs.get("epilogue", []))
-                if not fp8 or steps.count(AddInput(slot)) != 1 or \
+                if not shortcuts or steps.count(AddInput(slot)) != 1 or \
                         any(st.input == slot for st in steps if st != AddInput(slot)):
                     break
                 residual_reads.append((u, slot))

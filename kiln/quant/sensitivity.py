@@ -60,9 +60,10 @@ def local_sensitivity(graph: Graph, ctx, chosen: dict[int, str], params: dict[st
 
 def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, ActParams],
                   batches: list[dict], hints: dict | None = None,
-                  lower: Callable[[Graph], None] | None = None) -> tuple[dict[int, str], dict]:
+                  lower: Callable[[Graph], None] | None = None,
+                  int8_shortcuts: bool = False) -> tuple[dict[int, str], dict]:
     """``lower``: the build's fp16/bf16 lowering, applied to each measured copy so the measurement is of what
-    will run (the caller, a pass, passes it in)."""
+    will run (the caller, a pass, passes it in); ``int8_shortcuts``: as the build will quantize (rewrite.py)."""
     cfg = ctx.config
     hints = hints or {}
     precision = "fp8" if "fp8" in chosen.values() else "int8"
@@ -82,7 +83,7 @@ def fit_to_target(graph: Graph, ctx, chosen: dict[int, str], params: dict[str, A
 
     def measure(subset) -> dict:
         g = copy_graph(graph)
-        apply_quantization(g, {q: chosen[q] for q in subset}, params, hints)
+        apply_quantization(g, {q: chosen[q] for q in subset}, params, hints, int8_shortcuts)
         if lower is not None:
             lower(g)
         return compare(ref, run_graph(g, batches, cfg.device, ctx.registry))

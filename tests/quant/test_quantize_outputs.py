@@ -215,3 +215,25 @@ def test_int8_block_outputs_and_pool_write_int8_copies(monkeypatch):
     want = plain.create_execution_context().infer(x)
     for k in ("h1", "h2"):
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_int8_shortcuts_where_the_int8_tma_kernels_run(monkeypatch):
+    """On Hopper (int8_tma_target) symmetric int8 blocks pass int8 between them as fp8 ones do: the shortcut is
+    added from int8 codes (``addq``) and the block output requantized; elsewhere the residual stays float."""
+    from kiln.passes import quantize_int8
+    model, calib, x = resnet_blocks(), data(), data(1)[0]
+
+    def kernels(engine):
+        return {layer.name: layer.kernel for layer in engine.report.layers}
+    plain = kiln.build(model, int8=True, int8_calibrator=calib, calibration_method="minmax")
+    assert not any("addq" in k for k in kernels(plain).values())
+    monkeypatch.setattr(quantize_int8, "int8_tma_target", lambda config: True)
+    engine = kiln.build(model, int8=True, int8_calibrator=calib, calibration_method="minmax")
+    k = kernels(engine)
+    assert "addq" in k["b1.conv3"] and all("requant" in k[f"b0.{c}"] for c in ("conv1", "conv2", "conv3")), k
+    got = engine.create_execution_context().infer(x)["h2"]
+    reloaded = kiln.Engine.deserialize(engine.serialize())
+    np.testing.assert_array_equal(reloaded.create_execution_context().infer(x)["h2"], got)
+    want = kiln.build(model).create_execution_context().infer(x)["h2"]
+    assert cosine(got, want) > 0.99
+    assert cosine(plain.create_execution_context().infer(x)["h2"], want) > 0.99
