@@ -45,7 +45,7 @@ fi
 step refit 300 python3 benchmarks/bench_refit.py --device cuda --precisions int8 --out "$OUT/refit_gpu.json"
 step int8_tma 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_int8_tma_gpu.py
 step int8_tma_bench 420 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 \
-  --precisions fp16,int8,fp8 --search shortlist --kernels --explain
+  --precisions ${INT8_PRECISIONS:-fp16,int8,fp8} --search shortlist --kernels --explain
 step build_profile 300 python3 benchmarks/profile_build.py --device cuda --model resnet50 --batch 256 --precision int8
 step int8_build 560 python3 benchmarks/bench_int8.py --device cuda --model resnet50 --batch 256 --precisions fp16,int8 \
   --search shortlist,exhaustive
