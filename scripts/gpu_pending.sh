@@ -12,7 +12,8 @@
 #   21: GPU serving with batches padded to bucket sizes (the unpadded run: batching on 734 req/s, off 849);
 #   20: int8 refit on the GPU (passed on the H100 on 2026-12-07 in 300 s);
 #   18: the int8 TMA kernels (int8_conv / int8_triton, wgmma s8) tested and INT8 ResNet-50 against fp16 and fp8
-#       (int8_tma, int8_tma_bench: before them int8 ran at 0.57x fp16's throughput on the H100);
+#       (int8_tma, int8_tma_bench: before them int8 ran at 0.57x fp16's throughput on the H100; written on
+#       2026-12-08 without a GPU, never run on one yet: run these two and capture_probe first);
 #       8-bit ResNet-50 build time with the tuner's shortlist against the exhaustive search (int8_build,
 #       fp8_build; measured 2026-12-07: 85.5 vs 93.3 s, the shortlist 8% slower, since narrowed by size class),
 #       where the int8 build's time goes (build_profile), and where EfficientNet-B0 / RegNetY-016 lose to
