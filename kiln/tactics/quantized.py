@@ -490,27 +490,28 @@ def fp8_fast(node, params, constants, device):
     return _wrap(QGemm(node, constants, device, fp8=True))
 
 
+def _require_hopper_tma(device, name: str, what: str) -> None:
+    """NotApplicable unless ``device`` runs the TMA kernels: CUDA, Triton, compute capability 9.0 or newer."""
+    _require_cuda(device, name)
+    _triton_ok(device)
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        raise NotApplicable(f"{name}: the TMA {what} needs compute capability 9.0 (Hopper) or newer")
+
+
 def _tma_gemm(fmt: str):
     """The factory of the 8-bit TMA GEMM tactic for ``fmt`` X ("fp8_triton", "int8_triton")."""
     def factory(node, params, constants, device):
-        name = _TMA_NAMES[fmt][0]
-        _require_cuda(device, name)
-        _triton_ok(device)
-        if torch.cuda.get_device_capability(device) < (9, 0):
-            raise NotApplicable(f"{name}: the TMA GEMM needs compute capability 9.0 (Hopper) or newer")
+        _require_hopper_tma(device, _TMA_NAMES[fmt][0], "GEMM")
         from ..backends.triton.fp8_gemm import CONFIGS
         return _wrap(Fp8GemmTriton(node, constants, device, tuple(params.get("config") or CONFIGS[0]), fmt))
     return factory
 
 
 def _tma_conv(fmt: str):
-    """The factory of the 8-bit TMA convolution tactic for ``fmt`` X ("fp8_conv", "int8_conv")."""
+    """The factory of the 8-bit TMA convolution tactic for ``fmt`` X ("fp8_conv", "int8_conv"); with ``gemm`` a
+    1x1 stride-1 layer through the TMA GEMM."""
     def factory(node, params, constants, device):
-        name = _TMA_NAMES[fmt][1]
-        _require_cuda(device, name)
-        _triton_ok(device)
-        if torch.cuda.get_device_capability(device) < (9, 0):
-            raise NotApplicable(f"{name}: the TMA convolution needs compute capability 9.0 (Hopper) or newer")
+        _require_hopper_tma(device, _TMA_NAMES[fmt][1], "convolution")
         gemm = bool(params.get("gemm"))
         if gemm:
             from ..backends.triton.fp8_gemm import CONFIGS

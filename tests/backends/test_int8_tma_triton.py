@@ -25,6 +25,8 @@ from kiln.ops.quantized import qconv, qlinear, quantize  # noqa: E402
 from kiln.tactics import space  # noqa: E402
 from kiln.tactics.quantized import Fp8ConvTriton, Fp8GemmTriton  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
+import qconv_layers  # noqa: E402
+from qconv_layers import inputs_of, nhwc, oracle, rel  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 CPU = torch.device("cpu")
@@ -33,41 +35,8 @@ CONV_CFG = CONFIGS[0]
 GEMM_CFG = (128, 128, 128, 8, 8, 3)
 
 
-def conv_node(c, o, k, stride, epilogue, bias=True, seed=0, **extra):
-    g = torch.Generator().manual_seed(seed)
-    wq = torch.randint(-127, 128, (o, c, k, k), generator=g, dtype=torch.int8)
-    ws = torch.rand(o, generator=g) * 2e-3 + 1e-3
-    ins = [Value("x"), Value("wq", const=wq), Value("ws", const=ws),
-           Value("b", const=torch.randn(o, generator=g)) if bias else None, Value("r")]
-    attrs = {"x_scale": 0.03, "x_zero_point": 0, "x_dtype": "int8", "epilogue": list(epilogue),
-             "pads": [k // 2] * 4, "strides": [stride, stride], "channels_last": 1, **extra}
-    node = Node("QConv", ins, [Value("y")], attrs, name="qc", domain="kiln")
-    return node, {v.id: v.const for v in ins if v is not None and v.const is not None}
-
-
-def nhwc(t):
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-def inputs_of(node, x, residual=None):
-    return [x, *[v.const if v is not None else None for v in node.inputs[1:4]], residual]
-
-
-def oracle(node, x, residual=None):
-    """float64 from the same int8 X: the arithmetic the layer stands for (integer sums are exact in float64)."""
-    a = node.attrs
-    xq = x.double() if a.get("input_quantized") else quantize(x, a["x_scale"], 0, "int8").double()
-    wq, ws = node.inputs[1].const.double(), node.inputs[2].const.double()
-    y = F.conv2d(xq, wq, None, stride=a["strides"], padding=a["pads"][:2]) * (ws * a["x_scale"]).view(1, -1, 1, 1)
-    if node.inputs[3] is not None:
-        y = y + node.inputs[3].const.double().view(1, -1, 1, 1)
-    for step in a["epilogue"]:
-        y = F.relu(y) if step == "relu" else y + residual.double()
-    return y
-
-
-def rel(got, ref) -> float:
-    return float((got.double() - ref).norm() / ref.norm())
+def conv_node(*args, **kw):
+    return qconv_layers.conv_node(*args, fmt=qconv_layers.INT8, **kw)
 
 
 @pytest.mark.parametrize("k,stride,h", [(3, 1, 6), (3, 2, 8), (1, 2, 6), (5, 1, 5), (3, 1, 9)])

@@ -2,9 +2,10 @@
 with wgmma s8) on a Hopper GPU: ResNet-50-like convolutions in every config against the layer's own CUDA kernel
 and float64, a requantized int8 bottleneck chain, a block output with its int8 copy, the int8 stem pool, a BERT-like
 QLinear, and capture in a CUDA graph (skipped without CUDA or below compute capability 9.0)."""
+import functools
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0), reason="needs a Hopper GPU")]
@@ -13,50 +14,18 @@ from kiln.backends.triton.fp8_conv import CONFIGS  # noqa: E402
 from kiln.backends.triton.fp8_gemm import CONFIGS as GEMM_CONFIGS  # noqa: E402
 from kiln.ir.graph import Node, Value  # noqa: E402
 from kiln.ops import KernelContext  # noqa: E402
-from kiln.ops.quantized import max_pool_quantize, qconv, qlinear, quantize  # noqa: E402
+from kiln.ops.quantized import max_pool_quantize, qlinear, quantize  # noqa: E402
 from kiln.tactics import space  # noqa: E402
 from kiln.tune.tuner import _quantized_mismatch  # noqa: E402
+import qconv_layers  # noqa: E402
+from qconv_layers import nhwc, oracle  # noqa: E402
 
 CUDA = torch.device("cuda")
 CTX = KernelContext(opset=21, device=CUDA)
 
 
-def layer(c, o, k, stride, epilogue, seed=0, **extra):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(o, c, k, k, generator=g) / (c * k * k) ** 0.5
-    sw = w.abs().amax((1, 2, 3)) / 127
-    wq = torch.round(w / sw.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
-    ins = [Value("x"), Value("wq", const=wq.to(CUDA)), Value("ws", const=sw.to(CUDA)),
-           Value("b", const=(torch.randn(o, generator=g) * 0.1).to(CUDA)), Value("r")]
-    attrs = {"x_scale": 4.0 / 127, "x_zero_point": 0, "x_dtype": "int8", "epilogue": list(epilogue),
-             "pads": [k // 2] * 4, "strides": [stride, stride], "channels_last": 1, "float_dtype": "float16",
-             **extra}
-    node = Node("QConv", ins, [Value("y")], attrs, name="qc", domain="kiln")
-    return node, {v.id: v.const for v in ins if v.const is not None}
-
-
-def nhwc(t):
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-def run_both(node, consts, x, r=None, config=CONFIGS[0], gemm=False):
-    params = {"config": list(config), **({"gemm": 1} if gemm else {})}
-    t = space.make(space.Choice("int8_conv", params), node, consts, CUDA)
-    ins = [x] + [consts[v.id] for v in node.inputs[1:4]] + [r]
-    got = t.kernel(CTX, list(ins), node.attrs)
-    own = qconv(CTX, list(ins), node.attrs)
-    torch.cuda.synchronize()
-    for g, o in zip(got, own) if isinstance(got, tuple) else [(got, own)]:
-        assert g.shape == o.shape and g.is_contiguous(memory_format=torch.channels_last)
-    return got, own
-
-
-def oracle(node, x):
-    a = node.attrs
-    xq = quantize(x, a["x_scale"], 0, "int8").double()
-    wq, ws = node.inputs[1].const.double(), node.inputs[2].const.double()
-    y = F.conv2d(xq, wq, None, stride=a["strides"], padding=a["pads"][:2]) * (ws * a["x_scale"]).view(1, -1, 1, 1)
-    return F.relu(y + node.inputs[3].const.double().view(1, -1, 1, 1))
+layer = functools.partial(qconv_layers.cuda_layer, fmt=qconv_layers.INT8)
+run_both = functools.partial(qconv_layers.run_both, "int8_conv")
 
 
 @pytest.mark.parametrize("c,o,h,k,stride", [(64, 64, 56, 3, 1), (128, 128, 56, 3, 2), (256, 256, 14, 3, 1),
